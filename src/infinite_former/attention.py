@@ -1,0 +1,246 @@
+"""LongTermAttention: continuous attention over the unbounded memory (paper §2-4).
+
+    out, state = ltm(queries, new_vectors, state)
+
+1. new_vectors (batch, L, e) are gated (k ⊙ sigmoid(Conv1d(k))) and absorbed
+   into the memory: contraction by τ, M samples, refit of B (memory.py).
+2. Keys and values come from the coefficients: K = B W_K, V = B W_V.
+3. Per head h and query i: s = K_h q_{h,i} / √d ∈ ℝ^N, μ = sigmoid(w_μᵀ s),
+   σ² = softplus(w_σᵀ s) (w_μ, w_σ ∈ ℝ^N shared by the heads).
+4. z = V_hᵀ E_p[ψ] with p = 𝒩(μ, σ²) (or the continuous sparsemax), then W_O.
+
+The state is passed in and returned, never stored on the module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .basis import GaussianBasis
+from .continuous import NORMALIZERS
+from .memory import MemoryState, bin_mass, update_memory
+
+
+@dataclass
+class LTMConfig:
+    """Hyperparameters of one long-term attention layer (paper symbols in brackets).
+
+    Defaults follow the official GPT-2 configuration: N = M = 512, τ = 0.5,
+    widths {0.005, 0.01}, λ = 0.5, D = 128 bins, σ² >= 1e-4, σ₀ = 0.05.
+    """
+
+    d_model: int  # e
+    n_heads: int  # H
+    num_basis: int = 512  # N
+    num_samples: int = 512  # M
+    tau: float = 0.5  # τ
+    widths: tuple[float, ...] = (0.005, 0.01)  # σ_k of the RBFs
+    ridge_lambda: float = 0.5  # λ
+    edge_padding: bool = False
+    sticky: bool = True
+    num_bins: int = 128  # D
+    normalizer: str = "softmax"  # or "sparsemax"
+    min_sigma2: float = 1e-4
+    kl_sigma0: float = 0.05  # σ₀ of the KL regularizer
+    gate: bool = True
+    zero_init_output: bool = False  # start with out == 0 (e.g. to extend a pretrained model)
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(float(w) for w in self.widths)
+        _positive_int("d_model", self.d_model)
+        _positive_int("n_heads", self.n_heads)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        _positive_int("num_basis", self.num_basis, minimum=2, symbol="N")
+        _positive_int("num_samples", self.num_samples, symbol="M")
+        _positive_int("num_bins", self.num_bins, symbol="D")
+        if not (0.0 < self.tau < 1.0):
+            raise ValueError(f"tau (τ) must be in (0, 1), got {self.tau!r}")
+        if not self.widths or any(not (w > 0) or not math.isfinite(w) for w in self.widths):
+            raise ValueError(f"widths must be positive finite numbers, got {self.widths!r}")
+        if self.num_basis % len(self.widths):
+            raise ValueError(
+                f"num_basis (N={self.num_basis}) must be a multiple of len(widths)={len(self.widths)}"
+            )
+        for name in ("ridge_lambda", "min_sigma2", "kl_sigma0"):
+            value = getattr(self, name)
+            if not (value > 0) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if self.normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {sorted(NORMALIZERS)}, got {self.normalizer!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LTMConfig:
+        return cls(**d)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1, symbol: str | None = None) -> None:
+    label = f"{name} ({symbol})" if symbol else name
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{label} must be an int >= {minimum}, got {value!r}")
+
+
+def gaussian_kl(sigma2: Tensor, sigma0: float) -> Tensor:
+    """KL(𝒩(μ, σ²) ‖ 𝒩(μ, σ₀²)) = ½(σ²/σ₀² - log(σ²/σ₀²) - 1), elementwise."""
+    ratio = sigma2 / sigma0**2
+    return 0.5 * (ratio - torch.log(ratio) - 1.0)
+
+
+class LongTermAttention(nn.Module):
+    """Continuous attention over an unbounded long-term memory (the ∞-former LTM)."""
+
+    def __init__(self, config: LTMConfig) -> None:
+        super().__init__()
+        self.config = config
+        e, n = config.d_model, config.num_basis
+        self.head_dim = e // config.n_heads
+        self.basis = GaussianBasis(n, config.widths)
+        self.normalizer = NORMALIZERS[config.normalizer](self.basis)
+        self.query = nn.Linear(e, e, bias=False)
+        self.key = nn.Linear(e, e, bias=False)
+        self.value = nn.Linear(e, e, bias=False)
+        self.out = nn.Linear(e, e)
+        self.mu_proj = nn.Linear(n, 1)  # w_μ, shared across heads
+        self.sigma_proj = nn.Linear(n, 1)  # w_σ
+        self.gate = nn.Conv1d(e, e, kernel_size=3, padding=1) if config.gate else None
+        if config.zero_init_output:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    # ----------------------------------------------------------------- state
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> MemoryState:
+        """An empty memory for batch_size streams."""
+        c = self.config
+        return MemoryState.empty(batch_size, c.num_basis, c.d_model, c.num_bins, device, dtype)
+
+    def update(
+        self, state: MemoryState, new_vectors: Tensor, generator: torch.Generator | None = None
+    ) -> MemoryState:
+        """Gate (optional) and absorb new_vectors (batch, L, e) into the memory."""
+        x = new_vectors
+        if self.gate is not None and x.shape[1] > 0:
+            x = x * torch.sigmoid(self.gate(x.transpose(1, 2)).transpose(1, 2))
+        c = self.config
+        return update_memory(
+            state,
+            x,
+            self.basis,
+            num_samples=c.num_samples,
+            tau=c.tau,
+            ridge_lambda=c.ridge_lambda,
+            edge_padding=c.edge_padding,
+            sticky=c.sticky,
+            generator=generator,
+        )
+
+    # ------------------------------------------------------------- attention
+
+    def densities(self, queries: Tensor, state: MemoryState) -> tuple[Tensor, Tensor, Tensor]:
+        """μ, σ² (batch, H, q) of each query's density, and V heads (batch, H, N, d)."""
+        b, q, _ = queries.shape
+        h, d = self.config.n_heads, self.head_dim
+        coeffs = state.coeffs.to(queries.dtype)  # B: (batch, N, e)
+        keys = self.key(coeffs).view(b, -1, h, d).transpose(1, 2)  # (batch, H, N, d)
+        values = self.value(coeffs).view(b, -1, h, d).transpose(1, 2)
+        qh = self.query(queries).view(b, q, h, d).transpose(1, 2)  # (batch, H, q, d)
+        scores = (qh @ keys.transpose(-1, -2)).float() / math.sqrt(d)  # (batch, H, q, N)
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            mu = torch.sigmoid(F.linear(scores, self.mu_proj.weight.float(), self.mu_proj.bias.float()))
+            sigma2 = F.softplus(
+                F.linear(scores, self.sigma_proj.weight.float(), self.sigma_proj.bias.float())
+            )
+        return mu.squeeze(-1), sigma2.squeeze(-1).clamp_min(self.config.min_sigma2), values
+
+    def attend(self, queries: Tensor, state: MemoryState) -> tuple[Tensor, MemoryState, Tensor]:
+        """Read the memory: (out (batch, q, e), state with new bin mass, KL (batch, H, q))."""
+        b, q, e = queries.shape
+        mu, sigma2, values = self.densities(queries, state)
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            expect = self.normalizer(mu, sigma2)  # E_p[ψ]: (batch, H, q, N), float32
+        context = expect.to(values.dtype) @ values  # (batch, H, q, d)
+        out = self.out(context.transpose(1, 2).reshape(b, q, e))
+        has_memory = state.length > 0
+        out = out * has_memory[:, None, None].to(out.dtype)
+        kl = gaussian_kl(sigma2, self.config.kl_sigma0) * has_memory[:, None, None]
+        if self.config.sticky:
+            mass = bin_mass(self.normalizer.cdf, mu.detach(), sigma2.detach(), self.config.num_bins)
+            state = replace(state, bin_mass=mass.to(state.bin_mass.dtype) * has_memory[:, None])
+        return out, state, kl
+
+    def forward(
+        self,
+        queries: Tensor,
+        new_vectors: Tensor | None = None,
+        state: MemoryState | None = None,
+        *,
+        return_kl: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        """Absorb new_vectors, then attend with queries.
+
+        queries: (batch, q, e) of the current segment; new_vectors: (batch, L, e)
+        entering the memory (None or L = 0: no update); state: None for an
+        empty memory. Returns (out (batch, q, e), state), plus the mean KL
+        regularizer over rows with memory, heads and queries if return_kl.
+        Rows whose memory is empty get out = 0.
+        """
+        self._check_inputs(queries, new_vectors, state)
+        if state is None:
+            state = self.init_state(queries.shape[0], queries.device, queries.dtype)
+        if new_vectors is not None and new_vectors.shape[1] > 0:
+            state = self.update(state, new_vectors, generator)
+        out, state, kl = self.attend(queries, state)
+        if not return_kl:
+            return out, state
+        rows = (state.length > 0).sum().clamp_min(1)
+        return out, state, kl.sum() / (rows * kl.shape[1] * kl.shape[2])
+
+    # ---------------------------------------------------------------- checks
+
+    def _check_inputs(self, queries: Tensor, new_vectors: Tensor | None, state: MemoryState | None) -> None:
+        e = self.config.d_model
+        if not isinstance(queries, Tensor) or queries.dim() != 3 or queries.shape[-1] != e:
+            raise ValueError(f"queries must be a (batch, q, {e}) tensor, got {_shape(queries)}")
+        batch = queries.shape[0]
+        if new_vectors is not None:
+            if not isinstance(new_vectors, Tensor) or new_vectors.dim() != 3 or new_vectors.shape[-1] != e:
+                raise ValueError(f"new_vectors must be a (batch, L, {e}) tensor, got {_shape(new_vectors)}")
+            if new_vectors.shape[0] != batch:
+                raise ValueError(f"new_vectors has batch size {new_vectors.shape[0]} but queries has {batch}")
+        if state is not None:
+            if not isinstance(state, MemoryState):
+                raise ValueError(f"state must be a MemoryState or None, got {type(state).__name__}")
+            c = self.config
+            expected = {
+                "coeffs": (batch, c.num_basis, e),
+                "length": (batch,),
+                "bin_mass": (batch, c.num_bins),
+            }
+            for name, shape in expected.items():
+                got = tuple(getattr(state, name).shape)
+                if got != shape:
+                    raise ValueError(
+                        f"state.{name} has shape {got}, expected {shape} "
+                        f"(batch size of state and queries must match)"
+                    )
+        if self.config.check_finite and not torch.compiler.is_compiling():
+            for name, t in (("queries", queries), ("new_vectors", new_vectors)):
+                if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _shape(x: Any) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__

@@ -1,0 +1,105 @@
+"""The continuous signal X̄(t) = Bᵀψ(t): ridge fit and evaluation (paper §1).
+
+L vectors X ∈ ℝ^{L×e} sit at positions t_1..t_L ∈ [0, 1]. With
+F = [ψ(t_1) … ψ(t_L)] ∈ ℝ^{N×L}, multivariate ridge regression gives
+
+    Bᵀ = Xᵀ Fᵀ (F Fᵀ + λI)⁻¹   i.e.   B = Gᵀ X,   G = Fᵀ (F Fᵀ + λI)⁻¹ ∈ ℝ^{L×N}.
+
+G depends only on the positions, N and λ, so it is built once per layout (in
+float64, by a Cholesky solve, never an explicit inverse) and cached; a fit is
+then one matmul. With edge padding, n/2 zero-valued points on each side, on
+[-0.5, 0) and (1, 1.5], pull the signal to 0 outside [0, 1]; they change
+(F Fᵀ + λI) but, being zeros, only the columns for the real points are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .basis import gaussian_pdf, rbf_layout
+
+_OPERATOR_CACHE: dict[tuple, Tensor] = {}
+_OPERATOR_CACHE_MAX = 256
+
+
+def midpoints(n: int, lo: float = 0.0, hi: float = 1.0, dtype: torch.dtype = torch.float64) -> Tensor:
+    """n bin midpoints lo + (j - ½)(hi - lo)/n, j = 1..n."""
+    return lo + (torch.arange(n, dtype=dtype) + 0.5) * ((hi - lo) / n)
+
+
+def contraction_positions(num_old: int, num_new: int, tau: float) -> Tensor:
+    """Positions of the refit after a contraction (paper §3), float64 (M + L,).
+
+    The M samples of the old signal go evenly on [0, τ], the L new vectors
+    evenly on [τ, 1] (bin midpoints of each interval).
+    """
+    return torch.cat([midpoints(num_old, 0.0, tau), midpoints(num_new, tau, 1.0)])
+
+
+def ridge_operator(
+    positions: Tensor,
+    num_basis: int,
+    widths: Sequence[float],
+    ridge_lambda: float,
+    edge_padding: bool = False,
+) -> Tensor:
+    """G = Fᵀ (F Fᵀ + λI)⁻¹ for the given positions, float64 (L, N). Uncached."""
+    if ridge_lambda <= 0:
+        raise ValueError(f"ridge_lambda (λ) must be > 0, got {ridge_lambda!r}")
+    positions = positions.to(torch.float64).cpu()
+    mu, sigma = rbf_layout(num_basis, widths)
+    all_pos = positions
+    if edge_padding:
+        n_pad = max(positions.numel() // 2, 1)
+        all_pos = torch.cat([midpoints(n_pad, -0.5, 0.0), positions, midpoints(n_pad, 1.0, 1.5)])
+    design = gaussian_pdf(all_pos[:, None], mu, sigma**2)  # Fᵀ: (L_all, N)
+    gram = design.T @ design + ridge_lambda * torch.eye(num_basis, dtype=torch.float64)
+    chol = torch.linalg.cholesky(gram)
+    real = design[n_pad : n_pad + positions.numel()] if edge_padding else design
+    # G = Fᵀ (F Fᵀ + λI)⁻¹  <=>  Gᵀ = (F Fᵀ + λI)⁻¹ F, a solve against F.
+    return torch.cholesky_solve(real.T.contiguous(), chol).T.contiguous()
+
+
+def cached_operator(
+    kind: str,
+    sizes: tuple[int, ...],
+    num_basis: int,
+    widths: Sequence[float],
+    ridge_lambda: float,
+    edge_padding: bool,
+    tau: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Ridge operator G for a named layout, cached per (layout, device, dtype).
+
+    kind "fresh": sizes = (L,), positions midpoints(L) on [0, 1].
+    kind "contract": sizes = (M, L), positions contraction_positions(M, L, τ).
+    """
+    key = (kind, sizes, num_basis, tuple(widths), ridge_lambda, edge_padding, tau, str(device), dtype)
+    op = _OPERATOR_CACHE.get(key)
+    if op is None:
+        if kind == "fresh":
+            pos = midpoints(sizes[0])
+        elif kind == "contract":
+            pos = contraction_positions(sizes[0], sizes[1], tau)
+        else:
+            raise ValueError(f"unknown operator kind {kind!r}")
+        op = ridge_operator(pos, num_basis, widths, ridge_lambda, edge_padding).to(device, dtype)
+        if len(_OPERATOR_CACHE) >= _OPERATOR_CACHE_MAX:
+            _OPERATOR_CACHE.pop(next(iter(_OPERATOR_CACHE)))
+        _OPERATOR_CACHE[key] = op
+    return op
+
+
+def fit(x: Tensor, operator: Tensor) -> Tensor:
+    """B = Gᵀ X: (batch, L, e) values and (L, N) operator -> (batch, N, e)."""
+    return torch.einsum("ln,ble->bne", operator, x)
+
+
+def evaluate(coeffs: Tensor, psi: Tensor) -> Tensor:
+    """X̄(t) = Bᵀψ(t): coeffs (batch, N, e), psi (T, N) or (batch, T, N) -> (batch, T, e)."""
+    return torch.matmul(psi, coeffs)

@@ -1,0 +1,632 @@
+"""Decoder-only language model with a Transformer-XL short-term memory and a
+pluggable long-term memory: ``xl`` | ``compressive`` | ``infinite`` | ``infinite_sticky``.
+
+    model = InfiniteFormerLM(ModelConfig(vocab_size=V, memory_type="infinite_sticky"))
+    out, state = model(tokens)                  # first segment (state None = empty memories)
+    out, state = model(next_tokens, state.detach(), targets=..., loss_mask=...)
+
+Layers are pre-LN: h ← h + Drop(Z_STM + Z_LTM)(LN₁(h)),  h ← h + Drop(FFN(LN₂(h))), with a final
+LayerNorm before the (optionally tied) output projection.
+
+Short-term memory (Dai et al. 2019). Per layer the mems are the layer INPUTS (residual stream,
+before LN₁) of the last mem_len tokens, detached. Attention runs over [mem; segment] with
+relative positions: score_ij = (q_i + u)ᵀk_j + (q_i + v)ᵀ W_R R_{i-j}, R sinusoidal, computed
+with the rel-shift trick; query i sees every memory vector and the segment's tokens ≤ i.
+
+Batched memories are right-aligned with per-row valid counts (``mem_valid`` ...), so a row can
+be reset at a document boundary (its old memory masked out) while the other rows continue, with
+no loop over rows; relative distances of the valid entries are those of a fresh stream.
+
+Long-term memory of the ∞-former (PAPER §2-3): in every layer a LongTermAttention with its own
+state. It is fed with the vectors that LEAVE the short-term memory: when a segment is appended
+to the mems, the oldest layer inputs that no longer fit drop out. They are kept as "pending" in
+the returned state and absorbed into the LTM (after LN₁ of the layer, then the LTM's gate) at
+the start of the next call, before the LTM is read with the layer's normalised current-segment
+hidden states as queries. So the LTM always holds exactly the tokens older than the mems, a
+query never sees a future token (also with mem_len = 0, where the whole segment leaves the STM
+after the call), and the LTM's gate is trained by the loss of the segment that reads it. The LTM
+output is added to the short-term attention output after both output projections, before the
+residual. aux_loss = kl_weight · Σ_layers KL.
+
+Compressive (Rae et al. 2020): the vectors leaving the mems are compressed by c (compressive.py)
+into a cmem of cmem_len slots; attention runs over [cmem; mem; segment]. To compress whole
+groups only, a row evicts a multiple of c vectors, so its STM holds between mem_len and
+mem_len + c - 1 vectors. aux_loss = recon_weight · Σ_layers attention-reconstruction loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import LongTermAttention, LTMConfig
+from .compressive import Compressor, concat_right_aligned, reconstruction_loss, take_evicted
+from .memory import MemoryState
+
+MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class ModelConfig:
+    """Hyperparameters of the LM. ltm_* are the LTM's (N = ltm_num_basis, M = ltm_num_samples,
+    τ = ltm_tau, σ_k = ltm_widths, λ = ltm_ridge_lambda, D = ltm_num_bins, σ₀ = kl_sigma0)."""
+
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_inner: int = 256
+    dropout: float = 0.1
+    mem_len: int = 128
+    memory_type: str = "infinite_sticky"
+    cmem_len: int = 64
+    compression_rate: int = 2
+    recon_weight: float = 1.0
+    ltm_num_basis: int = 128
+    ltm_num_samples: int = 128
+    ltm_tau: float = 0.5
+    ltm_widths: tuple[float, ...] = (0.01, 0.05)
+    ltm_ridge_lambda: float = 1.0
+    ltm_num_bins: int = 128
+    ltm_normalizer: str = "softmax"
+    ltm_gate: bool = True
+    kl_weight: float = 1e-6
+    kl_sigma0: float = 0.05
+    ltm_min_sigma2: float = 1e-4
+    tie_weights: bool = True
+    max_segment_len: int | None = None
+
+    def __post_init__(self) -> None:
+        self.ltm_widths = tuple(float(w) for w in self.ltm_widths)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_inner"):
+            _check_int(name, getattr(self, name), 1)
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), "
+                f"got remainder {self.d_model % self.n_heads}"
+            )
+        if self.d_model % 2:
+            raise ValueError(f"d_model must be even (sinusoidal relative positions), got {self.d_model}")
+        if not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
+        _check_int("mem_len", self.mem_len, 0)
+        if self.memory_type not in MEMORY_TYPES:
+            raise ValueError(f"memory_type must be one of {list(MEMORY_TYPES)}, got {self.memory_type!r}")
+        _check_int("cmem_len", self.cmem_len, 0)
+        _check_int("compression_rate", self.compression_rate, 1)
+        if self.memory_type == "compressive":
+            if self.cmem_len < 1:
+                raise ValueError(f"cmem_len must be >= 1 for memory_type 'compressive', got {self.cmem_len}")
+            if self.mem_len < self.compression_rate:
+                raise ValueError(
+                    f"mem_len ({self.mem_len}) must be >= compression_rate ({self.compression_rate}) "
+                    "for memory_type 'compressive' (the STM must hold a full group of c vectors)"
+                )
+        for name in ("recon_weight", "kl_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not (value >= 0) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
+        if not isinstance(self.tie_weights, bool) or not isinstance(self.ltm_gate, bool):
+            raise ValueError("tie_weights and ltm_gate must be bools")
+        if self.max_segment_len is not None:
+            _check_int("max_segment_len", self.max_segment_len, 1)
+        try:  # the LTM's own checks, also for xl/compressive so configs stay comparable
+            self.ltm_config()
+        except ValueError as err:
+            raise ValueError(f"invalid ltm_* setting: {err}") from err
+
+    @property
+    def uses_ltm(self) -> bool:
+        return self.memory_type in ("infinite", "infinite_sticky")
+
+    @property
+    def uses_cmem(self) -> bool:
+        return self.memory_type == "compressive"
+
+    def ltm_config(self) -> LTMConfig:
+        """The LTMConfig of every layer's LongTermAttention (sticky iff infinite_sticky)."""
+        return LTMConfig(
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            num_basis=self.ltm_num_basis,
+            num_samples=self.ltm_num_samples,
+            tau=self.ltm_tau,
+            widths=self.ltm_widths,
+            ridge_lambda=self.ltm_ridge_lambda,
+            sticky=self.memory_type == "infinite_sticky",
+            num_bins=self.ltm_num_bins,
+            normalizer=self.ltm_normalizer,
+            min_sigma2=self.ltm_min_sigma2,
+            kl_sigma0=self.kl_sigma0,
+            gate=self.ltm_gate,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ltm_widths"] = list(self.ltm_widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------ state
+
+
+@dataclass
+class ModelState:
+    """Memories of all layers for a batch of streams (passed in and returned by the model).
+
+    mems:   per layer (batch, m, e) layer inputs; row i's valid ones are its last mem_valid[i].
+    cmems:  per layer (batch, C, e) compressed slots, last cmem_valid[i] valid (compressive only).
+    ltm:    per layer MemoryState of the LongTermAttention (infinite types only).
+    ltm_pending: per layer (batch, P, e) layer inputs that left the STM in the last call and
+            enter the LTM at the start of the next; last ltm_pending_count[i] valid.
+    """
+
+    mems: list[Tensor]
+    mem_valid: Tensor
+    cmems: list[Tensor] = field(default_factory=list)
+    cmem_valid: Tensor | None = None
+    ltm: list[MemoryState] = field(default_factory=list)
+    ltm_pending: list[Tensor] = field(default_factory=list)
+    ltm_pending_count: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.mem_valid.shape[0]
+
+    def _map(self, fn) -> ModelState:
+        opt = lambda t: None if t is None else fn(t)  # noqa: E731
+        return ModelState(
+            mems=[fn(t) for t in self.mems],
+            mem_valid=fn(self.mem_valid),
+            cmems=[fn(t) for t in self.cmems],
+            cmem_valid=opt(self.cmem_valid),
+            ltm=[MemoryState(fn(s.coeffs), fn(s.length), fn(s.bin_mass)) for s in self.ltm],
+            ltm_pending=[fn(t) for t in self.ltm_pending],
+            ltm_pending_count=opt(self.ltm_pending_count),
+        )
+
+    def detach(self) -> ModelState:
+        return self._map(lambda t: t.detach())
+
+    def to(self, device: torch.device | str) -> ModelState:
+        return self._map(lambda t: t.to(device))
+
+    def select(self, rows: Tensor) -> ModelState:
+        """The state of a subset of rows (index tensor or bool mask)."""
+        return self._map(lambda t: t[rows])
+
+    def reset(self, rows: Tensor) -> ModelState:
+        """Start a new document in the chosen rows (bool mask (batch,)): their mems, cmems,
+        pending vectors and LTM are emptied; other rows are unchanged. Returns a new state."""
+        if not isinstance(rows, Tensor) or rows.dtype != torch.bool or rows.shape != (self.batch_size,):
+            raise ValueError(f"rows must be a bool tensor of shape ({self.batch_size},), got {rows!r}")
+        rows = rows.to(self.mem_valid.device)
+        keep = ~rows
+
+        def zero(t: Tensor) -> Tensor:
+            return t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
+
+        return ModelState(
+            mems=[zero(t) for t in self.mems],
+            mem_valid=self.mem_valid * keep,
+            cmems=[zero(t) for t in self.cmems],
+            cmem_valid=None if self.cmem_valid is None else self.cmem_valid * keep,
+            ltm=[s.reset(rows) for s in self.ltm],
+            ltm_pending=[zero(t) for t in self.ltm_pending],
+            ltm_pending_count=None if self.ltm_pending_count is None else self.ltm_pending_count * keep,
+        )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Flat dict of tensors (for checkpoints)."""
+        d: dict[str, Tensor] = {"mem_valid": self.mem_valid}
+        for i, t in enumerate(self.mems):
+            d[f"mems.{i}"] = t
+        for i, t in enumerate(self.cmems):
+            d[f"cmems.{i}"] = t
+        if self.cmem_valid is not None:
+            d["cmem_valid"] = self.cmem_valid
+        for i, s in enumerate(self.ltm):
+            for k, v in s.state_dict().items():
+                d[f"ltm.{i}.{k}"] = v
+        for i, t in enumerate(self.ltm_pending):
+            d[f"ltm_pending.{i}"] = t
+        if self.ltm_pending_count is not None:
+            d["ltm_pending_count"] = self.ltm_pending_count
+        return d
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Tensor]) -> ModelState:
+        if "mem_valid" not in d:
+            raise ValueError("model state dict is missing 'mem_valid'")
+
+        def layers(prefix: str) -> list[Tensor]:
+            out, i = [], 0
+            while f"{prefix}.{i}" in d:
+                out.append(d[f"{prefix}.{i}"])
+                i += 1
+            return out
+
+        ltm, i = [], 0
+        while f"ltm.{i}.coeffs" in d:
+            ltm.append(
+                MemoryState.from_state_dict({k: d[f"ltm.{i}.{k}"] for k in ("coeffs", "length", "bin_mass")})
+            )
+            i += 1
+        return cls(
+            mems=layers("mems"),
+            mem_valid=d["mem_valid"],
+            cmems=layers("cmems"),
+            cmem_valid=d.get("cmem_valid"),
+            ltm=ltm,
+            ltm_pending=layers("ltm_pending"),
+            ltm_pending_count=d.get("ltm_pending_count"),
+        )
+
+
+@dataclass
+class LMOutput:
+    """logits (batch, T, V); loss: mean cross-entropy over counted positions (None without
+    targets); aux_loss: weighted KL (infinite*) or reconstruction loss (compressive), 0 for xl.
+
+    extras: "nll_sum" and "n_targets" (sum / count behind loss), "kl" and "recon" per layer
+    (unweighted, (n_layers,)), "ltm_length" (batch,) tokens absorbed by the LTM (layer 0),
+    and with return_densities=True "ltm_mu"/"ltm_sigma2": per layer (batch, H, T).
+    """
+
+    logits: Tensor
+    loss: Tensor | None
+    aux_loss: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def sinusoid(length: int, dim: int, device=None, dtype=torch.float32) -> Tensor:
+    """R for distances length-1, ..., 1, 0 (descending, as the rel-shift expects): (length, dim)."""
+    pos = torch.arange(length - 1, -1, -1, device=device, dtype=torch.float32)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    angles = pos[:, None] * inv_freq[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
+
+
+def rel_shift(x: Tensor) -> Tensor:
+    """Transformer-XL rel-shift: x[..., i, k] scored against R for distance S-1-k, with the T
+    queries the last T of S positions -> out[..., i, j] for distance (S - T + i) - j.
+    (Entries with j > S - T + i are garbage and must be masked.)"""
+    *lead, t, s = x.shape
+    padded = F.pad(x, (1, 0))  # (..., T, S + 1)
+    padded = padded.reshape(*lead, s + 1, t)
+    return padded[..., 1:, :].reshape(*lead, t, s)
+
+
+class RelativeAttention(nn.Module):
+    """Multi-head attention with Transformer-XL relative positions (u, v, W_R per layer)."""
+
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = c.n_heads, c.d_model // c.n_heads
+        self.qkv = nn.Linear(c.d_model, 3 * c.d_model, bias=False)
+        self.r_net = nn.Linear(c.d_model, c.d_model, bias=False)  # W_R
+        self.u = nn.Parameter(torch.zeros(c.n_heads, self.head_dim))
+        self.v = nn.Parameter(torch.zeros(c.n_heads, self.head_dim))
+        self.out = nn.Linear(c.d_model, c.d_model, bias=False)
+        self.drop = nn.Dropout(c.dropout)
+
+    def key_value(self, x: Tensor, detach: bool = False) -> tuple[Tensor, Tensor]:
+        e = x.shape[-1]
+        w = self.qkv.weight.detach() if detach else self.qkv.weight
+        return F.linear(x, w[e : 2 * e]), F.linear(x, w[2 * e :])
+
+    def query(self, x: Tensor, detach: bool = False) -> Tensor:
+        w = self.qkv.weight.detach() if detach else self.qkv.weight
+        return F.linear(x, w[: x.shape[-1]])
+
+    def forward(self, x: Tensor, n_query: int, pos: Tensor, mask: Tensor) -> Tensor:
+        """x: (batch, S, e) normalised [memory; segment]; the last n_query are queries.
+        pos: (S, e) sinusoids; mask: (batch, 1, T, S) True where attention is allowed."""
+        b, S, e = x.shape
+        H, d, T = self.n_heads, self.head_dim, n_query
+        q = self.query(x[:, S - T :]).view(b, T, H, d).transpose(1, 2)  # (b, H, T, d)
+        k, v = self.key_value(x)
+        k = k.view(b, S, H, d).transpose(1, 2)  # (b, H, S, d)
+        v = v.view(b, S, H, d).transpose(1, 2)
+        r = self.r_net(pos).view(S, H, d).transpose(0, 1)  # (H, S, d)
+        ac = (q + self.u[:, None]) @ k.transpose(-1, -2)  # content: (b, H, T, S)
+        bd = rel_shift((q + self.v[:, None]) @ r.transpose(-1, -2))  # position: (b, H, T, S)
+        scores = (ac + bd) / math.sqrt(d)
+        probs = self.drop(scores.masked_fill(~mask, float("-inf")).softmax(-1))
+        z = (probs @ v).transpose(1, 2).reshape(b, T, e)
+        return self.out(z)
+
+
+class Block(nn.Module):
+    """One pre-LN layer: relative attention over [cmem; mem; segment] (+ LTM), then FFN."""
+
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(c.d_model)
+        self.attn = RelativeAttention(c)
+        self.ln2 = nn.LayerNorm(c.d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(c.d_model, c.d_inner), nn.GELU(), nn.Linear(c.d_inner, c.d_model), nn.Dropout(c.dropout)
+        )
+        self.drop = nn.Dropout(c.dropout)
+        self.ltm = LongTermAttention(c.ltm_config()) if c.uses_ltm else None
+        self.compressor = Compressor(c.d_model, c.compression_rate) if c.uses_cmem else None
+
+    def norm_detached(self, x: Tensor) -> Tensor:
+        """LN₁ with detached parameters (for the reconstruction loss)."""
+        w = self.ln1.weight.detach()
+        b = self.ln1.bias.detach()
+        return F.layer_norm(x, self.ln1.normalized_shape, w, b, self.ln1.eps)
+
+
+# ------------------------------------------------------------------------------ model
+
+
+class InfiniteFormerLM(nn.Module):
+    """Decoder-only LM, Transformer-XL recurrence, memory type chosen by config (module doc)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+        self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.ln_f = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if c.tie_weights:
+            self.head.weight = self.embed.weight
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # -------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
+        """Empty memories for batch_size streams."""
+        c = self.config
+        _check_int("batch_size", batch_size, 1)
+        dtype = self.embed.weight.dtype
+        empty = lambda: torch.zeros(batch_size, 0, c.d_model, device=device, dtype=dtype)  # noqa: E731
+        count = lambda: torch.zeros(batch_size, dtype=torch.long, device=device)  # noqa: E731
+        return ModelState(
+            mems=[empty() for _ in range(c.n_layers)],
+            mem_valid=count(),
+            cmems=[empty() for _ in range(c.n_layers)] if c.uses_cmem else [],
+            cmem_valid=count() if c.uses_cmem else None,
+            ltm=[blk.ltm.init_state(batch_size, device) for blk in self.layers] if c.uses_ltm else [],
+            ltm_pending=[empty() for _ in range(c.n_layers)] if c.uses_ltm else [],
+            ltm_pending_count=count() if c.uses_ltm else None,
+        )
+
+    # ------------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        tokens: Tensor,
+        state: ModelState | None = None,
+        targets: Tensor | None = None,
+        loss_mask: Tensor | None = None,
+        *,
+        return_densities: bool = False,
+    ) -> tuple[LMOutput, ModelState]:
+        """tokens (batch, T) -> (LMOutput, new state). The new mems are detached; the returned
+        state is not (LTM coefficients carry the gate's graph): call state.detach() between
+        truncated-backprop windows. Targets < 0 are ignored in the loss, like loss_mask False."""
+        c = self.config
+        b, T = self._check_inputs(tokens, state, targets, loss_mask)
+        if state is None:
+            state = self.init_state(b, tokens.device)
+        h = self.drop(self.embed(tokens))  # (b, T, e)
+        dev = h.device
+
+        # Bookkeeping shared by all layers (right-aligned memories, per-row counts).
+        m = state.mems[0].shape[1]
+        S = m + T
+        v_mem = state.mem_valid
+        if c.uses_cmem:
+            evict = (v_mem + T - c.mem_len).clamp_min(0) // c.compression_rate * c.compression_rate
+            keep = v_mem + T - evict
+            K = int(keep.max())
+            E = int(evict.max())
+            q_new = evict // c.compression_rate
+            C = state.cmems[0].shape[1]
+            v_cm = state.cmem_valid
+            C_new = min(c.cmem_len, int((v_cm + q_new).max()))
+            cmem_valid_new = (v_cm + q_new).clamp_max(c.cmem_len)
+            n_mem = v_cm + v_mem  # valid memory entries attended per row
+            M_len = C + m
+        else:
+            keep = (v_mem + T).clamp_max(c.mem_len)
+            K = min(c.mem_len, S)
+            n_mem, M_len = v_mem, m
+        P = S - K  # vectors leaving the STM block (pending for the LTM)
+        pend_count = (v_mem + T - keep) if c.uses_ltm else None
+        if c.uses_ltm:
+            absorb_counts = sorted({int(n) for n in state.ltm_pending_count.tolist()} - {0})
+
+        L = M_len + T
+        pos = self.drop(sinusoid(L, c.d_model, dev, h.dtype))
+        i = torch.arange(T, device=dev)[:, None]
+        j = torch.arange(L, device=dev)[None, :]
+        causal = j <= (M_len + i)  # (T, L)
+        mem_ok = j[None] >= (M_len - n_mem)[:, None, None]  # (b, 1, L)
+        mask = (causal[None] & mem_ok)[:, None]  # (b, 1, T, L)
+
+        new_mems, new_cmems, new_ltm, new_pending = [], [], [], []
+        kls, recons, mus, sigma2s = [], [], [], []
+        for layer, blk in enumerate(self.layers):
+            mem = state.mems[layer]
+            combined = torch.cat([mem, h], dim=1)  # (b, S, e) right-aligned [mem; segment]
+            if c.uses_cmem:
+                memory = concat_right_aligned(state.cmems[layer], v_cm, mem, v_mem, M_len)
+                x = blk.ln1(torch.cat([memory, h], dim=1))
+            else:
+                x = blk.ln1(combined)
+            z = blk.attn(x, T, pos, mask)  # Z_STM after W_O
+            if blk.ltm is not None:
+                ltm_state = self._absorb(
+                    blk, state.ltm[layer], state.ltm_pending[layer], state.ltm_pending_count, absorb_counts
+                )
+                queries = x[:, -T:]
+                if return_densities:
+                    mu, sigma2, _ = blk.ltm.densities(queries, ltm_state)
+                    mus.append(mu)
+                    sigma2s.append(sigma2)
+                z_ltm, ltm_state, kl = blk.ltm(queries, None, ltm_state, return_kl=True)
+                z = z + z_ltm  # Z = Z_STM + Z_LTM, before the residual
+                kls.append(kl)
+                new_ltm.append(ltm_state)
+                new_pending.append(combined[:, :P].detach())
+            if c.uses_cmem:
+                old = take_evicted(combined, keep, evict, E).detach()  # (b, E, e)
+                comp = blk.compressor(old)  # (b, E/c, e)
+                key_value = lambda t, blk=blk: blk.attn.key_value(blk.norm_detached(t), detach=True)  # noqa: E731
+                queries = blk.attn.query(blk.norm_detached(h.detach()), detach=True)
+                recons.append(reconstruction_loss(queries, old, evict, comp, q_new, key_value, c.n_heads))
+                new_cmems.append(concat_right_aligned(state.cmems[layer], v_cm, comp.detach(), q_new, C_new))
+            new_mems.append(combined[:, S - K :].detach())
+            h = h + blk.drop(z)
+            h = h + blk.ff(blk.ln2(h))
+
+        logits = self.head(self.ln_f(h))
+        zero = logits.new_zeros(())
+        extras: dict[str, Any] = {}
+        if kls:
+            aux = c.kl_weight * torch.stack(kls).sum()
+            extras["kl"] = torch.stack(kls).detach()
+            extras["ltm_length"] = new_ltm[0].length
+        elif recons:
+            aux = c.recon_weight * torch.stack(recons).sum()
+            extras["recon"] = torch.stack(recons).detach()
+        else:
+            aux = zero
+        if return_densities and mus:
+            extras["ltm_mu"], extras["ltm_sigma2"] = mus, sigma2s
+
+        loss = None
+        if targets is not None:
+            counted = targets >= 0
+            if loss_mask is not None:
+                counted = counted & loss_mask
+            nll = F.cross_entropy(
+                logits.reshape(-1, c.vocab_size).float(), targets.clamp_min(0).reshape(-1), reduction="none"
+            )
+            nll_sum = (nll * counted.reshape(-1)).sum()
+            n = counted.sum()
+            loss = nll_sum / n.clamp_min(1)
+            extras["nll_sum"], extras["n_targets"] = nll_sum.detach(), n
+
+        new_state = ModelState(
+            mems=new_mems,
+            mem_valid=keep,
+            cmems=new_cmems,
+            cmem_valid=cmem_valid_new if c.uses_cmem else None,
+            ltm=new_ltm,
+            ltm_pending=new_pending,
+            ltm_pending_count=pend_count,
+        )
+        return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras), new_state
+
+    @staticmethod
+    def _absorb(
+        blk: Block, ltm_state: MemoryState, pending: Tensor, counts: Tensor, distinct: list[int]
+    ) -> MemoryState:
+        """Absorb each row's pending vectors (its last counts[i]) into the LTM.
+
+        Rows usually share one count; otherwise one batched update per distinct count (not per
+        row), each row taking the result of its own count, so every row gets exactly the fit a
+        lone stream would get."""
+        if pending.shape[1] == 0 or not distinct:
+            return ltm_state
+        P = pending.shape[1]
+        x = blk.ln1(pending)
+        out = ltm_state
+        for n in distinct:
+            upd = blk.ltm.update(ltm_state, x[:, P - n :])
+            rows = counts == n
+            out = MemoryState(
+                coeffs=torch.where(rows[:, None, None], upd.coeffs, out.coeffs),
+                length=torch.where(rows, upd.length, out.length),
+                bin_mass=out.bin_mass,
+            )
+        return out
+
+    # --------------------------------------------------------------------------- checks
+
+    def _check_inputs(
+        self, tokens: Tensor, state: ModelState | None, targets: Tensor | None, loss_mask: Tensor | None
+    ) -> tuple[int, int]:
+        c = self.config
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
+            raise ValueError(f"tokens must be a (batch, T) LongTensor, got {_describe(tokens)}")
+        b, T = tokens.shape
+        if T == 0:
+            raise ValueError("tokens must have at least one position (T >= 1)")
+        if c.max_segment_len is not None and T > c.max_segment_len:
+            raise ValueError(f"segment length {T} exceeds max_segment_len={c.max_segment_len}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
+            raise ValueError(
+                f"tokens must be in [0, {c.vocab_size}), got range [{int(tokens.min())}, {int(tokens.max())}]"
+            )
+        if targets is not None:
+            if not isinstance(targets, Tensor) or targets.shape != (b, T) or targets.dtype != torch.long:
+                raise ValueError(f"targets must be a ({b}, {T}) LongTensor, got {_describe(targets)}")
+            if int(targets.max()) >= c.vocab_size:
+                raise ValueError(f"targets must be < vocab_size={c.vocab_size} (negative = ignored)")
+        if loss_mask is not None and (
+            not isinstance(loss_mask, Tensor) or loss_mask.shape != (b, T) or loss_mask.dtype != torch.bool
+        ):
+            raise ValueError(f"loss_mask must be a ({b}, {T}) bool tensor, got {_describe(loss_mask)}")
+        if state is not None:
+            if not isinstance(state, ModelState):
+                raise ValueError(f"state must be a ModelState or None, got {type(state).__name__}")
+            if state.batch_size != b:
+                raise ValueError(f"state has batch size {state.batch_size} but tokens have {b}")
+            if len(state.mems) != c.n_layers:
+                raise ValueError(
+                    f"state has {len(state.mems)} layers of mems, expected n_layers={c.n_layers}"
+                )
+            if c.uses_cmem and (len(state.cmems) != c.n_layers or state.cmem_valid is None):
+                raise ValueError("state has no compressed memory, expected one for memory_type 'compressive'")
+            if c.uses_ltm and (len(state.ltm) != c.n_layers or state.ltm_pending_count is None):
+                raise ValueError(
+                    f"state has no long-term memory, expected one for memory_type {c.memory_type!r}"
+                )
+        return b, T
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Tensor):
+        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__

@@ -1,0 +1,125 @@
+"""InfiniteGPT2Stream: read any amount of text into the memory, then generate.
+
+    stream = InfiniteGPT2Stream(model)            # batch of 1 stream
+    stream.read(book_ids)                         # 100k tokens: ~200 blocks absorbed into the LTM
+    new_ids = stream.generate(question_ids, max_new_tokens=32)
+    more = stream.generate(max_new_tokens=16)     # continues: the memory survives between calls
+    stream.reset()                                # forget everything
+
+The stream is a user-visible holder of the explicit state: ``stream.memory``
+(an InfiniteGPT2Memory) and ``stream.last``, the newest token, which is kept
+unfed so that generation always has a token whose logits start it. The cost
+of a generated token is the same however much text was read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .memory import InfiniteGPT2Memory
+from .modeling import InfiniteGPT2LMHeadModel
+
+
+class InfiniteGPT2Stream:
+    """Streams of text through an InfiniteGPT2LMHeadModel, with the memory kept between calls."""
+
+    def __init__(self, model: InfiniteGPT2LMHeadModel, batch_size: int = 1, tokenizer: Any = None) -> None:
+        if not isinstance(model, InfiniteGPT2LMHeadModel):
+            raise ValueError(f"model must be an InfiniteGPT2LMHeadModel, got {type(model).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.model = model
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer
+        self.memory: InfiniteGPT2Memory | None = None
+        self.last: Tensor | None = None  # (batch, 1) newest token, not yet fed to the model
+        self.reset()
+
+    def reset(self) -> InfiniteGPT2Stream:
+        """Forget everything read or generated."""
+        self.memory = self.model.init_memory(self.batch_size)
+        self.last = None
+        return self
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens read or generated so far (per stream)."""
+        fed = int(self.memory.num_tokens.max()) if self.memory is not None else 0
+        return fed + (0 if self.last is None else 1)
+
+    def _ids(self, tokens: str | Sequence[int] | Tensor | None) -> Tensor:
+        """Tokens as a (batch, T) LongTensor on the model's device."""
+        if tokens is None:
+            return torch.zeros(self.batch_size, 0, dtype=torch.long, device=self.model.device)
+        if isinstance(tokens, str):
+            if self.tokenizer is None:
+                raise ValueError("text needs a tokenizer: InfiniteGPT2Stream(model, tokenizer=...)")
+            tokens = self.tokenizer.encode(tokens)
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0).expand(self.batch_size, -1)
+        if ids.dim() != 2 or ids.shape[0] != self.batch_size:
+            raise ValueError(f"tokens must be (T,) or ({self.batch_size}, T), got shape {tuple(ids.shape)}")
+        return ids
+
+    @torch.no_grad()
+    def read(self, tokens: str | Sequence[int] | Tensor) -> InfiniteGPT2Stream:
+        """Read tokens (text, ids (T,) or (batch, T)) into the memory, block by block."""
+        ids = self._ids(tokens)
+        if self.last is not None:
+            ids = torch.cat([self.last, ids], dim=1)
+        if ids.shape[1] == 0:
+            return self
+        feed, self.last = ids[:, :-1], ids[:, -1:]
+        start = 0
+        while start < feed.shape[1]:
+            room = self.memory.block_size - self.memory.position
+            n = min(feed.shape[1] - start, room if room > 0 else self.memory.block_size)
+            out = self.model(feed[:, start : start + n], memory=self.memory, logits_to_keep=1)
+            self.memory = out.memory
+            start += n
+        return self
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[int] | Tensor | None = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        **generate_kwargs: Any,
+    ) -> Tensor:
+        """Continue the stream after an optional prompt; returns the new ids (batch, new).
+
+        Greedy by default (do_sample=False); other generate() options pass through.
+        """
+        ids = self._ids(prompt)
+        if self.last is not None:
+            ids = torch.cat([self.last, ids], dim=1)
+        if ids.shape[1] == 0:
+            raise ValueError("nothing to continue: read() some text or give a prompt first")
+        generate_kwargs.setdefault("pad_token_id", self.model.generation_config.eos_token_id)
+        out = self.model.generate(
+            ids,
+            memory=self.memory,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+        new = out.sequences[:, ids.shape[1] :]
+        self.memory = out.memory
+        self.last = new[:, -1:]
+        return new
+
+    def decode(self, ids: Tensor) -> list[str]:
+        """Decode (batch, T) ids with the stream's tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("decode needs a tokenizer: InfiniteGPT2Stream(model, tokenizer=...)")
+        return [self.tokenizer.decode(row.tolist()) for row in ids]
+
+
+__all__ = ["InfiniteGPT2Stream"]

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .configuration import InfiniteGPT2Config
 from .memory import InfiniteGPT2Memory
 from .modeling import InfiniteGPT2LMHeadModel, InfiniteGPT2Output
-from .streaming import InfiniteGPT2Stream
+from .streaming import GPT2WindowStream, InfiniteGPT2Stream
 
 AutoConfig.register(InfiniteGPT2Config.model_type, InfiniteGPT2Config, exist_ok=True)
 AutoModelForCausalLM.register(InfiniteGPT2Config, InfiniteGPT2LMHeadModel, exist_ok=True)
@@ -25,4 +25,5 @@ __all__ = [
     "InfiniteGPT2Memory",
     "InfiniteGPT2Output",
     "InfiniteGPT2Stream",
+    "GPT2WindowStream",
 ]

@@ -122,4 +122,71 @@ class InfiniteGPT2Stream:
         return [self.tokenizer.decode(row.tolist()) for row in ids]
 
 
-__all__ = ["InfiniteGPT2Stream"]
+class GPT2WindowStream:
+    """Baseline stream for a plain causal LM (e.g. GPT2LMHeadModel): no memory, it sees
+    only the last ``window`` tokens (default: its n_positions), recomputed at each
+    generate call. Same read / generate / reset API as InfiniteGPT2Stream."""
+
+    def __init__(self, model: Any, window: int | None = None, tokenizer: Any = None) -> None:
+        positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+        self.window = window or positions
+        if (
+            isinstance(self.window, bool)
+            or not isinstance(self.window, int)
+            or not 1 < self.window <= positions
+        ):
+            raise ValueError(f"window must be an int in [2, {positions}], got {window!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokens = torch.zeros(1, 0, dtype=torch.long, device=model.device)
+        self.seen = 0
+
+    def reset(self) -> GPT2WindowStream:
+        self.tokens = self.tokens[:, :0]
+        self.seen = 0
+        return self
+
+    @property
+    def num_tokens(self) -> int:
+        return self.seen
+
+    def _ids(self, tokens: Any) -> Tensor:
+        if tokens is None:
+            return self.tokens[:, :0]
+        if isinstance(tokens, str):
+            if self.tokenizer is None:
+                raise ValueError("text needs a tokenizer: GPT2WindowStream(model, tokenizer=...)")
+            tokens = self.tokenizer.encode(tokens)
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device)
+        return ids.unsqueeze(0) if ids.dim() == 1 else ids
+
+    def read(self, tokens: Any) -> GPT2WindowStream:
+        ids = self._ids(tokens)
+        self.tokens = torch.cat([self.tokens, ids], dim=1)[:, -self.window :]
+        self.seen += ids.shape[1]
+        return self
+
+    @torch.no_grad()
+    def generate(
+        self, prompt: Any = None, max_new_tokens: int = 32, do_sample: bool = False, **kwargs: Any
+    ) -> Tensor:
+        self.read(prompt)
+        if self.tokens.shape[1] == 0:
+            raise ValueError("nothing to continue: read() some text or give a prompt first")
+        if max_new_tokens >= self.window:
+            raise ValueError(f"max_new_tokens must be < window ({self.window}), got {max_new_tokens}")
+        ids = self.tokens[:, -(self.window - max_new_tokens) :]
+        kwargs.setdefault("pad_token_id", self.model.generation_config.eos_token_id)
+        out = self.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            **kwargs,
+        )
+        new = out[:, ids.shape[1] :]
+        self.read(new)
+        return new
+
+
+__all__ = ["GPT2WindowStream", "InfiniteGPT2Stream"]

@@ -353,12 +353,13 @@ class RelativeAttention(nn.Module):
         k = k.view(b, S, H, d).transpose(1, 2)  # (b, H, S, d)
         v = v.view(b, S, H, d).transpose(1, 2)
         r = self.r_net(pos).view(S, H, d).transpose(0, 1)  # (H, S, d)
-        ac = (q + self.u[:, None]) @ k.transpose(-1, -2)  # content: (b, H, T, S)
+        # score_ij = [(q_i + u)ᵀk_j + (q_i + v)ᵀ W_R R_{i-j}] / √d; the positional term (with the
+        # mask as -inf) is the additive bias of a fused scaled-dot-product attention.
         bd = rel_shift((q + self.v[:, None]) @ r.transpose(-1, -2))  # position: (b, H, T, S)
-        scores = (ac + bd) / math.sqrt(d)
-        probs = self.drop(scores.masked_fill(~mask, float("-inf")).softmax(-1))
-        z = (probs @ v).transpose(1, 2).reshape(b, T, e)
-        return self.out(z)
+        bias = (bd / math.sqrt(d)).masked_fill(~mask, float("-inf"))
+        p = self.drop.p if self.training else 0.0
+        z = F.scaled_dot_product_attention(q + self.u[:, None], k, v, attn_mask=bias, dropout_p=p)
+        return self.out(z.transpose(1, 2).reshape(b, T, e))
 
 
 class Block(nn.Module):
@@ -485,6 +486,7 @@ class InfiniteFormerLM(nn.Module):
 
         new_mems, new_cmems, new_ltm, new_pending = [], [], [], []
         kls, recons, mus, sigma2s = [], [], [], []
+        idle: list[Tensor] = []  # parameters this call does not use (see below)
         for layer, blk in enumerate(self.layers):
             mem = state.mems[layer]
             combined = torch.cat([mem, h], dim=1)  # (b, S, e) right-aligned [mem; segment]
@@ -508,6 +510,8 @@ class InfiniteFormerLM(nn.Module):
                 kls.append(kl)
                 new_ltm.append(ltm_state)
                 new_pending.append(combined[:, :P].detach())
+                if not absorb_counts and blk.ltm.gate is not None:
+                    idle.extend(blk.ltm.gate.parameters())
             if c.uses_cmem:
                 old = take_evicted(combined, keep, evict, E).detach()  # (b, E, e)
                 comp = blk.compressor(old)  # (b, E/c, e)
@@ -515,6 +519,8 @@ class InfiniteFormerLM(nn.Module):
                 queries = blk.attn.query(blk.norm_detached(h.detach()), detach=True)
                 recons.append(reconstruction_loss(queries, old, evict, comp, q_new, key_value, c.n_heads))
                 new_cmems.append(concat_right_aligned(state.cmems[layer], v_cm, comp.detach(), q_new, C_new))
+                if E == 0:
+                    idle.extend(blk.compressor.parameters())
             new_mems.append(combined[:, S - K :].detach())
             h = h + blk.drop(z)
             h = h + blk.ff(blk.ln2(h))
@@ -531,6 +537,11 @@ class InfiniteFormerLM(nn.Module):
             extras["recon"] = torch.stack(recons).detach()
         else:
             aux = zero
+        if idle and torch.is_grad_enabled():
+            # 0·Σp keeps every parameter in the graph (gradient 0) in calls that do not use it
+            # (LTM gate before anything left the STM, compressor before anything was evicted),
+            # so DDP works without find_unused_parameters.
+            aux = aux + 0.0 * sum(p.sum() for p in idle)
         if return_densities and mus:
             extras["ltm_mu"], extras["ltm_sigma2"] = mus, sigma2s
 

@@ -375,3 +375,19 @@ def test_every_parameter_gets_a_gradient_on_the_first_segment(memory_type):
     (out.loss + out.aux_loss).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
+
+
+@pytest.mark.parametrize("memory_type", MEMORY_TYPES)
+def test_bf16_autocast_runs_and_keeps_memories_in_float32(memory_type):
+    model = make(memory_type, mem_len=4)
+    model.train()
+    state = None
+    for _ in range(3):
+        tokens = torch.randint(0, V, (2, 4))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, state = model(tokens, state, targets=tokens)
+        (out.loss + out.aux_loss).backward()
+        state = state.detach()
+    assert torch.isfinite(out.loss) and torch.isfinite(out.aux_loss)
+    assert state.mems[0].dtype == torch.float32
+    assert all(s.coeffs.dtype == torch.float32 for s in state.ltm)

@@ -355,10 +355,11 @@ class RelativeAttention(nn.Module):
         r = self.r_net(pos).view(S, H, d).transpose(0, 1)  # (H, S, d)
         # score_ij = [(q_i + u)ᵀk_j + (q_i + v)ᵀ W_R R_{i-j}] / √d; the positional term (with the
         # mask as -inf) is the additive bias of a fused scaled-dot-product attention.
-        bd = rel_shift((q + self.v[:, None]) @ r.transpose(-1, -2))  # position: (b, H, T, S)
+        bd = rel_shift((q + self.v[:, None]).to(r.dtype) @ r.transpose(-1, -2))  # position: (b, H, T, S)
         bias = (bd / math.sqrt(d)).masked_fill(~mask, float("-inf"))
         p = self.drop.p if self.training else 0.0
-        z = F.scaled_dot_product_attention(q + self.u[:, None], k, v, attn_mask=bias, dropout_p=p)
+        qu = (q + self.u[:, None]).to(k.dtype)  # u, v are float32 parameters: keep autocast's dtype
+        z = F.scaled_dot_product_attention(qu, k, v, attn_mask=bias.to(k.dtype), dropout_p=p)
         return self.out(z.transpose(1, 2).reshape(b, T, e))
 
 

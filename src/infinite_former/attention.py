@@ -132,7 +132,7 @@ class LongTermAttention(nn.Module):
         """Gate (optional) and absorb new_vectors (batch, L, e) into the memory."""
         x = new_vectors
         if self.gate is not None and x.shape[1] > 0:
-            x = x * torch.sigmoid(self.gate(x.transpose(1, 2)).transpose(1, 2))
+            x = x * torch.sigmoid(self.gate_logits(x))
         c = self.config
         return update_memory(
             state,
@@ -146,31 +146,51 @@ class LongTermAttention(nn.Module):
             generator=generator,
         )
 
+    def gate_logits(self, x: Tensor) -> Tensor:
+        """Conv1d_{e→e, kernel 3}(x) over the L positions: (batch, L, e) -> (batch, L, e).
+
+        Same numbers as self.gate(x.transpose(1, 2)).transpose(1, 2), computed as one
+        (batch·L, 3e) × (3e, e) matmul over the three shifted copies of x, which is
+        faster than a channels-first convolution and needs no transposes.
+        """
+        assert self.gate is not None
+        length = x.shape[1]
+        padded = F.pad(x, (0, 0, 1, 1))  # (batch, L + 2, e)
+        window = torch.cat([padded[:, k : k + length] for k in range(3)], dim=-1)  # (batch, L, 3e)
+        weight = self.gate.weight.permute(0, 2, 1).reshape(self.gate.out_channels, -1)  # (e, 3e)
+        return F.linear(window, weight, self.gate.bias)
+
     # ------------------------------------------------------------- attention
 
     def densities(self, queries: Tensor, state: MemoryState) -> tuple[Tensor, Tensor, Tensor]:
-        """μ, σ² (batch, H, q) of each query's density, and V heads (batch, H, N, d)."""
+        """μ, σ² (batch, H, q) of each query's density, and V heads (batch, H, N, d).
+
+        The paper's μ = sigmoid(w_μᵀ s), s = K_h q / √d, K = B W_K, is computed as
+        q · (W_K Bᵀ w_μ)_h / √d: the same number, without materialising K or the
+        (batch, H, q, N) scores (likewise for σ² = softplus(w_σᵀ s)).
+        """
         b, q, _ = queries.shape
         h, d = self.config.n_heads, self.head_dim
-        coeffs = state.coeffs.to(queries.dtype)  # B: (batch, N, e)
-        keys = self.key(coeffs).view(b, -1, h, d).transpose(1, 2)  # (batch, H, N, d)
-        values = self.value(coeffs).view(b, -1, h, d).transpose(1, 2)
+        coeffs = state.coeffs  # B: (batch, N, e), float32 or wider
+        values = self.value(coeffs.to(queries.dtype)).view(b, -1, h, d).transpose(1, 2)  # (batch, H, N, d)
         qh = self.query(queries).view(b, q, h, d).transpose(1, 2)  # (batch, H, q, d)
-        scores = (qh @ keys.transpose(-1, -2)).float() / math.sqrt(d)  # (batch, H, q, N)
         with torch.autocast(device_type=queries.device.type, enabled=False):
-            mu = torch.sigmoid(F.linear(scores, self.mu_proj.weight.float(), self.mu_proj.bias.float()))
-            sigma2 = F.softplus(
-                F.linear(scores, self.sigma_proj.weight.float(), self.sigma_proj.bias.float())
-            )
-        return mu.squeeze(-1), sigma2.squeeze(-1).clamp_min(self.config.min_sigma2), values
+            w = torch.cat([self.mu_proj.weight, self.sigma_proj.weight]).to(coeffs.dtype)  # (2, N)
+            bias = torch.cat([self.mu_proj.bias, self.sigma_proj.bias]).float()  # (2,)
+            wb = torch.matmul(w, coeffs)  # w_μᵀB, w_σᵀB: (batch, 2, e)
+            wk = self.key(wb.to(self.key.weight.dtype)).float()  # Kᵀw = W_K Bᵀw: (batch, 2, e)
+            wk = wk.view(b, 2, h, d).permute(0, 2, 3, 1)  # (batch, H, d, 2)
+            logits = torch.matmul(qh.float(), wk) / math.sqrt(d) + bias  # (batch, H, q, 2)
+            mu = torch.sigmoid(logits[..., 0])
+            sigma2 = F.softplus(logits[..., 1]).clamp_min(self.config.min_sigma2)
+        return mu, sigma2, values
 
     def attend(self, queries: Tensor, state: MemoryState) -> tuple[Tensor, MemoryState, Tensor]:
         """Read the memory: (out (batch, q, e), state with new bin mass, KL (batch, H, q))."""
         b, q, e = queries.shape
         mu, sigma2, values = self.densities(queries, state)
         with torch.autocast(device_type=queries.device.type, enabled=False):
-            expect = self.normalizer(mu, sigma2)  # E_p[ψ]: (batch, H, q, N), float32
-        context = expect.to(values.dtype) @ values  # (batch, H, q, d)
+            context = self.normalizer.context(mu, sigma2, values)  # V_hᵀ E_p[ψ]: (batch, H, q, d)
         out = self.out(context.transpose(1, 2).reshape(b, q, e))
         has_memory = state.length > 0
         out = out * has_memory[:, None, None].to(out.dtype)
@@ -238,8 +258,11 @@ class LongTermAttention(nn.Module):
                     )
         if self.config.check_finite and not torch.compiler.is_compiling():
             for name, t in (("queries", queries), ("new_vectors", new_vectors)):
-                if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"{name} contains NaN or Inf values")
+                # A finite sum proves every element finite (NaN and Inf propagate); only a
+                # non-finite sum (which may also be an overflow) needs the elementwise check.
+                if t is not None and t.numel() and not bool(torch.isfinite(t.sum())):
+                    if not bool(torch.isfinite(t).all()):
+                        raise ValueError(f"{name} contains NaN or Inf values")
 
 
 def _shape(x: Any) -> str:

@@ -12,6 +12,14 @@ the expectation of every basis function ψ_k, in closed form:
 
 Gradients come from autograd through these formulas; they equal the
 exponential-family expressions of the paper.
+
+For the attention itself, :func:`gaussian_context` computes the context
+z = E_p[ψ]ᵀ V (PAPER §2) without ever storing the (…, q, N) matrix E_p[ψ]:
+it is built chunk by chunk over the queries in the forward and rebuilt in
+the backward (like flash attention), with closed-form gradients for μ and σ².
+σ² + σ_k² takes only W = len(widths) values per query, so with the
+width-major RBF layout E_p[ψ] costs one fused multiply-add and one exp over
+contiguous (..., W, C) blocks.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-from .basis import GaussianBasis, gaussian_pdf
+from .basis import GaussianBasis, exp_floor, gaussian_pdf
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -48,9 +57,114 @@ def gaussian_expectation(mu: Tensor, sigma2: Tensor, basis_mu: Tensor, basis_sig
     return gaussian_pdf(mu.unsqueeze(-1), basis_mu, sigma2.unsqueeze(-1) + basis_sigma**2)
 
 
+def factored_gaussian_expectation(
+    mu: Tensor, sigma2: Tensor, centres: Tensor, widths2: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """E_{𝒩(μ,σ²)}[ψ] for the width-major RBF layout, plus the pieces its gradient needs.
+
+    mu, sigma2: (...,); centres: (C,) centres μ_c; widths2: (W,) variances σ_w²,
+    with ψ_{w·C+c} = 𝒩(·; μ_c, σ_w²) and N = W·C. Returns E (..., N),
+    d = μ - μ_c (..., 1, C) and r = 1/(σ² + σ_w²) (..., W, 1).
+    """
+    r = torch.reciprocal(sigma2.unsqueeze(-1) + widths2).unsqueeze(-1)  # (..., W, 1)
+    d = (mu.unsqueeze(-1) - centres).unsqueeze(-2)  # (..., 1, C)
+    log_norm = 0.5 * torch.log(r * (0.5 / math.pi))  # log 𝒩 normaliser: (..., W, 1)
+    # log E = log_norm - ½ d² r: one fused multiply-add over (..., W, C), then exp in place.
+    expect = torch.addcmul(log_norm, d * d, -0.5 * r).clamp_min_(exp_floor(log_norm.dtype))
+    return expect.exp_().flatten(-2), d, r
+
+
+# Elements of one block of E_p[ψ]: on CPU a block stays below glibc's mmap threshold
+# (32 MiB, larger blocks are page-faulted in afresh on every allocation) and near cache;
+# accelerators take the whole (G, q, N) at once.
+_BLOCK_ELEMENTS = {"cpu": 1 << 20}
+_BLOCK_ELEMENTS_DEFAULT = 1 << 28
+
+
+def _blocks(groups: int, queries: int, num_basis: int, device: torch.device) -> list[tuple[slice, slice]]:
+    """(group slice, query slice) blocks covering (G, q): whole groups while they fit."""
+    target = _BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS_DEFAULT)
+    per_group = queries * num_basis
+    if per_group <= target:
+        step = max(1, target // per_group)
+        return [(slice(g, g + step), slice(None)) for g in range(0, groups, step)]
+    step = max(1, target // (groups * num_basis))
+    return [(slice(None), slice(q, q + step)) for q in range(0, queries, step)]
+
+
+class _GaussianContext(torch.autograd.Function):
+    """z = E_{𝒩(μ,σ²)}[ψ]ᵀ V per (group, query), E_p[ψ] rebuilt per block, never stored."""
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, sigma2: Tensor, values: Tensor, centres: Tensor, widths2: Tensor) -> Tensor:
+        # mu, sigma2: (G, q); values: (G, N, d) -> (G, q, d)
+        out = values.new_empty(*mu.shape, values.shape[-1])
+        for gs, qs in _blocks(*mu.shape, values.shape[1], mu.device):
+            expect, _, _ = factored_gaussian_expectation(mu[gs, qs], sigma2[gs, qs], centres, widths2)
+            out[gs, qs] = torch.matmul(expect.to(values.dtype), values[gs])
+        ctx.save_for_backward(mu, sigma2, values, centres, widths2)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        mu, sigma2, values, centres, widths2 = ctx.saved_tensors
+        num_widths = widths2.shape[0]
+        need_mu, need_s2, need_v = ctx.needs_input_grad[:3]
+        grad_mu = torch.zeros_like(mu) if need_mu else None
+        grad_s2 = torch.zeros_like(sigma2) if need_s2 else None
+        grad_values = (
+            torch.zeros_like(values, dtype=torch.promote_types(values.dtype, mu.dtype)) if need_v else None
+        )
+        for gs, qs in _blocks(*mu.shape, values.shape[1], mu.device):
+            expect, d, r = factored_gaussian_expectation(mu[gs, qs], sigma2[gs, qs], centres, widths2)
+            g = grad_out[gs, qs]  # (g, chunk, d)
+            if need_v:
+                grad_values[gs] += torch.matmul(expect.to(values.dtype).transpose(-1, -2), g)
+            if not (need_mu or need_s2):
+                continue
+            # a = ∂L/∂E ⊙ E, viewed (g, chunk, W, C); its moments in d = μ - μ_c give the gradients:
+            # ∂E/∂μ = -E d r,  ∂E/∂σ² = ½ E r (r d² - 1).
+            a = torch.matmul(g, values[gs].transpose(-1, -2)).to(expect.dtype).mul_(expect)
+            a = a.unflatten(-1, (num_widths, -1))
+            s0 = a.sum(-1, keepdim=True)
+            s1 = a.mul_(d).sum(-1, keepdim=True)
+            s2 = a.mul_(d).sum(-1, keepdim=True)  # (g, chunk, W, 1)
+            if need_mu:
+                grad_mu[gs, qs] = -(r * s1).sum((-2, -1))
+            if need_s2:
+                grad_s2[gs, qs] = 0.5 * (r * (r * s2 - s0)).sum((-2, -1))
+        gv = grad_values.to(values.dtype) if need_v else None
+        return grad_mu, grad_s2, gv, None, None
+
+
+def gaussian_context(mu: Tensor, sigma2: Tensor, values: Tensor, basis: GaussianBasis) -> Tensor:
+    """Continuous-softmax context z = V_hᵀ E_{𝒩(μ,σ²)}[ψ] without storing E_p[ψ].
+
+    mu, sigma2: (..., q) in float32 or float64; values: (..., N, d) (any float
+    dtype; E_p[ψ] is cast to it for the product). Returns (..., q, d) in
+    values' dtype. Differentiable in mu, sigma2 and values (first order).
+    """
+    lead = mu.shape[:-1]
+    centres, widths2 = basis.factored_like(mu)
+    out = _GaussianContext.apply(
+        mu.reshape(-1, mu.shape[-1]),
+        sigma2.reshape(-1, sigma2.shape[-1]),
+        values.reshape(-1, *values.shape[-2:]),
+        centres,
+        widths2,
+    )
+    return out.view(*lead, *out.shape[-2:])
+
+
 def gaussian_cdf(t: Tensor, mu: Tensor, sigma2: Tensor) -> Tensor:
     """P(T <= t) for T ~ 𝒩(μ, σ²), broadcasting."""
-    return 0.5 * torch.erfc(-(t - mu) * torch.rsqrt(sigma2) * _INV_SQRT2)
+    scale = torch.rsqrt(sigma2) * _INV_SQRT2  # 1/√(2σ²)
+    z = torch.addcmul(mu * scale, t, -scale)  # (μ - t)/√(2σ²)
+    # Beyond |z| = √(-log tiny) erfc is 0 or 2 to within the smallest normal number; clamping
+    # there avoids erfc's ~10x slower underflow path.
+    bound = math.floor(math.sqrt(-exp_floor(z.dtype)))
+    return torch.erfc(z.clamp_(-bound, bound)).mul_(0.5)
 
 
 # ------------------------------------------------------------------------- sparsemax
@@ -106,7 +220,12 @@ class ContinuousSoftmax(nn.Module):
         self.basis = basis
 
     def forward(self, mu: Tensor, sigma2: Tensor) -> Tensor:
-        return gaussian_expectation(mu, sigma2, *self.basis.params_like(mu))
+        """E_p[ψ]: mu, sigma2 (...,) -> (..., N)."""
+        return factored_gaussian_expectation(mu, sigma2, *self.basis.factored_like(mu))[0]
+
+    def context(self, mu: Tensor, sigma2: Tensor, values: Tensor) -> Tensor:
+        """z = E_p[ψ]ᵀ V: mu, sigma2 (..., q), values (..., N, d) -> (..., q, d)."""
+        return gaussian_context(mu, sigma2, values, self.basis)
 
     def density(self, t: Tensor, mu: Tensor, sigma2: Tensor) -> Tensor:
         return gaussian_pdf(t, mu, sigma2)
@@ -121,7 +240,12 @@ class ContinuousSparsemax(ContinuousSoftmax):
     name = "sparsemax"
 
     def forward(self, mu: Tensor, sigma2: Tensor) -> Tensor:
+        """E_p[ψ]: mu, sigma2 (...,) -> (..., N)."""
         return sparsemax_expectation(mu, sigma2, *self.basis.params_like(mu))
+
+    def context(self, mu: Tensor, sigma2: Tensor, values: Tensor) -> Tensor:
+        """z = E_p[ψ]ᵀ V: mu, sigma2 (..., q), values (..., N, d) -> (..., q, d)."""
+        return self(mu, sigma2).to(values.dtype) @ values
 
     def density(self, t: Tensor, mu: Tensor, sigma2: Tensor) -> Tensor:
         return sparsemax_pdf(t, mu, sigma2)

@@ -144,11 +144,12 @@ def sticky_positions(bin_mass: Tensor, num_samples: int, generator: torch.Genera
 def bin_mass(cdf, mu: Tensor, sigma2: Tensor, num_bins: int) -> Tensor:
     """Σ_heads Σ_queries ∫_{bin_j} p(t) dt: mu, sigma2 (batch, H, q) -> (batch, D).
 
-    cdf is the normalizer's CDF (t, μ, σ²) -> P(T <= t).
+    cdf is the normalizer's CDF (t, μ, σ²) -> P(T <= t). The CDFs at the D + 1
+    bin edges are summed over heads and queries first, then differenced.
     """
     edges = torch.linspace(0, 1, num_bins + 1, device=mu.device, dtype=mu.dtype)
-    c = cdf(edges, mu.unsqueeze(-1), sigma2.unsqueeze(-1))  # (batch, H, q, D + 1)
-    return (c[..., 1:] - c[..., :-1]).sum(dim=(1, 2))
+    c = cdf(edges, mu.unsqueeze(-1), sigma2.unsqueeze(-1)).sum(dim=(1, 2))  # (batch, D + 1)
+    return (c[:, 1:] - c[:, :-1]).clamp_min(0)
 
 
 # --------------------------------------------------------------------------- update
@@ -170,8 +171,9 @@ def update_memory(
 
     Non-empty rows: contract the old signal to [0, τ] with M samples (uniform or
     sticky), put the new vectors on [τ, 1], refit. Empty rows: fit the new
-    vectors alone on [0, 1]. Both fits are computed for the whole batch and
-    chosen per row, which keeps the update branch-free (and compilable).
+    vectors alone on [0, 1]. The result is chosen per row with torch.where, so
+    the update is branch-free (and compilable); on CPU in eager mode the branch
+    that no row needs is skipped (same result, less work).
     """
     coeffs = state.coeffs.detach()
     work = coeffs.dtype
@@ -188,20 +190,34 @@ def update_memory(
         device=coeffs.device,
         dtype=work,
     )
-    g_contract = signal.cached_operator("contract", (num_samples, num_new), **common)  # (M + L, N)
-    g_fresh = signal.cached_operator("fresh", (num_new,), **common)  # (L, N)
+    has_memory = state.length > 0  # (batch,)
+    need_contract = need_fresh = True
+    if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
+        need_contract = bool(has_memory.any())
+        need_fresh = not bool(has_memory.all())
 
-    if sticky:
-        positions = sticky_positions(state.bin_mass.detach().to(work), num_samples, generator)  # (batch, M)
+    contracted = fresh = None
+    if need_contract:
+        g_new = signal.cached_operator("contract_new", (num_samples, num_new), **common)  # (L, N)
+        if sticky:
+            g_old = signal.cached_operator("contract_old", (num_samples, num_new), **common)  # (M, N)
+            positions = sticky_positions(
+                state.bin_mass.detach().to(work), num_samples, generator
+            )  # (batch, M)
+            old_samples = signal.evaluate(coeffs, basis(positions))  # X̄_old(s_m): (batch, M, e)
+            contracted = signal.fit(old_samples, g_old)
+        else:
+            # Uniform samples: fitting X̄_old(s) is linear in B, B' = (G_oldᵀ ψ(s)) B, with the N × N
+            # product cached.
+            p_old = signal.cached_operator("contract_uniform", (num_samples, num_new), **common)
+            contracted = torch.matmul(p_old, coeffs)
+        contracted = contracted + signal.fit(x, g_new)
+    if need_fresh:
+        fresh = signal.fit(x, signal.cached_operator("fresh", (num_new,), **common))
+    if contracted is None:
+        new_coeffs = fresh
+    elif fresh is None:
+        new_coeffs = contracted
     else:
-        positions = uniform_positions(num_samples, coeffs.device, work)  # (M,)
-    old_samples = signal.evaluate(coeffs, basis(positions))  # (batch, M, e)
-
-    contracted = signal.fit(old_samples, g_contract[:num_samples]) + signal.fit(x, g_contract[num_samples:])
-    fresh = signal.fit(x, g_fresh)
-    has_memory = (state.length > 0)[:, None, None]
-    return MemoryState(
-        coeffs=torch.where(has_memory, contracted, fresh),
-        length=state.length + num_new,
-        bin_mass=state.bin_mass,
-    )
+        new_coeffs = torch.where(has_memory[:, None, None], contracted, fresh)
+    return MemoryState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)

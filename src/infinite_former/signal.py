@@ -74,21 +74,37 @@ def cached_operator(
     device: torch.device,
     dtype: torch.dtype,
 ) -> Tensor:
-    """Ridge operator G for a named layout, cached per (layout, device, dtype).
+    """A ridge operator for a named layout, cached per (layout, device, dtype).
 
-    kind "fresh": sizes = (L,), positions midpoints(L) on [0, 1].
-    kind "contract": sizes = (M, L), positions contraction_positions(M, L, τ).
+    kind "fresh": sizes = (L,), G for midpoints(L) on [0, 1]: (L, N).
+    kind "contract_old" / "contract_new": sizes = (M, L), the rows of G for
+    contraction_positions(M, L, τ) that belong to the M old samples (M, N) /
+    the L new vectors (L, N).
+    kind "contract_uniform": sizes = (M, L), G_oldᵀ ψ(s) for the uniform samples
+    s_m = midpoints(M): (N, N), so that contracting B is B' = P B.
+    Built in float64, then cast once.
     """
     key = (kind, sizes, num_basis, tuple(widths), ridge_lambda, edge_padding, tau, str(device), dtype)
     op = _OPERATOR_CACHE.get(key)
     if op is None:
         if kind == "fresh":
-            pos = midpoints(sizes[0])
-        elif kind == "contract":
-            pos = contraction_positions(sizes[0], sizes[1], tau)
+            op = ridge_operator(midpoints(sizes[0]), num_basis, widths, ridge_lambda, edge_padding)
+        elif kind in ("contract_old", "contract_new", "contract_uniform"):
+            num_old = sizes[0]
+            g = ridge_operator(
+                contraction_positions(num_old, sizes[1], tau), num_basis, widths, ridge_lambda, edge_padding
+            )
+            if kind == "contract_old":
+                op = g[:num_old]
+            elif kind == "contract_new":
+                op = g[num_old:]
+            else:
+                mu, sigma = rbf_layout(num_basis, widths)
+                psi = gaussian_pdf(midpoints(num_old)[:, None], mu, sigma**2)  # ψ(s): (M, N)
+                op = g[:num_old].T @ psi
         else:
             raise ValueError(f"unknown operator kind {kind!r}")
-        op = ridge_operator(pos, num_basis, widths, ridge_lambda, edge_padding).to(device, dtype)
+        op = op.contiguous().to(device, dtype)
         if len(_OPERATOR_CACHE) >= _OPERATOR_CACHE_MAX:
             _OPERATOR_CACHE.pop(next(iter(_OPERATOR_CACHE)))
         _OPERATOR_CACHE[key] = op
@@ -97,7 +113,7 @@ def cached_operator(
 
 def fit(x: Tensor, operator: Tensor) -> Tensor:
     """B = Gᵀ X: (batch, L, e) values and (L, N) operator -> (batch, N, e)."""
-    return torch.einsum("ln,ble->bne", operator, x)
+    return torch.matmul(operator.T, x)
 
 
 def evaluate(coeffs: Tensor, psi: Tensor) -> Tensor:

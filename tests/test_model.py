@@ -391,3 +391,20 @@ def test_bf16_autocast_runs_and_keeps_memories_in_float32(memory_type):
     assert torch.isfinite(out.loss) and torch.isfinite(out.aux_loss)
     assert state.mems[0].dtype == torch.float32
     assert all(s.coeffs.dtype == torch.float32 for s in state.ltm)
+
+
+@pytest.mark.parametrize("memory_type", ["infinite", "infinite_sticky"])
+def test_task_loss_trains_the_ltm(memory_type):
+    """Once the LTM holds something, the LM loss alone reaches all its parameters (incl. the gate)."""
+    model = make(memory_type, mem_len=4, kl_weight=0.0)
+    model.train()
+    tokens = torch.randint(0, V, (2, 12))
+    state = None
+    for s in range(0, 12, 4):
+        model.zero_grad()
+        out, state = model(tokens[:, s : s + 4], state, targets=tokens[:, s : s + 4])
+        out.loss.backward()
+        state = state.detach()
+    assert int(state.ltm[0].length[0]) == 4
+    for name, p in model.layers[0].ltm.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

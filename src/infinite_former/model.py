@@ -401,7 +401,9 @@ class InfiniteFormerLM(nn.Module):
         self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.ln_f = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        for name, module in self.named_modules():  # the LTM keeps its own initialisation
+            if ".ltm" not in name:
+                self._init_weights(module)
         if c.tie_weights:
             self.head.weight = self.embed.weight
 

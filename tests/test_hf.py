@@ -289,6 +289,14 @@ def test_stream_memory_survives_between_generate_calls_and_reset(plain_dir):
     assert torch.equal(after_reset, no_text)
 
 
+def test_sampling_runs_through_generation_mixin(plain_dir):
+    stream = InfiniteGPT2Stream(load(plain_dir)).read(ids(1, 2 * BLOCK + 2)[0])
+    torch.manual_seed(0)
+    a = stream.generate(max_new_tokens=BLOCK, do_sample=True, top_p=0.9, temperature=1.5, eos_token_id=None)
+    assert a.shape == (1, BLOCK) and int(a.min()) >= 0 and int(a.max()) < VOCAB
+    assert stream.num_tokens == 3 * BLOCK + 2
+
+
 def test_stream_reads_text_with_a_tokenizer(plain_dir):
     class CharTokenizer:
         def encode(self, s):
@@ -356,6 +364,20 @@ def test_training_loss_has_kl_and_trains_the_memory(plain_dir):
     torch.testing.assert_close(ev.loss, ev.lm_loss)  # no KL term outside training
 
 
+def test_shift_labels_score_a_stream_fed_in_pieces(plain_dir):
+    model = load(plain_dir)
+    perturb_ltm(model)
+    x = ids(2, 3 * BLOCK + 1, seed=12)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        whole = model(x, labels=x).loss  # 3 * BLOCK predictions
+        torch.manual_seed(0)
+        first = model(x[:, :13], shift_labels=x[:, 1:14])
+        second = model(x[:, 13:-1], memory=first.memory, shift_labels=x[:, 14:])
+    pieces = (first.loss * 13 + second.loss * (3 * BLOCK - 13)) / (3 * BLOCK)
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------ bad inputs
 
 
@@ -380,6 +402,8 @@ def test_bad_inputs(plain_dir):
         model(torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="memory"):
         model(ids(1, 2), past_key_values=((torch.zeros(1), torch.zeros(1)),))
+    with pytest.raises(ValueError, match="shift_labels"):
+        model(ids(1, 4), shift_labels=ids(1, 3))
     with pytest.raises(ValueError, match="padding"):
         model(ids(1, 2), attention_mask=torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match="block boundary"):

@@ -180,6 +180,7 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         attention_mask: Tensor | None = None,
         logits_to_keep: int = 0,
+        shift_labels: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         past_key_values: Any = None,
         cache: Any = None,
@@ -190,6 +191,9 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
 
         labels: (batch, T), shifted inside (as in GPT2LMHeadModel), -100 ignored;
         the loss covers the T - 1 predictions inside this call.
+        shift_labels: (batch, T), already shifted: shift_labels[:, i] is the target of
+        input_ids[:, i] (as in transformers' loss functions); with it, a stream fed in
+        pieces is scored on every token, e.g. inputs x[t:t+T], shift_labels x[t+1:t+T+1].
         logits_to_keep: 0 = logits for every token, k > 0 = only the last k.
         attention_mask: accepted for GenerationMixin; padding (zeros) is not supported.
         The short-term KV cache is part of ``memory``; past_key_values / cache must be None.
@@ -210,10 +214,13 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         if memory is None:
             memory = self.init_memory(batch, input_ids.device)
         self._check_memory(memory, batch)
-        if labels is not None and tuple(labels.shape) != (batch, total):
-            raise ValueError(
-                f"labels must have the shape of input_ids {(batch, total)}, got {tuple(labels.shape)}"
-            )
+        for name, lab in (("labels", labels), ("shift_labels", shift_labels)):
+            if lab is not None and (not isinstance(lab, Tensor) or tuple(lab.shape) != (batch, total)):
+                raise ValueError(
+                    f"{name} must have the shape of input_ids {(batch, total)}, got {_describe(lab)}"
+                )
+        if labels is not None and shift_labels is not None:
+            raise ValueError("give labels or shift_labels, not both")
 
         block = self.config.block_size
         hidden, kl_sum, kl_count = [], 0.0, 0
@@ -231,14 +238,18 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)
 
-        kl = kl_sum / max(kl_count, 1) if self.ltm else logits.new_zeros(())
+        kl = torch.as_tensor(kl_sum, dtype=torch.float32, device=logits.device) / max(kl_count, 1)
         lm_loss = loss = None
-        if labels is not None:
+        if labels is not None or shift_labels is not None:
             if logits_to_keep:
                 raise ValueError("labels need the logits of every token: use logits_to_keep=0")
+            if shift_labels is None:
+                pred, target = logits[:, :-1], labels[:, 1:]
+            else:
+                pred, target = logits, shift_labels
             lm_loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                labels[:, 1:].reshape(-1).to(logits.device),
+                pred.reshape(-1, logits.shape[-1]).float(),
+                target.reshape(-1).to(logits.device),
                 ignore_index=-100,
             )
             loss = lm_loss

@@ -27,6 +27,16 @@ from infinite_former.data.tokenizer import (
     train_bpe_tokenizer,
 )
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TEXTS = {
     "a_first": "Alas, poor Yorick! I knew him, Horatio. " * 3,
     "b_second": "To be, or not to be, that is the question. " * 2,
@@ -240,3 +250,42 @@ def test_document_nll_perplexity_and_bits_per_byte():
     assert s["per_document"]["b"]["bpb"] == pytest.approx(6 / (math.log(2) * 2))
     assert s["ppl"] == pytest.approx(math.exp(11 / 8))
     assert s["bpb"] == pytest.approx(11 / (math.log(2) * 6))
+
+
+@pytest.mark.parametrize("memory_type", ["infinite_sticky", "compressive"])
+def test_lane_reset_empties_that_lanes_model_memory(tmp_path, memory_type):
+    """At a lane's document start its memory rows are emptied: its output equals a fresh stream's."""
+    from infinite_former.model import InfiniteFormerLM, ModelConfig
+
+    torch.manual_seed(0)
+    texts = {"a": "x" * 37, "b": "y" * 90, "c": "z" * 50}
+    tok = bytes_tokenizer()
+    corpus = tokenize_documents(load_documents(write_corpus(tmp_path / "c", texts)), tok)
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_inner=64, dropout=0.0, mem_len=8,
+        memory_type=memory_type, cmem_len=4, ltm_num_basis=8, ltm_num_samples=8, ltm_num_bins=8,
+    )  # fmt: skip
+    model = InfiniteFormerLM(cfg).eval()
+    lanes = DocumentLanes(corpus, batch_size=2, seg_len=8, eos_id=tok.eos_id, loop=False)
+    state, checked = None, 0
+    with torch.no_grad():
+        for seg in lanes:
+            if state is not None:
+                state = state.reset(seg.reset)
+                restarted = seg.reset & (seg.doc_ids >= 0)
+                if bool(restarted.any()):
+                    lane = int(restarted.nonzero()[0])
+                    assert int(state.mem_valid[lane]) == 0
+                    if cfg.uses_ltm:
+                        assert all(int(s.length[lane]) == 0 for s in state.ltm)
+                        assert all(float(s.coeffs[lane].abs().sum()) == 0.0 for s in state.ltm)
+                    other = 1 - lane
+                    if not bool(seg.reset[other]):
+                        assert int(state.mem_valid[other]) > 0  # the other lane keeps its memory
+                    out, state = model(seg.tokens, state)
+                    fresh, _ = model(seg.tokens[lane : lane + 1], None)
+                    torch.testing.assert_close(out.logits[lane], fresh.logits[0], atol=1e-5, rtol=1e-5)
+                    checked += 1
+                    continue
+            out, state = model(seg.tokens, state)
+    assert checked >= 1  # doc "c" starts mid-stream in the lane where "a" ended

@@ -1,0 +1,224 @@
+"""`infinite-former lm train | eval | finetune` end to end on tiny corpora (no network)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from infinite_former import lm_cli
+
+WORDS = "the king queen lord lady sword crown castle night day love death war peace".split()
+
+
+def write_corpus(root: Path) -> Path:
+    rng = random.Random(0)
+    for split, n in (("train", 4), ("valid", 1), ("test", 2)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) for _ in range(40 + 15 * i))
+            (root / split / f"{split}{i}.txt").write_text(text + "\n")
+    return root
+
+
+TINY = (
+    "--seg-len 8 --batch-size 2 --steps 6 --warmup 1 --d-model 16 --n-heads 2 --d-inner 32 --mem-len 8 "
+    "--num-basis 8 --set ltm_num_bins=8 --no-progress --no-tensorboard --log-every 1 --eval-segments 2"
+).split()
+
+
+def run(argv: list[str]) -> int:
+    return lm_cli.main(argv)
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "train_log.csv") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("lm") / "corpus")
+
+
+@pytest.fixture(scope="module")
+def ref_run(corpus) -> Path:
+    out = corpus.parent / "ref"
+    argv = [
+        "train",
+        "--data",
+        str(corpus),
+        "--run-dir",
+        str(out),
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "300",
+    ]
+    assert run(argv + ["--memory-type", "infinite_sticky", "--eval-every", "3", *TINY]) == 0
+    return out
+
+
+def test_lm_train_and_eval_end_to_end(ref_run, corpus):
+    res = json.loads((ref_run / "results.json").read_text())
+    assert res["steps"] == 6 and res["memory_type"] == "infinite_sticky" and res["tokenizer"] == "bpe"
+    assert "cpu_count" in res["machine"]
+    test = res["eval"]["test"]
+    assert set(test["per_document"]) == {"test0", "test1"}
+    for r in [test, res["eval"]["valid"], *test["per_document"].values()]:
+        assert math.isfinite(r["ppl"]) and 1.0 < r["ppl"] < 2 * res["vocab_size"]
+        assert math.isfinite(r["bpb"]) and r["bpb"] > 0
+    # bits per byte = total NLL / (ln 2 · UTF-8 bytes of the test text)
+    nbytes = sum(len(p.read_bytes()) for p in (corpus / "test").glob("*.txt"))
+    assert test["bytes"] == nbytes
+    assert test["bpb"] == pytest.approx(test["nll_per_token"] * test["tokens"] / (math.log(2) * nbytes))
+    assert [s for s, _ in losses(ref_run)] == list(range(1, 7))
+    assert (ref_run / "eval_log.csv").is_file() and (ref_run / "checkpoints" / "latest").is_file()
+    assert (ref_run / "tokenizer" / "tokenizer.json").is_file()
+    # lm eval from the checkpoint reproduces the in-run evaluation (sticky sampling is seeded, so with the
+    # same number of lanes the evaluation is deterministic)
+    assert run(["eval", "--run", str(ref_run), "--split", "test", "--batch-size", "2"]) == 0
+    again = json.loads((ref_run / "eval_test.json").read_text())
+    assert again["step"] == 6 and again["results"]["tokens"] == test["tokens"]
+    assert again["results"]["ppl"] == pytest.approx(test["ppl"], rel=1e-5)
+
+
+def test_lm_train_resume_matches_uninterrupted(ref_run, corpus, monkeypatch):
+    out = corpus.parent / "interrupted"
+    argv = [
+        "train",
+        "--data",
+        str(corpus),
+        "--run-dir",
+        str(out),
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "300",
+    ]
+    argv += ["--memory-type", "infinite_sticky", "--eval-every", "3", *TINY]
+    original = lm_cli.LaneStream.__iter__
+
+    def interrupt_after_four(self):
+        for i, seg in enumerate(original(self)):
+            if i == 3 and seg.train:  # SIGINT while step 4 runs: checkpoint at step 4, then stop
+                os.kill(os.getpid(), signal.SIGINT)
+            yield seg
+
+    with monkeypatch.context() as m:
+        m.setattr(lm_cli.LaneStream, "__iter__", interrupt_after_four)
+        assert run(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["stopped_by_signal"] and first["steps"] == 4 and first["eval"] == {}
+    assert run([*argv, "--resume"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    ref = json.loads((ref_run / "results.json").read_text())
+    assert resumed["steps"] == 6
+    assert losses(out) == pytest.approx(losses(ref_run), rel=1e-6)
+    assert resumed["eval"]["test"]["ppl"] == pytest.approx(ref["eval"]["test"]["ppl"], rel=1e-6)
+
+
+def tiny_gpt2(folder: Path, corpus: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from infinite_former.data.text import load_documents
+    from infinite_former.data.tokenizer import train_bpe_tokenizer
+
+    bpe = train_bpe_tokenizer([d.text for d in load_documents(corpus / "train")], vocab_size=300)
+    vocab = folder / "vocab"
+    vocab.mkdir(parents=True)
+    bpe.backend.model.save(str(vocab))
+    tok = GPT2TokenizerFast(vocab=str(vocab / "vocab.json"), merges=str(vocab / "merges.txt"))
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=2, n_head=2,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    GPT2LMHeadModel(cfg).save_pretrained(folder / "gpt2")
+    tok.save_pretrained(folder / "gpt2")
+    return folder / "gpt2"
+
+
+def test_lm_finetune_and_hf_eval_end_to_end(corpus):
+    gpt2 = tiny_gpt2(corpus.parent / "hf", corpus)
+    out = corpus.parent / "ft"
+    argv = [
+        "finetune",
+        "--model",
+        str(gpt2),
+        "--data",
+        str(corpus),
+        "--run-dir",
+        str(out),
+        "--block-size",
+        "8",
+    ]
+    argv += [
+        "--batch-size",
+        "2",
+        "--steps",
+        "3",
+        "--num-basis",
+        "8",
+        "--num-samples",
+        "8",
+        "--eval-splits",
+        "test",
+    ]
+    assert run(argv + ["--no-progress", "--no-tensorboard", "--log-every", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 3 and res["block_size"] == 8 and res["lr"] == 5e-5 and res["ltm_lr"] == 2.5e-4
+    test = res["eval"]["test"]
+    assert set(test) == {"gpt2", "gpt2_memory"}
+    assert test["gpt2"]["tokens"] == test["gpt2_memory"]["tokens"]  # same blocks, same targets
+    for r in test.values():
+        assert math.isfinite(r["ppl"]) and math.isfinite(r["bpb"]) and r["ppl"] > 1
+    # separate learning rates: GPT-2's weights 5e-5, the new LTM weights 2.5e-4
+    trainer_state = torch.load(out / "checkpoints" / "step-00000003" / "trainer.pt", weights_only=True)
+    assert [g["initial_lr"] for g in trainer_state["optimizer"]["param_groups"]] == [5e-5, 2.5e-4]
+    from infinite_former.hf import InfiniteGPT2LMHeadModel
+
+    ft = InfiniteGPT2LMHeadModel.from_pretrained(out / "model")
+    assert ft.config.block_size == 8 and ft.config.num_basis == 8 and ft.config.kl_weight == 1e-6
+    # lm eval --hf on the saved model reproduces the fine-tune's own evaluation (save/load round trip)
+    assert run(["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2"]) == 0
+    again = json.loads((out / "model" / "eval_test.json").read_text())
+    assert again["base_model"] == str(gpt2) and again["block_size"] == 8
+    for name in ("gpt2", "gpt2_memory"):
+        assert again["results"][name]["ppl"] == pytest.approx(test[name]["ppl"], rel=1e-5)
+    # a block longer than GPT-2's positions is refused with a clear message
+    assert run(["eval", "--hf", str(out / "model"), "--block-size", "64", "--data", str(corpus)]) == 2
+
+
+def test_bad_inputs_fail_before_training(tmp_path, capsys):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    argv = ["train", "--run-dir", str(tmp_path / "r"), "--tokenizer", "bytes", *TINY]
+    assert run([argv[0], "--data", str(tmp_path / "empty"), *argv[1:]]) == 2
+    assert "holds no *.txt files" in capsys.readouterr().err
+    bad = tmp_path / "bad" / "train"
+    bad.mkdir(parents=True)
+    (bad / "latin1.txt").write_bytes(b"caf\xe9")
+    assert run([argv[0], "--data", str(tmp_path / "bad"), *argv[1:]]) == 2
+    assert "latin1.txt" in capsys.readouterr().err
+    good = write_corpus(tmp_path / "good")
+    assert run([*argv, "--data", str(good), "--set", "max_segment_len=4"]) == 2
+    assert "seg_len=8 is longer than the model's positions (max_positions=4)" in capsys.readouterr().err
+    assert run([*argv, "--data", str(good), "--set", "no_such_field=1"]) == 2
+    assert "no_such_field" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoints").exists()

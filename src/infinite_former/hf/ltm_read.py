@@ -5,7 +5,9 @@ LongTermAttention.attend recomputes V = B W_V (N × e × e work) and the
 memory coefficients B, which change once per block; during token-by-token
 generation this module computes them once per block (``projections``) and
 reads the memory with them (``attend``), which keeps the cost per generated
-token small and flat. ``attend`` must equal LongTermAttention.attend: tests
+token small and flat. The query projection is folded in too: μ and σ² only
+need q_h · (W_K Bᵀ w)_h = x · W_{Q,h}ᵀ (W_K Bᵀ w)_h, so per token the memory
+costs an e × 2H product instead of an e × e one. ``attend`` must equal LongTermAttention.attend: tests
 check it (tests/test_hf.py::test_cached_read_equals_core_attend).
 """
 
@@ -21,11 +23,11 @@ from torch import Tensor
 from ..attention import LongTermAttention, gaussian_kl
 from ..memory import MemoryState, bin_mass
 
-Projections = tuple[Tensor, Tensor]  # V heads (batch, H, N, d); Kᵀw (batch, H, d, 2) float32
+Projections = tuple[Tensor, Tensor]  # V heads (batch, H, N, d); W_Qᵀ Kᵀw (batch, e, H, 2) float32
 
 
 def projections(ltm: LongTermAttention, state: MemoryState, dtype: torch.dtype) -> Projections:
-    """V = B W_V per head and Kᵀ[w_μ, w_σ] = W_K Bᵀ[w_μ, w_σ] per head, for one memory state."""
+    """V = B W_V per head, and W_{Q,h}ᵀ W_K Bᵀ[w_μ, w_σ] per head, for one memory state."""
     b = state.coeffs.shape[0]
     h, d = ltm.config.n_heads, ltm.head_dim
     coeffs = state.coeffs  # B: (batch, N, e)
@@ -34,8 +36,10 @@ def projections(ltm: LongTermAttention, state: MemoryState, dtype: torch.dtype) 
         w = torch.cat([ltm.mu_proj.weight, ltm.sigma_proj.weight]).to(coeffs.dtype)  # (2, N)
         wb = torch.matmul(w, coeffs)  # (batch, 2, e)
         wk = ltm.key(wb.to(ltm.key.weight.dtype)).float()  # (batch, 2, e)
-        wk = wk.view(b, 2, h, d).permute(0, 2, 3, 1)  # (batch, H, d, 2)
-    return values, wk
+        wk = wk.view(b, 2, h, d)  # (batch, 2, H, d)
+        w_query = ltm.query.weight.float().view(h, d, -1)  # W_Q per head: (H, d, e)
+        qwk = torch.einsum("hde,bjhd->behj", w_query, wk)  # (batch, e, H, 2)
+    return values, qwk
 
 
 def attend(
@@ -44,11 +48,13 @@ def attend(
     """Same as ltm.attend(queries, state) given proj = projections(ltm, state, queries.dtype)."""
     b, q, e = queries.shape
     h, d = ltm.config.n_heads, ltm.head_dim
-    values, wk = proj
-    qh = ltm.query(queries).view(b, q, h, d).transpose(1, 2)  # (batch, H, q, d)
+    if ltm.query.bias is not None:
+        raise ValueError("ltm_read.attend expects a query projection without bias")
+    values, qwk = proj
     with torch.autocast(device_type=queries.device.type, enabled=False):
         bias = torch.cat([ltm.mu_proj.bias, ltm.sigma_proj.bias]).float()  # (2,)
-        logits = torch.matmul(qh.float(), wk) / math.sqrt(d) + bias  # (batch, H, q, 2)
+        scores = torch.matmul(queries.float(), qwk.flatten(2))  # x · W_Qᵀ Kᵀw: (batch, q, H·2)
+        logits = scores.view(b, q, h, 2).transpose(1, 2) / math.sqrt(d) + bias  # (batch, H, q, 2)
         mu = torch.sigmoid(logits[..., 0])
         sigma2 = F.softplus(logits[..., 1]).clamp_min(ltm.config.min_sigma2)
         if hasattr(ltm.normalizer, "context"):  # fused, E_p[ψ] never stored

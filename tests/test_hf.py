@@ -199,6 +199,24 @@ def test_save_load_round_trip(plain_dir, tmp_path):
     torch.testing.assert_close(results[2], results[0], atol=0, rtol=0)
 
 
+def test_memory_save_load(plain_dir, tmp_path):
+    model = load(plain_dir)
+    perturb_ltm(model)
+    with torch.no_grad():
+        memory = model(ids(2, 2 * BLOCK + 3)).memory
+        memory.save(tmp_path / "memory.pt")
+        again = InfiniteGPT2Memory.load(tmp_path / "memory.pt")
+        assert again.position == 3 and again.ltm_tokens.tolist() == [2 * BLOCK] * 2
+        nxt = ids(2, BLOCK)
+        torch.manual_seed(0)
+        a = model(nxt, memory=memory).logits
+        torch.manual_seed(0)
+        b = model(nxt, memory=again).logits
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="missing"):
+        InfiniteGPT2Memory.from_state_dict({"pending.0": torch.zeros(1)})
+
+
 # ------------------------------------------------------------------ generation
 
 

@@ -16,7 +16,9 @@ changes the one passed in, so a memory can be kept, reused and branched.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -130,6 +132,26 @@ class InfiniteGPT2Memory:
             else tuple((k[rows], v[rows]) for k, v in self.ltm_cache),
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and ints of the memory (not the derived ltm_cache)."""
+        return memory_state_dict(self)
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> InfiniteGPT2Memory:
+        return memory_from_state_dict(d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the memory (e.g. a book read once) to a file."""
+        torch.save(
+            {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in self.state_dict().items()}, path
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, map_location: torch.device | str | None = None
+    ) -> InfiniteGPT2Memory:
+        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+
     def to(self, device: torch.device | str) -> InfiniteGPT2Memory:
         """Move every tensor to a device."""
         return InfiniteGPT2Memory(
@@ -143,6 +165,46 @@ class InfiniteGPT2Memory:
             if self.ltm_cache is None
             else tuple((k.to(device), v.to(device)) for k, v in self.ltm_cache),
         )
+
+
+def memory_state_dict(memory: InfiniteGPT2Memory) -> dict[str, Any]:
+    """A flat dict of tensors + ints (torch.save-able with weights_only loading)."""
+    d: dict[str, Any] = {
+        "block_size": memory.block_size,
+        "keep": memory.keep,
+        "num_tokens": memory.num_tokens,
+    }
+    for i, state in enumerate(memory.ltm):
+        for name, t in state.state_dict().items():
+            d[f"ltm.{i}.{name}"] = t
+    for i, p in enumerate(memory.pending):
+        d[f"pending.{i}"] = p
+    for i, (k, v) in enumerate(memory.kv):
+        d[f"kv.{i}.keys"], d[f"kv.{i}.values"] = k, v
+    return d
+
+
+def memory_from_state_dict(d: dict[str, Any]) -> InfiniteGPT2Memory:
+    """Inverse of memory_state_dict."""
+    try:
+        n_ltm = len([k for k in d if k.startswith("pending.")])
+        n_layers = len([k for k in d if k.startswith("kv.") and k.endswith(".keys")])
+        ltm = tuple(
+            MemoryState.from_state_dict(
+                {k.split(".", 2)[2]: v for k, v in d.items() if k.startswith(f"ltm.{i}.")}
+            )
+            for i in range(n_ltm)
+        )
+        return InfiniteGPT2Memory(
+            ltm=ltm,
+            pending=tuple(d[f"pending.{i}"] for i in range(n_ltm)),
+            kv=tuple((d[f"kv.{i}.keys"], d[f"kv.{i}.values"]) for i in range(n_layers)),
+            keep=d["keep"],
+            num_tokens=d["num_tokens"],
+            block_size=int(d["block_size"]),
+        )
+    except KeyError as err:
+        raise ValueError(f"not an InfiniteGPT2Memory state dict: missing {err}") from err
 
 
 def _row_mask(rows: Tensor, batch_size: int, device: torch.device) -> Tensor:

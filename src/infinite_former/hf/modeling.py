@@ -151,8 +151,8 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
             states.append(new)
         return InfiniteGPT2Memory(
             ltm=tuple(states),
-            pending=tuple(p[:, :0] for p in memory.pending),
-            kv=tuple((k[:, :, :0], v[:, :, :0]) for k, v in memory.kv),
+            pending=tuple(p.new_empty(p.shape[0], 0, p.shape[2]) for p in memory.pending),
+            kv=tuple((_empty_like_block(k), _empty_like_block(v)) for k, v in memory.kv),
             keep=torch.ones_like(memory.keep),
             num_tokens=memory.num_tokens,
             block_size=memory.block_size,
@@ -412,6 +412,11 @@ def _gpt2_self_attention(
     )
     out = out.transpose(1, 2).reshape(b, n, e)
     return attn.resid_dropout(attn.c_proj(out)), (k, v)
+
+
+def _empty_like_block(x: Tensor) -> Tensor:
+    """(batch, H, 0, d): an empty block that does not keep x's storage alive."""
+    return x.new_empty(x.shape[0], x.shape[1], 0, x.shape[3])
 
 
 def _attention_scale(attn: nn.Module) -> float:

@@ -222,3 +222,46 @@ def test_bad_inputs_fail_before_training(tmp_path, capsys):
     assert run([*argv, "--data", str(good), "--set", "no_such_field=1"]) == 2
     assert "no_such_field" in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_ltm_zero_init_output_starts_as_transformer_xl():
+    """--ltm-zero-init-output: the LTM contributes nothing at init (same logits with an emptied LTM)."""
+    from infinite_former.model import InfiniteFormerLM, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_inner=32, dropout=0.0, mem_len=4,
+        memory_type="infinite_sticky", ltm_num_basis=8, ltm_num_samples=8, ltm_num_bins=8,
+    )  # fmt: skip
+    model = InfiniteFormerLM(cfg).eval()
+    x = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():
+        _, state = model(x, None)
+        _, state = model(x, state)  # tokens have left the STM: the LTM is non-empty
+        assert int(state.ltm[0].length.min()) > 0
+        without_ltm = dict(state.__dict__, ltm=[s.reset(torch.ones(2, dtype=torch.bool)) for s in state.ltm])
+        empty = type(state)(**without_ltm)
+        before = model(x, state)[0].logits
+        assert not torch.allclose(
+            before, model(x, empty)[0].logits, atol=1e-4
+        )  # default init: LTM adds noise
+        lm_cli.zero_ltm_output(model)
+        torch.testing.assert_close(model(x, state)[0].logits, model(x, empty)[0].logits)
+
+
+def test_lane_stream_shards_rows_across_processes():
+    """Each process keeps its own rows of the same global lanes (rank r: rows r·b .. r·b + b − 1)."""
+    from infinite_former.data.text import Document, DocumentLanes, tokenize_documents
+    from infinite_former.data.tokenizer import bytes_tokenizer
+
+    tok = bytes_tokenizer()
+    corpus = tokenize_documents([Document(f"d{i}", "ab" * (3 + i)) for i in range(6)], tok)
+    full = list(lm_cli.LaneStream(DocumentLanes(corpus, 4, 4, tok.eos_id, loop=False)))
+    ranks = [
+        list(lm_cli.LaneStream(DocumentLanes(corpus, 4, 4, tok.eos_id, loop=False), r, 2)) for r in (0, 1)
+    ]
+    assert len(full) == len(ranks[0]) == len(ranks[1]) > 2
+    for seg, a, b in zip(full, *ranks):
+        assert torch.equal(torch.cat([a.tokens, b.tokens]), seg.tokens)
+        assert torch.equal(torch.cat([a.reset, b.reset]), seg.reset)
+        assert torch.equal(torch.cat([a.loss_mask, b.loss_mask]), seg.loss_mask)

@@ -289,3 +289,12 @@ def test_lane_reset_empties_that_lanes_model_memory(tmp_path, memory_type):
                     continue
             out, state = model(seg.tokens, state)
     assert checked >= 1  # doc "c" starts mid-stream in the lane where "a" ended
+
+
+def test_load_hf_documents_with_a_local_builder(tmp_path):
+    """The real datasets.load_dataset path, offline: the 'text' builder on local files, one row per document."""
+    from infinite_former.data.text import load_hf_documents
+
+    (tmp_path / "a.txt").write_text("first document\nsecond document\n\nthird\n")
+    docs = load_hf_documents("text", "train", data_files=str(tmp_path / "a.txt"))
+    assert [d.text for d in docs] == ["first document", "second document", "third"]  # empty line dropped

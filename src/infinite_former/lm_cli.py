@@ -200,6 +200,16 @@ def _load_split(source: str, split: str, tokenizer: TextTokenizer, cache_dir: st
 # --------------------------------------------------------------------------------------- lm train
 
 
+def zero_ltm_output(model: nn.Module) -> None:
+    """Zero every layer's LTM output projection, so an ∞-former starts as a Transformer-XL with the
+    same short-term memory (the LTM's contribution grows from 0 as it trains), like the GPT-2 model."""
+    with torch.no_grad():
+        for blk in model.layers:
+            if blk.ltm is not None:
+                blk.ltm.out.weight.zero_()
+                blk.ltm.out.bias.zero_()
+
+
 def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train a from-scratch LM on long documents, then evaluate it; returns the results dict."""
     from .model import InfiniteFormerLM, ModelConfig
@@ -272,6 +282,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
             "model": mcfg.to_dict(),
             "train": tcfg.to_dict(),
             "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id},
+            "ltm_zero_init_output": bool(args.ltm_zero_init_output),
             "data": {
                 "source": str(args.data),
                 "train_split": args.train_split,
@@ -307,6 +318,8 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
 
     seed_everything(args.seed)
     model = InfiniteFormerLM(mcfg)
+    if args.ltm_zero_init_output and mcfg.uses_ltm:
+        zero_ltm_output(model)
     trainer = Trainer(model, tcfg, train_stream, evaluators=evaluators, model_config=mcfg.to_dict())
     result = trainer.fit(resume=bool(args.resume))
 
@@ -314,6 +327,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "memory_type": mcfg.memory_type,
         "model": mcfg.to_dict(),
+        "ltm_zero_init_output": bool(args.ltm_zero_init_output),
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
         "seg_len": args.seg_len,
@@ -773,6 +787,11 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--num-samples", type=int, default=0, help="M: samples of the old signal (0 = N)")
     t.add_argument("--tau", type=float, default=0.5, help="τ: share of [0, 1] for the contracted old memory")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other ModelConfig field")
+    t.add_argument(
+        "--ltm-zero-init-output",
+        action="store_true",
+        help="∞-former: start the LTM's output projection at 0 (the model starts as Transformer-XL)",
+    )
     t.add_argument("--lr", type=float, default=2.5e-4)
     t.add_argument("--min-lr-ratio", type=float, default=0.0)
     t.add_argument("--clip", type=float, default=0.25)

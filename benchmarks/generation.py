@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--full-read-budget-s", type=float, default=240.0)
+    p.add_argument("--full-read-budget-s", type=float, default=300.0)
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-embd", type=int, default=768)
     p.add_argument("--n-head", type=int, default=12)

@@ -118,3 +118,44 @@ def test_probe_runs_on_gpt2_with_memory_and_plain_gpt2(tiny_gpt2_dir):
         assert stream.num_tokens == len(prompt.ids) + len(TOK.encode(" 999")) + 2
     # the memory model read the long prompt into its long-term memory (prompt > n_positions)
     assert int(streams[0].memory.ltm_tokens) >= 32 * 4
+
+
+def test_cli_with_a_trained_byte_level_tokenizer(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    from infinite_former.passkey import main
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        ["The grass is green. The sky is blue. What is the pass key? 0123456789"] * 20, vocab_size=300
+    )
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=300, bos_token_id=0, eos_token_id=None
+    )
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    InfiniteGPT2LMHeadModel.from_pretrained(
+        tmp_path / "gpt2", block_size=32, num_basis=16, num_samples=16, num_bins=8
+    ).save_pretrained(tmp_path / "mem")
+    out = tmp_path / "passkey.json"
+    argv = ["--model", str(tmp_path / "mem"), "--tokenizer", str(tmp_path / "tokenizer.json")]
+    result = main([*argv, "--distances", "10", "60", "--trials", "2", "--prefix", "8", "--out", str(out)])
+    assert out.exists() and set(result["per_distance"]) == {"10", "60"}
+    assert result["stream"] == "InfiniteGPT2Stream" and "machine" in result
+    window = main(
+        [
+            "--model",
+            str(tmp_path / "gpt2"),
+            "--tokenizer",
+            str(tmp_path / "tokenizer.json"),
+            "--window",
+            "--distances",
+            "10",
+            "--trials",
+            "1",
+            "--prefix",
+            "8",
+        ]
+    )
+    assert window["stream"] == "GPT2WindowStream"

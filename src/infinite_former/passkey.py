@@ -150,8 +150,8 @@ def run_passkey(
     return {"config": config.to_dict(), "per_distance": per_distance}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from .hf import GPT2WindowStream, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
     from .utils import machine_info
@@ -160,20 +160,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", required=True, help="GPT-2 or GPT-2 + memory folder (or hub name online)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder or tokenizer.json (default: --model)"
+    )
     parser.add_argument("--window", action="store_true", help="plain GPT-2 with its full context window")
     parser.add_argument("--distances", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--digits", type=int, default=5)
+    parser.add_argument("--prefix", type=int, default=64, help="filler tokens before the passkey")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results JSON here")
     args = parser.parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    tokenizer_path = args.tokenizer or args.model
+    if str(tokenizer_path).endswith(".json"):  # a bare `tokenizers` file (e.g. a trained byte-level BPE)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=tokenizer_path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if args.window:
         stream: Stream = GPT2WindowStream(GPT2LMHeadModel.from_pretrained(args.model).eval())
     else:
         stream = InfiniteGPT2Stream(InfiniteGPT2LMHeadModel.from_pretrained(args.model).eval())
-    config = PasskeyConfig(tuple(args.distances), args.trials, args.digits, seed=args.seed)
+    config = PasskeyConfig(tuple(args.distances), args.trials, args.digits, args.prefix, seed=args.seed)
     result = run_passkey(stream, tokenizer.encode, tokenizer.decode, config, progress=print)
     result.update(machine=machine_info(), model=args.model, stream=type(stream).__name__)
     if args.out:
@@ -181,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             json.dump(result, f, indent=2)
     for d, r in result["per_distance"].items():
         print(f"distance {d:>7}: accuracy {r['accuracy']:.2f}")
+    return result
 
 
 if __name__ == "__main__":

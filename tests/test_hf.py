@@ -376,6 +376,10 @@ def test_training_loss_has_kl_and_trains_the_memory(plain_dir):
     assert grads["ltm.0.out.weight"] is not None and grads["ltm.0.out.weight"].abs().sum() > 0
     assert model.transformer.wte.weight.grad is not None
     assert len(model.memory_parameters()) + len(model.base_parameters()) == len(list(model.parameters()))
+    groups = model.param_groups(lr=5e-5, memory_lr=2.5e-4)
+    assert [g["lr"] for g in groups] == [5e-5, 2.5e-4]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.ltm.parameters()}
+    torch.optim.AdamW(groups).step()  # a valid optimizer setup
     model.eval()
     with torch.no_grad():
         ev = model(x, labels=x)

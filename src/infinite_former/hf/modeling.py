@@ -114,6 +114,18 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         ids = {id(p) for p in self.memory_parameters()}
         return [p for p in self.parameters() if id(p) not in ids]
 
+    def param_groups(
+        self, lr: float = 5e-5, memory_lr: float = 2.5e-4, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups for the paper's fine-tuning: GPT-2 weights at lr, memory weights at memory_lr."""
+        for name, value in (("lr", lr), ("memory_lr", memory_lr), ("weight_decay", weight_decay)):
+            if not (value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        return [
+            {"params": self.base_parameters(), "lr": lr, "weight_decay": weight_decay},
+            {"params": self.memory_parameters(), "lr": memory_lr, "weight_decay": weight_decay},
+        ]
+
     # ------------------------------------------------------------------ memory
 
     def init_memory(

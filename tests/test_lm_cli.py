@@ -204,6 +204,11 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
         assert again["results"][name]["ppl"] == pytest.approx(test[name]["ppl"], rel=1e-5)
     # a block longer than GPT-2's positions is refused with a clear message
     assert run(["eval", "--hf", str(out / "model"), "--block-size", "64", "--data", str(corpus)]) == 2
+    # the checkpoint (weights, optimizer, GPT-2 + memory state, lanes) resumes
+    resume = [a if a != "3" else "4" for a in argv] + ["--no-progress", "--no-tensorboard", "--resume"]
+    assert run(resume + ["--eval-splits"]) == 0
+    assert json.loads((out / "results.json").read_text())["steps"] == 4
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
 
 
 def test_bad_inputs_fail_before_training(tmp_path, capsys):

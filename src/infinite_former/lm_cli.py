@@ -426,47 +426,14 @@ class HFMemoryState:
     def to(self, device: torch.device | str) -> HFMemoryState:
         return HFMemoryState(self.memory.to(device))
 
-    def state_dict(self) -> dict[str, Tensor]:
-        m = self.memory
-        d: dict[str, Tensor] = {
-            "keep": m.keep,
-            "num_tokens": m.num_tokens,
-            "block_size": torch.tensor(m.block_size),
-        }
-        for i, s in enumerate(m.ltm):
-            for k, v in s.state_dict().items():
-                d[f"ltm.{i}.{k}"] = v
-        for i, p in enumerate(m.pending):
-            d[f"pending.{i}"] = p
-        for i, (k, v) in enumerate(m.kv):
-            d[f"kv.{i}.k"], d[f"kv.{i}.v"] = k, v
-        return d
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory.state_dict()
 
     @classmethod
-    def from_state_dict(cls, d: dict[str, Tensor]) -> HFMemoryState:
+    def from_state_dict(cls, d: dict[str, Any]) -> HFMemoryState:
         from .hf import InfiniteGPT2Memory
-        from .memory import MemoryState
 
-        def count(prefix: str, suffix: str = "") -> int:
-            i = 0
-            while f"{prefix}.{i}{suffix}" in d:
-                i += 1
-            return i
-
-        ltm = tuple(
-            MemoryState.from_state_dict({k: d[f"ltm.{i}.{k}"] for k in ("coeffs", "length", "bin_mass")})
-            for i in range(count("ltm", ".coeffs"))
-        )
-        return cls(
-            InfiniteGPT2Memory(
-                ltm=ltm,
-                pending=tuple(d[f"pending.{i}"] for i in range(count("pending"))),
-                kv=tuple((d[f"kv.{i}.k"], d[f"kv.{i}.v"]) for i in range(count("kv", ".k"))),
-                keep=d["keep"],
-                num_tokens=d["num_tokens"],
-                block_size=int(d["block_size"]),
-            )
-        )
+        return cls(InfiniteGPT2Memory.from_state_dict(d))
 
 
 @dataclass

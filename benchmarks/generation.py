@@ -334,8 +334,10 @@ def plot(result: dict, path: Path) -> None:
     axes[1].set_ylim(bottom=0)
     axes[1].legend(fontsize=8)
     m = result["machine"]
+    c = result["config"]
     fig.suptitle(
-        f"GPT-2-small size, batch 1, {m.get('torch_threads')} thread(s), {m.get('cpu_model', m['processor'])}",
+        f"{c['n_layer']} layers x {c['n_embd']} (random weights), N = {c['num_basis']}, M = {c['num_samples']}, "
+        f"batch 1, {m.get('torch_threads')} thread(s), {m.get('cpu_model', m['processor'])}",
         fontsize=9,
     )
     fig.tight_layout()

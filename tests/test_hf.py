@@ -380,6 +380,17 @@ def test_training_loss_has_kl_and_trains_the_memory(plain_dir):
     assert [g["lr"] for g in groups] == [5e-5, 2.5e-4]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.ltm.parameters()}
     torch.optim.AdamW(groups).step()  # a valid optimizer setup
+    # a memory read without gradients (it carries cached projections) still trains every LTM weight
+    with torch.no_grad():
+        memory = model.eval()(x[:, : 2 * BLOCK + 3]).memory  # mid-block: no absorb on the next call
+    assert memory.ltm_cache is not None
+    model.train().zero_grad()
+    with torch.no_grad():
+        for ltm in model.ltm:
+            ltm.out.weight.normal_()
+    model(x[:, :4], memory=memory, labels=x[:, :4]).loss.backward()
+    for name in ("query", "key", "value", "mu_proj", "sigma_proj"):
+        assert model.ltm[0].get_submodule(name).weight.grad.abs().sum() > 0, name
     model.eval()
     with torch.no_grad():
         ev = model(x, labels=x)

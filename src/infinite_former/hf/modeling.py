@@ -303,8 +303,9 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
             if k is not None:
                 ltm = self.ltm[k]
                 state = memory.ltm[k]
-                proj = memory.ltm_cache[k] if memory.ltm_cache is not None else None
-                if proj is None:
+                use_cache = memory.ltm_cache is not None and not torch.is_grad_enabled()
+                proj = memory.ltm_cache[k] if use_cache else None
+                if proj is None:  # (with gradients on, always recompute: they must reach W_V, W_K, W_Q)
                     proj = ltm_read.projections(ltm, state, x.dtype)
                 cache_out.append(proj)
                 z, new_state, kl = ltm_read.attend(ltm, x, state, proj)

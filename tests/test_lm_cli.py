@@ -209,6 +209,13 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     assert run(resume + ["--eval-splits"]) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 4
     assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
+    # --no-memory: the same recipe for GPT-2 alone (the fair fine-tuned baseline), one learning rate
+    plain = corpus.parent / "ft_plain"
+    argv = [a if a != str(out) else str(plain) for a in argv]
+    assert run(argv + ["--no-memory", "--no-progress", "--no-tensorboard"]) == 0
+    res = json.loads((plain / "results.json").read_text())
+    assert res["memory"] is False and set(res["eval"]["test"]) == {"gpt2", "gpt2_finetuned"}
+    assert res["eval"]["test"]["gpt2"]["ppl"] == pytest.approx(test["gpt2"]["ppl"])  # the same base GPT-2
 
 
 def test_bad_inputs_fail_before_training(tmp_path, capsys):

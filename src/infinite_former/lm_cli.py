@@ -525,7 +525,8 @@ def evaluate_hf_pair(
             out, s = wrapped(t, s)
             return out.logits, s
 
-        res["gpt2_memory"] = evaluate_documents(
+        # a model fine-tuned with --no-memory has no LTM layers: it is GPT-2 on the same blocks
+        res["gpt2_memory" if len(memory_model.ltm) else "gpt2_finetuned"] = evaluate_documents(
             step,
             lambda b: wrapped.init_state(b, device),
             corpus,

@@ -176,11 +176,12 @@ class LongTermAttention(nn.Module):
         qh = self.query(queries).view(b, q, h, d).transpose(1, 2)  # (batch, H, q, d)
         with torch.autocast(device_type=queries.device.type, enabled=False):
             w = torch.cat([self.mu_proj.weight, self.sigma_proj.weight]).to(coeffs.dtype)  # (2, N)
-            bias = torch.cat([self.mu_proj.bias, self.sigma_proj.bias]).float()  # (2,)
+            work = torch.promote_types(queries.dtype, torch.float32)  # μ, σ² in >= float32
+            bias = torch.cat([self.mu_proj.bias, self.sigma_proj.bias]).to(work)  # (2,)
             wb = torch.matmul(w, coeffs)  # w_μᵀB, w_σᵀB: (batch, 2, e)
-            wk = self.key(wb.to(self.key.weight.dtype)).float()  # Kᵀw = W_K Bᵀw: (batch, 2, e)
+            wk = self.key(wb.to(self.key.weight.dtype)).to(work)  # Kᵀw = W_K Bᵀw: (batch, 2, e)
             wk = wk.view(b, 2, h, d).permute(0, 2, 3, 1)  # (batch, H, d, 2)
-            logits = torch.matmul(qh.float(), wk) / math.sqrt(d) + bias  # (batch, H, q, 2)
+            logits = torch.matmul(qh.to(work), wk) / math.sqrt(d) + bias  # (batch, H, q, 2)
             mu = torch.sigmoid(logits[..., 0])
             sigma2 = F.softplus(logits[..., 1]).clamp_min(self.config.min_sigma2)
         return mu, sigma2, values

@@ -132,7 +132,8 @@ def sticky_positions(bin_mass: Tensor, num_samples: int, generator: torch.Genera
     probs = torch.where(total > 0, mass / total.clamp_min(torch.finfo(mass.dtype).tiny), 1.0 / num_bins)
     cdf = probs.cumsum(-1)
     cdf = torch.cat([cdf[:, :-1], torch.ones_like(cdf[:, -1:])], dim=-1)  # exact 1 at the end
-    jitter = torch.rand(batch, num_samples, generator=generator, device=mass.device, dtype=mass.dtype)
+    # drawn in float32 whatever the working dtype, so a seed gives the same positions in every dtype
+    jitter = torch.rand(batch, num_samples, generator=generator, device=mass.device).to(mass.dtype)
     u = (torch.arange(num_samples, device=mass.device, dtype=mass.dtype) + jitter) / num_samples
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(num_bins - 1)
     upper = cdf.gather(-1, idx)

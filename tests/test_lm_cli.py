@@ -277,3 +277,28 @@ def test_lane_stream_shards_rows_across_processes():
         assert torch.equal(torch.cat([a.tokens, b.tokens]), seg.tokens)
         assert torch.equal(torch.cat([a.reset, b.reset]), seg.reset)
         assert torch.equal(torch.cat([a.loss_mask, b.loss_mask]), seg.loss_mask)
+
+
+def test_gpt2_memory_lane_reset_keeps_the_new_documents_first_block(corpus):
+    """A lane reset at a block boundary empties that row's memory, and the new document's first block
+    is absorbed into its LTM afterwards (regression: reset at position 0 used to drop it)."""
+    from infinite_former.hf import InfiniteGPT2LMHeadModel
+
+    gpt2 = corpus.parent / "hf_reset"
+    if not (gpt2 / "gpt2").exists():
+        tiny_gpt2(gpt2, corpus)
+    model = InfiniteGPT2LMHeadModel.from_pretrained(gpt2 / "gpt2", block_size=8, num_basis=8, num_samples=8)
+    wrapped = lm_cli.HFMemoryLM(model.eval())
+    x = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        state = wrapped.init_state(2).reset(torch.tensor([True, True]))  # both lanes start a document
+        _, state = wrapped(x, state)
+        _, state = wrapped(x, state)
+        assert state.memory.ltm_tokens.tolist() == [8, 8]  # the first block of each document was absorbed
+        state = state.reset(torch.tensor([True, False]))  # lane 0 starts a new document
+        out, state = wrapped(x, state)
+        assert state.memory.ltm_tokens.tolist() == [0, 16]  # lane 0's old block dropped, lane 1 kept
+        fresh, _ = wrapped(x[:1], None)
+        torch.testing.assert_close(out.logits[0], fresh.logits[0], atol=1e-5, rtol=1e-4)
+        _, state = wrapped(x, state)
+        assert state.memory.ltm_tokens.tolist() == [8, 24]

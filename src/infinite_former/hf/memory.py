@@ -112,7 +112,7 @@ class InfiniteGPT2Memory:
             ltm=tuple(s.reset(mask) for s in self.ltm),
             pending=self.pending,
             kv=self.kv,
-            keep=self.keep & ~mask if self.position == self.block_size else self.keep,  # no pending block at 0
+            keep=self.keep & ~mask if self.position == self.block_size else self.keep,  # nothing pending at 0
             num_tokens=self.num_tokens * ~mask,
             block_size=self.block_size,
             ltm_cache=None,

@@ -1,0 +1,349 @@
+"""The sorting experiment (paper §5): train memory types at an equal memory budget, test per length.
+
+    settings = SortSettings(models=("infinite_sticky", "xl"), lengths=(512, 1024, 2048), ...)
+    results = run_sort_experiment(settings)      # dict, also written to <out>/<name>/results.json
+
+Memory budget (vectors per layer, equal for all types): with short-term
+memory mem_len and N = num_basis,
+  xl:                mem_len + N past hidden states (``xl_mem_len``),
+  compressive:       mem_len + cmem_len (= N) compressed slots, rate c,
+  infinite(_sticky): mem_len + an LTM of N basis functions (M samples).
+
+Training per length (``train_on="each"``, the paper's protocol) or one model
+per type on batches cycling through all lengths (``train_on="mixed"``,
+cheaper on a CPU); both test every model on held-out sequences (split
+"test") of each length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from .data.sorting import SortingConfig, SortingGenerator, SortingStream
+from .train import TrainConfig, Trainer, find_checkpoint
+from .utils import machine_info, seed_everything
+
+MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
+
+
+@dataclass
+class SortSettings:
+    """Everything the sorting experiment needs; validated once (ValueError names the field)."""
+
+    models: tuple[str, ...] = ("infinite_sticky", "xl")
+    lengths: tuple[int, ...] = (512, 1024, 2048)
+    train_on: str = "each"  # "each": a model per length | "mixed": one model per type, all lengths
+    num_symbols: int = 20
+    segment_len: int = 64
+    mem_len: int = 64
+    num_basis: int = 64  # N
+    num_samples: int | None = None  # M (None: N)
+    tau: float = 0.75
+    widths: tuple[float, ...] = (0.01, 0.05)
+    ridge_lambda: float = 1.0
+    num_bins: int = 128
+    kl_weight: float = 1e-6
+    xl_mem_len: int | None = None  # None: mem_len + num_basis (equal budget)
+    cmem_len: int | None = None  # None: num_basis
+    compression_rate: int = 2
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_inner: int = 128
+    dropout: float = 0.0
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int | None = None  # None: steps // 10
+    min_lr_ratio: float = 0.0
+    clip: float = 1.0
+    eval_sequences: int = 64
+    valid_sequences: int = 0
+    eval_every: int = 0
+    ckpt_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0: torch default
+    out: str = "runs"
+    name: str = "sort"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.models = tuple(self.models)
+        self.lengths = tuple(self.lengths)
+        self.widths = tuple(float(w) for w in self.widths)
+        if not self.models:
+            raise ValueError("models must name at least one memory type")
+        bad = [m for m in self.models if m not in MEMORY_TYPES]
+        if bad:
+            raise ValueError(f"models: unknown memory type(s) {bad}; expected some of {list(MEMORY_TYPES)}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models has duplicates: {list(self.models)}")
+        if not self.lengths or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.lengths
+        ):
+            raise ValueError(f"lengths must be positive ints, got {list(self.lengths)}")
+        if self.train_on not in ("each", "mixed"):
+            raise ValueError(f"train_on must be 'each' or 'mixed', got {self.train_on!r}")
+        if self.segment_len < self.num_symbols:
+            raise ValueError(
+                f"segment_len ({self.segment_len}) must be >= num_symbols ({self.num_symbols}): "
+                "the whole answer must sit in the last segment"
+            )
+        for name in ("eval_sequences", "threads", "valid_sequences"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "eval_sequences" else 0):
+                raise ValueError(
+                    f"{name} must be an int >= {1 if name == 'eval_sequences' else 0}, got {v!r}"
+                )
+        if not self.name or os.sep in self.name:
+            raise ValueError(f"name must be a non-empty folder name, got {self.name!r}")
+        # Build every config once so that a bad value fails here, before any training.
+        SortingConfig(length=max(self.lengths), num_symbols=self.num_symbols, seed=self.seed)
+        for m in self.models:
+            self.model_config(m)
+        self.train_config("check")
+
+    # ------------------------------------------------------------- derived configs
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_symbols + 2
+
+    def memory_budget(self) -> dict[str, Any]:
+        """Vectors per layer each memory type may keep (the equal-budget rule)."""
+        n = self.num_basis
+        return {
+            "rule": "xl: mem_len + N; compressive: mem_len + cmem_len; infinite: mem_len STM + N basis",
+            "xl": {"mem_len": self.xl_mem_len or self.mem_len + n},
+            "compressive": {
+                "mem_len": self.mem_len,
+                "cmem_len": self.cmem_len or n,
+                "compression_rate": self.compression_rate,
+            },
+            "infinite": {"mem_len": self.mem_len, "num_basis": n, "num_samples": self.num_samples or n},
+        }
+
+    def model_config(self, memory_type: str):
+        from .model import ModelConfig
+
+        kw: dict[str, Any] = dict(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_inner=self.d_inner,
+            dropout=self.dropout,
+            memory_type=memory_type,
+            mem_len=self.mem_len,
+            cmem_len=self.cmem_len or self.num_basis,
+            compression_rate=self.compression_rate,
+            ltm_num_basis=self.num_basis,
+            ltm_num_samples=self.num_samples or self.num_basis,
+            ltm_tau=self.tau,
+            ltm_widths=self.widths,
+            ltm_ridge_lambda=self.ridge_lambda,
+            ltm_num_bins=self.num_bins,
+            kl_weight=self.kl_weight,
+        )
+        if memory_type == "xl":
+            kw["mem_len"] = self.xl_mem_len or self.mem_len + self.num_basis
+        return ModelConfig(**kw)
+
+    def train_config(self, run: str) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps,
+            lr=self.lr,
+            warmup_steps=self.steps // 10 if self.warmup_steps is None else self.warmup_steps,
+            min_lr_ratio=self.min_lr_ratio,
+            clip=self.clip,
+            batch_size=self.batch_size,
+            eval_every=self.eval_every,
+            ckpt_every=self.ckpt_every,
+            log_every=10,
+            seed=self.seed,
+            out_dir=os.path.join(self.out, self.name, run),
+            device=self.device,
+            progress=self.progress,
+        )
+
+    def runs(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(run folder, memory type, training lengths) for every model to train."""
+        if self.train_on == "mixed":
+            return [(m, m, self.lengths) for m in self.models]
+        return [(f"{m}-L{n}", m, (n,)) for m in self.models for n in self.lengths]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("models", "lengths", "widths"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SortSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown SortSettings fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def paper_settings(**overrides: Any) -> SortSettings:
+    """The paper's sorting configuration (§5), for GPUs: 3 layers, d 300, 6 heads, d_inner 300,
+    segment = STM = 1024, N = M = 512, τ = 0.75, lengths 4k/8k/16k, 20k steps, batch 8,
+    lr 2e-4 cosine, clip 0.25, dropout 0.1. Budget: XL 1536 = 1024 + 512 memories."""
+    base = dict(
+        lengths=(4000, 8000, 16000),
+        train_on="each",
+        segment_len=1024,
+        mem_len=1024,
+        num_basis=512,
+        num_samples=512,
+        tau=0.75,
+        d_model=300,
+        n_layers=3,
+        n_heads=6,
+        d_inner=300,
+        dropout=0.1,
+        steps=20000,
+        batch_size=8,
+        lr=2e-4,
+        warmup_steps=0,
+        clip=0.25,
+        eval_sequences=800,
+        ckpt_every=1000,
+        name="sort-paper",
+    )
+    base.update(overrides)
+    return SortSettings(**base)
+
+
+# ------------------------------------------------------------------------- running
+
+
+def _streams(s: SortSettings, lengths: tuple[int, ...], split: str, num_batches: int | None = None):
+    sources = [
+        SortingGenerator(SortingConfig(length=n, num_symbols=s.num_symbols, seed=s.seed, split=split))
+        for n in lengths
+    ]
+    return lambda shard: SortingStream(sources, s.segment_len, shard, num_batches=num_batches)
+
+
+def train_and_test(
+    s: SortSettings, run: str, memory_type: str, train_lengths: tuple[int, ...], resume: bool
+) -> dict:
+    """Train one model and test it at every length of the settings; returns its results."""
+    from .model import InfiniteFormerLM
+
+    cfg = s.model_config(memory_type)
+    tcfg = s.train_config(run)
+    seed_everything(s.seed)
+    model = InfiniteFormerLM(cfg)
+    eval_batches = max(1, math.ceil(s.eval_sequences / s.batch_size))
+    evaluators = {f"test_{n}": _streams(s, (n,), "test", eval_batches) for n in s.lengths}
+    if s.valid_sequences:
+        vb = max(1, math.ceil(s.valid_sequences / s.batch_size))
+        evaluators.update({f"valid_{n}": _streams(s, (n,), "valid", vb) for n in train_lengths})
+    trainer = Trainer(
+        model, tcfg, _streams(s, train_lengths, "train"), evaluators, model_config=cfg.to_dict()
+    )
+    resume_from: bool | str = False
+    if resume:
+        try:
+            resume_from = find_checkpoint(tcfg.out_dir)
+        except FileNotFoundError:
+            resume_from = False  # this run had not saved anything yet: start it
+    res = trainer.fit(resume=resume_from)
+    out = {
+        "memory_type": memory_type,
+        "train_lengths": list(train_lengths),
+        "steps": res.step,
+        "stopped_by_signal": res.stopped_by_signal,
+        "train_seconds": res.train_seconds,
+        "tokens_per_s": res.tokens_per_s,
+        "final_train_loss": res.losses[-1] if res.losses else None,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "test": {
+            str(n): {
+                "accuracy": res.eval_metrics.get(f"test_{n}/accuracy"),
+                "loss": res.eval_metrics.get(f"test_{n}/loss"),
+                "num_targets": res.eval_metrics.get(f"test_{n}/num_targets"),
+            }
+            for n in s.lengths
+        },
+        "run_dir": tcfg.out_dir,
+    }
+    return out
+
+
+def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dict[str, Any]:
+    """Train and test every (model, length); write results.json and accuracy.png under out/name."""
+    root = os.path.join(s.out, s.name)
+    if resume and not os.path.isdir(root):
+        raise FileNotFoundError(f"--resume: run folder {root} does not exist")
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    t0 = time.perf_counter()
+    runs: dict[str, Any] = {}
+    interrupted = False
+    for run, memory_type, train_lengths in s.runs():
+        log(f"[sort] training {run} ({memory_type}, lengths {list(train_lengths)}, {s.steps} steps)")
+        runs[run] = train_and_test(s, run, memory_type, train_lengths, resume)
+        if runs[run]["stopped_by_signal"]:
+            interrupted = True
+            break
+    accuracy: dict[str, dict[str, float | None]] = {m: {} for m in s.models}
+    for r in runs.values():
+        for n, v in r["test"].items():
+            if s.train_on == "mixed" or [int(n)] == r["train_lengths"]:
+                accuracy[r["memory_type"]][n] = v["accuracy"]
+    results = {
+        "machine": machine_info(),
+        "settings": s.to_dict(),
+        "memory_budget": s.memory_budget(),
+        "metric": "token accuracy on the num_symbols answer positions (teacher forcing), test split",
+        "accuracy": accuracy,
+        "runs": runs,
+        "interrupted": interrupted,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    if _is_main_process():
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        if not interrupted:
+            from .plots import plot_accuracy
+
+            plot_accuracy(
+                {m: {int(n): a for n, a in d.items() if a is not None} for m, d in accuracy.items()},
+                os.path.join(root, "accuracy.png"),
+                title=f"sorting, {s.num_symbols} symbols ({s.steps} steps, batch {s.batch_size})",
+                chance=None,
+            )
+    return results
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Accuracy table: one row per model, one column per length."""
+    acc = results["accuracy"]
+    lengths = sorted({int(n) for d in acc.values() for n in d})
+    head = f"{'model':<18}" + "".join(f"{n:>10}" for n in lengths)
+    lines = [head, "-" * len(head)]
+    for m, d in acc.items():
+        cells = "".join(f"{d[str(n)]:>10.3f}" if d.get(str(n)) is not None else f"{'-':>10}" for n in lengths)
+        lines.append(f"{m:<18}{cells}")
+    return "\n".join(lines)
+
+
+__all__ = ["SortSettings", "format_table", "paper_settings", "run_sort_experiment", "train_and_test"]

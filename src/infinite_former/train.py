@@ -1,0 +1,759 @@
+"""One training loop for every model: segments, memory carried across them, checkpoints.
+
+Protocol. A data stream yields ``Segment``s (tokens, targets, loss_mask, a
+``reset`` row mask and a ``train`` flag). The trainer keeps the model's
+memory state across segments: ``state.reset(segment.reset)`` before and
+``state.detach()`` after each one (truncated back-propagation, paper §5).
+Segments with ``train=False`` run under ``torch.no_grad`` (sorting: every
+segment but the last, the one holding the answer); each ``train=True``
+segment back-propagates ``out.loss + out.aux_loss`` and makes exactly one
+optimizer step (language modelling: every segment).
+
+    trainer = Trainer(model, TrainConfig(...), make_train_stream, evaluators={"valid": make_valid})
+    result = trainer.fit(resume=False)
+
+``make_train_stream(shard)`` builds this process's stream: ``shard`` says the
+rank, the world size and the local batch size (global batch / processes).
+A stream also has ``state_dict()`` / ``load_state_dict()`` giving its position
+after the last segment it yielded; the trainer saves it at step boundaries.
+
+Features: Hugging Face Accelerate (CPU, one GPU, or DDP through
+``accelerate launch`` / ``torchrun``), AdamW with linear warmup + cosine
+decay, gradient clipping, bf16 autocast on GPU, tqdm progress bar, CSV and
+TensorBoard logs, periodic evaluation, atomic checkpoints every N steps and on
+SIGINT/SIGTERM (model weights in safetensors; optimizer, scheduler, RNG
+states, stream position, memory state and step with torch.save, read back
+with weights_only=True) and exact resumption.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .utils import seed_everything
+
+# ------------------------------------------------------------------------- data protocol
+
+
+@dataclass
+class Segment:
+    """One segment of a batch of streams.
+
+    tokens:    (b, T) long, the inputs.
+    targets:   (b, T) long, next tokens (None: nothing to predict).
+    loss_mask: (b, T) bool, positions counted in loss and accuracy (None: all).
+    reset:     (b,) bool, rows whose memory is emptied BEFORE this segment
+               (a new sequence / document starts in that row).
+    train:     back-propagate this segment and take one optimizer step.
+    """
+
+    tokens: Tensor
+    targets: Tensor | None = None
+    loss_mask: Tensor | None = None
+    reset: Tensor | None = None
+    train: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokens, Tensor) or self.tokens.dim() != 2:
+            raise ValueError(f"Segment.tokens must be a (batch, T) tensor, got {_describe(self.tokens)}")
+        shape = tuple(self.tokens.shape)
+        for name in ("targets", "loss_mask"):
+            t = getattr(self, name)
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(f"Segment.{name} must have shape {shape}, got {tuple(t.shape)}")
+        if self.reset is None:
+            self.reset = torch.zeros(shape[0], dtype=torch.bool)
+        if self.reset.dtype != torch.bool or tuple(self.reset.shape) != (shape[0],):
+            raise ValueError(f"Segment.reset must be a bool tensor of shape ({shape[0]},)")
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device | str) -> Segment:
+        move = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("tokens", "targets", "loss_mask", "reset"):
+            if move[name] is not None:
+                move[name] = move[name].to(device, non_blocking=True)
+        return Segment(**move)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the global batch: rows rank·batch_size .. (rank+1)·batch_size − 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    batch_size: int = 1  # local rows
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+
+class SegmentStream(Protocol):
+    """What the trainer needs from a training stream."""
+
+    def __iter__(self) -> Iterator[Segment]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+StreamFactory = Callable[[Shard], SegmentStream]
+EvalFactory = Callable[[Shard], Iterable[Segment]]
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a training run, validated once.
+
+    batch_size is the GLOBAL batch (rows per optimizer step, summed over
+    processes); it must be divisible by the number of processes.
+    warmup_steps: linear warmup to lr, then cosine decay to min_lr_ratio·lr at
+    ``steps``. clip: max gradient norm (0 = off). eval_every / ckpt_every /
+    log_every: in optimizer steps (0 = only at the end). bf16: "auto" = bf16
+    autocast on GPU only. device: "auto" | "cpu" | "cuda".
+    """
+
+    steps: int = 1000
+    lr: float = 2e-4
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip: float = 0.25
+    batch_size: int = 8
+    eval_batch_size: int | None = None  # None: batch_size
+    eval_every: int = 0
+    ckpt_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    out_dir: str = "runs/train"
+    bf16: bool | str = "auto"
+    device: str = "auto"
+    progress: bool = True
+    tensorboard: bool = True
+    find_unused_parameters: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, saved with checkpoints
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        for name, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0)):
+            _check_int(name, getattr(self, name), minimum)
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "log_every"):
+            _check_int(name, getattr(self, name), 0)
+        if self.eval_batch_size is not None:
+            _check_int("eval_batch_size", self.eval_batch_size, 1)
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+        _check_float("lr", self.lr, lo=0.0, lo_open=True)
+        _check_float("min_lr_ratio", self.min_lr_ratio, lo=0.0, hi=1.0)
+        _check_float("weight_decay", self.weight_decay, lo=0.0)
+        _check_float("clip", self.clip, lo=0.0)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be True, False or 'auto', got {self.bf16!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was requested but CUDA is not available")
+        if self.bf16 is True and not self.use_cuda:
+            raise ValueError("bf16=True needs a CUDA device (bf16 autocast is GPU-only here); use 'auto'")
+        if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir):
+            raise ValueError(f"out_dir must be a non-empty path, got {self.out_dir!r}")
+        self.out_dir = os.fspath(self.out_dir)
+
+    @property
+    def use_cuda(self) -> bool:
+        return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+
+    @property
+    def use_bf16(self) -> bool:
+        return self.use_cuda and self.bf16 in (True, "auto")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        bound = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _describe(x: Any) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup over warmup_steps, then cosine decay to min_lr_ratio at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / span, 1.0)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing a file, unreadable or inconsistent with the run."""
+
+
+CKPT_SUBDIR = "checkpoints"
+LATEST = "latest"
+
+
+def find_checkpoint(path: str | os.PathLike) -> str:
+    """Resolve a run directory, its checkpoints/ folder or a step folder to a step folder.
+
+    Raises FileNotFoundError (naming the path) when there is none.
+    """
+    path = os.fspath(path)
+    candidates = [path, os.path.join(path, CKPT_SUBDIR)]
+    for c in candidates:
+        if os.path.isfile(os.path.join(c, "trainer.pt")):
+            return c
+        latest = os.path.join(c, LATEST)
+        if os.path.isfile(latest):
+            with open(latest) as f:
+                name = f.read().strip()
+            step_dir = os.path.join(c, name)
+            if not name or not os.path.isdir(step_dir):
+                raise CheckpointError(f"checkpoint pointer {latest} names {name!r}, which does not exist")
+            return step_dir
+    raise FileNotFoundError(
+        f"no checkpoint found at {path} (expected {os.path.join(path, CKPT_SUBDIR, LATEST)})"
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, rank: int = 0) -> dict[str, Any]:
+    """Read a checkpoint (CPU tensors): {'trainer': ..., 'rank': ..., 'model': state_dict, 'dir': ...}.
+
+    Everything is loaded with weights_only=True; any failure becomes a
+    CheckpointError naming the file. Nothing is written.
+    """
+    step_dir = find_checkpoint(path)
+    files = {
+        "trainer": os.path.join(step_dir, "trainer.pt"),
+        "rank": os.path.join(step_dir, f"rank{rank}.pt"),
+        "model": os.path.join(step_dir, "model.safetensors"),
+    }
+    out: dict[str, Any] = {"dir": step_dir}
+    for key, file in files.items():
+        if not os.path.isfile(file):
+            raise CheckpointError(f"checkpoint {step_dir} is incomplete: {file} is missing")
+        try:
+            if key == "model":
+                from safetensors.torch import load_file
+
+                out[key] = load_file(file, device="cpu")
+            else:
+                out[key] = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any parse failure means a corrupt file
+            raise CheckpointError(f"checkpoint file {file} is corrupt or unreadable: {e}") from e
+    for required in ("step", "train_config", "optimizer", "scheduler", "world_size"):
+        if required not in out["trainer"]:
+            raise CheckpointError(f"checkpoint file {files['trainer']} lacks '{required}'")
+    for required in ("rng", "stream", "memory"):
+        if required not in out["rank"]:
+            raise CheckpointError(f"checkpoint file {files['rank']} lacks '{required}'")
+    return out
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states, in weights_only-loadable types."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainResult:
+    """What a fit() call did. losses: global mean CE per optimizer step of this call."""
+
+    step: int
+    losses: list[float]
+    stopped_by_signal: bool
+    tokens_per_s: float
+    train_seconds: float
+    eval_metrics: dict[str, float]
+    checkpoint: str | None
+
+
+class _SignalFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves and stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+        self.raised = signum
+
+    def __enter__(self) -> _SignalFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Train any model with the ``out, state = model(tokens, state, targets=, loss_mask=)`` interface.
+
+    model: built and initialised by the caller (seed before building it);
+    it must provide ``init_state(batch, device)``, and its output ``loss``
+    (mean CE over masked positions) and ``aux_loss`` (already weighted; may be None).
+    train_stream: factory Shard -> SegmentStream. evaluators: name -> factory
+    Shard -> finite iterable of Segments, evaluated with evaluate.evaluate().
+    eval_fn: optional extra evaluation, (unwrapped model, trainer) -> metrics.
+    param_groups: optional model -> list of AdamW parameter groups (each may
+    hold its own "lr"; the schedule scales every group).
+    model_config: saved with each checkpoint (e.g. ModelConfig.to_dict()).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        train_stream: StreamFactory,
+        evaluators: Mapping[str, EvalFactory] | None = None,
+        eval_fn: Callable[[nn.Module, Trainer], dict[str, float]] | None = None,
+        param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+        model_config: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if not callable(getattr(model, "init_state", None)):
+            raise ValueError("model must provide init_state(batch_size, device)")
+        self.model = model
+        self.config = config
+        self.train_stream = train_stream
+        self.evaluators = dict(evaluators or {})
+        self.eval_fn = eval_fn
+        self.param_groups = param_groups
+        self.model_config = model_config or {}
+        self.accelerator: Any = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_accelerator(self) -> Any:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        cfg = self.config
+        kwargs = [DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)]
+        return Accelerator(
+            cpu=not cfg.use_cuda,
+            mixed_precision="bf16" if cfg.use_bf16 else "no",
+            kwargs_handlers=kwargs,
+            step_scheduler_with_optimizer=False,
+        )
+
+    @property
+    def shard(self) -> Shard:
+        acc = self.accelerator
+        return Shard(acc.process_index, acc.num_processes, self.config.batch_size // acc.num_processes)
+
+    def eval_shard(self) -> Shard:
+        acc = self.accelerator
+        total = self.config.eval_batch_size or self.config.batch_size
+        return Shard(acc.process_index, acc.num_processes, max(total // acc.num_processes, 1))
+
+    # --------------------------------------------------------------- fitting
+
+    def fit(self, resume: bool | str | os.PathLike = False) -> TrainResult:
+        """Train to config.steps (or until SIGINT/SIGTERM), evaluating and checkpointing.
+
+        resume: False (fresh run), True (continue from out_dir's latest
+        checkpoint) or a path (run dir or checkpoint dir). A missing or
+        corrupt checkpoint raises before anything is written.
+        """
+        cfg = self.config
+        acc = self.accelerator = self._make_accelerator()
+        if cfg.batch_size % acc.num_processes:
+            raise ValueError(
+                f"batch_size ({cfg.batch_size}) must be divisible by the number of processes ({acc.num_processes})"
+            )
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(cfg.out_dir if resume is True else resume, acc.process_index)
+            saved = ckpt["trainer"]
+            if saved["world_size"] != acc.num_processes:
+                raise CheckpointError(
+                    f"checkpoint {ckpt['dir']} was written by {saved['world_size']} processes, "
+                    f"this run has {acc.num_processes}"
+                )
+            if saved["train_config"]["batch_size"] != cfg.batch_size:
+                raise CheckpointError(
+                    f"checkpoint {ckpt['dir']} used batch_size {saved['train_config']['batch_size']}, "
+                    f"this run has {cfg.batch_size}"
+                )
+        else:
+            seed_everything(cfg.seed + acc.process_index)
+
+        model = self.model
+        if ckpt is not None:
+            try:
+                model.load_state_dict(ckpt["model"], strict=False)
+                missing = set(model.state_dict()) - set(ckpt["model"])
+                missing = {k for k in missing if not _is_tied(model, k, ckpt["model"])}
+                if missing:
+                    raise CheckpointError(f"checkpoint {ckpt['dir']} lacks weights {sorted(missing)[:5]}")
+            except RuntimeError as e:
+                raise CheckpointError(f"checkpoint {ckpt['dir']} does not match the model: {e}") from e
+        model.to(acc.device)
+        groups = self.param_groups(model) if self.param_groups else [{"params": list(model.parameters())}]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        )
+        wrapped, optimizer = acc.prepare(model, optimizer)
+        core = acc.unwrap_model(wrapped)
+        stream = self.train_stream(self.shard)
+        step = 0
+        state = core.init_state(self.shard.batch_size, acc.device)
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["trainer"]["optimizer"])
+            scheduler.load_state_dict(ckpt["trainer"]["scheduler"])
+            stream.load_state_dict(ckpt["rank"]["stream"])
+            state = type(state).from_state_dict(ckpt["rank"]["memory"]).to(acc.device)
+            step = int(ckpt["trainer"]["step"])
+            set_rng_state(ckpt["rank"]["rng"])
+
+        logger = _Logger(cfg, acc.is_main_process, step) if step < cfg.steps or ckpt is None else None
+        result = TrainResult(step, [], False, 0.0, 0.0, {}, ckpt["dir"] if ckpt else None)
+        try:
+            with _SignalFlag() as flag:
+                self._loop(wrapped, core, optimizer, scheduler, stream, state, step, logger, flag, result)
+            if result.step >= cfg.steps and not result.eval_metrics and not result.stopped_by_signal:
+                # resumed from a finished run: nothing to train, but report its evaluation
+                result.eval_metrics = self._evaluate(core, result.step, None)
+        finally:
+            if logger is not None:
+                logger.close()
+        return result
+
+    def _loop(self, wrapped, core, optimizer, scheduler, stream, state, step, logger, flag, result) -> None:
+        cfg, acc = self.config, self.accelerator
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        bar = None
+        if cfg.progress and acc.is_main_process and step < cfg.steps:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
+        tokens = 0
+        t0 = time.perf_counter()
+        iterator = iter(stream)
+        wrapped.train()
+        last_saved = result.checkpoint if step >= cfg.steps else None
+        while step < cfg.steps:
+            try:
+                segment = next(iterator).to(acc.device)
+            except StopIteration:
+                acc.print(f"training stream ended after {step} steps")
+                break
+            state = state.reset(segment.reset)
+            tokens += segment.tokens.numel()
+            if not segment.train:
+                with torch.no_grad():
+                    _, state = wrapped(segment.tokens, state)
+                state = state.detach()
+                continue
+            out, state = wrapped(segment.tokens, state, targets=segment.targets, loss_mask=segment.loss_mask)
+            aux = out.aux_loss if out.aux_loss is not None else torch.zeros((), device=acc.device)
+            acc.backward(out.loss + aux)
+            grad_norm = acc.clip_grad_norm_(params, cfg.clip) if cfg.clip > 0 else torch.zeros(())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state = state.detach()
+            step += 1
+            stats = torch.stack(
+                [
+                    out.loss.detach().float(),
+                    aux.detach().float(),
+                    torch.tensor(float(flag.raised is not None)),
+                ]
+            ).to(acc.device)
+            if acc.num_processes > 1:
+                stats = acc.reduce(stats, "sum")
+                stats[:2] /= acc.num_processes
+            loss, aux_v, stop = float(stats[0]), float(stats[1]), float(stats[2]) > 0
+            result.losses.append(loss)
+            elapsed = time.perf_counter() - t0
+            tok_s = tokens * acc.num_processes / max(elapsed, 1e-9)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+            if logger is not None and (cfg.log_every == 0 or step % cfg.log_every == 0 or step == cfg.steps):
+                logger.train(step, loss, aux_v, scheduler.get_last_lr()[0], float(grad_norm), tok_s)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                result.eval_metrics = self._evaluate(core, step, logger)
+            if stop or (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+                last_saved = self.save(core, optimizer, scheduler, stream, state, step)
+            if stop:
+                acc.print(f"stopping on signal; checkpoint saved at step {step}: {last_saved}")
+                result.stopped_by_signal = True
+                break
+        if bar is not None:
+            bar.close()
+        result.step = step
+        result.train_seconds = time.perf_counter() - t0
+        result.tokens_per_s = tokens * acc.num_processes / max(result.train_seconds, 1e-9)
+        result.checkpoint = last_saved
+
+    def _evaluate(self, core: nn.Module, step: int, logger: _Logger | None) -> dict[str, float]:
+        from .evaluate import evaluate
+
+        acc = self.accelerator
+        metrics: dict[str, float] = {}
+        for name, factory in self.evaluators.items():
+            res = evaluate(
+                core, factory(self.eval_shard()), acc.device, autocast=acc.autocast, reduce=_reducer(acc)
+            )
+            metrics.update({f"{name}/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
+        if self.eval_fn is not None:
+            metrics.update(self.eval_fn(core, self))
+        if logger is not None and metrics:
+            logger.evaluation(step, metrics)
+        return metrics
+
+    # --------------------------------------------------------------- saving
+
+    def save(self, core, optimizer, scheduler, stream, state, step: int) -> str:
+        """Write checkpoints/step-XXXXXXXX atomically; the previous one is removed only afterwards."""
+        from safetensors.torch import save_model
+
+        cfg, acc = self.config, self.accelerator
+        root = os.path.join(cfg.out_dir, CKPT_SUBDIR)
+        name = f"step-{step:08d}"
+        final = os.path.join(root, name)
+        tmp = os.path.join(root, f".{name}.tmp")
+        if acc.is_main_process:
+            os.makedirs(root, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        acc.wait_for_everyone()
+        torch.save(
+            {"rng": rng_state(), "stream": stream.state_dict(), "memory": _to_cpu(state.state_dict())},
+            os.path.join(tmp, f"rank{acc.process_index}.pt"),
+        )
+        if acc.is_main_process:
+            save_model(core, os.path.join(tmp, "model.safetensors"))
+            torch.save(
+                {
+                    "step": step,
+                    "world_size": acc.num_processes,
+                    "train_config": cfg.to_dict(),
+                    "model_config": self.model_config,
+                    "optimizer": _to_cpu(optimizer.state_dict()),
+                    "scheduler": scheduler.state_dict(),
+                },
+                os.path.join(tmp, "trainer.pt"),
+            )
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump({"step": step, "train": cfg.to_dict(), "model": self.model_config}, f, indent=2)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            previous = None
+            latest = os.path.join(root, LATEST)
+            if os.path.isfile(latest):
+                with open(latest) as f:
+                    previous = f.read().strip()
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _atomic_write_text(latest, name)
+            if previous and previous != name:
+                shutil.rmtree(os.path.join(root, previous), ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+
+def _is_tied(model: nn.Module, key: str, saved: Mapping[str, Tensor]) -> bool:
+    """True when parameter `key` shares storage with a parameter present in `saved` (tied weights)."""
+    sd = model.state_dict()
+    ptr = sd[key].data_ptr()
+    return any(sd[k].data_ptr() == ptr for k in saved if k in sd)
+
+
+def _reducer(acc: Any) -> Callable[[Tensor], Tensor] | None:
+    if acc.num_processes == 1:
+        return None
+    return lambda t: acc.reduce(t, "sum")
+
+
+class _Logger:
+    """CSV (train_log.csv, eval_log.csv) and TensorBoard (tb/) on the main process."""
+
+    TRAIN_FIELDS = ["step", "loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "time"]
+
+    def __init__(self, cfg: TrainConfig, active: bool, start_step: int) -> None:
+        self.active = active
+        self.tb = None
+        if not active:
+            return
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.train_path = os.path.join(cfg.out_dir, "train_log.csv")
+        self.eval_path = os.path.join(cfg.out_dir, "eval_log.csv")
+        for path in (self.train_path, self.eval_path):
+            _truncate_csv(path, start_step)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(cfg.out_dir, "tb"), purge_step=start_step + 1)
+            except ImportError:  # tensorboard not installed: CSV only
+                self.tb = None
+
+    def _append(self, path: str, header: list[str], rows: list[list[Any]]) -> None:
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(header)
+            w.writerows(rows)
+
+    def train(self, step: int, loss: float, aux: float, lr: float, grad_norm: float, tok_s: float) -> None:
+        if not self.active:
+            return
+        self._append(
+            self.train_path, self.TRAIN_FIELDS, [[step, loss, aux, lr, grad_norm, tok_s, time.time()]]
+        )
+        if self.tb is not None:
+            for k, v in (
+                ("loss", loss),
+                ("aux_loss", aux),
+                ("lr", lr),
+                ("grad_norm", grad_norm),
+                ("tokens_per_s", tok_s),
+            ):
+                self.tb.add_scalar(f"train/{k}", v, step)
+
+    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        self._append(self.eval_path, ["step", "metric", "value"], [[step, k, v] for k, v in metrics.items()])
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _truncate_csv(path: str, step: int) -> None:
+    """Drop rows logged after `step` (they belong to steps a resumed run will redo)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    if len(kept) != len(rows):
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+
+__all__ = [
+    "CheckpointError",
+    "Segment",
+    "SegmentStream",
+    "Shard",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "find_checkpoint",
+    "load_checkpoint",
+    "lr_lambda",
+]

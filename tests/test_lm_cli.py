@@ -233,7 +233,9 @@ def test_bad_inputs_fail_before_training(tmp_path, capsys):
     assert "seg_len=8 is longer than the model's positions (max_positions=4)" in capsys.readouterr().err
     assert run([*argv, "--data", str(good), "--set", "no_such_field=1"]) == 2
     assert "no_such_field" in capsys.readouterr().err
-    assert not (tmp_path / "r" / "checkpoints").exists()
+    assert run([*argv, "--data", str(good), "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written for a run that cannot start
 
 
 def test_ltm_zero_init_output_starts_as_transformer_xl():

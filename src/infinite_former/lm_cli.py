@@ -219,7 +219,9 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.run_dir)
     cache = args.cache_dir or str(run / "cache")
     config_path = run / CONFIG_FILE
-    if args.resume and config_path.is_file():
+    if args.resume and not config_path.is_file():
+        raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `lm train` run to continue)")
+    if args.resume:
         saved = json.loads(config_path.read_text())
         tok = TextTokenizer.load(run / "tokenizer")
         mcfg = ModelConfig.from_dict(saved["model"])
@@ -231,7 +233,6 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         train_docs = load_corpus_split(args.data, args.train_split)
         tok = build_tokenizer(args.tokenizer, (d.text for d in train_docs), vocab_size=args.vocab_size)
-        tok.save(run / "tokenizer")
         overrides = _parse_set(args.set, ModelConfig)
         mcfg = ModelConfig(
             vocab_size=tok.vocab_size,
@@ -254,6 +255,8 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
                 f"--set vocab_size={mcfg.vocab_size} differs from the tokenizer's {tok.vocab_size}"
             )
     check_segment_length(args.seg_len, mcfg.max_segment_len)
+    if not args.resume:
+        tok.save(run / "tokenizer")
     train_corpus = _load_split(args.data, args.train_split, tok, cache)
     valid_corpus = _load_split(args.data, args.valid_split, tok, cache) if args.valid_split else None
 

@@ -44,7 +44,8 @@ from .memory import KV, InfiniteGPT2Memory
 
 @dataclass
 class InfiniteGPT2Output(ModelOutput):
-    """loss = lm_loss + kl_weight · kl (KL only in training mode); logits (batch, T or
+    """loss = lm_loss + kl_weight · kl (KL only in training mode; kl is None in eval mode
+    under torch.no_grad, where it is not computed); logits (batch, T or
     logits_to_keep, vocab); memory: the state after these tokens; cache (also readable
     as .past_key_values): the short-term KV cache of the current block, i.e. memory.kv."""
 
@@ -250,7 +251,9 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)
 
-        kl = torch.as_tensor(kl_sum, dtype=torch.float32, device=logits.device) / max(kl_count, 1)
+        kl = None  # the KL regularizer is computed when training or with gradients on
+        if self.training or torch.is_grad_enabled():
+            kl = torch.as_tensor(kl_sum, dtype=torch.float32, device=logits.device) / max(kl_count, 1)
         lm_loss = loss = None
         if labels is not None or shift_labels is not None:
             if logits_to_keep:
@@ -293,6 +296,7 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         kl_sum: Tensor | float = 0.0
         kl_count = 0
         mem_index = {layer: k for k, layer in enumerate(self.config.memory_layer_ids)}
+        need_kl = self.training or torch.is_grad_enabled()  # the KL regularizer is a training term
         for layer, blk in enumerate(tr.h):
             k = mem_index.get(layer)
             if k is not None:
@@ -308,14 +312,15 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
                 if proj is None:  # (with gradients on, always recompute: they must reach W_V, W_K, W_Q)
                     proj = ltm_read.projections(ltm, state, x.dtype)
                 cache_out.append(proj)
-                z, new_state, kl = ltm_read.attend(ltm, x, state, proj)
+                z, new_state, kl = ltm_read.attend(ltm, x, state, proj, need_kl=need_kl)
                 if ltm.config.sticky:  # accumulate the block's attention mass for sticky sampling
                     new_state = replace(new_state, bin_mass=state.bin_mass + new_state.bin_mass)
                 states_out.append(new_state)
                 attn_out = attn_out + blk.attn.resid_dropout(z)
-                rows = int((state.length > 0).sum())
-                kl_sum = kl_sum + kl.sum()
-                kl_count += rows * kl.shape[1] * kl.shape[2]
+                if kl is not None:
+                    rows = int((state.length > 0).sum())
+                    kl_sum = kl_sum + kl.sum()
+                    kl_count += rows * kl.shape[1] * kl.shape[2]
             h = h + attn_out
             h = h + blk.mlp(blk.ln_2(h))
         h = tr.ln_f(h)

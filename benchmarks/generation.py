@@ -151,7 +151,7 @@ def synthetic_blocks(
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reads", type=int, nargs="+", default=[1000, 10000, 100000])
-    p.add_argument("--plain-contexts", type=int, nargs="+", default=[512, 992])
+    p.add_argument("--plain-contexts", type=int, nargs="+", default=[256, 512, 992])
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)

@@ -189,6 +189,9 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     assert test["gpt2"]["tokens"] == test["gpt2_memory"]["tokens"]  # same blocks, same targets
     for r in test.values():
         assert math.isfinite(r["ppl"]) and math.isfinite(r["bpb"]) and r["ppl"] > 1
+    with open(out / "train_log.csv") as f:
+        aux = [float(r["aux_loss"]) for r in csv.DictReader(f)]
+    assert aux[0] == 0 and all(a > 0 for a in aux[1:])  # KL regularizer on once the memory holds a block
     # separate learning rates: GPT-2's weights 5e-5, the new LTM weights 2.5e-4
     trainer_state = torch.load(out / "checkpoints" / "step-00000003" / "trainer.pt", weights_only=True)
     assert [g["initial_lr"] for g in trainer_state["optimizer"]["param_groups"]] == [5e-5, 2.5e-4]

@@ -474,7 +474,8 @@ class HFMemoryLM(nn.Module):
             mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask
             loss = (nll * mask).sum() / mask.sum().clamp_min(1)
         kl_w = float(self.hf.config.kl_weight)
-        aux = kl_w * out.kl if (self.training and kl_w > 0 and len(self.hf.ltm)) else out.logits.new_zeros(())
+        use_kl = self.hf.training and kl_w > 0 and len(self.hf.ltm) and out.kl is not None
+        aux = kl_w * out.kl if use_kl else out.logits.new_zeros(())
         return _LMOut(out.logits, loss, aux), HFMemoryState(out.memory)
 
 

@@ -255,3 +255,41 @@ def test_batch_rows_are_independent(sticky):
     assert torch.equal(reset_out[:, 1], ref_out[:, 1])
     assert torch.equal(reset_state.coeffs[1], ref_state.coeffs[1])
     assert reset_state.length.tolist() == [10, 20]
+
+
+@pytest.mark.parametrize(
+    "kwargs, vectors, match",
+    [
+        (dict(num_samples=0), (2, 3, 4), "num_samples"),
+        (dict(tau=1.0), (2, 3, 4), "tau"),
+        (dict(tau=0.0), (2, 3, 4), "tau"),
+        (dict(ridge_lambda=0.0), (2, 3, 4), "ridge_lambda"),
+        ({}, (3, 3, 4), "batch"),
+        ({}, (2, 3, 5), "new_vectors"),
+        ({}, (2, 4), "new_vectors"),
+    ],
+)
+def test_update_rejects_bad_arguments(kwargs, vectors, match):
+    basis = GaussianBasis(8, (0.1, 0.2))
+    state = update_memory(
+        MemoryState.empty(2, 8, 4, 4), torch.randn(2, 3, 4), basis, num_samples=4, tau=0.5, ridge_lambda=0.5
+    )
+    kw = {**dict(num_samples=4, tau=0.5, ridge_lambda=0.5), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        update_memory(state, torch.randn(*vectors), basis, **kw)
+    with pytest.raises(ValueError, match="num_basis|N ="):
+        update_memory(
+            MemoryState.empty(2, 6, 4, 4),
+            torch.randn(2, 3, 4),
+            basis,
+            num_samples=4,
+            tau=0.5,
+            ridge_lambda=0.5,
+        )
+
+
+def test_sticky_positions_reject_bad_arguments():
+    with pytest.raises(ValueError, match="bin_mass"):
+        sticky_positions(torch.ones(4), 3)
+    with pytest.raises(ValueError, match="num_samples"):
+        sticky_positions(torch.ones(1, 4), 0)

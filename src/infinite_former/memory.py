@@ -126,6 +126,10 @@ def sticky_positions(bin_mass: Tensor, num_samples: int, generator: torch.Genera
     share p of the mass receives about p·M samples, spread inside it. Rows
     with no mass fall back to uniform bins.
     """
+    if bin_mass.dim() != 2:
+        raise ValueError(f"bin_mass must be a (batch, D) tensor, got shape {tuple(bin_mass.shape)}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples (M) must be an int >= 1, got {num_samples!r}")
     batch, num_bins = bin_mass.shape
     mass = bin_mass.clamp_min(0)
     total = mass.sum(-1, keepdim=True)
@@ -176,6 +180,7 @@ def update_memory(
     the update is branch-free (and compilable); on CPU in eager mode the branch
     that no row needs is skipped (same result, less work).
     """
+    _check_update_args(state, new_vectors, basis, num_samples, tau)
     coeffs = state.coeffs.detach()
     work = coeffs.dtype
     x = new_vectors.to(work)
@@ -222,3 +227,20 @@ def update_memory(
     else:
         new_coeffs = torch.where(has_memory[:, None, None], contracted, fresh)
     return MemoryState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
+
+
+def _check_update_args(
+    state: MemoryState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau
+) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples (M) must be an int >= 1, got {num_samples!r}")
+    if not (0.0 < tau < 1.0):
+        raise ValueError(f"tau (τ) must be in (0, 1), got {tau!r}")
+    batch, n, e = state.coeffs.shape
+    if n != basis.num_basis:
+        raise ValueError(f"state.coeffs has N = {n} basis coefficients but the basis has {basis.num_basis}")
+    if not isinstance(new_vectors, Tensor) or new_vectors.dim() != 3 or new_vectors.shape[-1] != e:
+        shape = tuple(new_vectors.shape) if isinstance(new_vectors, Tensor) else type(new_vectors).__name__
+        raise ValueError(f"new_vectors must be a (batch, L, {e}) tensor, got {shape}")
+    if new_vectors.shape[0] != batch:
+        raise ValueError(f"new_vectors has batch size {new_vectors.shape[0]} but the state has {batch}")

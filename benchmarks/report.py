@@ -1,0 +1,114 @@
+"""Render the README's results tables from results/*.json.
+
+    python benchmarks/report.py            # rewrite the tables in README.md
+    python benchmarks/report.py --check    # exit 1 if README.md differs from the JSON files
+
+Each table lives in README.md between `<!-- results:NAME:start -->` and
+`<!-- results:NAME:end -->`; tests/test_readme_results.py runs the check, so a
+number in the README can only come from a committed results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+README = ROOT / "README.md"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _machine(m: dict) -> str:
+    threads = m.get("torch_threads")
+    where = m.get("gpu") or m.get("cpu_model") or m.get("processor", "?")
+    return f"{where}, {m.get('cpu_count')} cores, torch {m.get('torch')}" + (
+        f", {threads} torch thread(s)" if threads else ""
+    )
+
+
+def ltm_scaling() -> str:
+    d = _load("ltm_scaling.json")
+    c = d["config"]
+    plain = {r["context_tokens"]: r for r in d["plain_attention"]["rows"]}
+    full = {r["context_tokens"]: r for r in d["full_attention"]["rows"]}
+    lines = [
+        f"Batch {c['batch']}, e = {c['d_model']}, {c['n_heads']} heads, N = {c['num_basis']}, "
+        f"M = {c['num_samples']}, L = {c['segment_L']}, sticky = {c['sticky']}, gate = {c['gate']}; "
+        "forward + backward of one segment, refit included. Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| context tokens | ∞-former LTM ms | LTM peak MB | LTM state MB | plain attention over 512 keys ms "
+        "| LTM / plain | full causal attention ms | full attention peak MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    contexts = sorted({*plain, *full, *(r["context_tokens"] for r in d["rows"])})
+    ltm = {r["context_tokens"]: r for r in d["rows"]}
+    for n in contexts:
+        r, p, f = ltm.get(n, {}), plain.get(n, {}), full.get(n, {})
+        full_ms = "out of memory" if f.get("oom") else _fmt(f.get("ms_per_segment"), 0)
+        lines.append(
+            f"| {n:,} | {_fmt(r.get('ms_per_segment'), 0)} | {_fmt(r.get('peak_mb'))} "
+            f"| {_fmt(r.get('state_mb'))} | {_fmt(p.get('ms_per_segment'), 0)} "
+            f"| {_fmt(r.get('ratio_to_plain'), 2)} | {full_ms} | {_fmt(f.get('peak_mb'))} |"
+        )
+    q = d["ratios"]
+    lines += [
+        "",
+        f"LTM time, max/min over contexts: {q['ltm_time_max_over_min']:.3f}; peak memory max/min: "
+        f"{q['ltm_peak_max_over_min']:.3f}; LTM / plain attention time: {q['ltm_over_plain_time']:.2f}. "
+        f"Full attention ran in subprocesses limited to {d['full_attention']['mem_limit_gb']:g} GiB. "
+        f"The stream to 1M tokens was absorbed with batch {d['stream']['stream_batch']} and its state "
+        "copied to the timed batch (the JSON says how).",
+    ]
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {"ltm_scaling": ltm_scaling}
+
+
+def _block(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- results:{name}:start -->\n)(.*?)(<!-- results:{name}:end -->)", re.S)
+
+
+def render_readme(text: str) -> str:
+    """README text with every results block re-rendered from the JSON files."""
+    for name, render in RENDERERS.items():
+        pattern = _block(name)
+        if pattern.search(text):
+            body = render()
+            text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text)
+    return text
+
+
+def blocks_in(text: str) -> list[str]:
+    return re.findall(r"<!-- results:([\w-]+):start -->", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is stale")
+    args = parser.parse_args(argv)
+    text = README.read_text(encoding="utf-8")
+    new = render_readme(text)
+    if args.check:
+        if new != text:
+            print("README.md results tables differ from results/*.json: run python benchmarks/report.py")
+            return 1
+        return 0
+    README.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The README's results tables are rendered from the committed results/*.json files."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_results_file_has_a_table_in_the_readme():
+    report = _report()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert set(report.blocks_in(text)) == set(report.RENDERERS)
+
+
+def test_readme_tables_match_the_results_files():
+    report = _report()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert report.render_readme(text) == text, "run: python benchmarks/report.py"
+
+
+def test_the_check_catches_an_edited_number(tmp_path):
+    report = _report()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    name = report.blocks_in(text)[0]
+    start = text.index(f"<!-- results:{name}:start -->")
+    edited = text[:start] + text[start:].replace("|", "| 0", 1)
+    assert report.render_readme(edited) != edited

@@ -44,16 +44,16 @@ DEFAULTS = dict(
     n_heads=4,
     d_inner=128,
     dropout=0.0,
-    steps=300,
-    batch_size=32,
+    steps=400,
+    batch_size=16,
     lr=3e-3,
     clip=1.0,
-    eval_sequences=256,
+    eval_sequences=128,
     progress=False,
 )
 
 
-def throughput(settings: SortSettings, length: int, steps: int = 4) -> dict[str, float]:
+def throughput(settings: SortSettings, length: int, steps: int = 8) -> dict[str, float]:
     """Training tokens/s of every memory type, interleaved step by step (same data, same size)."""
     from infinite_former.model import InfiniteFormerLM
 

@@ -39,7 +39,8 @@ def _restore_threads():
 
 
 def test_sort_end_to_end_writes_results_and_plot(tmp_path, capsys):
-    code = main(["sort", *TINY, "--train-on", "mixed", "--out", str(tmp_path), "--name", "t"])
+    # two models trained at once in two worker processes
+    code = main(["sort", *TINY, "--train-on", "mixed", "--jobs", "2", "--out", str(tmp_path), "--name", "t"])
     assert code == 0
     root = tmp_path / "t"
     results = json.loads((root / "results.json").read_text())
@@ -56,8 +57,22 @@ def test_sort_end_to_end_writes_results_and_plot(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     out = capsys.readouterr().out
     assert "infinite_sticky" in out and "xl" in out and "results.json" in out
-    # resuming a finished run retrains nothing and reproduces the numbers
-    code = main(["sort", *TINY, "--train-on", "mixed", "--out", str(tmp_path), "--name", "t", "--resume"])
+    # resuming a finished run (in this process) retrains nothing and reproduces the numbers
+    code = main(
+        [
+            "sort",
+            *TINY,
+            "--train-on",
+            "mixed",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "t",
+            "--resume",
+        ]
+    )
     again = json.loads((root / "results.json").read_text())
     assert code == 0 and again["accuracy"] == results["accuracy"]
 

@@ -105,7 +105,8 @@ _SORT_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (0: at the end and on SIGINT/SIGTERM)"),
     ("--seed", "seed", int, "seed of data, initialisation and training"),
     ("--device", "device", str, "auto | cpu | cuda"),
-    ("--threads", "threads", int, "torch CPU threads (0: torch default)"),
+    ("--threads", "threads", int, "torch CPU threads per process (0: torch default; 1 with --jobs > 1)"),
+    ("--jobs", "jobs", int, "models trained at once in separate CPU processes (0: one per core)"),
     ("--out", "out", str, "output root folder"),
     ("--name", "name", str, "run name: results go to <out>/<name>/"),
 ]

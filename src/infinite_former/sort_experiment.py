@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -35,15 +35,21 @@ MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
 
 @dataclass
 class SortSettings:
-    """Everything the sorting experiment needs; validated once (ValueError names the field)."""
+    """Everything the sorting experiment needs; validated once (ValueError names the field).
+
+    The defaults are the CPU demo (`infinite-former sort` with no flags): 4 symbols, lengths
+    128/256/512, segments of 32, STM 32 + N = 32 (XL: 64 memories), a 2-layer d=64 model, 800
+    steps of batch 16 on batches cycling through the lengths, both models trained at once (one
+    process and one thread per model). paper_settings() holds the paper's configuration.
+    """
 
     models: tuple[str, ...] = ("infinite_sticky", "xl")
-    lengths: tuple[int, ...] = (512, 1024, 2048)
-    train_on: str = "each"  # "each": a model per length | "mixed": one model per type, all lengths
-    num_symbols: int = 20
-    segment_len: int = 64
-    mem_len: int = 64
-    num_basis: int = 64  # N
+    lengths: tuple[int, ...] = (128, 256, 512)
+    train_on: str = "mixed"  # "each": a model per length | "mixed": one model per type, all lengths
+    num_symbols: int = 4
+    segment_len: int = 32
+    mem_len: int = 32
+    num_basis: int = 32  # N
     num_samples: int | None = None  # M (None: N)
     tau: float = 0.75
     widths: tuple[float, ...] = (0.01, 0.05)
@@ -58,19 +64,20 @@ class SortSettings:
     n_heads: int = 4
     d_inner: int = 128
     dropout: float = 0.0
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 2e-3
+    steps: int = 800
+    batch_size: int = 16
+    lr: float = 3e-3
     warmup_steps: int | None = None  # None: steps // 10
     min_lr_ratio: float = 0.0
     clip: float = 1.0
-    eval_sequences: int = 64
+    eval_sequences: int = 256
     valid_sequences: int = 0
     eval_every: int = 0
     ckpt_every: int = 0
     seed: int = 0
     device: str = "auto"
-    threads: int = 0  # 0: torch default
+    threads: int = 0  # 0: torch default (1 per process when jobs > 1)
+    jobs: int = 0  # models trained at once in separate processes (CPU); 0: one per core, up to #runs
     out: str = "runs"
     name: str = "sort"
     progress: bool = True
@@ -97,7 +104,7 @@ class SortSettings:
                 f"segment_len ({self.segment_len}) must be >= num_symbols ({self.num_symbols}): "
                 "the whole answer must sit in the last segment"
             )
-        for name in ("eval_sequences", "threads", "valid_sequences"):
+        for name in ("eval_sequences", "threads", "valid_sequences", "jobs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "eval_sequences" else 0):
                 raise ValueError(
@@ -174,6 +181,14 @@ class SortSettings:
             progress=self.progress,
         )
 
+    def effective_jobs(self) -> int:
+        """Processes to train in: 1 on CUDA or under torchrun/accelerate (WORLD_SIZE set)."""
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed or self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
+            return 1
+        jobs = self.jobs or (os.cpu_count() or 1)
+        return max(1, min(jobs, len(self.runs())))
+
     def runs(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """(run folder, memory type, training lengths) for every model to train."""
         if self.train_on == "mixed":
@@ -202,6 +217,7 @@ def paper_settings(**overrides: Any) -> SortSettings:
     base = dict(
         lengths=(4000, 8000, 16000),
         train_on="each",
+        num_symbols=20,
         segment_len=1024,
         mem_len=1024,
         num_basis=512,
@@ -251,8 +267,15 @@ def train_and_test(
     if s.valid_sequences:
         vb = max(1, math.ceil(s.valid_sequences / s.batch_size))
         evaluators.update({f"valid_{n}": _streams(s, (n,), "valid", vb) for n in train_lengths})
+    valid = {k: v for k, v in evaluators.items() if k.startswith("valid_")}
+    test = {k: v for k, v in evaluators.items() if k.startswith("test_")}
     trainer = Trainer(
-        model, tcfg, _streams(s, train_lengths, "train"), evaluators, model_config=cfg.to_dict()
+        model,
+        tcfg,
+        _streams(s, train_lengths, "train"),
+        valid,
+        model_config=cfg.to_dict(),
+        final_evaluators=test,
     )
     resume_from: bool | str = False
     if resume:
@@ -288,17 +311,20 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
     root = os.path.join(s.out, s.name)
     if resume and not os.path.isdir(root):
         raise FileNotFoundError(f"--resume: run folder {root} does not exist")
-    if s.threads:
-        torch.set_num_threads(s.threads)
     t0 = time.perf_counter()
-    runs: dict[str, Any] = {}
-    interrupted = False
-    for run, memory_type, train_lengths in s.runs():
-        log(f"[sort] training {run} ({memory_type}, lengths {list(train_lengths)}, {s.steps} steps)")
-        runs[run] = train_and_test(s, run, memory_type, train_lengths, resume)
-        if runs[run]["stopped_by_signal"]:
-            interrupted = True
-            break
+    jobs = s.effective_jobs()
+    if jobs > 1:
+        runs, interrupted = _train_in_parallel(s, resume, jobs, log)
+    else:
+        if s.threads:
+            torch.set_num_threads(s.threads)
+        runs, interrupted = {}, False
+        for run, memory_type, train_lengths in s.runs():
+            log(f"[sort] training {run} ({memory_type}, lengths {list(train_lengths)}, {s.steps} steps)")
+            runs[run] = train_and_test(s, run, memory_type, train_lengths, resume)
+            if runs[run]["stopped_by_signal"]:
+                interrupted = True
+                break
     accuracy: dict[str, dict[str, float | None]] = {m: {} for m in s.models}
     for r in runs.values():
         for n, v in r["test"].items():
@@ -328,6 +354,60 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
                 chance=None,
             )
     return results
+
+
+def _worker(s: SortSettings, run: str, memory_type: str, lengths: tuple[int, ...], resume: bool) -> dict:
+    torch.set_num_threads(s.threads or 1)
+    return train_and_test(s, run, memory_type, lengths, resume)
+
+
+def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[dict[str, Any], bool]:
+    """Train the runs in `jobs` spawned processes (one thread each unless --threads says otherwise).
+
+    SIGTERM to this process is forwarded to the workers; SIGINT (Ctrl-C) reaches them from the
+    terminal. Each worker then checkpoints at its next step boundary; runs not yet started are
+    cancelled. Progress bars are off in workers (their output would interleave).
+    """
+    import multiprocessing as mp
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    worker_settings = replace(s, progress=False)
+    stop = {"raised": False}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for run, memory_type, lengths in s.runs():
+            log(
+                f"[sort] training {run} ({memory_type}, lengths {list(lengths)}, {s.steps} steps) in a worker"
+            )
+            futures[run] = pool.submit(_worker, worker_settings, run, memory_type, lengths, resume)
+
+        def handle(signum, frame):
+            stop["raised"] = True
+            for f in futures.values():
+                f.cancel()
+            if signum == signal.SIGTERM:
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    if proc.is_alive():
+                        os.kill(proc.pid, signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            runs: dict[str, Any] = {}
+            for run, f in futures.items():
+                if f.cancelled():
+                    continue
+                runs[run] = f.result()
+                log(
+                    f"[sort] finished {run}: {runs[run]['steps']} steps in {runs[run]['train_seconds']:.0f} s"
+                )
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+    interrupted = (
+        stop["raised"] or any(r["stopped_by_signal"] for r in runs.values()) or len(runs) < len(futures)
+    )
+    return runs, interrupted
 
 
 def _is_main_process() -> bool:

@@ -351,7 +351,10 @@ def _to_cpu(obj: Any) -> Any:
 
 @dataclass
 class TrainResult:
-    """What a fit() call did. losses: global mean CE per optimizer step of this call."""
+    """What a fit() call did. losses: global mean CE per optimizer step of this call.
+
+    train_seconds / tokens_per_s count training segments only (no evaluation or checkpointing);
+    tokens are all segment tokens of all processes, no-grad segments included."""
 
     step: int
     losses: list[float]
@@ -392,7 +395,8 @@ class Trainer:
     it must provide ``init_state(batch, device)``, and its output ``loss``
     (mean CE over masked positions) and ``aux_loss`` (already weighted; may be None).
     train_stream: factory Shard -> SegmentStream. evaluators: name -> factory
-    Shard -> finite iterable of Segments, evaluated with evaluate.evaluate().
+    Shard -> finite iterable of Segments, evaluated with evaluate.evaluate()
+    every eval_every steps and at the end; final_evaluators: only at the end.
     eval_fn: optional extra evaluation, (unwrapped model, trainer) -> metrics.
     param_groups: optional model -> list of AdamW parameter groups (each may
     hold its own "lr"; the schedule scales every group).
@@ -408,6 +412,7 @@ class Trainer:
         eval_fn: Callable[[nn.Module, Trainer], dict[str, float]] | None = None,
         param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
         model_config: dict[str, Any] | None = None,
+        final_evaluators: Mapping[str, EvalFactory] | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -417,6 +422,7 @@ class Trainer:
         self.config = config
         self.train_stream = train_stream
         self.evaluators = dict(evaluators or {})
+        self.final_evaluators = dict(final_evaluators or {})
         self.eval_fn = eval_fn
         self.param_groups = param_groups
         self.model_config = model_config or {}
@@ -515,7 +521,7 @@ class Trainer:
                 self._loop(wrapped, core, optimizer, scheduler, stream, state, step, logger, flag, result)
             if result.step >= cfg.steps and not result.eval_metrics and not result.stopped_by_signal:
                 # resumed from a finished run: nothing to train, but report its evaluation
-                result.eval_metrics = self._evaluate(core, result.step, None)
+                result.eval_metrics = self._evaluate(core, result.step, None, final=True)
         finally:
             if logger is not None:
                 logger.close()
@@ -530,11 +536,12 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
         tokens = 0
-        t0 = time.perf_counter()
+        busy = 0.0  # seconds spent on training segments (not evaluation or checkpoints)
         iterator = iter(stream)
         wrapped.train()
         last_saved = result.checkpoint if step >= cfg.steps else None
         while step < cfg.steps:
+            t_seg = time.perf_counter()
             try:
                 segment = next(iterator).to(acc.device)
             except StopIteration:
@@ -546,6 +553,7 @@ class Trainer:
                 with torch.no_grad():
                     _, state = wrapped(segment.tokens, state)
                 state = state.detach()
+                busy += time.perf_counter() - t_seg
                 continue
             out, state = wrapped(segment.tokens, state, targets=segment.targets, loss_mask=segment.loss_mask)
             aux = out.aux_loss if out.aux_loss is not None else torch.zeros((), device=acc.device)
@@ -567,16 +575,16 @@ class Trainer:
                 stats = acc.reduce(stats, "sum")
                 stats[:2] /= acc.num_processes
             loss, aux_v, stop = float(stats[0]), float(stats[1]), float(stats[2]) > 0
+            busy += time.perf_counter() - t_seg
             result.losses.append(loss)
-            elapsed = time.perf_counter() - t0
-            tok_s = tokens * acc.num_processes / max(elapsed, 1e-9)
+            tok_s = tokens * acc.num_processes / max(busy, 1e-9)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
             if logger is not None and (cfg.log_every == 0 or step % cfg.log_every == 0 or step == cfg.steps):
                 logger.train(step, loss, aux_v, scheduler.get_last_lr()[0], float(grad_norm), tok_s)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                result.eval_metrics = self._evaluate(core, step, logger)
+                result.eval_metrics = self._evaluate(core, step, logger, final=step == cfg.steps)
             if stop or (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
                 last_saved = self.save(core, optimizer, scheduler, stream, state, step)
             if stop:
@@ -586,16 +594,17 @@ class Trainer:
         if bar is not None:
             bar.close()
         result.step = step
-        result.train_seconds = time.perf_counter() - t0
-        result.tokens_per_s = tokens * acc.num_processes / max(result.train_seconds, 1e-9)
+        result.train_seconds = busy
+        result.tokens_per_s = tokens * acc.num_processes / max(busy, 1e-9)
         result.checkpoint = last_saved
 
-    def _evaluate(self, core: nn.Module, step: int, logger: _Logger | None) -> dict[str, float]:
+    def _evaluate(self, core: nn.Module, step: int, logger: _Logger | None, final: bool) -> dict[str, float]:
         from .evaluate import evaluate
 
         acc = self.accelerator
         metrics: dict[str, float] = {}
-        for name, factory in self.evaluators.items():
+        evaluators = {**self.evaluators, **self.final_evaluators} if final else self.evaluators
+        for name, factory in evaluators.items():
             res = evaluate(
                 core, factory(self.eval_shard()), acc.device, autocast=acc.autocast, reduce=_reducer(acc)
             )

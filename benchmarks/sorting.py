@@ -92,6 +92,78 @@ def throughput(settings: SortSettings, length: int, steps: int = 8) -> dict[str,
     return {m: tokens[m] / seconds[m] for m in MEMORY_TYPES}
 
 
+def reference_accuracy(settings: SortSettings, length: int, window: int, num: int = 2048) -> dict[str, float]:
+    """Accuracies of fixed rules on the test split (teacher forcing), to read the learned ones against.
+
+    exclusion_only: a uniform guess among the symbols not yet in the answer;
+    last_window_counts: rank by counts over the last `window` tokens (what a model that sees only
+    its short-term window can know), ties by smaller id; full counts would score 1.
+    """
+    import numpy as np
+
+    from infinite_former.data.sorting import materialize, symbol_counts
+
+    v = settings.num_symbols
+    cfg = SortingConfig(length=length, num_symbols=v, seed=settings.seed, split="test")
+    f = materialize(cfg, np.arange(num))
+    target = f[:, -v:].astype(np.int64)
+    counts = symbol_counts(f[:, max(0, length - window) : length], v).astype(np.float64)
+    score = counts - 1e-6 * np.arange(v)  # ties: smaller id first
+    used = np.zeros((num, v), dtype=bool)
+    correct = 0
+    for k in range(v):  # v answer positions, teacher forcing
+        pred = np.where(used, -np.inf, score).argmax(1)
+        correct += int((pred == target[:, k]).sum())
+        used[np.arange(num), target[:, k]] = True
+    return {
+        "exclusion_only": float(np.mean([1.0 / (v - k) for k in range(v)])),
+        f"last_{window}_token_counts": correct / (num * v),
+    }
+
+
+def ltm_ablation(settings: SortSettings, run_dir: str, length: int, num_batches: int) -> dict[str, float]:
+    """Test accuracy of a trained ∞-former with and without its long-term memory in the last segment.
+
+    "wiped": every layer's LTM (and the vectors waiting to enter it) emptied just before the
+    segment holding the answer, so the answer can use only the short-term memory.
+    """
+    import dataclasses
+
+    from infinite_former.model import InfiniteFormerLM, ModelConfig
+    from infinite_former.train import load_checkpoint
+
+    ck = load_checkpoint(run_dir)
+    model = InfiniteFormerLM(ModelConfig.from_dict(ck["trainer"]["model_config"]))
+    model.load_state_dict(ck["model"], strict=False)
+    model.eval()
+    b = settings.batch_size
+    task = SortingConfig(length=length, num_symbols=settings.num_symbols, seed=settings.seed, split="test")
+    stream = SortingStream(SortingGenerator(task), settings.segment_len, Shard(0, 1, b))
+    out: dict[str, float] = {}
+    for mode in ("full", "wiped"):
+        torch.manual_seed(0)
+        correct = total = 0
+        for i in range(num_batches):
+            segments = list(stream.batch_segments(i))
+            state = model.init_state(b, "cpu")
+            with torch.no_grad():
+                for k, seg in enumerate(segments):
+                    state = state.reset(seg.reset)
+                    if mode == "wiped" and k == len(segments) - 1:
+                        everyone = torch.ones(b, dtype=torch.bool)
+                        state = dataclasses.replace(
+                            state,
+                            ltm=[m.reset(everyone) for m in state.ltm],
+                            ltm_pending_count=torch.zeros_like(state.ltm_pending_count),
+                        )
+                    logits, state = model(seg.tokens, state)
+            hit = (logits.logits.argmax(-1) == seg.targets)[seg.loss_mask]
+            correct += int(hit.sum())
+            total += hit.numel()
+        out[mode] = correct / total
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -111,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     per_seed: dict[str, dict[str, list[float]]] = {m: {str(n): [] for n in args.lengths} for m in args.models}
     runs = []
+    ablation: dict[str, list[dict[str, float]]] = {}
     for seed in args.seeds:
         for m in args.models:  # interleaved, so a partial run stays balanced
             s = SortSettings(**base, seed=seed, out=args.runs_dir, name=f"seed{seed}")
@@ -129,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             accs = {n: round(per_seed[m][str(n)][-1], 4) for n in args.lengths}
             print(f"seed {seed} {m:16s} {accs} ({runs[-1]['seconds']:.0f} s)", flush=True)
+            if m.startswith("infinite"):
+                eval_batches = -(-s.eval_sequences // s.batch_size)
+                abl = ltm_ablation(s, r["run_dir"], max(args.lengths), eval_batches)
+                ablation.setdefault(m, []).append(abl)
+                print(f"    LTM wiped before the answer segment at {max(args.lengths)}: {abl}", flush=True)
 
     models = {
         m: {
@@ -169,6 +247,17 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_setup": f"training steps at length {max(args.lengths)}, batch {settings.batch_size}, "
         "interleaved across types, 1 thread",
         "claim_infinite_beats_baselines_at_longest": claim,
+        "ltm_ablation_at_longest": {
+            "what": "test accuracy at the longest length with every layer's long-term memory emptied "
+            "just before the answer segment ('wiped') vs intact ('full'), per seed",
+            **{m: {k: [a[k] for a in v] for k in ("full", "wiped")} for m, v in ablation.items()},
+        },
+        "reference_accuracy": {
+            str(n): reference_accuracy(
+                settings, n, settings.segment_len + settings.memory_budget()["xl"]["mem_len"]
+            )
+            for n in args.lengths
+        },
         "runs": runs,
         "total_seconds": time.perf_counter() - t_start,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -142,8 +143,12 @@ def sort_settings_from_args(args: argparse.Namespace) -> SortSettings:
 
 def run_sort(args: argparse.Namespace) -> int:
     settings = sort_settings_from_args(args)  # ValueError on bad settings: before any training
-    results = run_sort_experiment(settings, resume=args.resume, log=lambda m: print(m, flush=True))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    log = (lambda m: print(m, flush=True)) if main_process else (lambda m: None)
+    results = run_sort_experiment(settings, resume=args.resume, log=log)
     root = f"{settings.out}/{settings.name}"
+    if not main_process:
+        return 128 + signal.SIGTERM.value if results["interrupted"] else 0
     if results["interrupted"]:
         print(f"interrupted: checkpoints saved; continue with the same flags plus --resume ({root})")
         return 128 + signal.SIGTERM.value

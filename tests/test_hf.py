@@ -361,6 +361,14 @@ def test_reset_rows_at_block_boundary(plain_dir):
     assert (logits[0] - kept[0]).abs().max() > 1e-3
 
 
+def test_reset_rows_of_an_empty_block_keeps_the_next_block(plain_dir):
+    model = load(plain_dir)
+    memory = model.init_memory(2).reset(torch.tensor([True, False]))
+    with torch.no_grad():
+        out = model(ids(2, BLOCK + 1), memory=memory)
+    assert out.memory.ltm_tokens.tolist() == [BLOCK, BLOCK]  # the first block was absorbed in both rows
+
+
 # ------------------------------------------------------------------ training
 
 

@@ -152,7 +152,7 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
-    find_unused_parameters: bool = False
+    find_unused_parameters: bool = True  # DDP: layers idle in a step (e.g. an empty memory) are fine
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, saved with checkpoints
 
     def __post_init__(self) -> None:

@@ -51,7 +51,7 @@ def parse() -> argparse.Namespace:
     p.add_argument(
         "--tokenizer", default="bpe", help="'bpe' (train one) or a saved tokenizer folder to reuse"
     )
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=8, help="B document lanes")
     p.add_argument("--seg-len", type=int, default=128, help="T tokens per segment")
     p.add_argument("--d-model", type=int, default=128)
@@ -142,6 +142,48 @@ def plot(results: dict, curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def build_output(a: argparse.Namespace, results: dict, t_all: float) -> dict:
+    return {
+        "machine": machine_info(),
+        "config": {
+            "data": os.path.relpath(a.data, REPO) if os.path.isabs(a.data) else a.data,
+            "tokenizer": f"byte-level BPE (HF tokenizers), vocab {a.vocab_size}, trained on train/",
+            "eval_split": a.eval_split,
+            "steps": a.steps,
+            "batch_size": a.batch_size,
+            "seg_len": a.seg_len,
+            "tokens_per_model": a.steps * a.batch_size * a.seg_len,
+            "d_model": a.d_model,
+            "n_layers": a.n_layers,
+            "n_heads": a.n_heads,
+            "d_inner": a.d_inner,
+            "dropout": a.dropout,
+            "lr": a.lr,
+            "warmup": a.warmup,
+            "min_lr_ratio": a.min_lr_ratio,
+            "memory_budget_per_layer": a.mem_len + a.num_basis,
+            "memory": {
+                "xl": {"mem_len": a.mem_len + a.num_basis},
+                "compressive": {"mem_len": a.mem_len, "cmem_len": a.num_basis, "compression_rate": 2},
+                "infinite": {"mem_len": a.mem_len, "num_basis": a.num_basis, "num_samples": a.num_basis},
+                "infinite_sticky": {
+                    "mem_len": a.mem_len,
+                    "num_basis": a.num_basis,
+                    "num_samples": a.num_basis,
+                },
+            },
+            "ltm_init": "default (LongTermAttention's own)"
+            if a.ltm_default_init
+            else "output projection zero",
+            "threads": a.threads,
+            "seed": a.seed,
+            "total_seconds": time.perf_counter() - t_all,
+            "command": "python benchmarks/lm_shakespeare.py " + " ".join(sys.argv[1:]),
+        },
+        "models": results,
+    }
+
+
 def main() -> None:
     a = parse()
     torch.set_num_threads(a.threads)
@@ -182,45 +224,10 @@ def main() -> None:
         }
         curves[model] = read_losses(run_dir)
         print(json.dumps({model: results[model]}, indent=1), flush=True)
-    out = {
-        "machine": machine_info(),
-        "config": {
-            "data": os.path.relpath(a.data, REPO) if os.path.isabs(a.data) else a.data,
-            "tokenizer": f"byte-level BPE (HF tokenizers), vocab {a.vocab_size}, trained on train/",
-            "eval_split": a.eval_split,
-            "steps": a.steps,
-            "batch_size": a.batch_size,
-            "seg_len": a.seg_len,
-            "tokens_per_model": a.steps * a.batch_size * a.seg_len,
-            "d_model": a.d_model,
-            "n_layers": a.n_layers,
-            "n_heads": a.n_heads,
-            "d_inner": a.d_inner,
-            "dropout": a.dropout,
-            "lr": a.lr,
-            "warmup": a.warmup,
-            "min_lr_ratio": a.min_lr_ratio,
-            "memory_budget_per_layer": a.mem_len + a.num_basis,
-            "memory": {
-                "xl": {"mem_len": a.mem_len + a.num_basis},
-                "compressive": {"mem_len": a.mem_len, "cmem_len": a.num_basis, "compression_rate": 2},
-                "infinite": {"mem_len": a.mem_len, "num_basis": a.num_basis, "num_samples": a.num_basis},
-                "infinite_sticky": {
-                    "mem_len": a.mem_len,
-                    "num_basis": a.num_basis,
-                    "num_samples": a.num_basis,
-                },
-            },
-            "ltm_init": "default (LongTermAttention's own)"
-            if a.ltm_default_init
-            else "output projection zero",
-            "threads": a.threads,
-            "seed": a.seed,
-            "total_seconds": time.perf_counter() - t_all,
-            "command": "python benchmarks/lm_shakespeare.py " + " ".join(sys.argv[1:]),
-        },
-        "models": results,
-    }
+        partial = Path(a.out).with_suffix(".partial.json")  # survives an interrupted benchmark
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(build_output(a, results, t_all), indent=2))
+    out = build_output(a, results, t_all)
     out_path = Path(a.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=2))
@@ -230,6 +237,7 @@ def main() -> None:
         print(
             f"{LABELS[m]:<20}{r['test_ppl']:>10.3f}{r['test_bpb']:>8.4f}{r['train_seconds']:>9.0f}{r['tokens_per_s']:>8.0f}"
         )
+    out_path.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"wrote {out_path} and {out_path.with_suffix('.png')}")
 
 

@@ -74,7 +74,25 @@ def ltm_scaling() -> str:
     return "\n".join(lines)
 
 
-RENDERERS: dict[str, Callable[[], str]] = {"ltm_scaling": ltm_scaling}
+def edge_padding() -> str:
+    d = _load("edge_padding.json")
+    c = d["config"]
+    lines = [
+        f"L = {c['L']} points, N = {c['N']} RBFs, widths {tuple(c['widths'])}, λ = {c['ridge_lambda']}; "
+        f"signal {d['signal']}.",
+        "",
+        "| edge padding | relative L2 error | first 2 % of [0, 1] | last 2 % of [0, 1] |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {'on (official)' if r['edge_padding'] else 'off (our default)'} | {r['rel_l2_error']:.2%} "
+            f"| {r['rel_l2_error_first_2pct']:.2%} | {r['rel_l2_error_last_2pct']:.2%} |"
+        )
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {"ltm_scaling": ltm_scaling, "edge_padding": edge_padding}
 
 
 def _block(name: str) -> re.Pattern[str]:

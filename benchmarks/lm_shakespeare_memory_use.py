@@ -1,0 +1,79 @@
+"""How much does each model of benchmarks/lm_shakespeare.py use the memory beyond its short-term part?
+
+Re-evaluates the trained runs (runs/lm_shakespeare/<model>) on the test split twice: as trained, and
+with everything older than the last m = mem_len tokens removed:
+- xl: the Transformer-XL memory truncated to its last m vectors (the other models' STM length);
+- compressive: the compressed memory emptied before every segment;
+- infinite / infinite_sticky: the long-term memory's output projection set to 0 (it adds nothing).
+gain = ppl(short-term only) - ppl(full): how much the long-range part lowers the perplexity.
+
+    python benchmarks/lm_shakespeare_memory_use.py   # after benchmarks/lm_shakespeare.py
+Writes results/lm_shakespeare_cpu_memory_use.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from infinite_former import lm_cli  # noqa: E402
+from infinite_former.data.text import load_corpus_split, tokenize_documents  # noqa: E402
+from infinite_former.utils import machine_info  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-root", default=str(REPO / "runs" / "lm_shakespeare"))
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "shakespeare"))
+    p.add_argument("--split", default="test")
+    p.add_argument("--stm", type=int, default=128, help="m: the short-term length kept")
+    p.add_argument("--batch-size", type=int, default=3)
+    p.add_argument("--models", default="xl,compressive,infinite,infinite_sticky")
+    p.add_argument("--out", default=str(REPO / "results" / "lm_shakespeare_cpu_memory_use.json"))
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    out = {"machine": machine_info(), "config": vars(a), "models": {}}
+    for name in [m for m in a.models.split(",") if m]:
+        model, tok, saved = lm_cli.load_trained_lm(Path(a.run_root) / name)
+        corpus = tokenize_documents(load_corpus_split(a.data, a.split), tok)
+        seg_len = saved["data"]["seg_len"]
+        full = lm_cli.evaluate_lm(model, corpus, a.batch_size, seg_len, tok.eos_id)
+        model.eval()
+
+        def step(tokens, state, model=model, kind=name):
+            if kind == "xl":
+                state = dataclasses.replace(state, mem_valid=state.mem_valid.clamp(max=a.stm))
+            elif kind == "compressive":
+                state = dataclasses.replace(state, cmem_valid=torch.zeros_like(state.cmem_valid))
+            out, state = model(tokens, state)
+            return out.logits, state
+
+        if name.startswith("infinite"):
+            lm_cli.zero_ltm_output(model)
+        short = lm_cli.evaluate_documents(
+            step, lambda b, model=model: model.init_state(b), corpus, a.batch_size, seg_len, tok.eos_id
+        )
+        out["models"][name] = {
+            "test_ppl": full["ppl"],
+            "test_ppl_short_term_only": short["ppl"],
+            "gain": short["ppl"] - full["ppl"],
+            "test_bpb": full["bpb"],
+            "test_bpb_short_term_only": short["bpb"],
+        }
+        print(name, json.dumps(out["models"][name]), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

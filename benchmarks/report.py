@@ -119,7 +119,76 @@ def generation() -> str:
     return "\n".join(lines)
 
 
+LABELS = {
+    "xl": "Transformer-XL",
+    "compressive": "Compressive",
+    "infinite": "∞-former",
+    "infinite_sticky": "∞-former (sticky)",
+}
+
+
+def sorting() -> str:
+    d = _load("sorting_cpu.json")
+    c = d["config"]
+    lengths = [str(n) for n in c["lengths"]]
+    budget = c["memory_budget"]
+    lines = [
+        f"{c['num_symbols']} symbols, lengths {', '.join(lengths)}, segment {c['segment_len']}; "
+        f"{c['n_layers']} layers, d {c['d_model']}; {c['steps']} steps of batch {c['batch_size']} per model, "
+        f"seeds {c['seeds']}. Memory per layer: XL {budget['xl']['mem_len']} states; compressive "
+        f"{budget['compressive']['mem_len']} + {budget['compressive']['cmem_len']} compressed; ∞-former "
+        f"{budget['infinite']['mem_len']} + N = {budget['infinite']['num_basis']}. Test token accuracy, "
+        f"mean ± std over seeds (per seed in the JSON). Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| model | " + " | ".join(f"length {n}" for n in lengths) + " | training tokens/s |",
+        "|---|" + "---:|" * (len(lengths) + 1),
+    ]
+    for m, per_len in d["models"].items():
+        cells = [f"{per_len[n]['mean']:.3f} ± {per_len[n]['std']:.3f}" for n in lengths]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {d['throughput_tokens_per_s'][m]:,.0f} |")
+    ref = d["reference_accuracy"]
+    longest = lengths[-1]
+    lines += [
+        "| *rule: rank by the counts of the last 96 tokens* | "
+        + " | ".join(f"{ref[n]['last_96_token_counts']:.3f}" for n in lengths)
+        + " | |",
+    ]
+    abl = d["ltm_ablation_at_longest"]
+    lines += ["", f"Long-term memory emptied just before the answer segment, length {longest}, per seed:", ""]
+    lines += ["| model | intact | memory emptied |", "|---|---|---|"]
+    for m in ("infinite", "infinite_sticky"):
+        if m in abl:
+            full = ", ".join(f"{x:.3f}" for x in abl[m]["full"])
+            wiped = ", ".join(f"{x:.3f}" for x in abl[m]["wiped"])
+            lines.append(f"| {LABELS[m]} | {full} | {wiped} |")
+    return "\n".join(lines)
+
+
+def sorting_claim() -> str:
+    """The paper's claim at the longest length, stated from the numbers (means and per seed)."""
+    d = _load("sorting_cpu.json")
+    longest = str(d["config"]["lengths"][-1])
+    acc = {m: v[longest] for m, v in d["models"].items()}
+    base = {b: acc[b] for b in ("xl", "compressive") if b in acc}
+    base_text = ", ".join(f"{LABELS[b]} {v['mean']:.3f}" for b, v in base.items())
+    out = []
+    for inf in ("infinite", "infinite_sticky"):
+        if inf not in acc:
+            continue
+        above = all(acc[inf]["mean"] > v["mean"] for v in base.values())
+        seeds = acc[inf]["seeds"]
+        wins = sum(all(s > v["seeds"][i] for v in base.values()) for i, s in enumerate(seeds))
+        out.append(
+            f"- {LABELS[inf]}, length {longest}: mean {acc[inf]['mean']:.3f}, "
+            f"{'above' if above else 'not above'} both baselines ({base_text}); "
+            f"above both in {wins} of {len(seeds)} seeds (same seed, same data order)."
+        )
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "sorting": sorting,
+    "sorting_claim": sorting_claim,
     "generation": generation,
     "ltm_scaling": ltm_scaling,
     "edge_padding": edge_padding,

@@ -186,7 +186,42 @@ def sorting_claim() -> str:
     return "\n".join(out)
 
 
+def lm_shakespeare() -> str:
+    runs = [_load("lm_shakespeare_cpu.json"), _load("lm_shakespeare_cpu_seed1.json")]
+    use = _load("lm_shakespeare_cpu_memory_use.json")["models"]
+    c = runs[0]["config"]
+    mem = c["memory"]
+    seeds = " / ".join(str(r["config"]["seed"]) for r in runs)
+    lines = [
+        f"{c['tokenizer']}; {c['n_layers']} layers, d {c['d_model']}, {c['steps']} steps × {c['batch_size']} "
+        f"lanes × {c['seg_len']} tokens per model ({c['tokens_per_model']:,} tokens); memory per layer: XL "
+        f"{mem['xl']['mem_len']}, compressive {mem['compressive']['mem_len']} + {mem['compressive']['cmem_len']}, "
+        f"∞-former {mem['infinite']['mem_len']} + N = {mem['infinite']['num_basis']}; LTM init: "
+        f"{c['ltm_init']}. Test split. Machine: " + _machine(runs[0]["machine"]) + ".",
+        "",
+        f"| model | test perplexity, seed {seeds} | bits per byte, seed {seeds} "
+        "| perplexity, only the last 128 states kept (seed 0) | training tokens/s (seed 0) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in runs[0]["models"]:
+        ppl = " / ".join(f"{r['models'][m]['test_ppl']:.2f}" for r in runs)
+        bpb = " / ".join(f"{r['models'][m]['test_bpb']:.3f}" for r in runs)
+        short = use.get(m, {}).get("test_ppl_short_term_only")
+        lines.append(
+            f"| {LABELS[m]} | {ppl} | {bpb} | {_fmt(short, 2)} | {runs[0]['models'][m]['tokens_per_s']:,.0f} |"
+        )
+    best = [min(r["models"], key=lambda m, r=r: r["models"][m]["test_ppl"]) for r in runs]
+    lines += [
+        "",
+        "Lowest perplexity: "
+        + ", ".join(f"seed {r['config']['seed']}: {LABELS[b]}" for r, b in zip(runs, best))
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "lm_shakespeare": lm_shakespeare,
     "sorting": sorting,
     "sorting_claim": sorting_claim,
     "generation": generation,

@@ -220,7 +220,24 @@ def lm_shakespeare() -> str:
     return "\n".join(lines)
 
 
+def sort_default() -> str:
+    d = _load("sort_default_cpu.json")
+    lengths = [str(n) for n in d["settings"]["lengths"]]
+    minutes, seconds = divmod(round(d["total_seconds"]), 60)
+    lines = [
+        f"`infinite-former sort` with no flags: {minutes} min {seconds:02d} s wall clock in all (both models "
+        "trained side by side, then tested). Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| model | " + " | ".join(f"length {n}" for n in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for m, acc in d["accuracy"].items():
+        lines.append(f"| {LABELS[m]} | " + " | ".join(f"{acc[n]:.3f}" for n in lengths) + " |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
     "sorting": sorting,
     "sorting_claim": sorting_claim,

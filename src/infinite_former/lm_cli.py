@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from .data.text import (
 )
 from .data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
 from .utils import machine_info
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 CONFIG_FILE = "lm_config.json"
 
@@ -210,10 +213,30 @@ def zero_ltm_output(model: nn.Module) -> None:
                 blk.ltm.out.bias.zero_()
 
 
+def _train_config(args: argparse.Namespace, run: Path, **fields: Any) -> TrainConfig:
+    """TrainConfig from the flags shared by lm train and lm finetune, plus per-command fields."""
+    from .train import TrainConfig
+
+    shared = dict(
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        clip=args.clip,
+        batch_size=args.batch_size,
+        ckpt_every=args.ckpt_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        out_dir=str(run),
+        device=args.device,
+        progress=not args.no_progress,
+        tensorboard=not args.no_tensorboard,
+    )
+    return TrainConfig(**{**shared, **fields})
+
+
 def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train a from-scratch LM on long documents, then evaluate it; returns the results dict."""
     from .model import InfiniteFormerLM, ModelConfig
-    from .train import TrainConfig, Trainer
+    from .train import Trainer
     from .utils import seed_everything
 
     run = Path(args.run_dir)
@@ -260,23 +283,14 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     train_corpus = _load_split(args.data, args.train_split, tok, cache)
     valid_corpus = _load_split(args.data, args.valid_split, tok, cache) if args.valid_split else None
 
-    tcfg = TrainConfig(
+    tcfg = _train_config(
+        args,
+        run,
         steps=args.steps,
-        lr=args.lr,
         warmup_steps=args.warmup,
         min_lr_ratio=args.min_lr_ratio,
-        weight_decay=args.weight_decay,
-        clip=args.clip,
-        batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
         eval_every=args.eval_every,
-        ckpt_every=args.ckpt_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        out_dir=str(run),
-        device=args.device,
-        progress=not args.no_progress,
-        tensorboard=not args.no_tensorboard,
     )
     _write_json(
         config_path,
@@ -589,7 +603,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune GPT-2 + long-term memory on long documents (paper's recipe), then evaluate."""
     from transformers import GPT2LMHeadModel
 
-    from .train import TrainConfig, Trainer
+    from .train import Trainer
     from .utils import seed_everything
 
     run = Path(args.run_dir)
@@ -609,21 +623,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     blocks = sum(math.ceil((int(t.numel()) + 1) / args.block_size) for t in train_corpus.tokens)
     steps = args.steps or max(1, math.ceil(args.epochs * blocks / args.batch_size))
 
-    tcfg = TrainConfig(
-        steps=steps,
-        lr=args.lr,
-        warmup_steps=min(args.warmup, steps),
-        weight_decay=args.weight_decay,
-        clip=args.clip,
-        batch_size=args.batch_size,
-        ckpt_every=args.ckpt_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        out_dir=str(run),
-        device=args.device,
-        progress=not args.no_progress,
-        tensorboard=not args.no_tensorboard,
-    )
+    tcfg = _train_config(args, run, steps=steps, warmup_steps=min(args.warmup, steps))
     model = HFMemoryLM(hf_model)
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .basis import GaussianBasis
 from .continuous import NORMALIZERS
 from .memory import MemoryState, bin_mass, update_memory
+from .utils import check_int
 
 
 @dataclass
@@ -54,13 +55,13 @@ class LTMConfig:
 
     def __post_init__(self) -> None:
         self.widths = tuple(float(w) for w in self.widths)
-        _positive_int("d_model", self.d_model)
-        _positive_int("n_heads", self.n_heads)
+        check_int("d_model", self.d_model)
+        check_int("n_heads", self.n_heads)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        _positive_int("num_basis", self.num_basis, minimum=2, symbol="N")
-        _positive_int("num_samples", self.num_samples, symbol="M")
-        _positive_int("num_bins", self.num_bins, symbol="D")
+        check_int("num_basis", self.num_basis, minimum=2, symbol="N")
+        check_int("num_samples", self.num_samples, symbol="M")
+        check_int("num_bins", self.num_bins, symbol="D")
         if not (0.0 < self.tau < 1.0):
             raise ValueError(f"tau (τ) must be in (0, 1), got {self.tau!r}")
         if not self.widths or any(not (w > 0) or not math.isfinite(w) for w in self.widths):
@@ -82,12 +83,6 @@ class LTMConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LTMConfig:
         return cls(**d)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1, symbol: str | None = None) -> None:
-    label = f"{name} ({symbol})" if symbol else name
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{label} must be an int >= {minimum}, got {value!r}")
 
 
 def gaussian_kl(sigma2: Tensor, sigma0: float) -> Tensor:

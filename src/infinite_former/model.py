@@ -37,7 +37,7 @@ mem_len + c - 1 vectors. aux_loss = recon_weight · Σ_layers attention-reconstr
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from .attention import LongTermAttention, LTMConfig
 from .compressive import Compressor, concat_right_aligned, reconstruction_loss, take_evicted
 from .memory import MemoryState
+from .utils import check_int, config_from_dict
 
 MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
 
@@ -87,7 +88,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.ltm_widths = tuple(float(w) for w in self.ltm_widths)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_inner"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), "
@@ -97,11 +98,11 @@ class ModelConfig:
             raise ValueError(f"d_model must be even (sinusoidal relative positions), got {self.d_model}")
         if not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
-        _check_int("mem_len", self.mem_len, 0)
+        check_int("mem_len", self.mem_len, 0)
         if self.memory_type not in MEMORY_TYPES:
             raise ValueError(f"memory_type must be one of {list(MEMORY_TYPES)}, got {self.memory_type!r}")
-        _check_int("cmem_len", self.cmem_len, 0)
-        _check_int("compression_rate", self.compression_rate, 1)
+        check_int("cmem_len", self.cmem_len, 0)
+        check_int("compression_rate", self.compression_rate, 1)
         if self.memory_type == "compressive":
             if self.cmem_len < 1:
                 raise ValueError(f"cmem_len must be >= 1 for memory_type 'compressive', got {self.cmem_len}")
@@ -117,7 +118,7 @@ class ModelConfig:
         if not isinstance(self.tie_weights, bool) or not isinstance(self.ltm_gate, bool):
             raise ValueError("tie_weights and ltm_gate must be bools")
         if self.max_segment_len is not None:
-            _check_int("max_segment_len", self.max_segment_len, 1)
+            check_int("max_segment_len", self.max_segment_len, 1)
         try:  # the LTM's own checks, also for xl/compressive so configs stay comparable
             self.ltm_config()
         except ValueError as err:
@@ -156,16 +157,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        return config_from_dict(cls, d)
 
 
 # ------------------------------------------------------------------------------ state
@@ -419,7 +411,7 @@ class InfiniteFormerLM(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
         """Empty memories for batch_size streams."""
         c = self.config
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
         dtype = self.embed.weight.dtype
         empty = lambda: torch.zeros(batch_size, 0, c.d_model, device=device, dtype=dtype)  # noqa: E731
         count = lambda: torch.zeros(batch_size, dtype=torch.long, device=device)  # noqa: E731

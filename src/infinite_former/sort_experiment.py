@@ -21,14 +21,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from .data.sorting import SortingConfig, SortingGenerator, SortingStream
 from .train import TrainConfig, Trainer, find_checkpoint
-from .utils import machine_info, seed_everything
+from .utils import config_from_dict, machine_info, seed_everything
 
 MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
 
@@ -203,11 +203,7 @@ class SortSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SortSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SortSettings fields: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def paper_settings(**overrides: Any) -> SortSettings:

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from .utils import seed_everything
+from .utils import check_int, config_from_dict, seed_everything
 
 # ------------------------------------------------------------------------- data protocol
 
@@ -158,11 +158,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         for name, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0)):
-            _check_int(name, getattr(self, name), minimum)
+            check_int(name, getattr(self, name), minimum)
         for name in ("warmup_steps", "eval_every", "ckpt_every", "log_every"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         if self.eval_batch_size is not None:
-            _check_int("eval_batch_size", self.eval_batch_size, 1)
+            check_int("eval_batch_size", self.eval_batch_size, 1)
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
         _check_float("lr", self.lr, lo=0.0, lo_open=True)
@@ -198,16 +198,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        return config_from_dict(cls, d)
 
 
 def _check_float(name: str, value: Any, lo: float, hi: float | None = None, lo_open: bool = False) -> None:

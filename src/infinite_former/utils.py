@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import platform
 import random
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 import torch
 
@@ -34,6 +36,25 @@ def machine_info() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
     return info
+
+
+T = TypeVar("T")
+
+
+def check_int(name: str, value: Any, minimum: int = 1, symbol: str | None = None) -> None:
+    """Raise ValueError naming the setting unless value is an int (not a bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        label = f"{name} ({symbol})" if symbol else name
+        raise ValueError(f"{label} must be an int >= {minimum}, got {value!r}")
+
+
+def config_from_dict(cls: type[T], d: dict[str, Any]) -> T:
+    """Build a config dataclass from a dict, rejecting keys it does not have."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(known)}")
+    return cls(**d)
 
 
 def seed_everything(seed: int) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..train import Segment, Shard
+from ..utils import check_int
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -61,11 +62,11 @@ class SortingConfig:
     split: str = "train"
 
     def __post_init__(self) -> None:
-        _check_int("length", self.length, 1)
-        _check_int("num_symbols", self.num_symbols, 2)
+        check_int("length", self.length, 1)
+        check_int("num_symbols", self.num_symbols, 2)
         if self.num_symbols > 254:
             raise ValueError(f"num_symbols must be <= 254 (uint8 tokens), got {self.num_symbols}")
-        _check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0)
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {self.split!r}")
 
@@ -92,11 +93,6 @@ class SortingConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SortingConfig:
         return cls(**d)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 # ------------------------------------------------------------------- counter-based RNG
@@ -288,7 +284,7 @@ def save_sequences(
     """
     import json
 
-    _check_int("num_sequences", num_sequences, 1)
+    check_int("num_sequences", num_sequences, 1)
     path = os.fspath(path)
     if not path.endswith(".npy"):
         raise ValueError(f"path must end with .npy, got {path!r}")
@@ -354,9 +350,9 @@ class SortingStream:
         if not self.sources:
             raise ValueError("source must be a sequence source or a non-empty list of them")
         for src in self.sources:  # the answer must fit in one segment
-            _check_int("segment_len", segment_len, src.config.num_symbols)
+            check_int("segment_len", segment_len, src.config.num_symbols)
         if num_batches is not None:
-            _check_int("num_batches", num_batches, 1)
+            check_int("num_batches", num_batches, 1)
         self.segment_len = segment_len
         self.shard = shard
         self.num_batches = num_batches

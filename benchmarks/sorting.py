@@ -29,28 +29,10 @@ from infinite_former.sort_experiment import MEMORY_TYPES, SortSettings, train_an
 from infinite_former.train import Shard
 from infinite_former.utils import machine_info, seed_everything
 
-# The CPU configuration (see /work/notes/train-readme.md for why these sizes).
-DEFAULTS = dict(
-    lengths=(128, 256, 512),
-    train_on="mixed",
-    num_symbols=4,
-    segment_len=32,
-    mem_len=32,
-    num_basis=32,
-    num_samples=32,
-    tau=0.75,
-    d_model=64,
-    n_layers=2,
-    n_heads=4,
-    d_inner=128,
-    dropout=0.0,
-    steps=500,
-    batch_size=16,
-    lr=3e-3,
-    clip=1.0,
-    eval_sequences=128,
-    progress=False,
-)
+# The CPU demo's settings (SortSettings defaults: 4 symbols, lengths 128/256/512, segment 32,
+# STM 32 + N = 32, 2 layers, d 64, batch 16, lr 3e-3), with fewer steps and test sequences so
+# that 4 types x 3 seeds fit about half an hour on one thread.
+DEFAULTS = dict(num_samples=32, steps=500, eval_sequences=128, progress=False)
 
 
 def throughput(settings: SortSettings, length: int, steps: int = 8) -> dict[str, float]:
@@ -168,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULTS["lengths"]))
+    p.add_argument("--lengths", type=int, nargs="+", default=list(SortSettings().lengths))
     p.add_argument("--models", nargs="+", default=list(MEMORY_TYPES), choices=MEMORY_TYPES)
     p.add_argument("--runs-dir", default="runs/bench-sorting")
     p.add_argument("--out", default="results/sorting_cpu.json")

@@ -1,99 +1,273 @@
-"""Sorting benchmark on the CPU: all four memory types, equal memory and training budgets, 3 seeds.
+"""Sorting benchmark on the CPU: is the ∞-former's memory worth it at long lengths?
 
-    python benchmarks/sorting.py            # -> results/sorting_cpu.json, results/sorting_cpu.png
+    python benchmarks/sorting.py run --seeds 0 2 4    # train + test; one record per (variant, seed)
+    python benchmarks/sorting.py run --seeds 1 3      # (a second process, side by side)
+    python benchmarks/sorting.py throughput           # interleaved training tokens/s of every variant
+    python benchmarks/sorting.py summarize            # -> results/sorting_cpu.json + .png
 
-One thread (torch.set_num_threads(1)). Every (memory type, seed) trains one
-model with the same steps and batch on batches that cycle through the
-lengths ("mixed" training), then is tested on held-out sequences of each
-length. Memory budget per layer: see SortSettings.memory_budget (XL keeps
-mem_len + N states; compressive mem_len + N compressed slots; the ∞-formers
-mem_len STM + N basis functions). Training throughput of the four types is
-measured side by side (interleaved timed steps, same model size, longest
-length) in the same run.
+One thread per process. Five variants, trained with the same steps, batch and data on batches that
+cycle through the lengths ("mixed"), then tested on the same held-out sequences of each length:
+  xl               Transformer-XL with the equal memory budget (mem_len + N past states),
+  xl_params        the same Transformer-XL with its FFN grown to the ∞-former's parameter count,
+  compressive      mem_len + N compressed slots,
+  infinite         mem_len short-term memory + an LTM of N basis functions (uniform samples),
+  infinite_sticky  the same with sticky memories.
+At 2048 tokens XL's 96-token window (segment 32 + 64 memories) covers under 5 % of the sequence.
+
+Each finished run writes results/sorting_cpu_runs/<variant>-seed<k>.json (per-sequence test
+accuracies, the training-loss curve, an LTM-wipe ablation), so partial results can be committed
+and a later `run` skips what is done. `summarize` pairs the variants by seed and test sequence
+and reports mean differences with bootstrap 95% CIs (infinite_former.stats).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
+import hashlib
 import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from infinite_former.data.sorting import SortingConfig, SortingGenerator, SortingStream
+from infinite_former.data.sorting import (
+    SortingConfig,
+    SortingGenerator,
+    SortingStream,
+    materialize,
+    symbol_counts,
+)
+from infinite_former.model import InfiniteFormerLM, ModelConfig
 from infinite_former.plots import plot_accuracy
-from infinite_former.sort_experiment import MEMORY_TYPES, SortSettings, train_and_test
-from infinite_former.train import Shard
+from infinite_former.sort_experiment import SortSettings, train_and_test
+from infinite_former.stats import paired_comparison, seeds_won
+from infinite_former.train import Shard, _is_tied, load_checkpoint
 from infinite_former.utils import machine_info, seed_everything
 
-# The CPU demo's settings (SortSettings defaults: 4 symbols, lengths 128/256/512, segment 32,
-# STM 32 + N = 32, 2 layers, d 64, batch 16, lr 3e-3), with fewer steps and test sequences so
-# that 4 types x 3 seeds fit about half an hour on one thread.
-DEFAULTS = dict(num_samples=32, steps=500, eval_sequences=128, progress=False)
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "results" / "sorting_cpu_runs"
+OUT = ROOT / "results" / "sorting_cpu.json"
+VARIANTS = ("xl", "xl_params", "compressive", "infinite", "infinite_sticky")
+BASELINES = ("xl", "xl_params", "compressive")
+INFINITE = ("infinite", "infinite_sticky")
+
+# SortSettings' CPU defaults (4 symbols, segment 32, STM 32 + N = 32, 2 layers, d 64, lr 3e-3)
+# at longer lengths, batch 8 and 1000 steps (the ∞-formers' loss is still falling at 500:
+# see the learning curves in the results file).
+SETTINGS = dict(
+    lengths=(256, 512, 1024, 2048),
+    batch_size=8,
+    steps=1000,
+    num_samples=32,
+    eval_sequences=128,
+    progress=False,
+)
 
 
-def throughput(settings: SortSettings, length: int, steps: int = 8) -> dict[str, float]:
-    """Training tokens/s of every memory type, interleaved step by step (same data, same size)."""
-    from infinite_former.model import InfiniteFormerLM
+def base_settings(seed: int = 0, runs_dir: str = "runs/bench-sorting") -> SortSettings:
+    return SortSettings(**SETTINGS, seed=seed, out=runs_dir, name=f"seed{seed}")
 
+
+def settings_key() -> str:
+    """A short hash of the settings a record was made with (records of other settings are ignored)."""
+    s = base_settings().to_dict()
+    for k in ("seed", "out", "name", "models"):
+        s.pop(k)
+    return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def num_params(cfg: ModelConfig) -> int:
+    return sum(p.numel() for p in InfiniteFormerLM(cfg).parameters())
+
+
+def variant(s: SortSettings, name: str) -> tuple[SortSettings, str]:
+    """(settings, memory type) of a variant; xl_params grows XL's d_inner to the ∞-former's count."""
+    if name != "xl_params":
+        return s, name
+    target = num_params(s.model_config("infinite"))
+    per_unit = s.n_layers * (2 * s.d_model + 1)  # one more FFN unit: a row of W1, b1 and a column of W2
+    extra = target - num_params(s.model_config("xl"))
+    return dataclasses.replace(s, d_inner=s.d_inner + round(extra / per_unit)), "xl"
+
+
+# ----------------------------------------------------------------------------------------- testing
+
+
+@torch.no_grad()
+def per_sequence_accuracy(
+    model: InfiniteFormerLM, s: SortSettings, length: int, wipe_ltm: bool = False
+) -> list[float]:
+    """Answer accuracy of each held-out test sequence (teacher forcing), in sequence order.
+
+    wipe_ltm: every layer's LTM (and the states waiting to enter it) is emptied just before
+    the segment holding the answer, so the answer can use the short-term memory only.
+    """
+    b = s.batch_size
+    num_batches = -(-s.eval_sequences // b)
+    task = SortingConfig(length=length, num_symbols=s.num_symbols, seed=s.seed, split="test")
+    stream = SortingStream(SortingGenerator(task), s.segment_len, Shard(0, 1, b))
+    model.eval()
+    accs: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for i in range(num_batches):
+            segments = list(stream.batch_segments(i))
+            state = model.init_state(b, "cpu")
+            correct = torch.zeros(b)
+            count = torch.zeros(b)
+            for k, seg in enumerate(segments):
+                state = state.reset(seg.reset)
+                if wipe_ltm and k == len(segments) - 1:
+                    everyone = torch.ones(b, dtype=torch.bool)
+                    state = dataclasses.replace(
+                        state,
+                        ltm=[m.reset(everyone) for m in state.ltm],
+                        ltm_pending_count=torch.zeros_like(state.ltm_pending_count),
+                    )
+                out, state = model(seg.tokens, state)
+                if seg.targets is None or seg.loss_mask is None:
+                    continue
+                hit = (out.logits.argmax(-1) == seg.targets) & seg.loss_mask
+                correct += hit.sum(1).float()
+                count += seg.loss_mask.sum(1).float()
+            accs.extend((correct / count.clamp_min(1)).tolist())
+    return accs[: s.eval_sequences]
+
+
+def load_model(run_dir: str) -> InfiniteFormerLM:
+    ck = load_checkpoint(run_dir)
+    model = InfiniteFormerLM(ModelConfig.from_dict(ck["trainer"]["model_config"]))
+    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+    # Tied weights are stored once; anything else missing or unexpected is an error.
+    bad = [k for k in missing if not _is_tied(model, k, ck["model"])] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"checkpoint {run_dir} does not match the model: {bad[:5]}")
+    return model
+
+
+def loss_curve(run_dir: str, every: int = 50) -> list[list[float]]:
+    """[step, mean training loss over the `every` steps ending there] from the run's train_log.csv."""
+    with open(os.path.join(run_dir, "train_log.csv")) as f:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    out = []
+    for end in range(every, rows[-1][0] + 1, every):
+        window = [loss for step, loss in rows if end - every < step <= end]
+        if window:
+            out.append([end, statistics.fmean(window)])
+    return out
+
+
+def run_one(name: str, seed: int, runs_dir: str) -> dict:
+    s, memory_type = variant(base_settings(seed, runs_dir), name)
+    t0 = time.perf_counter()
+    r = train_and_test(s, name, memory_type, s.lengths, resume=False)
+    model = load_model(r["run_dir"])
+    record = {
+        "variant": name,
+        "memory_type": memory_type,
+        "seed": seed,
+        "settings_key": settings_key(),
+        "d_inner": s.d_inner,
+        "num_parameters": r["num_parameters"],
+        "steps": r["steps"],
+        "seconds": time.perf_counter() - t0,
+        "tokens_per_s": r["tokens_per_s"],
+        "final_train_loss": r["final_train_loss"],
+        "loss_curve": loss_curve(r["run_dir"]),
+        "test": {str(n): per_sequence_accuracy(model, s, n) for n in s.lengths},
+        "trainer_test_accuracy": {n: v["accuracy"] for n, v in r["test"].items()},
+        "machine": machine_info(),
+    }
+    if memory_type.startswith("infinite"):
+        longest = max(s.lengths)
+        record["test_ltm_wiped"] = {str(longest): per_sequence_accuracy(model, s, longest, wipe_ltm=True)}
+    return record
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for name in args.variants:  # seed-major order: a partial run stays balanced across variants
+            path = RECORDS / f"{name}-seed{seed}.json"
+            if path.exists() and json.loads(path.read_text())["settings_key"] == settings_key():
+                print(f"skip {path.name} (done)", flush=True)
+                continue
+            rec = run_one(name, seed, args.runs_dir)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rec, indent=1))
+            os.replace(tmp, path)
+            accs = {n: round(statistics.fmean(v), 3) for n, v in rec["test"].items()}
+            print(f"seed {seed} {name:16s} {accs} ({rec['seconds']:.0f} s)", flush=True)
+
+
+# ---------------------------------------------------------------------------------- throughput
+
+
+def cmd_throughput(args: argparse.Namespace, steps: int = 8) -> None:
+    """Training tokens/s of every variant at the longest length, interleaved step by step."""
+    torch.set_num_threads(1)
+    s0 = base_settings()
+    length = max(s0.lengths)
     models, optims = {}, {}
-    shard = Shard(0, 1, settings.batch_size)
-    task = SortingConfig(length=length, num_symbols=settings.num_symbols, seed=settings.seed)
-    stream = SortingStream(SortingGenerator(task), settings.segment_len, shard)
-    batches = [list(stream.batch_segments(i)) for i in range(steps + 1)]
-    for m in MEMORY_TYPES:
+    for name in VARIANTS:
+        s, memory_type = variant(s0, name)
         seed_everything(0)
-        models[m] = InfiniteFormerLM(settings.model_config(m))
-        optims[m] = torch.optim.AdamW(models[m].parameters(), lr=settings.lr)
-    seconds = {m: 0.0 for m in MEMORY_TYPES}
-    tokens = {m: 0 for m in MEMORY_TYPES}
+        models[name] = InfiniteFormerLM(s.model_config(memory_type))
+        optims[name] = torch.optim.AdamW(models[name].parameters(), lr=s.lr)
+    task = SortingConfig(length=length, num_symbols=s0.num_symbols, seed=0)
+    stream = SortingStream(SortingGenerator(task), s0.segment_len, Shard(0, 1, s0.batch_size))
+    batches = [list(stream.batch_segments(i)) for i in range(steps + 1)]
+    seconds = dict.fromkeys(VARIANTS, 0.0)
+    tokens = dict.fromkeys(VARIANTS, 0)
     for i, segments in enumerate(batches):
-        for m in MEMORY_TYPES:  # interleaved: load changes hit every type alike
-            model, opt = models[m], optims[m]
+        for name in VARIANTS:  # interleaved: load changes hit every variant alike
+            model, opt = models[name], optims[name]
             t0 = time.perf_counter()
-            state = model.init_state(shard.batch_size, "cpu")
+            state = model.init_state(s0.batch_size, "cpu")
             for seg in segments:
                 state = state.reset(seg.reset)
-                if not seg.train:
-                    with torch.no_grad():
-                        _, state = model(seg.tokens, state)
-                    state = state.detach()
-                    continue
                 out, state = model(seg.tokens, state, targets=seg.targets, loss_mask=seg.loss_mask)
                 (out.loss + out.aux_loss).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 state = state.detach()
             if i > 0:  # the first batch warms up
-                seconds[m] += time.perf_counter() - t0
-                tokens[m] += sum(s.tokens.numel() for s in segments)
-    return {m: tokens[m] / seconds[m] for m in MEMORY_TYPES}
+                seconds[name] += time.perf_counter() - t0
+                tokens[name] += sum(seg.tokens.numel() for seg in segments)
+    result = {
+        "settings_key": settings_key(),
+        "setup": f"training steps at length {length}, batch {s0.batch_size}, interleaved, 1 thread",
+        "tokens_per_s": {name: tokens[name] / seconds[name] for name in VARIANTS},
+        "machine": machine_info(),
+    }
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    (RECORDS / "throughput.json").write_text(json.dumps(result, indent=1))
+    print(result["tokens_per_s"])
 
 
-def reference_accuracy(settings: SortSettings, length: int, window: int, num: int = 2048) -> dict[str, float]:
-    """Accuracies of fixed rules on the test split (teacher forcing), to read the learned ones against.
+# ------------------------------------------------------------------------------------- summary
 
-    exclusion_only: a uniform guess among the symbols not yet in the answer;
-    last_window_counts: rank by counts over the last `window` tokens (what a model that sees only
-    its short-term window can know), ties by smaller id; full counts would score 1.
+
+def window_rule_accuracy(s: SortSettings, length: int, window: int, num: int = 2048) -> dict[str, float]:
+    """Accuracy of fixed rules on the test split (teacher forcing), to read the learned ones against.
+
+    exclusion_only: a uniform guess among the symbols not yet in the answer; last_W_token_counts:
+    rank by counts over the last W tokens (all a model seeing only its short-term window can know).
     """
-    import numpy as np
-
-    from infinite_former.data.sorting import materialize, symbol_counts
-
-    v = settings.num_symbols
-    cfg = SortingConfig(length=length, num_symbols=v, seed=settings.seed, split="test")
-    f = materialize(cfg, np.arange(num))
+    v = s.num_symbols
+    f = materialize(SortingConfig(length=length, num_symbols=v, seed=0, split="test"), np.arange(num))
     target = f[:, -v:].astype(np.int64)
-    counts = symbol_counts(f[:, max(0, length - window) : length], v).astype(np.float64)
-    score = counts - 1e-6 * np.arange(v)  # ties: smaller id first
+    score = symbol_counts(f[:, max(0, length - window) : length], v).astype(np.float64) - 1e-6 * np.arange(v)
     used = np.zeros((num, v), dtype=bool)
     correct = 0
-    for k in range(v):  # v answer positions, teacher forcing
+    for k in range(v):  # v answer positions
         pred = np.where(used, -np.inf, score).argmax(1)
         correct += int((pred == target[:, k]).sum())
         used[np.arange(num), target[:, k]] = True
@@ -103,166 +277,119 @@ def reference_accuracy(settings: SortSettings, length: int, window: int, num: in
     }
 
 
-def ltm_ablation(settings: SortSettings, run_dir: str, length: int, num_batches: int) -> dict[str, float]:
-    """Test accuracy of a trained ∞-former with and without its long-term memory in the last segment.
-
-    "wiped": every layer's LTM (and the vectors waiting to enter it) emptied just before the
-    segment holding the answer, so the answer can use only the short-term memory.
-    """
-    import dataclasses
-
-    from infinite_former.model import InfiniteFormerLM, ModelConfig
-    from infinite_former.train import load_checkpoint
-
-    ck = load_checkpoint(run_dir)
-    model = InfiniteFormerLM(ModelConfig.from_dict(ck["trainer"]["model_config"]))
-    model.load_state_dict(ck["model"], strict=False)
-    model.eval()
-    b = settings.batch_size
-    task = SortingConfig(length=length, num_symbols=settings.num_symbols, seed=settings.seed, split="test")
-    stream = SortingStream(SortingGenerator(task), settings.segment_len, Shard(0, 1, b))
-    out: dict[str, float] = {}
-    for mode in ("full", "wiped"):
-        torch.manual_seed(0)
-        correct = total = 0
-        for i in range(num_batches):
-            segments = list(stream.batch_segments(i))
-            state = model.init_state(b, "cpu")
-            with torch.no_grad():
-                for k, seg in enumerate(segments):
-                    state = state.reset(seg.reset)
-                    if mode == "wiped" and k == len(segments) - 1:
-                        everyone = torch.ones(b, dtype=torch.bool)
-                        state = dataclasses.replace(
-                            state,
-                            ltm=[m.reset(everyone) for m in state.ltm],
-                            ltm_pending_count=torch.zeros_like(state.ltm_pending_count),
-                        )
-                    logits, state = model(seg.tokens, state)
-            hit = (logits.logits.argmax(-1) == seg.targets)[seg.loss_mask]
-            correct += int(hit.sum())
-            total += hit.numel()
-        out[mode] = correct / total
+def load_records() -> dict[str, dict[int, dict]]:
+    key = settings_key()
+    out: dict[str, dict[int, dict]] = {name: {} for name in VARIANTS}
+    for path in sorted(RECORDS.glob("*-seed*.json")):
+        rec = json.loads(path.read_text())
+        if rec["settings_key"] == key:
+            out[rec["variant"]][rec["seed"]] = rec
     return out
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    s = base_settings()
+    recs = load_records()
+    done = {name: sorted(by_seed) for name, by_seed in recs.items() if by_seed}
+    paired_seeds = sorted(set.intersection(*(set(v) for v in done.values()))) if done else []
+    lengths = [str(n) for n in s.lengths]
+    models = {}
+    for name, seeds in done.items():
+        r0 = recs[name][seeds[0]]
+        models[name] = {
+            "num_parameters": r0["num_parameters"],
+            "d_inner": r0["d_inner"],
+            "seeds": seeds,
+            "accuracy": {
+                n: {
+                    "mean": statistics.fmean(
+                        acc := [statistics.fmean(recs[name][k]["test"][n]) for k in seeds]
+                    ),
+                    "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                    "seeds": acc,
+                }
+                for n in lengths
+            },
+            "final_train_loss": [recs[name][k]["final_train_loss"] for k in seeds],
+            "loss_curve_mean": _mean_curve([recs[name][k]["loss_curve"] for k in seeds]),
+        }
+        if name in INFINITE:
+            longest = lengths[-1]
+            models[name]["ltm_wiped_accuracy_at_longest"] = [
+                statistics.fmean(recs[name][k]["test_ltm_wiped"][longest]) for k in seeds
+            ]
+    pairs = []
+    for a in INFINITE:
+        for b in (*BASELINES, *(x for x in INFINITE if x != a)):
+            if a not in done or b not in done or (b in INFINITE and b < a) or not paired_seeds:
+                continue
+            for n in lengths:
+                xa = [recs[a][k]["test"][n] for k in paired_seeds]
+                xb = [recs[b][k]["test"][n] for k in paired_seeds]
+                p = paired_comparison(xa, xb, names=(a, b))
+                p["length"] = int(n)
+                p["seeds_won"] = seeds_won([np.mean(x) for x in xa], [np.mean(x) for x in xb])
+                pairs.append(p)
+    xl_window = s.segment_len + s.memory_budget()["xl"]["mem_len"]
+    tput_path = RECORDS / "throughput.json"
+    tput = json.loads(tput_path.read_text()) if tput_path.exists() else None
+    result = {
+        "machine": next(iter(recs[n][done[n][0]] for n in done))["machine"] if done else machine_info(),
+        "config": {
+            **{
+                k: v for k, v in s.to_dict().items() if k not in ("seed", "out", "name", "models", "progress")
+            },
+            "variants": list(VARIANTS),
+            "memory_budget": s.memory_budget(),
+            "xl_window_tokens": xl_window,
+            "training": "each (variant, seed): one model, batches cycling through all lengths; same steps, "
+            "batch and data",
+            "metric": "answer accuracy per test sequence (teacher forcing), held-out test split; the same "
+            f"{s.eval_sequences} sequences per length for every variant of a seed",
+            "commands": [
+                "python benchmarks/sorting.py run --seeds ...",
+                "python benchmarks/sorting.py throughput",
+                "python benchmarks/sorting.py summarize",
+            ],
+        },
+        "complete": all(len(done.get(n, [])) == len(args.expected_seeds) for n in VARIANTS),
+        "paired_seeds": paired_seeds,
+        "models": models,
+        "pairs": pairs,
+        "reference_accuracy": {n: window_rule_accuracy(s, int(n), xl_window) for n in lengths},
+        "throughput": tput,
+    }
+    OUT.write_text(json.dumps(result, indent=1))
+    seed_counts = ", ".join(f"{m}: {len(d['seeds'])}" for m, d in models.items())
+    plot_accuracy(
+        {m: {int(n): v["mean"] for n, v in d["accuracy"].items()} for m, d in models.items()},
+        OUT.with_suffix(".png"),
+        title=f"sorting, {s.num_symbols} symbols, {s.steps} steps, mean ± std over seeds ({seed_counts})",
+        errors={m: {int(n): v["std"] for n, v in d["accuracy"].items()} for m, d in models.items()},
+    )
+    for p in pairs:
+        if p["length"] == int(lengths[-1]):
+            print(f"{p['a']} - {p['b']} at {p['length']}: {p['mean_diff']:+.3f} {p['ci95']} {p['verdict']}")
+
+
+def _mean_curve(curves: list[list[list[float]]]) -> list[list[float]]:
+    steps = sorted(set.intersection(*(set(int(s) for s, _ in c) for c in curves)))
+    by = [dict((int(s), v) for s, v in c) for c in curves]
+    return [[s, statistics.fmean(d[s] for d in by)] for s in steps]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    p.add_argument("--lengths", type=int, nargs="+", default=list(SortSettings().lengths))
-    p.add_argument("--models", nargs="+", default=list(MEMORY_TYPES), choices=MEMORY_TYPES)
-    p.add_argument("--runs-dir", default="runs/bench-sorting")
-    p.add_argument("--out", default="results/sorting_cpu.json")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train and test variants for some seeds (skips finished records)")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    r.add_argument("--runs-dir", default="runs/bench-sorting")
+    sub.add_parser("throughput", help="interleaved training tokens/s of every variant")
+    sm = sub.add_parser("summarize", help="write results/sorting_cpu.json from the records")
+    sm.add_argument("--expected-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    t_start = time.perf_counter()
-    base = dict(DEFAULTS, steps=args.steps, lengths=tuple(args.lengths), models=tuple(args.models))
-
-    tput_settings = SortSettings(**base, out=args.runs_dir, name="throughput")
-    tput = throughput(tput_settings, max(args.lengths))
-    print("throughput tokens/s:", {k: round(v) for k, v in tput.items()}, flush=True)
-
-    per_seed: dict[str, dict[str, list[float]]] = {m: {str(n): [] for n in args.lengths} for m in args.models}
-    runs = []
-    ablation: dict[str, list[dict[str, float]]] = {}
-    for seed in args.seeds:
-        for m in args.models:  # interleaved, so a partial run stays balanced
-            s = SortSettings(**base, seed=seed, out=args.runs_dir, name=f"seed{seed}")
-            t0 = time.perf_counter()
-            r = train_and_test(s, m, m, s.lengths, resume=False)
-            for n in args.lengths:
-                per_seed[m][str(n)].append(r["test"][str(n)]["accuracy"])
-            runs.append(
-                {
-                    "model": m,
-                    "seed": seed,
-                    "seconds": time.perf_counter() - t0,
-                    "final_train_loss": r["final_train_loss"],
-                    "tokens_per_s": r["tokens_per_s"],
-                }
-            )
-            accs = {n: round(per_seed[m][str(n)][-1], 4) for n in args.lengths}
-            print(f"seed {seed} {m:16s} {accs} ({runs[-1]['seconds']:.0f} s)", flush=True)
-            if m.startswith("infinite"):
-                eval_batches = -(-s.eval_sequences // s.batch_size)
-                abl = ltm_ablation(s, r["run_dir"], max(args.lengths), eval_batches)
-                ablation.setdefault(m, []).append(abl)
-                print(f"    LTM wiped before the answer segment at {max(args.lengths)}: {abl}", flush=True)
-
-    models = {
-        m: {
-            n: {
-                "mean": statistics.fmean(v),
-                "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-                "seeds": v,
-            }
-            for n, v in by_len.items()
-        }
-        for m, by_len in per_seed.items()
-    }
-    longest = str(max(args.lengths))
-    means = {m: models[m][longest]["mean"] for m in models}
-    baselines = [m for m in ("xl", "compressive") if m in means]
-    claim = {
-        f"{inf}_beats_{b}_at_{longest}": means[inf] > means[b]
-        for inf in ("infinite", "infinite_sticky")
-        if inf in means
-        for b in baselines
-    }
-    settings = SortSettings(**base, out=args.runs_dir, name="seed0")
-    result = {
-        "machine": machine_info(),
-        "config": {
-            **settings.to_dict(),
-            "seeds": args.seeds,
-            "memory_budget": settings.memory_budget(),
-            "training": "each (type, seed): one model, batches cycling through all lengths; same steps and batch",
-            "metric": "token accuracy on the answer positions (teacher forcing), held-out test split",
-            "scale_note": "CPU scale: lengths, symbols (num_symbols) and model are far smaller than the paper's "
-            "(20 symbols, 4k-16k tokens, 20k steps); see notes.",
-            "command": "python benchmarks/sorting.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "models": models,
-        "throughput_tokens_per_s": tput,
-        "throughput_setup": f"training steps at length {max(args.lengths)}, batch {settings.batch_size}, "
-        "interleaved across types, 1 thread",
-        "claim_infinite_beats_baselines_at_longest": claim,
-        "ltm_ablation_at_longest": {
-            "what": "test accuracy at the longest length with every layer's long-term memory emptied "
-            "just before the answer segment ('wiped') vs intact ('full'), per seed",
-            **{m: {k: [a[k] for a in v] for k in ("full", "wiped")} for m, v in ablation.items()},
-        },
-        "reference_accuracy": {
-            str(n): reference_accuracy(
-                settings, n, settings.segment_len + settings.memory_budget()["xl"]["mem_len"]
-            )
-            for n in args.lengths
-        },
-        "runs": runs,
-        "total_seconds": time.perf_counter() - t_start,
-    }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    png = os.path.splitext(args.out)[0] + ".png"
-    plot_accuracy(
-        {m: {int(n): v["mean"] for n, v in d.items()} for m, d in models.items()},
-        png,
-        title=f"sorting, {settings.num_symbols} symbols, CPU, mean ± std over {len(args.seeds)} seeds",
-        errors={m: {int(n): v["std"] for n, v in d.items()} for m, d in models.items()},
-    )
-    print(
-        json.dumps(
-            {
-                "models": {m: {n: round(v["mean"], 4) for n, v in d.items()} for m, d in models.items()},
-                "claim": claim,
-                "total_seconds": round(result["total_seconds"]),
-            },
-            indent=1,
-        )
-    )
+    {"run": cmd_run, "throughput": cmd_throughput, "summarize": cmd_summarize}[args.cmd](args)
     return 0
 
 

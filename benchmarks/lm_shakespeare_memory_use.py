@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,11 @@ sys.path.insert(0, str(REPO / "src"))
 from infinite_former import lm_cli  # noqa: E402
 from infinite_former.data.text import load_corpus_split, tokenize_documents  # noqa: E402
 from infinite_former.utils import machine_info  # noqa: E402
+
+
+def _relative(path: str) -> str:
+    """A path as the results file records it: relative to the repository (no machine's absolute path)."""
+    return os.path.relpath(path, REPO) if os.path.isabs(path) else path
 
 
 def main() -> None:
@@ -41,7 +47,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    out = {"machine": machine_info(), "config": vars(a), "models": {}}
+    config = {k: _relative(v) if k in ("run_root", "data", "out") else v for k, v in vars(a).items()}
+    out = {"machine": machine_info(), "config": config, "models": {}}
     for name in [m for m in a.models.split(",") if m]:
         model, tok, saved = lm_cli.load_trained_lm(Path(a.run_root) / name)
         corpus = tokenize_documents(load_corpus_split(a.data, a.split), tok)

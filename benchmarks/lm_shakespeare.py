@@ -1,245 +1,312 @@
-"""Long-document LM on Shakespeare's plays at CPU scale: Transformer-XL vs Compressive vs ∞-former
-(uniform and sticky), trained from scratch with the same model, the same training budget and an
-equal memory budget; test perplexity and bits per byte.
+"""Long-document LM on Shakespeare's plays at CPU scale, trained from scratch, several seeds, paired.
 
-    python benchmarks/lm_shakespeare.py [--data ../shared/data/shakespeare] [--steps 400] ...
+    python benchmarks/lm_shakespeare.py run --seeds 0 1 2       # one record per (variant, seed)
+    python benchmarks/lm_shakespeare.py throughput              # interleaved training tokens/s
+    python benchmarks/lm_shakespeare.py summarize               # -> results/lm_shakespeare_cpu.json
 
-Every model runs through ``infinite-former lm train`` (lm_cli.lm_train): the same document lanes,
-trainer, seed and hyperparameters. A byte-level BPE (HF ``tokenizers``) is trained once on the train
-split and reused by every model. Memory budget per layer (vectors kept): xl mem_len = m + N;
-compressive mem_len = m, cmem_len = N (rate c = 2); ∞-former mem_len = m, N basis functions.
+Every model goes through ``infinite-former lm train`` with the same document lanes, trainer,
+hyperparameters and byte-level BPE (trained once on train/ and reused). Variants, with m = 128
+short-term states and N = 128:
+  xl_equal     Transformer-XL keeping m + N states (equal memory budget),
+  xl_stm       Transformer-XL keeping m states (the paper's convention: same short-term memory),
+  xl_params    xl_equal with its FFN grown to the ∞-former's parameter count,
+  compressive  m states + N compressed slots (rate 2),
+  infinite, infinite_sticky   m states + an LTM of N basis functions.
+Two conventions are read from the same runs: equal_budget (xl = xl_equal) and same_stm
+(xl = xl_stm); compressive and the ∞-formers are the same runs in both.
 
-Writes results/lm_shakespeare_cpu.json and results/lm_shakespeare_cpu.png.
+Each run writes results/lm_shakespeare_cpu_runs/<variant>-seed<k>.json with its per-document test
+NLL, so partial results can be committed and `run` skips what is done. `summarize` pairs models by
+seed and test document (infinite_former.stats): mean difference in log perplexity and 95% CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from infinite_former import lm_cli
+from infinite_former.data.text import DocumentLanes, load_corpus_split, tokenize_documents
+from infinite_former.data.tokenizer import TextTokenizer, build_tokenizer
+from infinite_former.model import InfiniteFormerLM, ModelConfig
+from infinite_former.stats import paired_comparison
+from infinite_former.utils import machine_info, seed_everything
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+RECORDS = REPO / "results" / "lm_shakespeare_cpu_runs"
+OUT = REPO / "results" / "lm_shakespeare_cpu.json"
+DATA = os.environ.get("INFINITE_FORMER_SHAKESPEARE", str(REPO.parent / "shared" / "data" / "shakespeare"))
+VARIANTS = ("xl_equal", "xl_stm", "xl_params", "compressive", "infinite", "infinite_sticky")
+CONVENTIONS = {
+    "equal_budget": {"xl": "xl_equal", "xl_params": "xl_params", "compressive": "compressive",
+                     "infinite": "infinite", "infinite_sticky": "infinite_sticky"},
+    "same_stm": {"xl": "xl_stm", "compressive": "compressive", "infinite": "infinite",
+                 "infinite_sticky": "infinite_sticky"},
+}  # fmt: skip
+PAIRS = [("infinite", "xl"), ("infinite_sticky", "xl"), ("infinite", "xl_params"), ("infinite_sticky", "xl_params"),
+         ("infinite", "compressive"), ("infinite_sticky", "compressive"), ("infinite_sticky", "infinite"),
+         ("compressive", "xl")]  # fmt: skip
 
-from infinite_former import lm_cli  # noqa: E402
-from infinite_former.utils import machine_info  # noqa: E402
-
-MODELS = ("xl", "compressive", "infinite", "infinite_sticky")
-LABELS = {
-    "xl": "Transformer-XL",
-    "compressive": "Compressive",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
-}
-
-
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "shakespeare"))
-    p.add_argument("--out", default=str(REPO / "results" / "lm_shakespeare_cpu.json"))
-    p.add_argument("--run-root", default=str(REPO / "runs" / "lm_shakespeare"))
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument(
-        "--vocab-size", type=int, default=2048, help="byte-level BPE vocabulary (trained on train/)"
-    )
-    p.add_argument(
-        "--tokenizer", default="bpe", help="'bpe' (train one) or a saved tokenizer folder to reuse"
-    )
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=8, help="B document lanes")
-    p.add_argument("--seg-len", type=int, default=128, help="T tokens per segment")
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--d-inner", type=int, default=512)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--mem-len", type=int, default=128, help="m: short-term memory of compressive / ∞-former")
-    p.add_argument(
-        "--num-basis", type=int, default=128, help="N: ∞-former basis functions = compressive slots"
-    )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=40)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1)
-    p.add_argument("--eval-split", default="test")
-    p.add_argument("--eval-batch-size", type=int, default=3, help="test documents read in parallel")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--ltm-default-init",
-        action="store_true",
-        help="keep the LTM's default initialisation (default: its output projection starts at 0, "
-        "so every ∞-former starts as a Transformer-XL with mem_len m)",
-    )
-    return p.parse_args()
+# The model and budget: 2 layers, d 128, 3000 steps x 8 lanes x 128 tokens (5x the first benchmark).
+S = dict(
+    steps=3000, batch_size=8, seg_len=128, d_model=128, n_layers=2, n_heads=4, d_inner=512, dropout=0.0,
+    mem_len=128, num_basis=128, lr=1e-3, warmup=150, min_lr_ratio=0.1, vocab_size=2048, eval_batch_size=3,
+)  # fmt: skip
 
 
-def train_argv(a: argparse.Namespace, model: str, tokenizer: str, run_dir: Path, cache: Path) -> list[str]:
-    m, n = a.mem_len, a.num_basis
-    memory = {
-        "xl": ["--mem-len", str(m + n)],
-        "compressive": ["--mem-len", str(m), "--cmem-len", str(n), "--compression-rate", "2"],
-        "infinite": ["--mem-len", str(m), "--num-basis", str(n)],
-        "infinite_sticky": ["--mem-len", str(m), "--num-basis", str(n)],
-    }[model]
-    if model.startswith("infinite") and not a.ltm_default_init:
-        memory.append("--ltm-zero-init-output")
-    return [
-        "lm", "train", "--data", a.data, "--run-dir", str(run_dir), "--cache-dir", str(cache),
-        "--tokenizer", tokenizer, "--vocab-size", str(a.vocab_size), "--memory-type", model,
-        "--seg-len", str(a.seg_len), "--batch-size", str(a.batch_size), "--steps", str(a.steps),
-        "--warmup", str(a.warmup), "--lr", str(a.lr), "--min-lr-ratio", str(a.min_lr_ratio),
-        "--d-model", str(a.d_model), "--n-layers", str(a.n_layers), "--n-heads", str(a.n_heads),
-        "--d-inner", str(a.d_inner), "--dropout", str(a.dropout), "--seed", str(a.seed),
-        "--valid-split", "", "--eval-splits", a.eval_split, "--eval-batch-size", str(a.eval_batch_size),
-        "--device", "cpu", "--no-progress", "--log-every", "10", *memory,
+def settings_key() -> str:
+    return hashlib.sha1(json.dumps(S, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def memory_flags(name: str) -> list[str]:
+    m, n = S["mem_len"], S["num_basis"]
+    flags = {
+        "xl_equal": ["--memory-type", "xl", "--mem-len", str(m + n)],
+        "xl_stm": ["--memory-type", "xl", "--mem-len", str(m)],
+        "xl_params": ["--memory-type", "xl", "--mem-len", str(m + n), "--d-inner", str(matched_d_inner())],
+        "compressive": ["--memory-type", "compressive", "--mem-len", str(m), "--cmem-len", str(n),
+                        "--compression-rate", "2"],
+        "infinite": ["--memory-type", "infinite", "--mem-len", str(m), "--num-basis", str(n),
+                     "--ltm-zero-init-output"],
+        "infinite_sticky": ["--memory-type", "infinite_sticky", "--mem-len", str(m), "--num-basis", str(n),
+                            "--ltm-zero-init-output"],
+    }  # fmt: skip
+    return flags[name]
+
+
+def _config(memory_type: str, d_inner: int) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=S["vocab_size"], d_model=S["d_model"], n_layers=S["n_layers"], n_heads=S["n_heads"],
+        d_inner=d_inner, dropout=0.0, memory_type=memory_type, mem_len=S["mem_len"],
+        ltm_num_basis=S["num_basis"], ltm_num_samples=S["num_basis"], ltm_tau=0.5,
+    )  # fmt: skip
+
+
+def matched_d_inner() -> int:
+    """XL's FFN width at which it has the ∞-former's parameter count (the `lm train` defaults)."""
+    count = lambda cfg: sum(p.numel() for p in InfiniteFormerLM(cfg).parameters())  # noqa: E731
+    extra = count(_config("infinite", S["d_inner"])) - count(_config("xl", S["d_inner"]))
+    return S["d_inner"] + round(extra / (S["n_layers"] * (2 * S["d_model"] + 1)))
+
+
+def train_argv(name: str, seed: int, run_dir: Path, tokenizer: str, cache: Path) -> list[str]:
+    base = [
+        "lm", "train", "--data", DATA, "--run-dir", str(run_dir), "--cache-dir", str(cache),
+        "--tokenizer", tokenizer, "--vocab-size", str(S["vocab_size"]), "--seg-len", str(S["seg_len"]),
+        "--batch-size", str(S["batch_size"]), "--steps", str(S["steps"]), "--warmup", str(S["warmup"]),
+        "--lr", str(S["lr"]), "--min-lr-ratio", str(S["min_lr_ratio"]), "--d-model", str(S["d_model"]),
+        "--n-layers", str(S["n_layers"]), "--n-heads", str(S["n_heads"]), "--d-inner", str(S["d_inner"]),
+        "--dropout", str(S["dropout"]), "--seed", str(seed), "--valid-split", "", "--eval-splits", "test",
+        "--eval-batch-size", str(S["eval_batch_size"]), "--device", "cpu", "--no-progress",
+        "--no-tensorboard", "--log-every", "10",
     ]  # fmt: skip
+    return base + memory_flags(name)  # a later --d-inner overrides the base one
 
 
-def read_losses(run_dir: Path) -> tuple[list[int], list[float]]:
+def loss_curve(run_dir: Path, every: int = 100) -> list[list[float]]:
     with open(run_dir / "train_log.csv") as f:
-        rows = list(csv.DictReader(f))
-    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    return [
+        [end, statistics.fmean(v for s, v in rows if end - every < s <= end)]
+        for end in range(every, rows[-1][0] + 1, every)
+        if any(end - every < s <= end for s, _ in rows)
+    ]
 
 
-def plot(results: dict, curves: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
-    ppl = [results[n]["test_ppl"] for n in names]
-    bars = axes[0].bar([LABELS[n] for n in names], ppl, color=["C0", "C1", "C2", "C3"][: len(names)])
-    for b, v, n in zip(bars, ppl, names):
-        axes[0].text(
-            b.get_x() + b.get_width() / 2,
-            v,
-            f"{v:.2f}\n{results[n]['test_bpb']:.3f} bpb",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    axes[0].set_ylim(min(ppl) * 0.95, max(ppl) * 1.05)
-    axes[0].set_ylabel("test perplexity (BPE tokens)")
-    axes[0].tick_params(axis="x", labelsize=8)
-    axes[0].set_title("Shakespeare test set")
-    for n in names:
-        steps, losses = curves[n]
-        axes[1].plot(steps, losses, label=LABELS[n], lw=1)
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("training loss (nats/token)")
-    axes[1].legend(fontsize=8)
-    axes[1].set_title("training")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def shared_tokenizer(root: Path) -> str:
+    """Train the byte-level BPE once (on train/) and return its folder, reused by every run."""
+    path = root / "tokenizer"
+    if not (path / "tokenizer_meta.json").is_file():
+        docs = load_corpus_split(DATA, "train")
+        build_tokenizer("bpe", (d.text for d in docs), vocab_size=S["vocab_size"]).save(path)
+    return str(path)
 
 
-def build_output(a: argparse.Namespace, results: dict, t_all: float) -> dict:
+def run_one(name: str, seed: int, root: Path) -> dict:
+    run_dir = root / f"{name}-seed{seed}"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    parser = argparse.ArgumentParser(prog="infinite-former")
+    lm_cli.add_lm_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(train_argv(name, seed, run_dir, shared_tokenizer(root), root / "cache"))
+    t0 = time.perf_counter()
+    res = lm_cli.lm_train(args)
+    test = res["eval"]["test"]
+    per_doc = {
+        doc: {"nll": math.log(v["ppl"]) * v["tokens"], "tokens": v["tokens"], "bytes": v["bytes"]}
+        for doc, v in test["per_document"].items()
+    }
     return {
+        "variant": name,
+        "seed": seed,
+        "settings_key": settings_key(),
+        "flags": memory_flags(name),
+        "parameters": res["parameters"],
+        "test_ppl": test["ppl"],
+        "test_bpb": test["bpb"],
+        "per_document": per_doc,
+        "train_seconds": res["train_seconds"],
+        "seconds": time.perf_counter() - t0,
+        "final_train_loss": res["train_loss_last"],
+        "loss_curve": loss_curve(run_dir),
         "machine": machine_info(),
-        "config": {
-            "data": os.path.relpath(a.data, REPO) if os.path.isabs(a.data) else a.data,
-            "tokenizer": f"byte-level BPE (HF tokenizers), vocab {a.vocab_size}, trained on train/",
-            "eval_split": a.eval_split,
-            "steps": a.steps,
-            "batch_size": a.batch_size,
-            "seg_len": a.seg_len,
-            "tokens_per_model": a.steps * a.batch_size * a.seg_len,
-            "d_model": a.d_model,
-            "n_layers": a.n_layers,
-            "n_heads": a.n_heads,
-            "d_inner": a.d_inner,
-            "dropout": a.dropout,
-            "lr": a.lr,
-            "warmup": a.warmup,
-            "min_lr_ratio": a.min_lr_ratio,
-            "memory_budget_per_layer": a.mem_len + a.num_basis,
-            "memory": {
-                "xl": {"mem_len": a.mem_len + a.num_basis},
-                "compressive": {"mem_len": a.mem_len, "cmem_len": a.num_basis, "compression_rate": 2},
-                "infinite": {"mem_len": a.mem_len, "num_basis": a.num_basis, "num_samples": a.num_basis},
-                "infinite_sticky": {
-                    "mem_len": a.mem_len,
-                    "num_basis": a.num_basis,
-                    "num_samples": a.num_basis,
-                },
-            },
-            "ltm_init": "default (LongTermAttention's own)"
-            if a.ltm_default_init
-            else "output projection zero",
-            "threads": a.threads,
-            "seed": a.seed,
-            "total_seconds": time.perf_counter() - t_all,
-            "command": "python benchmarks/lm_shakespeare.py " + " ".join(sys.argv[1:]),
-        },
-        "models": results,
     }
 
 
-def main() -> None:
-    a = parse()
-    torch.set_num_threads(a.threads)
-    models = [m.strip() for m in a.models.split(",") if m.strip()]
-    bad = [m for m in models if m not in MODELS]
-    if bad:
-        raise ValueError(f"--models: unknown {bad}; choose from {MODELS}")
-    root = Path(a.run_root)
-    cache = root / "cache"
-    parser = argparse.ArgumentParser(prog="infinite-former")
-    lm_cli.add_lm_parser(parser.add_subparsers(dest="command"))
-    tokenizer = a.tokenizer
-    results, curves = {}, {}
-    t_all = time.perf_counter()
-    for model in models:
-        run_dir = root / model
-        if run_dir.exists():
-            import shutil
+def cmd_run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    root = Path(args.runs_dir)
+    for seed in args.seeds:
+        for name in args.variants:
+            path = RECORDS / f"{name}-seed{seed}.json"
+            if path.exists() and json.loads(path.read_text())["settings_key"] == settings_key():
+                print(f"skip {path.name} (done)", flush=True)
+                continue
+            rec = run_one(name, seed, root)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rec, indent=1))
+            os.replace(tmp, path)
+            print(
+                f"seed {seed} {name:16s} test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)", flush=True
+            )
 
-            shutil.rmtree(run_dir)
-        args = parser.parse_args(train_argv(a, model, tokenizer, run_dir, cache))
-        args.no_tensorboard = True
-        print(f"== {model}", flush=True)
-        res = lm_cli.lm_train(args)
-        tokenizer = str(run_dir / "tokenizer")  # the next models reuse this BPE (or the one given)
-        test = res["eval"][a.eval_split]
-        results[model] = {
-            "test_ppl": test["ppl"],
-            "test_bpb": test["bpb"],
-            "train_seconds": res["train_seconds"],
-            "tokens_per_s": res["tokens_per_s"],
-            "eval_seconds": test["seconds"],
-            "final_train_loss": res["train_loss_last"],
-            "parameters": res["parameters"],
-            "test_tokens": test["tokens"],
-            "test_bytes": test["bytes"],
-            "per_document_ppl": {k: v["ppl"] for k, v in test["per_document"].items()},
-        }
-        curves[model] = read_losses(run_dir)
-        print(json.dumps({model: results[model]}, indent=1), flush=True)
-        partial = Path(a.out).with_suffix(".partial.json")  # survives an interrupted benchmark
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(build_output(a, results, t_all), indent=2))
-    out = build_output(a, results, t_all)
-    out_path = Path(a.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(out, indent=2))
-    plot(results, curves, out_path.with_suffix(".png"))
-    print(f"\n{'model':<20}{'test ppl':>10}{'bpb':>8}{'train s':>9}{'tok/s':>8}")
-    for m, r in results.items():
-        print(
-            f"{LABELS[m]:<20}{r['test_ppl']:>10.3f}{r['test_bpb']:>8.4f}{r['train_seconds']:>9.0f}{r['tokens_per_s']:>8.0f}"
-        )
-    out_path.with_suffix(".partial.json").unlink(missing_ok=True)
-    print(f"wrote {out_path} and {out_path.with_suffix('.png')}")
+
+def cmd_throughput(args: argparse.Namespace, steps: int = 6) -> None:
+    """Training tokens/s of every variant, interleaved step by step on the same lane batches."""
+    torch.set_num_threads(1)
+    root = Path(args.runs_dir)
+    tok = TextTokenizer.load(shared_tokenizer(root))
+    corpus = tokenize_documents(load_corpus_split(DATA, "train"), tok, cache_dir=str(root / "cache"))
+    lanes = DocumentLanes(corpus, S["batch_size"], S["seg_len"], tok.eos_id, loop=True)
+    batches = [next(iter(lanes)) for _ in range(steps + 1)]
+    models, optims = {}, {}
+    for name in VARIANTS:
+        flags = dict(zip(memory_flags(name)[::2], memory_flags(name)[1::2]))
+        seed_everything(0)
+        cfg = ModelConfig(
+            vocab_size=tok.vocab_size, d_model=S["d_model"], n_layers=S["n_layers"], n_heads=S["n_heads"],
+            d_inner=int(flags.get("--d-inner", S["d_inner"])), dropout=0.0, memory_type=flags["--memory-type"],
+            mem_len=int(flags["--mem-len"]), cmem_len=int(flags.get("--cmem-len", 64)),
+            ltm_num_basis=S["num_basis"], ltm_num_samples=S["num_basis"], ltm_tau=0.5,
+        )  # fmt: skip
+        models[name] = InfiniteFormerLM(cfg)
+        optims[name] = torch.optim.AdamW(models[name].parameters(), lr=S["lr"])
+    states = {name: models[name].init_state(S["batch_size"]) for name in VARIANTS}
+    seconds = dict.fromkeys(VARIANTS, 0.0)
+    for i, seg in enumerate(batches):
+        for name in VARIANTS:  # interleaved: load changes hit every variant alike
+            t0 = time.perf_counter()
+            state = states[name].reset(seg.reset)
+            out, state = models[name](seg.tokens, state, targets=seg.targets, loss_mask=seg.loss_mask)
+            (out.loss + out.aux_loss).backward()
+            optims[name].step()
+            optims[name].zero_grad(set_to_none=True)
+            states[name] = state.detach()
+            if i > 0:
+                seconds[name] += time.perf_counter() - t0
+    tokens = steps * S["batch_size"] * S["seg_len"]
+    result = {
+        "settings_key": settings_key(),
+        "setup": f"{steps} training steps of {S['batch_size']} lanes x {S['seg_len']} tokens, interleaved, 1 thread",
+        "tokens_per_s": {name: tokens / seconds[name] for name in VARIANTS},
+        "machine": machine_info(),
+    }
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    (RECORDS / "throughput.json").write_text(json.dumps(result, indent=1))
+    print({k: round(v) for k, v in result["tokens_per_s"].items()})
+
+
+def _log_ppl(by_seed: dict[int, dict], seeds: list[int], docs: list[str]) -> list[list[float]]:
+    """(seeds, documents) test NLL per token of one variant."""
+    return [
+        [by_seed[k]["per_document"][d]["nll"] / by_seed[k]["per_document"][d]["tokens"] for d in docs]
+        for k in seeds
+    ]
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    key = settings_key()
+    recs: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
+    for path in sorted(RECORDS.glob("*-seed*.json")):
+        rec = json.loads(path.read_text())
+        if rec["settings_key"] == key:
+            recs[rec["variant"]][rec["seed"]] = rec
+    conventions = {}
+    for conv, names in CONVENTIONS.items():
+        done = {label: sorted(recs[v]) for label, v in names.items() if recs[v]}
+        paired_seeds = sorted(set.intersection(*(set(s) for s in done.values()))) if done else []
+        models = {}
+        for label, seeds in done.items():
+            rs = [recs[names[label]][k] for k in seeds]
+            models[label] = {
+                "variant": names[label],
+                "parameters": rs[0]["parameters"],
+                "test_ppl": statistics.fmean(r["test_ppl"] for r in rs),
+                "test_bpb": statistics.fmean(r["test_bpb"] for r in rs),
+                "seeds": [
+                    {"seed": r["seed"], "test_ppl": r["test_ppl"], "test_bpb": r["test_bpb"]} for r in rs
+                ],
+            }
+        pairs = []
+        for a, b in PAIRS:
+            if a not in done or b not in done or not paired_seeds:
+                continue
+            docs = sorted(recs[names[a]][paired_seeds[0]]["per_document"])
+
+            xa, xb = (_log_ppl(recs[names[label]], paired_seeds, docs) for label in (a, b))
+            p = paired_comparison(xa, xb, names=(a, b), higher_is_better=False)
+            p["unit"] = "nats/token per document"
+            pairs.append(p)
+        conventions[conv] = {"paired_seeds": paired_seeds, "models": models, "pairs": pairs}
+    tput = RECORDS / "throughput.json"
+    result = {
+        "machine": next((r["machine"] for by in recs.values() for r in by.values()), machine_info()),
+        "settings": {**S, "data": "../shared/data/shakespeare", "eval_split": "test",
+                     "tokenizer": f"byte-level BPE (HF tokenizers), vocab {S['vocab_size']}, trained on train/",
+                     "xl_params_d_inner": matched_d_inner(), "ltm_init": "output projection zero"},
+        "complete": all(len(recs[v]) >= len(args.expected_seeds) for v in VARIANTS),
+        "conventions": conventions,
+        "models": conventions["equal_budget"]["models"],
+        "throughput": json.loads(tput.read_text()) if tput.exists() else None,
+        "loss_curves": {v: {k: r["loss_curve"] for k, r in by.items()} for v, by in recs.items() if by},
+        "commands": ["python benchmarks/lm_shakespeare.py run --seeds ...",
+                     "python benchmarks/lm_shakespeare.py throughput",
+                     "python benchmarks/lm_shakespeare.py summarize"],
+    }  # fmt: skip
+    OUT.write_text(json.dumps(result, indent=1))
+    for conv, c in conventions.items():
+        for p in c["pairs"]:
+            print(f"{conv}: {p['a']} - {p['b']}: {p['mean_diff']:+.4f} {p['ci95']} {p['verdict']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    r.add_argument("--runs-dir", default=str(REPO / "runs" / "lm_shakespeare"))
+    t = sub.add_parser("throughput")
+    t.add_argument("--runs-dir", default=str(REPO / "runs" / "lm_shakespeare"))
+    sm = sub.add_parser("summarize")
+    sm.add_argument("--expected-seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args(argv)
+    {"run": cmd_run, "throughput": cmd_throughput, "summarize": cmd_summarize}[args.cmd](args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,14 +1,17 @@
-"""How much does each model of benchmarks/lm_shakespeare.py use the memory beyond its short-term part?
+"""How much does each trained Shakespeare LM use the memory beyond its short-term part?
 
-Re-evaluates the trained runs (runs/lm_shakespeare/<model>) on the test split twice: as trained, and
+Re-evaluates trained `lm train` runs (<run-root>/<run>, any memory type) on the test split twice: as trained, and
 with everything older than the last m = mem_len tokens removed:
 - xl: the Transformer-XL memory truncated to its last m vectors (the other models' STM length);
 - compressive: the compressed memory emptied before every segment;
 - infinite / infinite_sticky: the long-term memory's output projection set to 0 (it adds nothing).
 gain = ppl(short-term only) - ppl(full): how much the long-range part lowers the perplexity.
 
-    python benchmarks/lm_shakespeare_memory_use.py   # after benchmarks/lm_shakespeare.py
-Writes results/lm_shakespeare_cpu_memory_use.json.
+    python benchmarks/lm_shakespeare_memory_use.py --run-root runs/lm_shakespeare \
+        --models xl_equal-seed0,compressive-seed0,infinite-seed0,infinite_sticky-seed0 --out results/...
+
+results/lm_shakespeare_600steps_cpu_memory_use.json came from the defaults, on the runs of the
+600-step benchmark (`git show 9c33fd3:benchmarks/lm_shakespeare.py`, its runs named by memory type).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def main() -> None:
     p.add_argument("--stm", type=int, default=128, help="m: the short-term length kept")
     p.add_argument("--batch-size", type=int, default=3)
     p.add_argument("--models", default="xl,compressive,infinite,infinite_sticky")
-    p.add_argument("--out", default=str(REPO / "results" / "lm_shakespeare_cpu_memory_use.json"))
+    p.add_argument("--out", default=str(REPO / "results" / "lm_shakespeare_600steps_cpu_memory_use.json"))
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -56,7 +59,7 @@ def main() -> None:
         full = lm_cli.evaluate_lm(model, corpus, a.batch_size, seg_len, tok.eos_id)
         model.eval()
 
-        def step(tokens, state, model=model, kind=name):
+        def step(tokens, state, model=model, kind=model.config.memory_type):
             if kind == "xl":
                 state = dataclasses.replace(state, mem_valid=state.mem_valid.clamp(max=a.stm))
             elif kind == "compressive":
@@ -64,7 +67,7 @@ def main() -> None:
             out, state = model(tokens, state)
             return out.logits, state
 
-        if name.startswith("infinite"):
+        if model.config.memory_type.startswith("infinite"):
             lm_cli.zero_ltm_output(model)
         short = lm_cli.evaluate_documents(
             step, lambda b, model=model: model.init_state(b), corpus, a.batch_size, seg_len, tok.eos_id

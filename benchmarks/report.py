@@ -121,10 +121,21 @@ def generation() -> str:
 
 LABELS = {
     "xl": "Transformer-XL",
+    "xl_params": "Transformer-XL, parameter-matched",
     "compressive": "Compressive",
     "infinite": "∞-former",
     "infinite_sticky": "∞-former (sticky)",
 }
+
+
+def _ci(p: dict, digits: int = 3) -> str:
+    lo, hi = p["ci95"]
+    return f"{p['mean_diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _verdict(p: dict) -> str:
+    v = p["verdict"]
+    return "within noise" if v == "within noise" else f"**{LABELS.get(v[:-7], v[:-7])} better**"
 
 
 def sorting() -> str:
@@ -132,63 +143,91 @@ def sorting() -> str:
     c = d["config"]
     lengths = [str(n) for n in c["lengths"]]
     budget = c["memory_budget"]
+    models = d["models"]
+    status = (
+        "all seeds done"
+        if d["complete"]
+        else "PARTIAL: seeds done per model: "
+        + ", ".join(f"{LABELS[m]} {v['seeds']}" for m, v in models.items())
+    )
+    tput = (d.get("throughput") or {}).get("tokens_per_s", {})
     lines = [
         f"{c['num_symbols']} symbols, lengths {', '.join(lengths)}, segment {c['segment_len']}; "
         f"{c['n_layers']} layers, d {c['d_model']}; {c['steps']} steps of batch {c['batch_size']} per model, "
-        f"seeds {c['seeds']}. Memory per layer: XL {budget['xl']['mem_len']} states; compressive "
-        f"{budget['compressive']['mem_len']} + {budget['compressive']['cmem_len']} compressed; ∞-former "
-        f"{budget['infinite']['mem_len']} + N = {budget['infinite']['num_basis']}. Test token accuracy, "
-        f"mean ± std over seeds (per seed in the JSON). Machine: " + _machine(d["machine"]) + ".",
+        f"lr {c['lr']}. Memory per layer: XL {budget['xl']['mem_len']} states (a window of "
+        f"{c['xl_window_tokens']} tokens); compressive {budget['compressive']['mem_len']} + "
+        f"{budget['compressive']['cmem_len']} compressed; ∞-former {budget['infinite']['mem_len']} + N = "
+        f"{budget['infinite']['num_basis']}. Answer accuracy on {c['eval_sequences']} held-out sequences "
+        f"per length, mean ± std over seeds ({status}). Machine: " + _machine(d["machine"]) + ".",
         "",
-        "| model | " + " | ".join(f"length {n}" for n in lengths) + " | training tokens/s |",
-        "|---|" + "---:|" * (len(lengths) + 1),
+        "| model | parameters | "
+        + " | ".join(f"length {n}" for n in lengths)
+        + " | training loss, step 500 → 1000 | training tokens/s |",
+        "|---|---:|" + "---:|" * (len(lengths) + 2),
     ]
-    for m, per_len in d["models"].items():
-        cells = [f"{per_len[n]['mean']:.3f} ± {per_len[n]['std']:.3f}" for n in lengths]
-        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {d['throughput_tokens_per_s'][m]:,.0f} |")
+    for m, v in models.items():
+        cells = [f"{v['accuracy'][n]['mean']:.3f} ± {v['accuracy'][n]['std']:.3f}" for n in lengths]
+        curve = dict((int(s), x) for s, x in v["loss_curve_mean"])
+        loss = f"{curve[500]:.2f} → {curve[c['steps']]:.2f}" if 500 in curve and c["steps"] in curve else "–"
+        lines.append(
+            f"| {LABELS[m]} | {v['num_parameters']:,} | "
+            + " | ".join(cells)
+            + f" | {loss} | {_fmt(tput.get(m), 0)} |"
+        )
     ref = d["reference_accuracy"]
+    key = f"last_{c['xl_window_tokens']}_token_counts"
+    lines.append(
+        f"| *rule: rank by the counts of the last {c['xl_window_tokens']} tokens* | | "
+        + " | ".join(f"{ref[n][key]:.3f}" for n in lengths)
+        + " | | |"
+    )
     longest = lengths[-1]
-    lines += [
-        "| *rule: rank by the counts of the last 96 tokens* | "
-        + " | ".join(f"{ref[n]['last_96_token_counts']:.3f}" for n in lengths)
-        + " | |",
-    ]
-    abl = d["ltm_ablation_at_longest"]
-    lines += ["", f"Long-term memory emptied just before the answer segment, length {longest}, per seed:", ""]
-    lines += ["| model | intact | memory emptied |", "|---|---|---|"]
-    for m in ("infinite", "infinite_sticky"):
-        if m in abl:
-            full = ", ".join(f"{x:.3f}" for x in abl[m]["full"])
-            wiped = ", ".join(f"{x:.3f}" for x in abl[m]["wiped"])
-            lines.append(f"| {LABELS[m]} | {full} | {wiped} |")
+    wiped = [m for m in ("infinite", "infinite_sticky") if m in models]
+    if wiped:
+        lines += [
+            "",
+            f"Long-term memory emptied just before the answer segment, length {longest}, per seed:",
+            "",
+        ]
+        lines += ["| model | intact | memory emptied |", "|---|---|---|"]
+        for m in wiped:
+            intact = ", ".join(f"{x:.3f}" for x in models[m]["accuracy"][longest]["seeds"])
+            empty = ", ".join(f"{x:.3f}" for x in models[m]["ltm_wiped_accuracy_at_longest"])
+            lines.append(f"| {LABELS[m]} | {intact} | {empty} |")
     return "\n".join(lines)
 
 
 def sorting_claim() -> str:
-    """The paper's claim at the longest length, stated from the numbers (means and per seed)."""
+    """Paired comparisons at every length: mean difference in accuracy, 95% CI, seeds won."""
     d = _load("sorting_cpu.json")
-    longest = str(d["config"]["lengths"][-1])
-    acc = {m: v[longest] for m, v in d["models"].items()}
-    base = {b: acc[b] for b in ("xl", "compressive") if b in acc}
-    base_text = ", ".join(f"{LABELS[b]} {v['mean']:.3f}" for b, v in base.items())
-    out = []
-    for inf in ("infinite", "infinite_sticky"):
-        if inf not in acc:
-            continue
-        above = all(acc[inf]["mean"] > v["mean"] for v in base.values())
-        seeds = acc[inf]["seeds"]
-        wins = sum(all(s > v["seeds"][i] for v in base.values()) for i, s in enumerate(seeds))
-        out.append(
-            f"- {LABELS[inf]}, length {longest}: mean {acc[inf]['mean']:.3f}, "
-            f"{'above' if above else 'not above'} both baselines ({base_text}); "
-            f"above both in {wins} of {len(seeds)} seeds (same seed, same data order)."
-        )
-    return "\n".join(out)
+    pairs = d["pairs"]
+    if not pairs:
+        return "No paired comparison yet: no seed is finished for both models of a pair."
+    lines = [
+        f"Paired by seed and test sequence (seeds {d['paired_seeds']}): mean difference in answer accuracy "
+        "(first − second model), bootstrap 95% CI over seeds × sequences, and the seeds in which the first "
+        "model's mean is higher.",
+        "",
+        "| comparison | " + " | ".join(f"length {n}" for n in d["config"]["lengths"]) + " |",
+        "|---|" + "---|" * len(d["config"]["lengths"]),
+    ]
+    by_pair: dict[tuple[str, str], dict[int, dict]] = {}
+    for p in pairs:
+        by_pair.setdefault((p["a"], p["b"]), {})[p["length"]] = p
+    for (a, b), by_len in by_pair.items():
+        cells = [
+            f"{_ci(p)}, {_verdict(p)}, {p['seeds_won']}/{p['seeds']} seeds"
+            for p in (by_len[n] for n in d["config"]["lengths"])
+        ]
+        lines.append(f"| {LABELS[a]} − {LABELS[b]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def lm_shakespeare() -> str:
-    runs = [_load("lm_shakespeare_cpu.json"), _load("lm_shakespeare_cpu_seed1.json")]
-    use = _load("lm_shakespeare_cpu_memory_use.json")["models"]
+    """The first LM benchmark: 600 steps, 2 seeds (kept; the 3000-step benchmark replaces it)."""
+    runs = [_load("lm_shakespeare_600steps_cpu.json"), _load("lm_shakespeare_600steps_cpu_seed1.json")]
+    use = _load("lm_shakespeare_600steps_cpu_memory_use.json")["models"]
+    pairs = _load("lm_shakespeare_600steps_cpu_pairs.json")
     c = runs[0]["config"]
     mem = c["memory"]
     seeds = " / ".join(str(r["config"]["seed"]) for r in runs)
@@ -197,10 +236,12 @@ def lm_shakespeare() -> str:
         f"lanes × {c['seg_len']} tokens per model ({c['tokens_per_model']:,} tokens); memory per layer: XL "
         f"{mem['xl']['mem_len']}, compressive {mem['compressive']['mem_len']} + {mem['compressive']['cmem_len']}, "
         f"∞-former {mem['infinite']['mem_len']} + N = {mem['infinite']['num_basis']}; LTM init: "
-        f"{c['ltm_init']}. Test split. Machine: " + _machine(runs[0]["machine"]) + ".",
+        f"{c['ltm_init']}. Test split ({len(pairs['documents'])} plays). Machine: "
+        + _machine(runs[0]["machine"])
+        + ".",
         "",
-        f"| model | test perplexity, seed {seeds} | bits per byte, seed {seeds} "
-        "| perplexity, only the last 128 states kept (seed 0) | training tokens/s (seed 0) |",
+        f"| model | parameters | test perplexity, seed {seeds} | bits per byte, seed {seeds} "
+        "| perplexity, only the last 128 states kept (seed 0) |",
         "|---|---:|---:|---:|---:|",
     ]
     for m in runs[0]["models"]:
@@ -208,14 +249,19 @@ def lm_shakespeare() -> str:
         bpb = " / ".join(f"{r['models'][m]['test_bpb']:.3f}" for r in runs)
         short = use.get(m, {}).get("test_ppl_short_term_only")
         lines.append(
-            f"| {LABELS[m]} | {ppl} | {bpb} | {_fmt(short, 2)} | {runs[0]['models'][m]['tokens_per_s']:,.0f} |"
+            f"| {LABELS[m]} | {runs[0]['models'][m]['parameters']:,} | {ppl} | {bpb} | {_fmt(short, 2)} |"
         )
-    best = [min(r["models"], key=lambda m, r=r: r["models"][m]["test_ppl"]) for r in runs]
     lines += [
         "",
-        "Lowest perplexity: "
-        + ", ".join(f"seed {r['config']['seed']}: {LABELS[b]}" for r, b in zip(runs, best))
-        + ".",
+        f"Paired by seed and play (`python benchmarks/lm_pairs.py`): difference in log perplexity, nats per "
+        f"token (negative: the first model is better), bootstrap 95% CI over {len(pairs['seeds'])} seeds × "
+        f"{len(pairs['documents'])} plays (few units: the CIs are rough).",
+        "",
+        "| comparison | difference [95% CI] | verdict |",
+        "|---|---:|---|",
+    ]
+    lines += [
+        f"| {LABELS[p['a']]} − {LABELS[p['b']]} | {_ci(p, 4)} | {_verdict(p)} |" for p in pairs["pairs"]
     ]
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from infinite_former.basis import GaussianBasis
-from infinite_former.signal import evaluate, fit, midpoints, ridge_operator
+from infinite_former.ridge import fit, midpoints, reconstruct, ridge_operator
 from infinite_former.utils import machine_info
 
 OUT = Path(__file__).resolve().parent.parent / "results" / "edge_padding.json"
@@ -32,7 +32,7 @@ def main() -> None:
     rows = []
     for padding in (False, True):
         op = ridge_operator(t, num_basis, widths, lam, edge_padding=padding)
-        err = evaluate(fit(x[None], op), psi)[0] - x
+        err = reconstruct(fit(x[None], op), psi)[0] - x
 
         def rel(sl: slice, err: torch.Tensor = err) -> float:
             return float(err[sl].norm() / x[sl].norm())

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinite_former import LongTermAttention, LTMConfig, MemoryState, gaussian_kl
+from infinite_former import LongTermAttention, LTMConfig, LTMState, gaussian_kl
 from infinite_former.continuous import gaussian_expectation, sparsemax_expectation
 
 TINY = dict(d_model=8, n_heads=2, num_basis=8, num_samples=4, widths=(0.1, 0.2), num_bins=4, ridge_lambda=0.5)
@@ -104,7 +104,7 @@ def test_past_is_detached_but_gate_and_projections_get_gradients():
     ltm = tiny_ltm()
     state = filled_state(ltm)
     past = state.coeffs.clone().requires_grad_(True)
-    state = MemoryState(past, state.length, state.bin_mass)
+    state = LTMState(past, state.length, state.bin_mass)
     x = torch.randn(2, 5, 8, requires_grad=True)
     q = torch.randn(2, 3, 8, requires_grad=True)
     out, new_state, kl = ltm(q, x, state, return_kl=True)
@@ -240,7 +240,7 @@ def test_wrong_state_type_and_shape_raise():
     with pytest.raises(ValueError, match="state"):
         ltm(q, None, {"coeffs": torch.zeros(2, 8, 8)})
     bad = ltm.init_state(2)
-    bad = MemoryState(bad.coeffs, bad.length, torch.zeros(2, 5))  # D = 5, config says 4
+    bad = LTMState(bad.coeffs, bad.length, torch.zeros(2, 5))  # D = 5, config says 4
     with pytest.raises(ValueError, match="bin_mass"):
         ltm(q, None, bad)
 

@@ -6,8 +6,8 @@ import torch
 from infinite_former import (
     LongTermAttention,
     LTMConfig,
-    MemoryState,
-    signal,
+    LTMState,
+    ridge,
     sticky_positions,
     uniform_positions,
 )
@@ -23,7 +23,7 @@ def tiny_ltm(**over) -> LongTermAttention:
     return LongTermAttention(LTMConfig(**{**TINY, **over}))
 
 
-def layout(state: MemoryState) -> list[tuple]:
+def layout(state: LTMState) -> list[tuple]:
     return [(k, tuple(v.shape), v.dtype, v.numel() * v.element_size()) for k, v in state.state_dict().items()]
 
 
@@ -46,15 +46,15 @@ def test_state_size_is_the_same_after_1_and_1000_updates():
 def test_update_contracts_old_signal_and_appends_new_vectors():
     """Without sampling error (constant signal), the memory after an update equals old on [0, τ], new on [τ, 1]."""
     basis = GaussianBasis(64, (0.01, 0.02))
-    state = MemoryState.empty(1, 64, 1, 4, dtype=torch.float64)
+    state = LTMState.empty(1, 64, 1, 4, dtype=torch.float64)
     kw = dict(num_samples=64, tau=0.5, ridge_lambda=1e-3)
     state = update_memory(state, torch.full((1, 64, 1), 2.0, dtype=torch.float64), basis, **kw)
     assert state.length.tolist() == [64]
     state = update_memory(state, torch.full((1, 64, 1), -1.0, dtype=torch.float64), basis, **kw)
     assert state.length.tolist() == [128]
     psi = basis.double()
-    old = signal.evaluate(state.coeffs, psi(torch.linspace(0.05, 0.4, 50, dtype=torch.float64)))
-    new = signal.evaluate(state.coeffs, psi(torch.linspace(0.6, 0.95, 50, dtype=torch.float64)))
+    old = ridge.reconstruct(state.coeffs, psi(torch.linspace(0.05, 0.4, 50, dtype=torch.float64)))
+    new = ridge.reconstruct(state.coeffs, psi(torch.linspace(0.6, 0.95, 50, dtype=torch.float64)))
     torch.testing.assert_close(
         old, torch.full_like(old, 2.0), atol=5e-2, rtol=0
     )  # the step at τ rings a little
@@ -66,10 +66,10 @@ def test_empty_rows_fit_fresh_and_mixed_batches_match_single_rows():
     kw = dict(num_samples=4, tau=0.5, ridge_lambda=0.5)
     torch.manual_seed(1)
     x1, x2 = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
-    full = update_memory(MemoryState.empty(2, 8, 3, 4), x1, basis, **kw)
+    full = update_memory(LTMState.empty(2, 8, 3, 4), x1, basis, **kw)
     mixed = full.reset(torch.tensor([True, False]))
     out = update_memory(mixed, x2, basis, **kw)
-    fresh_row0 = update_memory(MemoryState.empty(1, 8, 3, 4), x2[:1], basis, **kw)
+    fresh_row0 = update_memory(LTMState.empty(1, 8, 3, 4), x2[:1], basis, **kw)
     contracted_row1 = update_memory(full.select(torch.tensor([1])), x2[1:], basis, **kw)
     torch.testing.assert_close(out.coeffs[:1], fresh_row0.coeffs)
     torch.testing.assert_close(out.coeffs[1:], contracted_row1.coeffs)
@@ -127,13 +127,11 @@ def test_sticky_update_gives_the_attended_region_more_resolution():
     """
     basis = GaussianBasis(64, (0.01, 0.02))
     kw = dict(num_samples=32, tau=0.25, ridge_lambda=1e-3)
-    t = signal.midpoints(256)
-    state = update_memory(
-        MemoryState.empty(1, 64, 1, 16), torch.sin(40 * t)[None, :, None].float(), basis, **kw
-    )
+    t = ridge.midpoints(256)
+    state = update_memory(LTMState.empty(1, 64, 1, 16), torch.sin(40 * t)[None, :, None].float(), basis, **kw)
     mass = torch.zeros(1, 16)
     mass[0, 3:5] = 1.0
-    state = MemoryState(state.coeffs, state.length, mass)
+    state = LTMState(state.coeffs, state.length, mass)
     v = torch.linspace(0.2, 0.3, 41)
     slots = uniform_positions(32)
     errs = {}
@@ -154,7 +152,7 @@ def test_sticky_update_gives_the_attended_region_more_resolution():
         idx = torch.searchsorted(pos, v).clamp(1, 31)
         w = (v - pos[idx - 1]) / (pos[idx] - pos[idx - 1])
         new_t = 0.25 * (slots[idx - 1] + w * (slots[idx] - slots[idx - 1]))
-        mem = signal.evaluate(out.coeffs, basis(new_t))[0, :, 0]
+        mem = ridge.reconstruct(out.coeffs, basis(new_t))[0, :, 0]
         ref = torch.sin(40 * v)
         errs[sticky] = ((mem - ref).norm() / ref.norm()).item()
     assert errs[True] < 0.1 and errs[True] < 0.5 * errs[False], errs
@@ -189,15 +187,15 @@ def test_detach_to_select_and_state_dict():
     assert s64.coeffs.dtype == torch.float64 and s64.length.dtype == torch.long
     sel = d.select(torch.tensor([1]))
     assert sel.batch_size == 1 and torch.equal(sel.coeffs[0], d.coeffs[1])
-    back = MemoryState.from_state_dict(d.state_dict())
+    back = LTMState.from_state_dict(d.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), d.state_dict().values()))
     with pytest.raises(ValueError, match="missing"):
-        MemoryState.from_state_dict({"coeffs": d.coeffs})
+        LTMState.from_state_dict({"coeffs": d.coeffs})
 
 
 def test_empty_state_is_at_least_float32():
-    assert MemoryState.empty(1, 4, 2, 3, dtype=torch.bfloat16).coeffs.dtype == torch.float32
-    assert MemoryState.empty(1, 4, 2, 3, dtype=torch.float64).coeffs.dtype == torch.float64
+    assert LTMState.empty(1, 4, 2, 3, dtype=torch.bfloat16).coeffs.dtype == torch.float32
+    assert LTMState.empty(1, 4, 2, 3, dtype=torch.float64).coeffs.dtype == torch.float64
 
 
 def test_save_load_reproduces_outputs_exactly(tmp_path):
@@ -211,7 +209,7 @@ def test_save_load_reproduces_outputs_exactly(tmp_path):
             )
         path = tmp_path / "memory.pt"
         state.save(path)
-        loaded = MemoryState.load(path)
+        loaded = LTMState.load(path)
         q, x = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
         out_a, state_a = ltm(q, x, state, generator=torch.Generator().manual_seed(9))
         out_b, state_b = ltm(q, x, loaded, generator=torch.Generator().manual_seed(9))
@@ -272,14 +270,14 @@ def test_batch_rows_are_independent(sticky):
 def test_update_rejects_bad_arguments(kwargs, vectors, match):
     basis = GaussianBasis(8, (0.1, 0.2))
     state = update_memory(
-        MemoryState.empty(2, 8, 4, 4), torch.randn(2, 3, 4), basis, num_samples=4, tau=0.5, ridge_lambda=0.5
+        LTMState.empty(2, 8, 4, 4), torch.randn(2, 3, 4), basis, num_samples=4, tau=0.5, ridge_lambda=0.5
     )
     kw = {**dict(num_samples=4, tau=0.5, ridge_lambda=0.5), **kwargs}
     with pytest.raises(ValueError, match=match):
         update_memory(state, torch.randn(*vectors), basis, **kw)
     with pytest.raises(ValueError, match="num_basis|N ="):
         update_memory(
-            MemoryState.empty(2, 6, 4, 4),
+            LTMState.empty(2, 6, 4, 4),
             torch.randn(2, 3, 4),
             basis,
             num_samples=4,

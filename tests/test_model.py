@@ -10,8 +10,8 @@ from infinite_former.model import (
     MEMORY_TYPES,
     InfiniteFormerLM,
     LMOutput,
+    LMState,
     ModelConfig,
-    ModelState,
     rel_shift,
 )
 
@@ -245,7 +245,7 @@ def test_state_dict_round_trip_reproduces_logits(memory_type):
     tokens = torch.randint(0, V, (2, 12))
     with torch.no_grad():
         _, state = run_segments(model, tokens[:, :8], 4)
-        restored = ModelState.from_state_dict({k: v.clone() for k, v in state.state_dict().items()})
+        restored = LMState.from_state_dict({k: v.clone() for k, v in state.state_dict().items()})
         restored = restored.to("cpu")
         torch.manual_seed(5)
         a, _ = model(tokens[:, 8:], state)

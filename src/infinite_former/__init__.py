@@ -3,7 +3,7 @@
 from .attention import LongTermAttention, LTMConfig, gaussian_kl
 from .basis import GaussianBasis
 from .continuous import ContinuousSoftmax, ContinuousSparsemax
-from .memory import MemoryState, sticky_positions, uniform_positions, update_memory
+from .memory import LTMState, MemoryState, sticky_positions, uniform_positions, update_memory
 
 __version__ = "0.1.0"
 
@@ -13,6 +13,7 @@ __all__ = [
     "GaussianBasis",
     "LTMConfig",
     "LongTermAttention",
+    "LTMState",
     "MemoryState",
     "gaussian_kl",
     "sticky_positions",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .basis import GaussianBasis
 from .continuous import NORMALIZERS
-from .memory import MemoryState, bin_mass, update_memory
+from .memory import LTMState, bin_mass, update_memory
 from .utils import check_int
 
 
@@ -116,14 +116,14 @@ class LongTermAttention(nn.Module):
 
     def init_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
-    ) -> MemoryState:
+    ) -> LTMState:
         """An empty memory for batch_size streams."""
         c = self.config
-        return MemoryState.empty(batch_size, c.num_basis, c.d_model, c.num_bins, device, dtype)
+        return LTMState.empty(batch_size, c.num_basis, c.d_model, c.num_bins, device, dtype)
 
     def update(
-        self, state: MemoryState, new_vectors: Tensor, generator: torch.Generator | None = None
-    ) -> MemoryState:
+        self, state: LTMState, new_vectors: Tensor, generator: torch.Generator | None = None
+    ) -> LTMState:
         """Gate (optional) and absorb new_vectors (batch, L, e) into the memory."""
         x = new_vectors
         if self.gate is not None and x.shape[1] > 0:
@@ -157,7 +157,7 @@ class LongTermAttention(nn.Module):
 
     # ------------------------------------------------------------- attention
 
-    def densities(self, queries: Tensor, state: MemoryState) -> tuple[Tensor, Tensor, Tensor]:
+    def densities(self, queries: Tensor, state: LTMState) -> tuple[Tensor, Tensor, Tensor]:
         """μ, σ² (batch, H, q) of each query's density, and V heads (batch, H, N, d).
 
         The paper's μ = sigmoid(w_μᵀ s), s = K_h q / √d, K = B W_K, is computed as
@@ -181,7 +181,7 @@ class LongTermAttention(nn.Module):
             sigma2 = F.softplus(logits[..., 1]).clamp_min(self.config.min_sigma2)
         return mu, sigma2, values
 
-    def attend(self, queries: Tensor, state: MemoryState) -> tuple[Tensor, MemoryState, Tensor]:
+    def attend(self, queries: Tensor, state: LTMState) -> tuple[Tensor, LTMState, Tensor]:
         """Read the memory: (out (batch, q, e), state with new bin mass, KL (batch, H, q))."""
         b, q, e = queries.shape
         mu, sigma2, values = self.densities(queries, state)
@@ -200,7 +200,7 @@ class LongTermAttention(nn.Module):
         self,
         queries: Tensor,
         new_vectors: Tensor | None = None,
-        state: MemoryState | None = None,
+        state: LTMState | None = None,
         *,
         return_kl: bool = False,
         generator: torch.Generator | None = None,
@@ -226,7 +226,7 @@ class LongTermAttention(nn.Module):
 
     # ---------------------------------------------------------------- checks
 
-    def _check_inputs(self, queries: Tensor, new_vectors: Tensor | None, state: MemoryState | None) -> None:
+    def _check_inputs(self, queries: Tensor, new_vectors: Tensor | None, state: LTMState | None) -> None:
         e = self.config.d_model
         if not isinstance(queries, Tensor) or queries.dim() != 3 or queries.shape[-1] != e:
             raise ValueError(f"queries must be a (batch, q, {e}) tensor, got {_shape(queries)}")
@@ -237,8 +237,8 @@ class LongTermAttention(nn.Module):
             if new_vectors.shape[0] != batch:
                 raise ValueError(f"new_vectors has batch size {new_vectors.shape[0]} but queries has {batch}")
         if state is not None:
-            if not isinstance(state, MemoryState):
-                raise ValueError(f"state must be a MemoryState or None, got {type(state).__name__}")
+            if not isinstance(state, LTMState):
+                raise ValueError(f"state must be a LTMState or None, got {type(state).__name__}")
             c = self.config
             expected = {
                 "coeffs": (batch, c.num_basis, e),

@@ -20,12 +20,12 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from . import signal
+from . import ridge
 from .basis import GaussianBasis
 
 
 @dataclass
-class MemoryState:
+class LTMState:
     """The long-term memory of one layer, for a batch of streams.
 
     coeffs:   B, (batch, N, e), the signal X̄(t) = Bᵀψ(t); kept in at least float32.
@@ -49,7 +49,7 @@ class MemoryState:
         num_bins: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> MemoryState:
+    ) -> LTMState:
         dtype = torch.promote_types(dtype, torch.float32)
         return cls(
             coeffs=torch.zeros(batch_size, num_basis, dim, device=device, dtype=dtype),
@@ -61,16 +61,16 @@ class MemoryState:
     def batch_size(self) -> int:
         return self.coeffs.shape[0]
 
-    def detach(self) -> MemoryState:
+    def detach(self) -> LTMState:
         return replace(self, coeffs=self.coeffs.detach(), bin_mass=self.bin_mass.detach())
 
-    def to(self, *args, **kwargs) -> MemoryState:
+    def to(self, *args, **kwargs) -> LTMState:
         """Move like Tensor.to; length stays int64."""
         moved = {f.name: getattr(self, f.name).to(*args, **kwargs) for f in fields(self)}
         moved["length"] = self.length.to(moved["coeffs"].device, torch.long)
-        return MemoryState(**moved)
+        return LTMState(**moved)
 
-    def reset(self, rows: Tensor) -> MemoryState:
+    def reset(self, rows: Tensor) -> LTMState:
         """Empty the memory of chosen rows (bool mask (batch,) or indices)."""
         if rows.dtype != torch.bool:
             mask = torch.zeros(self.batch_size, dtype=torch.bool, device=self.coeffs.device)
@@ -82,21 +82,21 @@ class MemoryState:
             )
         rows = rows.to(self.coeffs.device)
         keep = ~rows
-        return MemoryState(
+        return LTMState(
             coeffs=self.coeffs * keep[:, None, None],
             length=self.length * keep,
             bin_mass=self.bin_mass * keep[:, None],
         )
 
-    def select(self, rows: Tensor) -> MemoryState:
+    def select(self, rows: Tensor) -> LTMState:
         """The memory of a subset of rows (e.g. for beam search / lane reordering)."""
-        return MemoryState(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return LTMState(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
     def state_dict(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Tensor]) -> MemoryState:
+    def from_state_dict(cls, state: dict[str, Tensor]) -> LTMState:
         missing = {f.name for f in fields(cls)} - set(state)
         if missing:
             raise ValueError(f"memory state is missing {sorted(missing)}")
@@ -106,8 +106,11 @@ class MemoryState:
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: torch.device | str | None = None) -> MemoryState:
+    def load(cls, path: str | os.PathLike, map_location: torch.device | str | None = None) -> LTMState:
         return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+
+
+MemoryState = LTMState  # the 0.1 name; kept for one release (README: "Moved in 0.2")
 
 
 # ------------------------------------------------------------------ sample positions
@@ -115,7 +118,7 @@ class MemoryState:
 
 def uniform_positions(num_samples: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
     """s_m = (m - ½)/M, the "linearly spaced" sampling: (M,)."""
-    return signal.midpoints(num_samples).to(device, dtype)
+    return ridge.midpoints(num_samples).to(device, dtype)
 
 
 def sticky_positions(bin_mass: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
@@ -161,7 +164,7 @@ def bin_mass(cdf, mu: Tensor, sigma2: Tensor, num_bins: int) -> Tensor:
 
 
 def update_memory(
-    state: MemoryState,
+    state: LTMState,
     new_vectors: Tensor,
     basis: GaussianBasis,
     *,
@@ -171,7 +174,7 @@ def update_memory(
     edge_padding: bool = False,
     sticky: bool = False,
     generator: torch.Generator | None = None,
-) -> MemoryState:
+) -> LTMState:
     """Absorb L new vectors (batch, L, e) into the memory; returns the new state.
 
     Non-empty rows: contract the old signal to [0, τ] with M samples (uniform or
@@ -204,34 +207,32 @@ def update_memory(
 
     contracted = fresh = None
     if need_contract:
-        g_new = signal.cached_operator("contract_new", (num_samples, num_new), **common)  # (L, N)
+        g_new = ridge.cached_operator("contract_new", (num_samples, num_new), **common)  # (L, N)
         if sticky:
-            g_old = signal.cached_operator("contract_old", (num_samples, num_new), **common)  # (M, N)
+            g_old = ridge.cached_operator("contract_old", (num_samples, num_new), **common)  # (M, N)
             positions = sticky_positions(
                 state.bin_mass.detach().to(work), num_samples, generator
             )  # (batch, M)
-            old_samples = signal.evaluate(coeffs, basis(positions))  # X̄_old(s_m): (batch, M, e)
-            contracted = signal.fit(old_samples, g_old)
+            old_samples = ridge.reconstruct(coeffs, basis(positions))  # X̄_old(s_m): (batch, M, e)
+            contracted = ridge.fit(old_samples, g_old)
         else:
             # Uniform samples: fitting X̄_old(s) is linear in B, B' = (G_oldᵀ ψ(s)) B, with the N × N
             # product cached.
-            p_old = signal.cached_operator("contract_uniform", (num_samples, num_new), **common)
+            p_old = ridge.cached_operator("contract_uniform", (num_samples, num_new), **common)
             contracted = torch.matmul(p_old, coeffs)
-        contracted = contracted + signal.fit(x, g_new)
+        contracted = contracted + ridge.fit(x, g_new)
     if need_fresh:
-        fresh = signal.fit(x, signal.cached_operator("fresh", (num_new,), **common))
+        fresh = ridge.fit(x, ridge.cached_operator("fresh", (num_new,), **common))
     if contracted is None:
         new_coeffs = fresh
     elif fresh is None:
         new_coeffs = contracted
     else:
         new_coeffs = torch.where(has_memory[:, None, None], contracted, fresh)
-    return MemoryState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
+    return LTMState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
 
 
-def _check_update_args(
-    state: MemoryState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau
-) -> None:
+def _check_update_args(state: LTMState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples (M) must be an int >= 1, got {num_samples!r}")
     if not (0.0 < tau < 1.0):

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .attention import LongTermAttention, LTMConfig
 from .compressive import Compressor, concat_right_aligned, reconstruction_loss, take_evicted
-from .memory import MemoryState
+from .memory import LTMState
 from .utils import check_int, config_from_dict
 
 MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
@@ -164,12 +164,12 @@ class ModelConfig:
 
 
 @dataclass
-class ModelState:
+class LMState:
     """Memories of all layers for a batch of streams (passed in and returned by the model).
 
     mems:   per layer (batch, m, e) layer inputs; row i's valid ones are its last mem_valid[i].
     cmems:  per layer (batch, C, e) compressed slots, last cmem_valid[i] valid (compressive only).
-    ltm:    per layer MemoryState of the LongTermAttention (infinite types only).
+    ltm:    per layer LTMState of the LongTermAttention (infinite types only).
     ltm_pending: per layer (batch, P, e) layer inputs that left the STM in the last call and
             enter the LTM at the start of the next; last ltm_pending_count[i] valid.
     """
@@ -178,7 +178,7 @@ class ModelState:
     mem_valid: Tensor
     cmems: list[Tensor] = field(default_factory=list)
     cmem_valid: Tensor | None = None
-    ltm: list[MemoryState] = field(default_factory=list)
+    ltm: list[LTMState] = field(default_factory=list)
     ltm_pending: list[Tensor] = field(default_factory=list)
     ltm_pending_count: Tensor | None = None
 
@@ -186,29 +186,29 @@ class ModelState:
     def batch_size(self) -> int:
         return self.mem_valid.shape[0]
 
-    def _map(self, fn) -> ModelState:
+    def _map(self, fn) -> LMState:
         opt = lambda t: None if t is None else fn(t)  # noqa: E731
-        return ModelState(
+        return LMState(
             mems=[fn(t) for t in self.mems],
             mem_valid=fn(self.mem_valid),
             cmems=[fn(t) for t in self.cmems],
             cmem_valid=opt(self.cmem_valid),
-            ltm=[MemoryState(fn(s.coeffs), fn(s.length), fn(s.bin_mass)) for s in self.ltm],
+            ltm=[LTMState(fn(s.coeffs), fn(s.length), fn(s.bin_mass)) for s in self.ltm],
             ltm_pending=[fn(t) for t in self.ltm_pending],
             ltm_pending_count=opt(self.ltm_pending_count),
         )
 
-    def detach(self) -> ModelState:
+    def detach(self) -> LMState:
         return self._map(lambda t: t.detach())
 
-    def to(self, device: torch.device | str) -> ModelState:
+    def to(self, device: torch.device | str) -> LMState:
         return self._map(lambda t: t.to(device))
 
-    def select(self, rows: Tensor) -> ModelState:
+    def select(self, rows: Tensor) -> LMState:
         """The state of a subset of rows (index tensor or bool mask)."""
         return self._map(lambda t: t[rows])
 
-    def reset(self, rows: Tensor) -> ModelState:
+    def reset(self, rows: Tensor) -> LMState:
         """Start a new document in the chosen rows (bool mask (batch,)): their mems, cmems,
         pending vectors and LTM are emptied; other rows are unchanged. Returns a new state."""
         if not isinstance(rows, Tensor) or rows.dtype != torch.bool or rows.shape != (self.batch_size,):
@@ -219,7 +219,7 @@ class ModelState:
         def zero(t: Tensor) -> Tensor:
             return t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
 
-        return ModelState(
+        return LMState(
             mems=[zero(t) for t in self.mems],
             mem_valid=self.mem_valid * keep,
             cmems=[zero(t) for t in self.cmems],
@@ -248,7 +248,7 @@ class ModelState:
         return d
 
     @classmethod
-    def from_state_dict(cls, d: dict[str, Tensor]) -> ModelState:
+    def from_state_dict(cls, d: dict[str, Tensor]) -> LMState:
         if "mem_valid" not in d:
             raise ValueError("model state dict is missing 'mem_valid'")
 
@@ -262,7 +262,7 @@ class ModelState:
         ltm, i = [], 0
         while f"ltm.{i}.coeffs" in d:
             ltm.append(
-                MemoryState.from_state_dict({k: d[f"ltm.{i}.{k}"] for k in ("coeffs", "length", "bin_mass")})
+                LTMState.from_state_dict({k: d[f"ltm.{i}.{k}"] for k in ("coeffs", "length", "bin_mass")})
             )
             i += 1
         return cls(
@@ -274,6 +274,9 @@ class ModelState:
             ltm_pending=layers("ltm_pending"),
             ltm_pending_count=d.get("ltm_pending_count"),
         )
+
+
+ModelState = LMState  # the 0.1 name; kept for one release (README: "Moved in 0.2")
 
 
 @dataclass
@@ -408,14 +411,14 @@ class InfiniteFormerLM(nn.Module):
 
     # -------------------------------------------------------------------------- state
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LMState:
         """Empty memories for batch_size streams."""
         c = self.config
         check_int("batch_size", batch_size, 1)
         dtype = self.embed.weight.dtype
         empty = lambda: torch.zeros(batch_size, 0, c.d_model, device=device, dtype=dtype)  # noqa: E731
         count = lambda: torch.zeros(batch_size, dtype=torch.long, device=device)  # noqa: E731
-        return ModelState(
+        return LMState(
             mems=[empty() for _ in range(c.n_layers)],
             mem_valid=count(),
             cmems=[empty() for _ in range(c.n_layers)] if c.uses_cmem else [],
@@ -430,12 +433,12 @@ class InfiniteFormerLM(nn.Module):
     def forward(
         self,
         tokens: Tensor,
-        state: ModelState | None = None,
+        state: LMState | None = None,
         targets: Tensor | None = None,
         loss_mask: Tensor | None = None,
         *,
         return_densities: bool = False,
-    ) -> tuple[LMOutput, ModelState]:
+    ) -> tuple[LMOutput, LMState]:
         """tokens (batch, T) -> (LMOutput, new state). The new mems are detached; the returned
         state is not (LTM coefficients carry the gate's graph): call state.detach() between
         truncated-backprop windows. Targets < 0 are ignored in the loss, like loss_mask False."""
@@ -553,7 +556,7 @@ class InfiniteFormerLM(nn.Module):
             loss = nll_sum / n.clamp_min(1)
             extras["nll_sum"], extras["n_targets"] = nll_sum.detach(), n
 
-        new_state = ModelState(
+        new_state = LMState(
             mems=new_mems,
             mem_valid=keep,
             cmems=new_cmems,
@@ -566,8 +569,8 @@ class InfiniteFormerLM(nn.Module):
 
     @staticmethod
     def _absorb(
-        blk: Block, ltm_state: MemoryState, pending: Tensor, counts: Tensor, distinct: list[int]
-    ) -> MemoryState:
+        blk: Block, ltm_state: LTMState, pending: Tensor, counts: Tensor, distinct: list[int]
+    ) -> LTMState:
         """Absorb each row's pending vectors (its last counts[i]) into the LTM.
 
         Rows usually share one count; otherwise one batched update per distinct count (not per
@@ -581,7 +584,7 @@ class InfiniteFormerLM(nn.Module):
         for n in distinct:
             upd = blk.ltm.update(ltm_state, x[:, P - n :])
             rows = counts == n
-            out = MemoryState(
+            out = LTMState(
                 coeffs=torch.where(rows[:, None, None], upd.coeffs, out.coeffs),
                 length=torch.where(rows, upd.length, out.length),
                 bin_mass=out.bin_mass,
@@ -591,7 +594,7 @@ class InfiniteFormerLM(nn.Module):
     # --------------------------------------------------------------------------- checks
 
     def _check_inputs(
-        self, tokens: Tensor, state: ModelState | None, targets: Tensor | None, loss_mask: Tensor | None
+        self, tokens: Tensor, state: LMState | None, targets: Tensor | None, loss_mask: Tensor | None
     ) -> tuple[int, int]:
         c = self.config
         if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
@@ -615,8 +618,8 @@ class InfiniteFormerLM(nn.Module):
         ):
             raise ValueError(f"loss_mask must be a ({b}, {T}) bool tensor, got {_describe(loss_mask)}")
         if state is not None:
-            if not isinstance(state, ModelState):
-                raise ValueError(f"state must be a ModelState or None, got {type(state).__name__}")
+            if not isinstance(state, LMState):
+                raise ValueError(f"state must be a LMState or None, got {type(state).__name__}")
             if state.batch_size != b:
                 raise ValueError(f"state has batch size {state.batch_size} but tokens have {b}")
             if len(state.mems) != c.n_layers:

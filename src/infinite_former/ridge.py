@@ -116,6 +116,6 @@ def fit(x: Tensor, operator: Tensor) -> Tensor:
     return torch.matmul(operator.T, x)
 
 
-def evaluate(coeffs: Tensor, psi: Tensor) -> Tensor:
+def reconstruct(coeffs: Tensor, psi: Tensor) -> Tensor:
     """X̄(t) = Bᵀψ(t): coeffs (batch, N, e), psi (T, N) or (batch, T, N) -> (batch, T, e)."""
     return torch.matmul(psi, coeffs)

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from infinite_former import signal
+from infinite_former import ridge
 from infinite_former.basis import GaussianBasis, gaussian_pdf, rbf_layout
-from infinite_former.memory import MemoryState, update_memory
+from infinite_former.memory import LTMState, update_memory
 
 F64 = torch.float64
 
@@ -26,41 +26,41 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("widths, lam", [((0.005, 0.01), 0.5), ((0.01, 0.05), 1.0)])
 def test_smooth_signal_reconstructed_from_256_basis_functions(widths, lam):
     basis = GaussianBasis(256, widths).double()
-    t = signal.midpoints(1024)
+    t = ridge.midpoints(1024)
     x = smooth(t)[None]  # (1, L = 1024, 3)
-    coeffs = signal.fit(x, signal.ridge_operator(t, 256, widths, lam))  # edge_padding=False: the default
+    coeffs = ridge.fit(x, ridge.ridge_operator(t, 256, widths, lam))  # edge_padding=False: the default
     assert coeffs.shape == (1, 256, 3)
-    assert rel(signal.evaluate(coeffs, basis(t)), x) <= 1e-2
+    assert rel(ridge.reconstruct(coeffs, basis(t)), x) <= 1e-2
     # also between the sample points
     t_mid = torch.linspace(0.02, 0.98, 777, dtype=F64)
-    assert rel(signal.evaluate(coeffs, basis(t_mid)), smooth(t_mid)[None]) <= 1e-2
+    assert rel(ridge.reconstruct(coeffs, basis(t_mid)), smooth(t_mid)[None]) <= 1e-2
 
 
 def test_float32_fit_matches_float64():
     widths = (0.005, 0.01)
-    t = signal.midpoints(1024)
+    t = ridge.midpoints(1024)
     x = smooth(t)[None]
-    op64 = signal.cached_operator("fresh", (1024,), 256, widths, 0.5, False, 0.5, torch.device("cpu"), F64)
-    op32 = signal.cached_operator(
+    op64 = ridge.cached_operator("fresh", (1024,), 256, widths, 0.5, False, 0.5, torch.device("cpu"), F64)
+    op32 = ridge.cached_operator(
         "fresh", (1024,), 256, widths, 0.5, False, 0.5, torch.device("cpu"), torch.float32
     )
     assert op32.dtype == torch.float32
-    assert rel(signal.fit(x.float(), op32).double(), signal.fit(x, op64)) <= 1e-5
+    assert rel(ridge.fit(x.float(), op32).double(), ridge.fit(x, op64)) <= 1e-5
 
 
 def test_edge_padding_pulls_the_signal_towards_zero_outside_unit_interval():
     widths, n = (0.005, 0.01), 256
     basis = GaussianBasis(n, widths).double()
-    t = signal.midpoints(1024)
+    t = ridge.midpoints(1024)
     x = smooth(t)[None]
     outside = torch.cat(
         [torch.linspace(-0.05, -0.01, 20, dtype=F64), torch.linspace(1.01, 1.05, 20, dtype=F64)]
     )
     peaks = {}
     for pad in (False, True):
-        coeffs = signal.fit(x, signal.ridge_operator(t, n, widths, 0.5, edge_padding=pad))
-        peaks[pad] = signal.evaluate(coeffs, basis(outside)).abs().max().item()
-        inside = signal.evaluate(coeffs, basis(torch.linspace(0.05, 0.95, 100, dtype=F64)))
+        coeffs = ridge.fit(x, ridge.ridge_operator(t, n, widths, 0.5, edge_padding=pad))
+        peaks[pad] = ridge.reconstruct(coeffs, basis(outside)).abs().max().item()
+        inside = ridge.reconstruct(coeffs, basis(torch.linspace(0.05, 0.95, 100, dtype=F64)))
         assert rel(inside, smooth(torch.linspace(0.05, 0.95, 100, dtype=F64))[None]) <= 1e-2
     signal_scale = x.abs().max().item()
     assert peaks[False] > 0.5 * x[0, -1].abs().max().item()  # without padding the edge value carries on
@@ -70,7 +70,7 @@ def test_edge_padding_pulls_the_signal_towards_zero_outside_unit_interval():
 def test_operator_is_the_ridge_solution_without_explicit_inverse():
     widths, n, lam = (0.05, 0.1), 12, 0.7
     t = torch.rand(40, dtype=F64).sort().values
-    g = signal.ridge_operator(t, n, widths, lam)
+    g = ridge.ridge_operator(t, n, widths, lam)
     mu, sigma = rbf_layout(n, widths)
     f = gaussian_pdf(t[None, :], mu[:, None], sigma[:, None] ** 2)  # F: (N, L)
     ref = torch.linalg.solve(f @ f.T + lam * torch.eye(n, dtype=F64), f).T  # G = Fᵀ(FFᵀ + λI)⁻¹
@@ -85,44 +85,40 @@ def test_operator_is_the_ridge_solution_without_explicit_inverse():
 
 @pytest.mark.parametrize("length", [1, 2, 7, 333, 1000])
 def test_any_length_works_without_a_table(length):
-    g = signal.cached_operator("fresh", (length,), 16, (0.05, 0.1), 0.5, False, 0.5, torch.device("cpu"), F64)
+    g = ridge.cached_operator("fresh", (length,), 16, (0.05, 0.1), 0.5, False, 0.5, torch.device("cpu"), F64)
     assert g.shape == (length, 16) and torch.isfinite(g).all()
     x = torch.randn(2, length, 4, dtype=F64)
-    assert signal.fit(x, g).shape == (2, 16, 4)
+    assert ridge.fit(x, g).shape == (2, 16, 4)
 
 
 def test_operator_cache_is_keyed_by_layout():
     cpu = torch.device("cpu")
     args = ((37,), 16, (0.05, 0.1), 0.5, False, 0.5, cpu, torch.float32)
-    a = signal.cached_operator("fresh", *args)
-    assert signal.cached_operator("fresh", *args) is a  # built once
-    other_lambda = signal.cached_operator(
+    a = ridge.cached_operator("fresh", *args)
+    assert ridge.cached_operator("fresh", *args) is a  # built once
+    other_lambda = ridge.cached_operator(
         "fresh", (37,), 16, (0.05, 0.1), 0.25, False, 0.5, cpu, torch.float32
     )
-    padded = signal.cached_operator("fresh", (37,), 16, (0.05, 0.1), 0.5, True, 0.5, cpu, torch.float32)
+    padded = ridge.cached_operator("fresh", (37,), 16, (0.05, 0.1), 0.5, True, 0.5, cpu, torch.float32)
     assert other_lambda is not a and not torch.equal(other_lambda, a)
     assert padded is not a and not torch.equal(padded, a)
-    new = signal.cached_operator(
-        "contract_new", (5, 37), 16, (0.05, 0.1), 0.5, False, 0.5, cpu, torch.float32
-    )
-    old = signal.cached_operator(
-        "contract_old", (5, 37), 16, (0.05, 0.1), 0.5, False, 0.5, cpu, torch.float32
-    )
-    full = signal.ridge_operator(signal.contraction_positions(5, 37, 0.5), 16, (0.05, 0.1), 0.5)
+    new = ridge.cached_operator("contract_new", (5, 37), 16, (0.05, 0.1), 0.5, False, 0.5, cpu, torch.float32)
+    old = ridge.cached_operator("contract_old", (5, 37), 16, (0.05, 0.1), 0.5, False, 0.5, cpu, torch.float32)
+    full = ridge.ridge_operator(ridge.contraction_positions(5, 37, 0.5), 16, (0.05, 0.1), 0.5)
     torch.testing.assert_close(torch.cat([old, new]).double(), full, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="kind"):
-        signal.cached_operator("nope", *args)
+        ridge.cached_operator("nope", *args)
 
 
 def test_contraction_positions():
-    pos = signal.contraction_positions(4, 2, 0.5)
+    pos = ridge.contraction_positions(4, 2, 0.5)
     torch.testing.assert_close(pos, torch.tensor([0.0625, 0.1875, 0.3125, 0.4375, 0.625, 0.875], dtype=F64))
 
 
 @pytest.mark.parametrize("lam", [0.0, -1.0])
 def test_non_positive_lambda_raises(lam):
     with pytest.raises(ValueError, match="ridge_lambda"):
-        signal.ridge_operator(signal.midpoints(8), 8, (0.1,), lam)
+        ridge.ridge_operator(ridge.midpoints(8), 8, (0.1,), lam)
 
 
 def test_reconstruction_error_stays_bounded_over_50_stream_updates():
@@ -145,7 +141,7 @@ def test_reconstruction_error_stays_bounded_over_50_stream_updates():
             -1,
         )
 
-    state = MemoryState.empty(1, n, 3, 4)  # float32 coefficients, as in the model
+    state = LTMState.empty(1, n, 3, 4)  # float32 coefficients, as in the model
     errors, peaks = [], []
     grid = torch.linspace(0, 1, 501, dtype=F64)
     for k in range(1, 51):
@@ -154,12 +150,12 @@ def test_reconstruction_error_stays_bounded_over_50_stream_updates():
         step = []
         for i in range(min(k, 3)):
             lo, hi = (tau ** (i + 1) if k > i + 1 else 0.0), tau**i
-            t = signal.midpoints(200, lo, hi)
+            t = ridge.midpoints(200, lo, hi)
             truth = stream((k - i - 1) * length + (t - lo) / (hi - lo) * length)
-            mem = signal.evaluate(state.coeffs.double(), basis.double()(t))[0]
+            mem = ridge.reconstruct(state.coeffs.double(), basis.double()(t))[0]
             step.append(rel(mem, truth))
         errors.append(max(step))
-        peaks.append(signal.evaluate(state.coeffs.double(), basis.double()(grid)).abs().max().item())
+        peaks.append(ridge.reconstruct(state.coeffs.double(), basis.double()(grid)).abs().max().item())
     assert max(errors) <= 1e-2, errors
     assert max(errors[-10:]) <= 3 * max(errors[:10])  # no drift
     # Anywhere on [0, 1] (including the oldest, most compressed chunks near 0, which may overshoot a

@@ -28,7 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from infinite_former import lm_cli  # noqa: E402
+from infinite_former.experiments.lm import load_trained_lm  # noqa: E402
+from infinite_former.models.lm import zero_ltm_output  # noqa: E402
+from infinite_former.training import evaluate_documents, evaluate_lm  # noqa: E402
 from infinite_former.data.text import load_corpus_split, tokenize_documents  # noqa: E402
 from infinite_former.utils import machine_info  # noqa: E402
 
@@ -53,10 +55,10 @@ def main() -> None:
     config = {k: _relative(v) if k in ("run_root", "data", "out") else v for k, v in vars(a).items()}
     out = {"machine": machine_info(), "config": config, "models": {}}
     for name in [m for m in a.models.split(",") if m]:
-        model, tok, saved = lm_cli.load_trained_lm(Path(a.run_root) / name)
+        model, tok, saved = load_trained_lm(Path(a.run_root) / name)
         corpus = tokenize_documents(load_corpus_split(a.data, a.split), tok)
         seg_len = saved["data"]["seg_len"]
-        full = lm_cli.evaluate_lm(model, corpus, a.batch_size, seg_len, tok.eos_id)
+        full = evaluate_lm(model, corpus, a.batch_size, seg_len, tok.eos_id)
         model.eval()
 
         def step(tokens, state, model=model, kind=model.config.memory_type):
@@ -68,8 +70,8 @@ def main() -> None:
             return out.logits, state
 
         if model.config.memory_type.startswith("infinite"):
-            lm_cli.zero_ltm_output(model)
-        short = lm_cli.evaluate_documents(
+            zero_ltm_output(model)
+        short = evaluate_documents(
             step, lambda b, model=model: model.init_state(b), corpus, a.batch_size, seg_len, tok.eos_id
         )
         out["models"][name] = {

@@ -43,11 +43,13 @@ from infinite_former.data.sorting import (
     materialize,
     symbol_counts,
 )
-from infinite_former.model import InfiniteFormerLM, ModelConfig
+from infinite_former.data.segments import Shard
+from infinite_former.experiments.sort import SortSettings, train_and_test
+from infinite_former.models import InfiniteFormerLM, ModelConfig
 from infinite_former.plots import plot_accuracy
-from infinite_former.sort_experiment import SortSettings, train_and_test
 from infinite_former.stats import paired_comparison, seeds_won
-from infinite_former.train import Shard, _is_tied, load_checkpoint
+from infinite_former.training import load_checkpoint
+from infinite_former.training.checkpoints import is_tied as _is_tied
 from infinite_former.utils import machine_info, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -80,7 +80,7 @@ def test_sort_end_to_end_writes_results_and_plot(tmp_path, capsys):
 def test_every_setting_has_a_flag_and_presets_differ():
     parser = build_parser()
     args = parser.parse_args(["sort", "--preset", "paper", "--steps", "7", "--lengths", "4k,8k"])
-    from infinite_former.cli import sort_settings_from_args
+    from infinite_former.experiments.sort import sort_settings_from_args
 
     s = sort_settings_from_args(args)
     assert (s.d_model, s.n_layers, s.n_heads, s.d_inner, s.segment_len, s.num_basis) == (

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from infinite_former import lm_cli
+from infinite_former.cli import main
+from infinite_former.data.text import LaneStream
+from infinite_former.hf.training import HFMemoryLM
+from infinite_former.models.lm import zero_ltm_output
 
 WORDS = "the king queen lord lady sword crown castle night day love death war peace".split()
 
@@ -35,7 +38,7 @@ TINY = (
 
 
 def run(argv: list[str]) -> int:
-    return lm_cli.main(argv)
+    return main(["lm", *argv])
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -113,7 +116,7 @@ def test_lm_train_resume_matches_uninterrupted(ref_run, corpus, monkeypatch):
         "300",
     ]
     argv += ["--memory-type", "infinite_sticky", "--eval-every", "3", *TINY]
-    original = lm_cli.LaneStream.__iter__
+    original = LaneStream.__iter__
 
     def interrupt_after_four(self):
         for i, seg in enumerate(original(self)):
@@ -122,7 +125,7 @@ def test_lm_train_resume_matches_uninterrupted(ref_run, corpus, monkeypatch):
             yield seg
 
     with monkeypatch.context() as m:
-        m.setattr(lm_cli.LaneStream, "__iter__", interrupt_after_four)
+        m.setattr(LaneStream, "__iter__", interrupt_after_four)
         assert run(argv) == 0
     first = json.loads((out / "results.json").read_text())
     assert first["stopped_by_signal"] and first["steps"] == 4 and first["eval"] == {}
@@ -245,7 +248,7 @@ def test_bad_inputs_fail_before_training(tmp_path, capsys):
 
 def test_ltm_zero_init_output_starts_as_transformer_xl():
     """--ltm-zero-init-output: the LTM contributes nothing at init (same logits with an emptied LTM)."""
-    from infinite_former.model import InfiniteFormerLM, ModelConfig
+    from infinite_former.models import InfiniteFormerLM, ModelConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -264,7 +267,7 @@ def test_ltm_zero_init_output_starts_as_transformer_xl():
         assert not torch.allclose(
             before, model(x, empty)[0].logits, atol=1e-4
         )  # default init: LTM adds noise
-        lm_cli.zero_ltm_output(model)
+        zero_ltm_output(model)
         torch.testing.assert_close(model(x, state)[0].logits, model(x, empty)[0].logits)
 
 
@@ -275,10 +278,8 @@ def test_lane_stream_shards_rows_across_processes():
 
     tok = bytes_tokenizer()
     corpus = tokenize_documents([Document(f"d{i}", "ab" * (3 + i)) for i in range(6)], tok)
-    full = list(lm_cli.LaneStream(DocumentLanes(corpus, 4, 4, tok.eos_id, loop=False)))
-    ranks = [
-        list(lm_cli.LaneStream(DocumentLanes(corpus, 4, 4, tok.eos_id, loop=False), r, 2)) for r in (0, 1)
-    ]
+    full = list(LaneStream(DocumentLanes(corpus, 4, 4, tok.eos_id, loop=False)))
+    ranks = [list(LaneStream(DocumentLanes(corpus, 4, 4, tok.eos_id, loop=False), r, 2)) for r in (0, 1)]
     assert len(full) == len(ranks[0]) == len(ranks[1]) > 2
     for seg, a, b in zip(full, *ranks):
         assert torch.equal(torch.cat([a.tokens, b.tokens]), seg.tokens)
@@ -295,17 +296,17 @@ def test_gpt2_memory_lane_reset_keeps_the_new_documents_first_block(corpus):
     if not (gpt2 / "gpt2").exists():
         tiny_gpt2(gpt2, corpus)
     model = InfiniteGPT2LMHeadModel.from_pretrained(gpt2 / "gpt2", block_size=8, num_basis=8, num_samples=8)
-    wrapped = lm_cli.HFMemoryLM(model.eval())
+    wrapped = HFMemoryLM(model.eval())
     x = torch.randint(0, 100, (2, 8))
     with torch.no_grad():
         state = wrapped.init_state(2).reset(torch.tensor([True, True]))  # both lanes start a document
         _, state = wrapped(x, state)
         _, state = wrapped(x, state)
-        assert state.memory.ltm_tokens.tolist() == [8, 8]  # the first block of each document was absorbed
+        assert state.ltm_tokens.tolist() == [8, 8]  # the first block of each document was absorbed
         state = state.reset(torch.tensor([True, False]))  # lane 0 starts a new document
         out, state = wrapped(x, state)
-        assert state.memory.ltm_tokens.tolist() == [0, 16]  # lane 0's old block dropped, lane 1 kept
+        assert state.ltm_tokens.tolist() == [0, 16]  # lane 0's old block dropped, lane 1 kept
         fresh, _ = wrapped(x[:1], None)
         torch.testing.assert_close(out.logits[0], fresh.logits[0], atol=1e-5, rtol=1e-4)
         _, state = wrapped(x, state)
-        assert state.memory.ltm_tokens.tolist() == [8, 24]
+        assert state.ltm_tokens.tolist() == [8, 24]

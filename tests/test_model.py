@@ -1,19 +1,19 @@
-"""Tests of the decoder LM (model.py) and the compressive memory (compressive.py)."""
+"""Tests of the decoder LM (models/) and the compressive memory (models/compressive.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from infinite_former.compressive import Compressor, concat_right_aligned
-from infinite_former.model import (
+from infinite_former.models import (
     MEMORY_TYPES,
     InfiniteFormerLM,
     LMOutput,
     LMState,
     ModelConfig,
-    rel_shift,
 )
+from infinite_former.models.compressive import Compressor, concat_right_aligned
+from infinite_former.models.layers import rel_shift
 
 V = 13
 

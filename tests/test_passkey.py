@@ -1,13 +1,21 @@
-"""Passkey-retrieval probe: prompt construction and scoring (src/infinite_former/passkey.py)."""
+"""Passkey-retrieval probe: prompt construction and scoring (experiments/passkey.py), and its CLI."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from infinite_former.experiments.passkey import (
+    PasskeyConfig,
+    build_prompt,
+    filler_tokens,
+    first_number,
+    run_passkey,
+)
 from infinite_former.hf import GPT2WindowStream, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
-from infinite_former.passkey import PasskeyConfig, build_prompt, filler_tokens, first_number, run_passkey
 
 VOCAB = 100
 
@@ -123,7 +131,7 @@ def test_probe_runs_on_gpt2_with_memory_and_plain_gpt2(tiny_gpt2_dir):
 def test_cli_with_a_trained_byte_level_tokenizer(tmp_path):
     from tokenizers import ByteLevelBPETokenizer
 
-    from infinite_former.passkey import main
+    from infinite_former.cli import main
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
@@ -140,11 +148,19 @@ def test_cli_with_a_trained_byte_level_tokenizer(tmp_path):
     ).save_pretrained(tmp_path / "mem")
     out = tmp_path / "passkey.json"
     argv = ["--model", str(tmp_path / "mem"), "--tokenizer", str(tmp_path / "tokenizer.json")]
-    result = main([*argv, "--distances", "10", "60", "--trials", "2", "--prefix", "8", "--out", str(out)])
-    assert out.exists() and set(result["per_distance"]) == {"10", "60"}
+    assert (
+        main(
+            ["passkey", *argv, "--distances", "10", "60", "--trials", "2", "--prefix", "8", "--out", str(out)]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert set(result["per_distance"]) == {"10", "60"}
     assert result["stream"] == "InfiniteGPT2Stream" and "machine" in result
-    window = main(
+    window_out = tmp_path / "window.json"
+    code = main(
         [
+            "passkey",
             "--model",
             str(tmp_path / "gpt2"),
             "--tokenizer",
@@ -156,6 +172,8 @@ def test_cli_with_a_trained_byte_level_tokenizer(tmp_path):
             "1",
             "--prefix",
             "8",
+            "--out",
+            str(window_out),
         ]
     )
-    assert window["stream"] == "GPT2WindowStream"
+    assert code == 0 and json.loads(window_out.read_text())["stream"] == "GPT2WindowStream"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from infinite_former.data.segments import Shard
 from infinite_former.data.sorting import (
     SortingConfig,
     SortingGenerator,
@@ -20,7 +21,6 @@ from infinite_former.data.sorting import (
     symbol_distributions,
     symbol_weights,
 )
-from infinite_former.train import Shard
 
 
 def _expected_target(x: np.ndarray, num_symbols: int) -> list[int]:

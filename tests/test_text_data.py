@@ -255,7 +255,7 @@ def test_document_nll_perplexity_and_bits_per_byte():
 @pytest.mark.parametrize("memory_type", ["infinite_sticky", "compressive"])
 def test_lane_reset_empties_that_lanes_model_memory(tmp_path, memory_type):
     """At a lane's document start its memory rows are emptied: its output equals a fresh stream's."""
-    from infinite_former.model import InfiniteFormerLM, ModelConfig
+    from infinite_former.models import InfiniteFormerLM, ModelConfig
 
     torch.manual_seed(0)
     texts = {"a": "x" * 37, "b": "y" * 90, "c": "z" * 50}

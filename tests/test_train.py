@@ -13,15 +13,14 @@ import textwrap
 import pytest
 import torch
 
+from infinite_former.data.segments import Segment, Shard
 from infinite_former.data.sorting import SortingConfig, SortingGenerator, SortingStream
-from infinite_former.evaluate import evaluate
-from infinite_former.model import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
-from infinite_former.train import (
+from infinite_former.models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from infinite_former.training import (
     CheckpointError,
-    Segment,
-    Shard,
     TrainConfig,
     Trainer,
+    evaluate,
     find_checkpoint,
     load_checkpoint,
     lr_lambda,

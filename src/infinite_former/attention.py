@@ -238,7 +238,7 @@ class LongTermAttention(nn.Module):
                 raise ValueError(f"new_vectors has batch size {new_vectors.shape[0]} but queries has {batch}")
         if state is not None:
             if not isinstance(state, LTMState):
-                raise ValueError(f"state must be a LTMState or None, got {type(state).__name__}")
+                raise ValueError(f"state must be an LTMState or None, got {type(state).__name__}")
             c = self.config
             expected = {
                 "coeffs": (batch, c.num_basis, e),

@@ -1,12 +1,15 @@
-"""Small shared helpers: machine description for results files, seeding."""
+"""Small shared helpers, each in one place: argument checks, config (de)serialisation, seeding,
+the machine description of results files, atomic JSON writes, the main-process test."""
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import platform
 import random
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -67,3 +70,35 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed % 2**32)
     except ImportError:  # numpy is optional for the core
         pass
+
+
+def describe(x: Any) -> str:
+    """What x is, for error messages: a tensor's shape and dtype, else its type name."""
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write text to path atomically (a temporary file, fsync, then rename); creates parent folders.
+
+    A reader sees the old file or the new one, never a half-written one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    return p
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write obj as indented JSON, atomically (``write_text_atomic``)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a torchrun / accelerate launch (and in a plain single process)."""
+    return int(os.environ.get("RANK", "0")) == 0

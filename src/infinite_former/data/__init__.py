@@ -1,5 +1,8 @@
-"""Data for the ∞-former: the sorting task (sorting.py); long-document corpora live beside it."""
+"""The data layer: segments and streams (segments.py), the sorting task (sorting.py), long-document
+corpora and lanes (text.py), tokenizers (tokenizer.py). Imports only the core utilities: never a
+model, the trainer or an experiment."""
 
+from .segments import EvalFactory, Segment, SegmentStream, Shard, StreamFactory
 from .sorting import (
     ArraySource,
     SortingConfig,
@@ -13,6 +16,11 @@ from .sorting import (
 )
 
 __all__ = [
+    "EvalFactory",
+    "Segment",
+    "SegmentStream",
+    "Shard",
+    "StreamFactory",
     "ArraySource",
     "SortingConfig",
     "SortingGenerator",

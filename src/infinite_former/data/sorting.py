@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..train import Segment, Shard
 from ..utils import check_int
+from .segments import Segment, Shard
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)

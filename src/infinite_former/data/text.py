@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .segments import Segment
 from .tokenizer import TextTokenizer
 
 
@@ -215,34 +216,6 @@ def tokenize_documents(
 # ------------------------------------------------------------------------------------------------ lanes
 
 
-@dataclass
-class LMSegment:
-    """One segment of B lanes × T tokens.
-
-    tokens, targets: (B, T) int64; loss_mask: (B, T) bool (False on padding / idle lanes);
-    reset: (B,) bool, True where the lane starts a new document on this segment (empty its memory first);
-    doc_ids: (B,) int64 index of the lane's document in the corpus (-1: idle lane);
-    train: whether this segment back-propagates.
-    """
-
-    tokens: Tensor
-    targets: Tensor
-    loss_mask: Tensor
-    reset: Tensor
-    doc_ids: Tensor
-    train: bool = True
-
-    def to(self, device: torch.device | str) -> LMSegment:
-        return LMSegment(
-            self.tokens.to(device),
-            self.targets.to(device),
-            self.loss_mask.to(device),
-            self.reset.to(device),
-            self.doc_ids.to(device),
-            self.train,
-        )
-
-
 def check_segment_length(seg_len: int, max_positions: int | None, name: str = "seg_len") -> None:
     """ValueError if a segment/block is longer than the model's positions."""
     if not isinstance(seg_len, int) or seg_len < 1:
@@ -303,14 +276,14 @@ class DocumentLanes:
     def num_docs(self) -> int:
         return len(self.corpus)
 
-    def __iter__(self) -> Iterator[LMSegment]:
+    def __iter__(self) -> Iterator[Segment]:
         while True:
             seg = self.next_segment()
             if seg is None:
                 return
             yield seg
 
-    def next_segment(self) -> LMSegment | None:
+    def next_segment(self) -> Segment | None:
         """The next (B, T) segment, or None when ``loop=False`` and every document has been read."""
         B, T, D = self.batch_size, self.seg_len, self.num_docs
         active = self.lane_doc >= 0
@@ -342,7 +315,8 @@ class DocumentLanes:
         reset = done | ~active  # a new document starts here (idle lanes: keep memory empty)
         self.lane_pos = self.lane_pos + T
         self.segments_read += 1
-        return LMSegment(tokens, targets, valid, reset, torch.where(active, self.lane_doc, -1), self.train)
+        doc_ids = torch.where(active, self.lane_doc, -1)
+        return Segment(tokens, targets, valid, reset, self.train, doc_ids)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -370,6 +344,29 @@ class DocumentLanes:
         self.lane_pos = torch.tensor(state["lane_pos"], dtype=torch.long)
         self.next_doc = int(state["next_doc"])
         self.segments_read = int(state["segments_read"])
+
+
+class LaneStream:
+    """One process's rows of :class:`DocumentLanes`: a ``SegmentStream`` for the Trainer.
+
+    All processes build the same global lanes (global batch) and each keeps its own rows, so one
+    process and N processes see the same data.
+    """
+
+    def __init__(self, lanes: DocumentLanes, rank: int = 0, local_batch: int | None = None) -> None:
+        self.lanes = lanes
+        b = local_batch or lanes.batch_size
+        self.rows = slice(rank * b, (rank + 1) * b)
+
+    def __iter__(self) -> Iterator[Segment]:
+        for seg in self.lanes:
+            yield seg.select(self.rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.lanes.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lanes.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -19,174 +19,31 @@ import argparse
 import json
 import math
 import os
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from .data.text import (
+from ..data.text import (
     DocumentLanes,
-    DocumentNLL,
+    LaneStream,
     TokenizedCorpus,
     check_segment_length,
     load_corpus_split,
     tokenize_documents,
 )
-from .data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
-from .utils import machine_info
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
+from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
+from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from ..models.lm import zero_ltm_output
+from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
+from ..utils import machine_info, seed_everything, write_json
+from .flags import parse_set, resolve_device, set_threads
 
 CONFIG_FILE = "lm_config.json"
 
-# ------------------------------------------------------------------------------------------ streams
-
-
-class LaneStream:
-    """Adapts :class:`DocumentLanes` to the Trainer's stream protocol (yields ``train.Segment``).
-
-    All processes build the same global lanes (global batch) and each keeps its own rows, so one
-    process and N processes see the same data.
-    """
-
-    def __init__(self, lanes: DocumentLanes, rank: int = 0, local_batch: int | None = None) -> None:
-        self.lanes = lanes
-        b = local_batch or lanes.batch_size
-        self.rows = slice(rank * b, (rank + 1) * b)
-
-    def __iter__(self) -> Iterator[Any]:
-        from .train import Segment
-
-        for seg in self.lanes:
-            r = self.rows
-            yield Segment(seg.tokens[r], seg.targets[r], seg.loss_mask[r], seg.reset[r], seg.train)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.lanes.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lanes.load_state_dict(state)
-
-
-def _limited(stream: LaneStream, max_segments: int) -> Iterator[Any]:
-    for i, seg in enumerate(stream):
-        if max_segments and i >= max_segments:
-            return
-        yield seg
-
-
-# --------------------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate_documents(
-    step: Callable[[Tensor, Any], tuple[Tensor, Any]],
-    init_state: Callable[[int], Any],
-    corpus: TokenizedCorpus,
-    batch_size: int,
-    seg_len: int,
-    eos_id: int,
-    device: torch.device | str = "cpu",
-    max_positions: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Per-document and corpus perplexity and bits per byte of a segment-recurrent model.
-
-    step(tokens (B, T), state) -> (logits (B, T, V), state); init_state(B) -> state or None.
-    Each document is read once, in its own lane, from its first token, with the lane's memory
-    reset at its start (``state.reset(reset)``). Sticky memories draw random (stratified) sample
-    positions, so the torch RNG is seeded with ``seed`` inside a forked RNG state: evaluation is
-    reproducible and leaves the caller's RNG untouched.
-    """
-    lanes = DocumentLanes(
-        corpus, batch_size, seg_len, eos_id, loop=False, train=False, max_positions=max_positions
-    )
-    acc = DocumentNLL(corpus)
-    t0 = time.perf_counter()
-    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        state = init_state(batch_size)
-        for seg in lanes:
-            seg = seg.to(device)
-            if state is not None:
-                state = state.reset(seg.reset)
-            logits, state = step(seg.tokens, state)
-            nll = F.cross_entropy(logits.float().transpose(1, 2), seg.targets, reduction="none")  # (B, T)
-            acc.add(nll, seg.loss_mask, seg.doc_ids)
-    out = acc.summary()
-    out["seconds"] = time.perf_counter() - t0
-    return out
-
-
-def evaluate_lm(
-    model: nn.Module, corpus: TokenizedCorpus, batch_size: int, seg_len: int, eos_id: int, device="cpu"
-) -> dict[str, Any]:
-    """:func:`evaluate_documents` for an ``InfiniteFormerLM`` (memory carried across segments)."""
-    was_training = model.training
-    model.eval()
-
-    def step(tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
-        out, state = model(tokens, state)
-        return out.logits, state
-
-    try:
-        return evaluate_documents(
-            step,
-            lambda b: model.init_state(b, device),
-            corpus,
-            batch_size,
-            seg_len,
-            eos_id,
-            device,
-            max_positions=model.config.max_segment_len,
-        )
-    finally:
-        model.train(was_training)
-
-
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but CUDA is not available")
-    return torch.device(name)
-
-
-def _write_json(path: str | os.PathLike, obj: Any) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, p)
-    return p
-
-
-def _parse_set(items: list[str] | None, cls: type) -> dict[str, Any]:
-    """``KEY=VALUE`` overrides of a dataclass's fields, VALUE parsed as JSON when possible."""
-    names = {f.name for f in fields(cls)}
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        if k not in names:
-            raise ValueError(f"--set: unknown {cls.__name__} field {k!r}; known: {sorted(names)}")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def _summary_line(name: str, res: dict[str, Any]) -> str:
@@ -203,20 +60,8 @@ def _load_split(source: str, split: str, tokenizer: TextTokenizer, cache_dir: st
 # --------------------------------------------------------------------------------------- lm train
 
 
-def zero_ltm_output(model: nn.Module) -> None:
-    """Zero every layer's LTM output projection, so an ∞-former starts as a Transformer-XL with the
-    same short-term memory (the LTM's contribution grows from 0 as it trains), like the GPT-2 model."""
-    with torch.no_grad():
-        for blk in model.layers:
-            if blk.ltm is not None:
-                blk.ltm.out.weight.zero_()
-                blk.ltm.out.bias.zero_()
-
-
 def _train_config(args: argparse.Namespace, run: Path, **fields: Any) -> TrainConfig:
     """TrainConfig from the flags shared by lm train and lm finetune, plus per-command fields."""
-    from .train import TrainConfig
-
     shared = dict(
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -235,10 +80,6 @@ def _train_config(args: argparse.Namespace, run: Path, **fields: Any) -> TrainCo
 
 def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train a from-scratch LM on long documents, then evaluate it; returns the results dict."""
-    from .model import InfiniteFormerLM, ModelConfig
-    from .train import Trainer
-    from .utils import seed_everything
-
     run = Path(args.run_dir)
     cache = args.cache_dir or str(run / "cache")
     config_path = run / CONFIG_FILE
@@ -256,7 +97,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         train_docs = load_corpus_split(args.data, args.train_split)
         tok = build_tokenizer(args.tokenizer, (d.text for d in train_docs), vocab_size=args.vocab_size)
-        overrides = _parse_set(args.set, ModelConfig)
+        overrides = parse_set(args.set, ModelConfig)
         mcfg = ModelConfig(
             vocab_size=tok.vocab_size,
             d_model=args.d_model,
@@ -292,7 +133,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
         eval_batch_size=args.eval_batch_size,
         eval_every=args.eval_every,
     )
-    _write_json(
+    write_json(
         config_path,
         {
             "task": "lm",
@@ -329,7 +170,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
             lanes = DocumentLanes(
                 valid_corpus, shard.global_batch_size, args.seg_len, tok.eos_id, loop=False, train=False
             )
-            return _limited(LaneStream(lanes, shard.rank, shard.batch_size), args.eval_segments)
+            return islice(LaneStream(lanes, shard.rank, shard.batch_size), args.eval_segments or None)
 
         evaluators["valid"] = valid_stream
 
@@ -359,7 +200,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
         "eval": {},
     }
     if not result.stopped_by_signal:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         model.to(device)
         for split in args.eval_splits:
             corpus = _load_split(args.data, split, tok, cache)
@@ -368,7 +209,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
             )
             out["eval"][split] = res
             print(_summary_line(f"{mcfg.memory_type}/{split}", res))
-    _write_json(run / "results.json", out)
+    write_json(run / "results.json", out)
     return out
 
 
@@ -377,9 +218,6 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_trained_lm(run_dir: str | os.PathLike) -> tuple[nn.Module, TextTokenizer, dict[str, Any]]:
     """Model (with the latest checkpoint's weights), tokenizer and lm_config.json of a run."""
-    from .model import InfiniteFormerLM, ModelConfig
-    from .train import load_checkpoint
-
     run = Path(run_dir)
     if not (run / CONFIG_FILE).is_file():
         raise ValueError(f"run: {str(run)!r} has no {CONFIG_FILE} (expected a folder written by `lm train`)")
@@ -402,7 +240,7 @@ def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
         return hf_eval(args)
     if not args.run:
         raise ValueError("lm eval: give --run RUN_DIR (a `lm train` run) or --hf PATH (GPT-2 + memory)")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, tok, saved = load_trained_lm(args.run)
     model.to(device)
     source = args.data or saved["data"]["source"]
@@ -421,80 +259,15 @@ def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
         "tokenizer": tok.kind,
         "results": res,
     }
-    _write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
+    write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
     return out
 
 
 # ------------------------------------------------------------------------- GPT-2 + memory (hf)
 
 
-@dataclass
-class HFMemoryState:
-    """The Trainer-facing wrapper of an ``InfiniteGPT2Memory`` (reset / detach / state_dict)."""
-
-    memory: Any
-
-    def reset(self, rows: Tensor) -> HFMemoryState:
-        return HFMemoryState(self.memory.reset(rows))
-
-    def detach(self) -> HFMemoryState:
-        return HFMemoryState(self.memory.detach())
-
-    def to(self, device: torch.device | str) -> HFMemoryState:
-        return HFMemoryState(self.memory.to(device))
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.memory.state_dict()
-
-    @classmethod
-    def from_state_dict(cls, d: dict[str, Any]) -> HFMemoryState:
-        from .hf import InfiniteGPT2Memory
-
-        return cls(InfiniteGPT2Memory.from_state_dict(d))
-
-
-@dataclass
-class _LMOut:
-    logits: Tensor
-    loss: Tensor | None
-    aux_loss: Tensor
-
-
-class HFMemoryLM(nn.Module):
-    """``InfiniteGPT2LMHeadModel`` behind the Trainer's ``out, state = model(tokens, state, targets, loss_mask)``.
-
-    Each call must be one block of ``config.block_size`` tokens (the memory is absorbed at block
-    boundaries); loss = mean CE over masked targets, aux_loss = kl_weight · KL (training only).
-    """
-
-    def __init__(self, hf_model: nn.Module) -> None:
-        super().__init__()
-        self.hf = hf_model
-
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> HFMemoryState:
-        return HFMemoryState(self.hf.init_memory(batch_size, device))
-
-    def forward(
-        self,
-        tokens: Tensor,
-        state: HFMemoryState | None = None,
-        targets: Tensor | None = None,
-        loss_mask: Tensor | None = None,
-    ) -> tuple[_LMOut, HFMemoryState]:
-        out = self.hf(tokens, memory=None if state is None else state.memory)
-        loss = None
-        if targets is not None:
-            nll = F.cross_entropy(out.logits.float().transpose(1, 2), targets, reduction="none")
-            mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask
-            loss = (nll * mask).sum() / mask.sum().clamp_min(1)
-        kl_w = float(self.hf.config.kl_weight)
-        use_kl = self.hf.training and kl_w > 0 and len(self.hf.ltm) and out.kl is not None
-        aux = kl_w * out.kl if use_kl else out.logits.new_zeros(())
-        return _LMOut(out.logits, loss, aux), HFMemoryState(out.memory)
-
-
 def _load_hf_memory_model(path: str, overrides: dict[str, Any], local_files_only: bool) -> nn.Module:
-    from .hf import InfiniteGPT2LMHeadModel
+    from ..hf import InfiniteGPT2LMHeadModel
 
     try:
         return InfiniteGPT2LMHeadModel.from_pretrained(path, local_files_only=local_files_only, **overrides)
@@ -506,62 +279,13 @@ def _hf_tokenizer(path: str, local_files_only: bool) -> TextTokenizer:
     return gpt2_tokenizer(path, local_files_only=local_files_only)
 
 
-def evaluate_hf_pair(
-    memory_model: nn.Module | None,
-    plain_model: nn.Module | None,
-    corpus: TokenizedCorpus,
-    block_size: int,
-    batch_size: int,
-    eos_id: int,
-    device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """GPT-2 (each block alone) and GPT-2 + memory (blocks in order, memory reset per document),
-    on the same blocks of ``block_size`` tokens: per-document and corpus ppl and bpb."""
-    res: dict[str, Any] = {}
-    if plain_model is not None:
-        plain_model.eval()
-        n_pos = plain_model.config.n_positions
-        res["gpt2"] = evaluate_documents(
-            lambda t, s: (plain_model(t).logits, None),
-            lambda b: None,
-            corpus,
-            batch_size,
-            block_size,
-            eos_id,
-            device,
-            max_positions=n_pos,
-        )
-    if memory_model is not None:
-        memory_model.eval()
-        if memory_model.config.block_size != block_size:
-            raise ValueError(
-                f"block_size={block_size} differs from the memory model's block_size={memory_model.config.block_size}"
-            )
-        wrapped = HFMemoryLM(memory_model)
-
-        def step(t: Tensor, s: HFMemoryState) -> tuple[Tensor, HFMemoryState]:
-            out, s = wrapped(t, s)
-            return out.logits, s
-
-        # a model fine-tuned with --no-memory has no LTM layers: it is GPT-2 on the same blocks
-        res["gpt2_memory" if len(memory_model.ltm) else "gpt2_finetuned"] = evaluate_documents(
-            step,
-            lambda b: wrapped.init_state(b, device),
-            corpus,
-            batch_size,
-            block_size,
-            eos_id,
-            device,
-            max_positions=memory_model.config.n_positions,
-        )
-    return res
-
-
 def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
     """``lm eval --hf PATH``: GPT-2 (``--base``, default: the run's base model) vs GPT-2 + memory."""
     from transformers import GPT2LMHeadModel
 
-    device = _device(args.device)
+    from ..hf.training import evaluate_hf_pair
+
+    device = resolve_device(args.device)
     local = not args.allow_download
     path = str(args.hf)
     meta_path = Path(path) / "finetune_meta.json"
@@ -595,7 +319,7 @@ def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
         "block_size": block,
         "results": res,
     }
-    _write_json(args.out or Path(path) / f"eval_{args.split}.json", out)
+    write_json(args.out or Path(path) / f"eval_{args.split}.json", out)
     return out
 
 
@@ -603,8 +327,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune GPT-2 + long-term memory on long documents (paper's recipe), then evaluate."""
     from transformers import GPT2LMHeadModel
 
-    from .train import Trainer
-    from .utils import seed_everything
+    from ..hf.training import HFMemoryLM, evaluate_hf_pair
 
     run = Path(args.run_dir)
     local = not args.allow_download
@@ -645,7 +368,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         )
         return LaneStream(lanes, shard.rank, shard.batch_size)
 
-    _write_json(
+    write_json(
         run / CONFIG_FILE,
         {
             "task": "lm_finetune",
@@ -667,7 +390,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import GPT2TokenizerFast
 
     GPT2TokenizerFast.from_pretrained(args.model, local_files_only=local).save_pretrained(save_dir)
-    _write_json(save_dir / "finetune_meta.json", {"base_model": str(args.model), "data": str(args.data)})
+    write_json(save_dir / "finetune_meta.json", {"base_model": str(args.model), "data": str(args.data)})
 
     out: dict[str, Any] = {
         "machine": machine_info(),
@@ -685,7 +408,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "eval": {},
     }
     if not result.stopped_by_signal and args.eval_splits:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         hf_model.to(device)
         plain = GPT2LMHeadModel.from_pretrained(args.model, local_files_only=local).to(device)
         for split in args.eval_splits:
@@ -696,7 +419,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
             out["eval"][split] = res
             for name, r in res.items():
                 print(_summary_line(f"{name}/{split}", r))
-    _write_json(run / "results.json", out)
+    write_json(run / "results.json", out)
     return out
 
 
@@ -744,7 +467,7 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument(
         "--memory-type",
         default="infinite_sticky",
-        choices=["xl", "compressive", "infinite", "infinite_sticky"],
+        choices=list(MEMORY_TYPES),
     )
     t.add_argument("--seg-len", type=int, default=128, help="T: tokens per segment")
     t.add_argument("--d-model", type=int, default=128)
@@ -811,36 +534,11 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     return lm
 
 
-add_parser = add_lm_parser  # the hook cli.py's SUBCOMMAND_MODULES looks for
+add_parser = add_lm_parser  # every experiment module offers add_parser(subparsers) to cli.py
 
 
 def run_lm(args: argparse.Namespace) -> int:
-    """Dispatch a parsed ``lm`` command; bad input (ValueError, missing/corrupt checkpoint) becomes a
-    one-line message on stderr and exit status 2."""
-    from .train import CheckpointError
-
-    try:
-        if getattr(args, "threads", 0):
-            if args.threads < 0:
-                raise ValueError(f"--threads must be >= 0, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        args.lm_func(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"infinite-former: error: {e}", file=sys.stderr)
-        return 2
+    """Run a parsed ``lm`` command (cli.main turns bad input into a one-line error, exit status 2)."""
+    set_threads(getattr(args, "threads", 0))
+    args.lm_func(args)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m infinite_former.lm_cli train ...`` (same as ``infinite-former lm train ...``)."""
-    parser = argparse.ArgumentParser(prog="infinite-former")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_lm_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "lm":
-        argv = ["lm", *argv]
-    return run_lm(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -36,247 +36,19 @@ mem_len + c - 1 vectors. aux_loss = recon_weight · Σ_layers attention-reconstr
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import LongTermAttention, LTMConfig
-from .compressive import Compressor, concat_right_aligned, reconstruction_loss, take_evicted
-from .memory import LTMState
-from .utils import check_int, config_from_dict
-
-MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class ModelConfig:
-    """Hyperparameters of the LM. ltm_* are the LTM's (N = ltm_num_basis, M = ltm_num_samples,
-    τ = ltm_tau, σ_k = ltm_widths, λ = ltm_ridge_lambda, D = ltm_num_bins, σ₀ = kl_sigma0)."""
-
-    vocab_size: int
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_inner: int = 256
-    dropout: float = 0.1
-    mem_len: int = 128
-    memory_type: str = "infinite_sticky"
-    cmem_len: int = 64
-    compression_rate: int = 2
-    recon_weight: float = 1.0
-    ltm_num_basis: int = 128
-    ltm_num_samples: int = 128
-    ltm_tau: float = 0.5
-    ltm_widths: tuple[float, ...] = (0.01, 0.05)
-    ltm_ridge_lambda: float = 1.0
-    ltm_num_bins: int = 128
-    ltm_normalizer: str = "softmax"
-    ltm_gate: bool = True
-    kl_weight: float = 1e-6
-    kl_sigma0: float = 0.05
-    ltm_min_sigma2: float = 1e-4
-    tie_weights: bool = True
-    max_segment_len: int | None = None
-
-    def __post_init__(self) -> None:
-        self.ltm_widths = tuple(float(w) for w in self.ltm_widths)
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_inner"):
-            check_int(name, getattr(self, name), 1)
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), "
-                f"got remainder {self.d_model % self.n_heads}"
-            )
-        if self.d_model % 2:
-            raise ValueError(f"d_model must be even (sinusoidal relative positions), got {self.d_model}")
-        if not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
-        check_int("mem_len", self.mem_len, 0)
-        if self.memory_type not in MEMORY_TYPES:
-            raise ValueError(f"memory_type must be one of {list(MEMORY_TYPES)}, got {self.memory_type!r}")
-        check_int("cmem_len", self.cmem_len, 0)
-        check_int("compression_rate", self.compression_rate, 1)
-        if self.memory_type == "compressive":
-            if self.cmem_len < 1:
-                raise ValueError(f"cmem_len must be >= 1 for memory_type 'compressive', got {self.cmem_len}")
-            if self.mem_len < self.compression_rate:
-                raise ValueError(
-                    f"mem_len ({self.mem_len}) must be >= compression_rate ({self.compression_rate}) "
-                    "for memory_type 'compressive' (the STM must hold a full group of c vectors)"
-                )
-        for name in ("recon_weight", "kl_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (value >= 0) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
-        if not isinstance(self.tie_weights, bool) or not isinstance(self.ltm_gate, bool):
-            raise ValueError("tie_weights and ltm_gate must be bools")
-        if self.max_segment_len is not None:
-            check_int("max_segment_len", self.max_segment_len, 1)
-        try:  # the LTM's own checks, also for xl/compressive so configs stay comparable
-            self.ltm_config()
-        except ValueError as err:
-            raise ValueError(f"invalid ltm_* setting: {err}") from err
-
-    @property
-    def uses_ltm(self) -> bool:
-        return self.memory_type in ("infinite", "infinite_sticky")
-
-    @property
-    def uses_cmem(self) -> bool:
-        return self.memory_type == "compressive"
-
-    def ltm_config(self) -> LTMConfig:
-        """The LTMConfig of every layer's LongTermAttention (sticky iff infinite_sticky)."""
-        return LTMConfig(
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            num_basis=self.ltm_num_basis,
-            num_samples=self.ltm_num_samples,
-            tau=self.ltm_tau,
-            widths=self.ltm_widths,
-            ridge_lambda=self.ltm_ridge_lambda,
-            sticky=self.memory_type == "infinite_sticky",
-            num_bins=self.ltm_num_bins,
-            normalizer=self.ltm_normalizer,
-            min_sigma2=self.ltm_min_sigma2,
-            kl_sigma0=self.kl_sigma0,
-            gate=self.ltm_gate,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ltm_widths"] = list(self.ltm_widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return config_from_dict(cls, d)
-
-
-# ------------------------------------------------------------------------------ state
-
-
-@dataclass
-class LMState:
-    """Memories of all layers for a batch of streams (passed in and returned by the model).
-
-    mems:   per layer (batch, m, e) layer inputs; row i's valid ones are its last mem_valid[i].
-    cmems:  per layer (batch, C, e) compressed slots, last cmem_valid[i] valid (compressive only).
-    ltm:    per layer LTMState of the LongTermAttention (infinite types only).
-    ltm_pending: per layer (batch, P, e) layer inputs that left the STM in the last call and
-            enter the LTM at the start of the next; last ltm_pending_count[i] valid.
-    """
-
-    mems: list[Tensor]
-    mem_valid: Tensor
-    cmems: list[Tensor] = field(default_factory=list)
-    cmem_valid: Tensor | None = None
-    ltm: list[LTMState] = field(default_factory=list)
-    ltm_pending: list[Tensor] = field(default_factory=list)
-    ltm_pending_count: Tensor | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.mem_valid.shape[0]
-
-    def _map(self, fn) -> LMState:
-        opt = lambda t: None if t is None else fn(t)  # noqa: E731
-        return LMState(
-            mems=[fn(t) for t in self.mems],
-            mem_valid=fn(self.mem_valid),
-            cmems=[fn(t) for t in self.cmems],
-            cmem_valid=opt(self.cmem_valid),
-            ltm=[LTMState(fn(s.coeffs), fn(s.length), fn(s.bin_mass)) for s in self.ltm],
-            ltm_pending=[fn(t) for t in self.ltm_pending],
-            ltm_pending_count=opt(self.ltm_pending_count),
-        )
-
-    def detach(self) -> LMState:
-        return self._map(lambda t: t.detach())
-
-    def to(self, device: torch.device | str) -> LMState:
-        return self._map(lambda t: t.to(device))
-
-    def select(self, rows: Tensor) -> LMState:
-        """The state of a subset of rows (index tensor or bool mask)."""
-        return self._map(lambda t: t[rows])
-
-    def reset(self, rows: Tensor) -> LMState:
-        """Start a new document in the chosen rows (bool mask (batch,)): their mems, cmems,
-        pending vectors and LTM are emptied; other rows are unchanged. Returns a new state."""
-        if not isinstance(rows, Tensor) or rows.dtype != torch.bool or rows.shape != (self.batch_size,):
-            raise ValueError(f"rows must be a bool tensor of shape ({self.batch_size},), got {rows!r}")
-        rows = rows.to(self.mem_valid.device)
-        keep = ~rows
-
-        def zero(t: Tensor) -> Tensor:
-            return t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
-
-        return LMState(
-            mems=[zero(t) for t in self.mems],
-            mem_valid=self.mem_valid * keep,
-            cmems=[zero(t) for t in self.cmems],
-            cmem_valid=None if self.cmem_valid is None else self.cmem_valid * keep,
-            ltm=[s.reset(rows) for s in self.ltm],
-            ltm_pending=[zero(t) for t in self.ltm_pending],
-            ltm_pending_count=None if self.ltm_pending_count is None else self.ltm_pending_count * keep,
-        )
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """Flat dict of tensors (for checkpoints)."""
-        d: dict[str, Tensor] = {"mem_valid": self.mem_valid}
-        for i, t in enumerate(self.mems):
-            d[f"mems.{i}"] = t
-        for i, t in enumerate(self.cmems):
-            d[f"cmems.{i}"] = t
-        if self.cmem_valid is not None:
-            d["cmem_valid"] = self.cmem_valid
-        for i, s in enumerate(self.ltm):
-            for k, v in s.state_dict().items():
-                d[f"ltm.{i}.{k}"] = v
-        for i, t in enumerate(self.ltm_pending):
-            d[f"ltm_pending.{i}"] = t
-        if self.ltm_pending_count is not None:
-            d["ltm_pending_count"] = self.ltm_pending_count
-        return d
-
-    @classmethod
-    def from_state_dict(cls, d: dict[str, Tensor]) -> LMState:
-        if "mem_valid" not in d:
-            raise ValueError("model state dict is missing 'mem_valid'")
-
-        def layers(prefix: str) -> list[Tensor]:
-            out, i = [], 0
-            while f"{prefix}.{i}" in d:
-                out.append(d[f"{prefix}.{i}"])
-                i += 1
-            return out
-
-        ltm, i = [], 0
-        while f"ltm.{i}.coeffs" in d:
-            ltm.append(
-                LTMState.from_state_dict({k: d[f"ltm.{i}.{k}"] for k in ("coeffs", "length", "bin_mass")})
-            )
-            i += 1
-        return cls(
-            mems=layers("mems"),
-            mem_valid=d["mem_valid"],
-            cmems=layers("cmems"),
-            cmem_valid=d.get("cmem_valid"),
-            ltm=ltm,
-            ltm_pending=layers("ltm_pending"),
-            ltm_pending_count=d.get("ltm_pending_count"),
-        )
-
-
-ModelState = LMState  # the 0.1 name; kept for one release (README: "Moved in 0.2")
+from ..memory import LTMState
+from ..utils import check_int, describe
+from .compressive import concat_right_aligned, reconstruction_loss, take_evicted
+from .config import ModelConfig
+from .layers import Block, sinusoid
+from .state import LMState
 
 
 @dataclass
@@ -293,94 +65,6 @@ class LMOutput:
     loss: Tensor | None
     aux_loss: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- layers
-
-
-def sinusoid(length: int, dim: int, device=None, dtype=torch.float32) -> Tensor:
-    """R for distances length-1, ..., 1, 0 (descending, as the rel-shift expects): (length, dim)."""
-    pos = torch.arange(length - 1, -1, -1, device=device, dtype=torch.float32)
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
-    angles = pos[:, None] * inv_freq[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
-
-
-def rel_shift(x: Tensor) -> Tensor:
-    """Transformer-XL rel-shift: x[..., i, k] scored against R for distance S-1-k, with the T
-    queries the last T of S positions -> out[..., i, j] for distance (S - T + i) - j.
-    (Entries with j > S - T + i are garbage and must be masked.)"""
-    *lead, t, s = x.shape
-    padded = F.pad(x, (1, 0))  # (..., T, S + 1)
-    padded = padded.reshape(*lead, s + 1, t)
-    return padded[..., 1:, :].reshape(*lead, t, s)
-
-
-class RelativeAttention(nn.Module):
-    """Multi-head attention with Transformer-XL relative positions (u, v, W_R per layer)."""
-
-    def __init__(self, c: ModelConfig) -> None:
-        super().__init__()
-        self.n_heads, self.head_dim = c.n_heads, c.d_model // c.n_heads
-        self.qkv = nn.Linear(c.d_model, 3 * c.d_model, bias=False)
-        self.r_net = nn.Linear(c.d_model, c.d_model, bias=False)  # W_R
-        self.u = nn.Parameter(torch.zeros(c.n_heads, self.head_dim))
-        self.v = nn.Parameter(torch.zeros(c.n_heads, self.head_dim))
-        self.out = nn.Linear(c.d_model, c.d_model, bias=False)
-        self.drop = nn.Dropout(c.dropout)
-
-    def key_value(self, x: Tensor, detach: bool = False) -> tuple[Tensor, Tensor]:
-        e = x.shape[-1]
-        w = self.qkv.weight.detach() if detach else self.qkv.weight
-        return F.linear(x, w[e : 2 * e]), F.linear(x, w[2 * e :])
-
-    def query(self, x: Tensor, detach: bool = False) -> Tensor:
-        w = self.qkv.weight.detach() if detach else self.qkv.weight
-        return F.linear(x, w[: x.shape[-1]])
-
-    def forward(self, x: Tensor, n_query: int, pos: Tensor, mask: Tensor) -> Tensor:
-        """x: (batch, S, e) normalised [memory; segment]; the last n_query are queries.
-        pos: (S, e) sinusoids; mask: (batch, 1, T, S) True where attention is allowed."""
-        b, S, e = x.shape
-        H, d, T = self.n_heads, self.head_dim, n_query
-        q = self.query(x[:, S - T :]).view(b, T, H, d).transpose(1, 2)  # (b, H, T, d)
-        k, v = self.key_value(x)
-        k = k.view(b, S, H, d).transpose(1, 2)  # (b, H, S, d)
-        v = v.view(b, S, H, d).transpose(1, 2)
-        r = self.r_net(pos).view(S, H, d).transpose(0, 1)  # (H, S, d)
-        # score_ij = [(q_i + u)ᵀk_j + (q_i + v)ᵀ W_R R_{i-j}] / √d; the positional term (with the
-        # mask as -inf) is the additive bias of a fused scaled-dot-product attention.
-        bd = rel_shift((q + self.v[:, None]).to(r.dtype) @ r.transpose(-1, -2))  # position: (b, H, T, S)
-        bias = (bd / math.sqrt(d)).masked_fill(~mask, float("-inf"))
-        p = self.drop.p if self.training else 0.0
-        qu = (q + self.u[:, None]).to(k.dtype)  # u, v are float32 parameters: keep autocast's dtype
-        z = F.scaled_dot_product_attention(qu, k, v, attn_mask=bias.to(k.dtype), dropout_p=p)
-        return self.out(z.transpose(1, 2).reshape(b, T, e))
-
-
-class Block(nn.Module):
-    """One pre-LN layer: relative attention over [cmem; mem; segment] (+ LTM), then FFN."""
-
-    def __init__(self, c: ModelConfig) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(c.d_model)
-        self.attn = RelativeAttention(c)
-        self.ln2 = nn.LayerNorm(c.d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(c.d_model, c.d_inner), nn.GELU(), nn.Linear(c.d_inner, c.d_model), nn.Dropout(c.dropout)
-        )
-        self.drop = nn.Dropout(c.dropout)
-        self.ltm = LongTermAttention(c.ltm_config()) if c.uses_ltm else None
-        self.compressor = Compressor(c.d_model, c.compression_rate) if c.uses_cmem else None
-
-    def norm_detached(self, x: Tensor) -> Tensor:
-        """LN₁ with detached parameters (for the reconstruction loss)."""
-        w = self.ln1.weight.detach()
-        b = self.ln1.bias.detach()
-        return F.layer_norm(x, self.ln1.normalized_shape, w, b, self.ln1.eps)
-
-
-# ------------------------------------------------------------------------------ model
 
 
 class InfiniteFormerLM(nn.Module):
@@ -598,7 +282,7 @@ class InfiniteFormerLM(nn.Module):
     ) -> tuple[int, int]:
         c = self.config
         if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"tokens must be a (batch, T) LongTensor, got {_describe(tokens)}")
+            raise ValueError(f"tokens must be a (batch, T) LongTensor, got {describe(tokens)}")
         b, T = tokens.shape
         if T == 0:
             raise ValueError("tokens must have at least one position (T >= 1)")
@@ -610,13 +294,13 @@ class InfiniteFormerLM(nn.Module):
             )
         if targets is not None:
             if not isinstance(targets, Tensor) or targets.shape != (b, T) or targets.dtype != torch.long:
-                raise ValueError(f"targets must be a ({b}, {T}) LongTensor, got {_describe(targets)}")
+                raise ValueError(f"targets must be a ({b}, {T}) LongTensor, got {describe(targets)}")
             if int(targets.max()) >= c.vocab_size:
                 raise ValueError(f"targets must be < vocab_size={c.vocab_size} (negative = ignored)")
         if loss_mask is not None and (
             not isinstance(loss_mask, Tensor) or loss_mask.shape != (b, T) or loss_mask.dtype != torch.bool
         ):
-            raise ValueError(f"loss_mask must be a ({b}, {T}) bool tensor, got {_describe(loss_mask)}")
+            raise ValueError(f"loss_mask must be a ({b}, {T}) bool tensor, got {describe(loss_mask)}")
         if state is not None:
             if not isinstance(state, LMState):
                 raise ValueError(f"state must be a LMState or None, got {type(state).__name__}")
@@ -635,7 +319,11 @@ class InfiniteFormerLM(nn.Module):
         return b, T
 
 
-def _describe(x: Any) -> str:
-    if isinstance(x, Tensor):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return type(x).__name__
+def zero_ltm_output(model: nn.Module) -> None:
+    """Zero every layer's LTM output projection, so an ∞-former starts as a Transformer-XL with the
+    same short-term memory (the LTM's contribution grows from 0 as it trains), like the GPT-2 model."""
+    with torch.no_grad():
+        for blk in model.layers:
+            if blk.ltm is not None:
+                blk.ltm.out.weight.zero_()
+                blk.ltm.out.bias.zero_()

@@ -1,23 +1,33 @@
-"""Evaluation over a stream of segments: loss, perplexity and token accuracy on masked positions.
+"""Evaluation of segment-recurrent models: loss, perplexity, accuracy, bits per byte.
+
+- ``evaluate``: over a stream of segments, loss / perplexity / token accuracy on masked positions
+  (the Trainer's periodic and final evaluation; sorting accuracy).
+- ``evaluate_documents``: per-document and corpus perplexity and bits per byte of any
+  ``step(tokens, state) -> (logits, state)`` over document lanes; ``evaluate_lm`` for an
+  ``InfiniteFormerLM``.
 
 The memory state is carried across the segments exactly as in training
 (reset rows where ``segment.reset``), with the model in eval mode and no
 gradients. Sums (not means) are accumulated so that results over several
 processes combine exactly through ``reduce`` (e.g. an all-reduce sum).
+Randomness of the model (sticky-memory sampling) draws from a forked, freshly
+seeded RNG (``seeded_rng``), so evaluating never changes the caller's RNG streams.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .train import Segment
+from ..data.segments import Segment
+from ..data.text import DocumentLanes, DocumentNLL, TokenizedCorpus
 
 
 @torch.no_grad()
@@ -44,20 +54,22 @@ def evaluate(
     """
     if seed is None:
         return _evaluate(model, segments, device, autocast, reduce, max_targets_per_row)
-    dev = torch.device(device)
-    fork = (
-        torch.random.fork_rng(devices=[dev], device_type="cuda")
-        if dev.type == "cuda"
-        else torch.random.fork_rng(devices=[])
-    )
-    with fork:
-        torch.manual_seed(seed)
+    with seeded_rng(device, seed):
         return _evaluate(model, segments, device, autocast, reduce, max_targets_per_row)
 
 
-def _evaluate(model, segments, device, autocast, reduce, max_targets_per_row) -> dict[str, Any]:
-    import time
+@contextlib.contextmanager
+def seeded_rng(device: torch.device | str, seed: int) -> Iterator[None]:
+    """Run the block with torch's RNG (CPU, and the CUDA device if ``device`` is one) forked and
+    seeded with ``seed``; the caller's RNG state is restored afterwards."""
+    dev = torch.device(device)
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.manual_seed(seed)
+        yield
 
+
+def _evaluate(model, segments, device, autocast, reduce, max_targets_per_row) -> dict[str, Any]:
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -116,3 +128,71 @@ def _evaluate(model, segments, device, autocast, reduce, max_targets_per_row) ->
     if k:
         result["accuracy_by_index"] = (by_index[0] / by_index[1].clamp_min(1)).tolist()
     return result
+
+
+@torch.no_grad()
+def evaluate_documents(
+    step: Callable[[Tensor, Any], tuple[Tensor, Any]],
+    init_state: Callable[[int], Any],
+    corpus: TokenizedCorpus,
+    batch_size: int,
+    seg_len: int,
+    eos_id: int,
+    device: torch.device | str = "cpu",
+    max_positions: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-document and corpus perplexity and bits per byte of a segment-recurrent model.
+
+    step(tokens (B, T), state) -> (logits (B, T, V), state); init_state(B) -> state or None.
+    Each document is read once, in its own lane, from its first token, with the lane's memory
+    reset at its start (``state.reset(reset)``). Sticky memories draw random (stratified) sample
+    positions, so the torch RNG is seeded with ``seed`` inside a forked RNG state: evaluation is
+    reproducible and leaves the caller's RNG untouched.
+    """
+    lanes = DocumentLanes(
+        corpus, batch_size, seg_len, eos_id, loop=False, train=False, max_positions=max_positions
+    )
+    acc = DocumentNLL(corpus)
+    t0 = time.perf_counter()
+    with seeded_rng(device, seed):
+        state = init_state(batch_size)
+        for seg in lanes:
+            seg = seg.to(device)
+            if state is not None:
+                state = state.reset(seg.reset)
+            logits, state = step(seg.tokens, state)
+            nll = F.cross_entropy(logits.float().transpose(1, 2), seg.targets, reduction="none")  # (B, T)
+            acc.add(nll, seg.loss_mask, seg.doc_ids)
+    out = acc.summary()
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def evaluate_lm(
+    model: nn.Module, corpus: TokenizedCorpus, batch_size: int, seg_len: int, eos_id: int, device="cpu"
+) -> dict[str, Any]:
+    """:func:`evaluate_documents` for an ``InfiniteFormerLM`` (memory carried across segments)."""
+    was_training = model.training
+    model.eval()
+
+    def step(tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        out, state = model(tokens, state)
+        return out.logits, state
+
+    try:
+        return evaluate_documents(
+            step,
+            lambda b: model.init_state(b, device),
+            corpus,
+            batch_size,
+            seg_len,
+            eos_id,
+            device,
+            max_positions=model.config.max_segment_len,
+        )
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["evaluate", "evaluate_documents", "evaluate_lm", "seeded_rng"]

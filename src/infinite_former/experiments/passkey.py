@@ -10,13 +10,12 @@ InfiniteGPT2Stream or GPT2WindowStream), decodes greedily, and is right when
 the first number in its answer is the passkey. Accuracy is reported per
 distance.
 
-    python -m infinite_former.passkey --model DIR [--window] --distances 512 2048 8192 --out results/x.json
+    infinite-former passkey --model DIR [--window] --distances 512 2048 8192 --out results/x.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -24,6 +23,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
+
+from ..utils import check_int, config_from_dict, machine_info, write_json
+from .flags import Flag, add_flags, overrides
 
 INTRO = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it."
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -50,16 +52,13 @@ class PasskeyConfig:
 
     def __post_init__(self) -> None:
         self.distances = tuple(self.distances)
-        if not self.distances or any(
-            isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in self.distances
-        ):
-            raise ValueError(f"distances must be non-negative ints, got {self.distances!r}")
+        if not self.distances:
+            raise ValueError("distances must name at least one distance")
+        for d in self.distances:
+            check_int("distances", d, 0)
         for name in ("trials", "digits"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.prefix, bool) or not isinstance(self.prefix, int) or self.prefix < 0:
-            raise ValueError(f"prefix must be an int >= 0, got {self.prefix!r}")
+            check_int(name, getattr(self, name), 1)
+        check_int("prefix", self.prefix, 0)
         if not self.filler.strip():
             raise ValueError("filler must be non-empty text")
 
@@ -68,7 +67,7 @@ class PasskeyConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PasskeyConfig:
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass
@@ -150,27 +149,41 @@ def run_passkey(
     return {"config": config.to_dict(), "per_distance": per_distance}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- command line
+
+# flag -> PasskeyConfig field
+PASSKEY_FLAGS: list[Flag] = [
+    Flag("--distances", "distances", int, "filler tokens between the passkey and the question", nargs="+"),
+    Flag("--trials", "trials", int, "prompts per distance"),
+    Flag("--digits", "digits", int, "digits of the passkey"),
+    Flag("--prefix", "prefix", int, "filler tokens before the passkey"),
+    Flag("--seed", "seed", int, "seed of the passkeys"),
+]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "passkey",
+        help="passkey retrieval: GPT-2 + memory (or plain GPT-2) reads a long prompt, answers a number",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="GPT-2 or GPT-2 + memory folder (or hub name online)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or tokenizer.json (default: --model)")
+    p.add_argument("--window", action="store_true", help="plain GPT-2 with its full context window")
+    add_flags(p, PASSKEY_FLAGS)
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.set_defaults(func=run_passkey_command)
+    return p
+
+
+def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the probe the parsed flags describe; returns the results (also written to --out)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from .hf import GPT2WindowStream, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
-    from .utils import machine_info
+    from ..hf import GPT2WindowStream, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True, help="GPT-2 or GPT-2 + memory folder (or hub name online)")
-    parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer folder or tokenizer.json (default: --model)"
-    )
-    parser.add_argument("--window", action="store_true", help="plain GPT-2 with its full context window")
-    parser.add_argument("--distances", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--digits", type=int, default=5)
-    parser.add_argument("--prefix", type=int, default=64, help="filler tokens before the passkey")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="write the results JSON here")
-    args = parser.parse_args(argv)
+    config = PasskeyConfig(**overrides(args, PASSKEY_FLAGS))  # ValueError before any model is loaded
     tokenizer_path = args.tokenizer or args.model
     if str(tokenizer_path).endswith(".json"):  # a bare `tokenizers` file (e.g. a trained byte-level BPE)
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=tokenizer_path)
@@ -180,16 +193,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stream: Stream = GPT2WindowStream(GPT2LMHeadModel.from_pretrained(args.model).eval())
     else:
         stream = InfiniteGPT2Stream(InfiniteGPT2LMHeadModel.from_pretrained(args.model).eval())
-    config = PasskeyConfig(tuple(args.distances), args.trials, args.digits, args.prefix, seed=args.seed)
     result = run_passkey(stream, tokenizer.encode, tokenizer.decode, config, progress=print)
     result.update(machine=machine_info(), model=args.model, stream=type(stream).__name__)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
     for d, r in result["per_distance"].items():
         print(f"distance {d:>7}: accuracy {r['accuracy']:.2f}")
     return result
 
 
-if __name__ == "__main__":
-    main()
+def run_passkey_command(args: argparse.Namespace) -> int:
+    passkey_from_args(args)
+    return 0

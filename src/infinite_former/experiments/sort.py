@@ -17,20 +17,21 @@ cheaper on a CPU); both test every model on held-out sequences (split
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
-from .data.sorting import SortingConfig, SortingGenerator, SortingStream
-from .train import TrainConfig, Trainer, find_checkpoint
-from .utils import config_from_dict, machine_info, seed_everything
-
-MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
+from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
+from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from ..training import TrainConfig, Trainer, find_checkpoint
+from ..utils import check_int, config_from_dict, is_main_process, machine_info, seed_everything, write_json
+from .flags import Flag, add_flags, float_list, int_list, overrides
 
 
 @dataclass
@@ -93,10 +94,10 @@ class SortSettings:
             raise ValueError(f"models: unknown memory type(s) {bad}; expected some of {list(MEMORY_TYPES)}")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models has duplicates: {list(self.models)}")
-        if not self.lengths or any(
-            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.lengths
-        ):
-            raise ValueError(f"lengths must be positive ints, got {list(self.lengths)}")
+        if not self.lengths:
+            raise ValueError("lengths must name at least one sequence length")
+        for n in self.lengths:
+            check_int("lengths", n, 1)
         if self.train_on not in ("each", "mixed"):
             raise ValueError(f"train_on must be 'each' or 'mixed', got {self.train_on!r}")
         if self.segment_len < self.num_symbols:
@@ -104,12 +105,9 @@ class SortSettings:
                 f"segment_len ({self.segment_len}) must be >= num_symbols ({self.num_symbols}): "
                 "the whole answer must sit in the last segment"
             )
-        for name in ("eval_sequences", "threads", "valid_sequences", "jobs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "eval_sequences" else 0):
-                raise ValueError(
-                    f"{name} must be an int >= {1 if name == 'eval_sequences' else 0}, got {v!r}"
-                )
+        check_int("eval_sequences", self.eval_sequences, 1)
+        for name in ("threads", "valid_sequences", "jobs"):
+            check_int(name, getattr(self, name), 0)
         if not self.name or os.sep in self.name:
             raise ValueError(f"name must be a non-empty folder name, got {self.name!r}")
         # Build every config once so that a bad value fails here, before any training.
@@ -138,9 +136,7 @@ class SortSettings:
             "infinite": {"mem_len": self.mem_len, "num_basis": n, "num_samples": self.num_samples or n},
         }
 
-    def model_config(self, memory_type: str):
-        from .model import ModelConfig
-
+    def model_config(self, memory_type: str) -> ModelConfig:
         kw: dict[str, Any] = dict(
             vocab_size=self.vocab_size,
             d_model=self.d_model,
@@ -252,8 +248,6 @@ def train_and_test(
     s: SortSettings, run: str, memory_type: str, train_lengths: tuple[int, ...], resume: bool
 ) -> dict:
     """Train one model and test it at every length of the settings; returns its results."""
-    from .model import InfiniteFormerLM
-
     cfg = s.model_config(memory_type)
     tcfg = s.train_config(run)
     seed_everything(s.seed)
@@ -336,12 +330,10 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
         "interrupted": interrupted,
         "total_seconds": time.perf_counter() - t0,
     }
-    if _is_main_process():
-        os.makedirs(root, exist_ok=True)
-        with open(os.path.join(root, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+    if is_main_process():
+        write_json(os.path.join(root, "results.json"), results)
         if not interrupted:
-            from .plots import plot_accuracy
+            from ..plots import plot_accuracy
 
             plot_accuracy(
                 {m: {int(n): a for n, a in d.items() if a is not None} for m, d in accuracy.items()},
@@ -365,7 +357,6 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
     cancelled. Progress bars are off in workers (their output would interleave).
     """
     import multiprocessing as mp
-    import signal
     from concurrent.futures import ProcessPoolExecutor
 
     worker_settings = replace(s, progress=False)
@@ -406,10 +397,6 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
     return runs, interrupted
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def format_table(results: dict[str, Any]) -> str:
     """Accuracy table: one row per model, one column per length."""
     acc = results["accuracy"]
@@ -422,4 +409,131 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SortSettings", "format_table", "paper_settings", "run_sort_experiment", "train_and_test"]
+# ----------------------------------------------------------------------------- command line
+
+
+def _models(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [n for n in names if n not in MEMORY_TYPES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown memory type(s) {bad}; choose from {','.join(MEMORY_TYPES)}"
+        )
+    return names
+
+
+# flag -> SortSettings field
+SORT_FLAGS: list[Flag] = [
+    Flag(
+        "--models",
+        "models",
+        _models,
+        "memory types, comma-separated (xl,compressive,infinite,infinite_sticky)",
+    ),
+    Flag("--lengths", "lengths", int_list, "sequence lengths, comma-separated (e.g. 512,1024,2048 or 4k,8k)"),
+    Flag(
+        "--train-on",
+        "train_on",
+        str,
+        "'each': one model per length (paper) | 'mixed': one model on all lengths",
+    ),
+    Flag("--num-symbols", "num_symbols", int, "vocabulary of the sequences (paper: 20)"),
+    Flag("--segment-len", "segment_len", int, "tokens per segment S"),
+    Flag(
+        "--mem-len", "mem_len", int, "short-term memory (Transformer-XL mems) of the ∞-former / compressive"
+    ),
+    Flag("--num-basis", "num_basis", int, "N, basis functions of the ∞-former's long-term memory"),
+    Flag("--num-samples", "num_samples", int, "M, samples of the old signal per update (default N)"),
+    Flag("--tau", "tau", float, "τ, contraction factor of the long-term memory"),
+    Flag("--widths", "widths", float_list, "RBF widths, comma-separated"),
+    Flag("--ridge-lambda", "ridge_lambda", float, "λ of the ridge regression"),
+    Flag("--num-bins", "num_bins", int, "D, bins of the sticky-memory density"),
+    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer"),
+    Flag(
+        "--xl-mem-len", "xl_mem_len", int, "Transformer-XL memory (default mem_len + num_basis: equal budget)"
+    ),
+    Flag("--cmem-len", "cmem_len", int, "compressed memory slots (default num_basis)"),
+    Flag("--compression-rate", "compression_rate", int, "compression rate c"),
+    Flag("--d-model", "d_model", int, "model width e"),
+    Flag("--n-layers", "n_layers", int, "layers"),
+    Flag("--n-heads", "n_heads", int, "attention heads H"),
+    Flag("--d-inner", "d_inner", int, "feed-forward width"),
+    Flag("--dropout", "dropout", float, "dropout"),
+    Flag("--steps", "steps", int, "optimizer steps per model"),
+    Flag("--batch-size", "batch_size", int, "sequences per step (global, over all processes)"),
+    Flag("--lr", "lr", float, "peak learning rate (AdamW)"),
+    Flag("--warmup", "warmup_steps", int, "linear warmup steps (then cosine decay)"),
+    Flag("--min-lr-ratio", "min_lr_ratio", float, "final lr / peak lr of the cosine"),
+    Flag("--clip", "clip", float, "gradient-norm clipping (0: off)"),
+    Flag("--eval-sequences", "eval_sequences", int, "held-out test sequences per length"),
+    Flag(
+        "--valid-sequences",
+        "valid_sequences",
+        int,
+        "validation sequences per length, evaluated every --eval-every",
+    ),
+    Flag("--eval-every", "eval_every", int, "evaluate every N steps (0: at the end only)"),
+    Flag("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (0: at the end and on SIGINT/SIGTERM)"),
+    Flag("--seed", "seed", int, "seed of data, initialisation and training"),
+    Flag("--device", "device", str, "auto | cpu | cuda"),
+    Flag("--threads", "threads", int, "torch CPU threads per process (0: torch default; 1 with --jobs > 1)"),
+    Flag("--jobs", "jobs", int, "models trained at once in separate CPU processes (0: one per core)"),
+    Flag("--out", "out", str, "output root folder"),
+    Flag("--name", "name", str, "run name: results go to <out>/<name>/"),
+]
+
+
+def add_sort_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sort",
+        help="the sorting task: ∞-former vs baselines at an equal memory budget",
+        description="Train and test memory types on the sorting task (paper §5). With no arguments: "
+        "∞-former (sticky) vs Transformer-XL on the CPU in a few minutes; writes results.json and "
+        "accuracy.png under <out>/<name>/.",
+    )
+    p.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="base settings (default: cpu)")
+    add_flags(p, SORT_FLAGS)
+    p.add_argument("--resume", action="store_true", help="continue <out>/<name> from its checkpoints")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bars"
+    )
+    p.set_defaults(func=run_sort)
+    return p
+
+
+def sort_settings_from_args(args: argparse.Namespace) -> SortSettings:
+    given = overrides(args, SORT_FLAGS)
+    if args.progress is not None:
+        given["progress"] = args.progress
+    if args.preset == "paper":
+        return paper_settings(**given)
+    return SortSettings(**given)
+
+
+def run_sort(args: argparse.Namespace) -> int:
+    settings = sort_settings_from_args(args)  # ValueError on bad settings: before any training
+    main_process = is_main_process()  # under torchrun only rank 0 reports
+    log = (lambda m: print(m, flush=True)) if main_process else (lambda m: None)
+    results = run_sort_experiment(settings, resume=args.resume, log=log)
+    root = f"{settings.out}/{settings.name}"
+    if not main_process:
+        return 128 + signal.SIGTERM.value if results["interrupted"] else 0
+    if results["interrupted"]:
+        print(f"interrupted: checkpoints saved; continue with the same flags plus --resume ({root})")
+        return 128 + signal.SIGTERM.value
+    print()
+    print(format_table(results))
+    print(f"\n{results['total_seconds']:.0f} s; results: {root}/results.json, plot: {root}/accuracy.png")
+    return 0
+
+
+add_parser = add_sort_parser  # every experiment module offers add_parser(subparsers) to cli.py
+
+__all__ = [
+    "SortSettings",
+    "add_parser",
+    "format_table",
+    "paper_settings",
+    "run_sort_experiment",
+    "train_and_test",
+]

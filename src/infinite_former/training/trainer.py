@@ -1,8 +1,9 @@
 """One training loop for every model: segments, memory carried across them, checkpoints.
 
-Protocol. A data stream yields ``Segment``s (tokens, targets, loss_mask, a
-``reset`` row mask and a ``train`` flag). The trainer keeps the model's
-memory state across segments: ``state.reset(segment.reset)`` before and
+Protocol. A data stream yields ``Segment``s (data/segments.py: tokens,
+targets, loss_mask, a ``reset`` row mask and a ``train`` flag). The model
+returns a recurrent state (``RecurrentState`` below). The trainer keeps it
+across segments: ``state.reset(segment.reset)`` before and
 ``state.detach()`` after each one (truncated back-propagation, paper §5).
 Segments with ``train=False`` run under ``torch.no_grad`` (sorting: every
 segment but the last, the one holding the answer); each ``train=True``
@@ -28,95 +29,55 @@ with weights_only=True) and exact resumption.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .utils import check_int, config_from_dict, seed_everything
+from ..data.segments import EvalFactory, Shard, StreamFactory
+from ..utils import check_int, config_from_dict, seed_everything, write_text_atomic
+from .checkpoints import (
+    CKPT_SUBDIR,
+    LATEST,
+    CheckpointError,
+    is_tied,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    to_cpu,
+)
+from .evaluation import evaluate
+from .logs import TrainLogger
 
-# ------------------------------------------------------------------------- data protocol
-
-
-@dataclass
-class Segment:
-    """One segment of a batch of streams.
-
-    tokens:    (b, T) long, the inputs.
-    targets:   (b, T) long, next tokens (None: nothing to predict).
-    loss_mask: (b, T) bool, positions counted in loss and accuracy (None: all).
-    reset:     (b,) bool, rows whose memory is emptied BEFORE this segment
-               (a new sequence / document starts in that row).
-    train:     back-propagate this segment and take one optimizer step.
-    """
-
-    tokens: Tensor
-    targets: Tensor | None = None
-    loss_mask: Tensor | None = None
-    reset: Tensor | None = None
-    train: bool = True
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.tokens, Tensor) or self.tokens.dim() != 2:
-            raise ValueError(f"Segment.tokens must be a (batch, T) tensor, got {_describe(self.tokens)}")
-        shape = tuple(self.tokens.shape)
-        for name in ("targets", "loss_mask"):
-            t = getattr(self, name)
-            if t is not None and tuple(t.shape) != shape:
-                raise ValueError(f"Segment.{name} must have shape {shape}, got {tuple(t.shape)}")
-        if self.reset is None:
-            self.reset = torch.zeros(shape[0], dtype=torch.bool)
-        if self.reset.dtype != torch.bool or tuple(self.reset.shape) != (shape[0],):
-            raise ValueError(f"Segment.reset must be a bool tensor of shape ({shape[0]},)")
-
-    @property
-    def batch_size(self) -> int:
-        return self.tokens.shape[0]
-
-    def to(self, device: torch.device | str) -> Segment:
-        move = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("tokens", "targets", "loss_mask", "reset"):
-            if move[name] is not None:
-                move[name] = move[name].to(device, non_blocking=True)
-        return Segment(**move)
+# --------------------------------------------------------------------------- protocol
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of the global batch: rows rank·batch_size .. (rank+1)·batch_size − 1."""
+class RecurrentState(Protocol):
+    """What the trainer needs of a model's memory state (LMState, InfiniteGPT2Memory, ...).
 
-    rank: int = 0
-    world_size: int = 1
-    batch_size: int = 1  # local rows
+    reset(rows) empties the rows where a new sequence starts; detach() cuts the graph between
+    segments; to(device) moves it; state_dict() / from_state_dict() save it with a checkpoint
+    and load it back on resume. Each returns a new state."""
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
+    def reset(self, rows: Tensor) -> RecurrentState: ...
 
+    def detach(self) -> RecurrentState: ...
 
-class SegmentStream(Protocol):
-    """What the trainer needs from a training stream."""
-
-    def __iter__(self) -> Iterator[Segment]: ...
+    def to(self, device: torch.device | str) -> RecurrentState: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-StreamFactory = Callable[[Shard], SegmentStream]
-EvalFactory = Callable[[Shard], Iterable[Segment]]
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> RecurrentState: ...
 
 
 # ---------------------------------------------------------------------------- config
@@ -209,10 +170,6 @@ def _check_float(name: str, value: Any, lo: float, hi: float | None = None, lo_o
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
-def _describe(x: Any) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-
-
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Linear warmup over warmup_steps, then cosine decay to min_lr_ratio at total_steps."""
     if step < warmup_steps:
@@ -220,121 +177,6 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     span = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / span, 1.0)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------- checkpoints
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing a file, unreadable or inconsistent with the run."""
-
-
-CKPT_SUBDIR = "checkpoints"
-LATEST = "latest"
-
-
-def find_checkpoint(path: str | os.PathLike) -> str:
-    """Resolve a run directory, its checkpoints/ folder or a step folder to a step folder.
-
-    Raises FileNotFoundError (naming the path) when there is none.
-    """
-    path = os.fspath(path)
-    candidates = [path, os.path.join(path, CKPT_SUBDIR)]
-    for c in candidates:
-        if os.path.isfile(os.path.join(c, "trainer.pt")):
-            return c
-        latest = os.path.join(c, LATEST)
-        if os.path.isfile(latest):
-            with open(latest) as f:
-                name = f.read().strip()
-            step_dir = os.path.join(c, name)
-            if not name or not os.path.isdir(step_dir):
-                raise CheckpointError(f"checkpoint pointer {latest} names {name!r}, which does not exist")
-            return step_dir
-    raise FileNotFoundError(
-        f"no checkpoint found at {path} (expected {os.path.join(path, CKPT_SUBDIR, LATEST)})"
-    )
-
-
-def load_checkpoint(path: str | os.PathLike, rank: int = 0) -> dict[str, Any]:
-    """Read a checkpoint (CPU tensors): {'trainer': ..., 'rank': ..., 'model': state_dict, 'dir': ...}.
-
-    Everything is loaded with weights_only=True; any failure becomes a
-    CheckpointError naming the file. Nothing is written.
-    """
-    step_dir = find_checkpoint(path)
-    files = {
-        "trainer": os.path.join(step_dir, "trainer.pt"),
-        "rank": os.path.join(step_dir, f"rank{rank}.pt"),
-        "model": os.path.join(step_dir, "model.safetensors"),
-    }
-    out: dict[str, Any] = {"dir": step_dir}
-    for key, file in files.items():
-        if not os.path.isfile(file):
-            raise CheckpointError(f"checkpoint {step_dir} is incomplete: {file} is missing")
-        try:
-            if key == "model":
-                from safetensors.torch import load_file
-
-                out[key] = load_file(file, device="cpu")
-            else:
-                out[key] = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any parse failure means a corrupt file
-            raise CheckpointError(f"checkpoint file {file} is corrupt or unreadable: {e}") from e
-    for required in ("step", "train_config", "optimizer", "scheduler", "world_size"):
-        if required not in out["trainer"]:
-            raise CheckpointError(f"checkpoint file {files['trainer']} lacks '{required}'")
-    for required in ("rng", "stream", "memory"):
-        if required not in out["rank"]:
-            raise CheckpointError(f"checkpoint file {files['rank']} lacks '{required}'")
-    return out
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) RNG states, in weights_only-loadable types."""
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 # --------------------------------------------------------------------------- trainer
@@ -386,7 +228,7 @@ class Trainer:
     it must provide ``init_state(batch, device)``, and its output ``loss``
     (mean CE over masked positions) and ``aux_loss`` (already weighted; may be None).
     train_stream: factory Shard -> SegmentStream. evaluators: name -> factory
-    Shard -> finite iterable of Segments, evaluated with evaluate.evaluate()
+    Shard -> finite iterable of Segments, evaluated with evaluation.evaluate()
     every eval_every steps and at the end; final_evaluators: only at the end.
     eval_fn: optional extra evaluation, (unwrapped model, trainer) -> metrics.
     param_groups: optional model -> list of AdamW parameter groups (each may
@@ -481,7 +323,7 @@ class Trainer:
             try:
                 model.load_state_dict(ckpt["model"], strict=False)
                 missing = set(model.state_dict()) - set(ckpt["model"])
-                missing = {k for k in missing if not _is_tied(model, k, ckpt["model"])}
+                missing = {k for k in missing if not is_tied(model, k, ckpt["model"])}
                 if missing:
                     raise CheckpointError(f"checkpoint {ckpt['dir']} lacks weights {sorted(missing)[:5]}")
             except RuntimeError as e:
@@ -505,7 +347,11 @@ class Trainer:
             step = int(ckpt["trainer"]["step"])
             set_rng_state(ckpt["rank"]["rng"])
 
-        logger = _Logger(cfg, acc.is_main_process, step) if step < cfg.steps or ckpt is None else None
+        logger = (
+            TrainLogger(cfg.out_dir, cfg.tensorboard, acc.is_main_process, step)
+            if step < cfg.steps or ckpt is None
+            else None
+        )
         result = TrainResult(step, [], False, 0.0, 0.0, {}, ckpt["dir"] if ckpt else None)
         try:
             with _SignalFlag() as flag:
@@ -589,9 +435,9 @@ class Trainer:
         result.tokens_per_s = tokens * acc.num_processes / max(busy, 1e-9)
         result.checkpoint = last_saved
 
-    def _evaluate(self, core: nn.Module, step: int, logger: _Logger | None, final: bool) -> dict[str, float]:
-        from .evaluate import evaluate
-
+    def _evaluate(
+        self, core: nn.Module, step: int, logger: TrainLogger | None, final: bool
+    ) -> dict[str, float]:
         acc = self.accelerator
         metrics: dict[str, float] = {}
         evaluators = {**self.evaluators, **self.final_evaluators} if final else self.evaluators
@@ -623,7 +469,7 @@ class Trainer:
             os.makedirs(tmp)
         acc.wait_for_everyone()
         torch.save(
-            {"rng": rng_state(), "stream": stream.state_dict(), "memory": _to_cpu(state.state_dict())},
+            {"rng": rng_state(), "stream": stream.state_dict(), "memory": to_cpu(state.state_dict())},
             os.path.join(tmp, f"rank{acc.process_index}.pt"),
         )
         if acc.is_main_process:
@@ -634,7 +480,7 @@ class Trainer:
                     "world_size": acc.num_processes,
                     "train_config": cfg.to_dict(),
                     "model_config": self.model_config,
-                    "optimizer": _to_cpu(optimizer.state_dict()),
+                    "optimizer": to_cpu(optimizer.state_dict()),
                     "scheduler": scheduler.state_dict(),
                 },
                 os.path.join(tmp, "trainer.pt"),
@@ -651,18 +497,11 @@ class Trainer:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _atomic_write_text(latest, name)
+            write_text_atomic(latest, name)
             if previous and previous != name:
                 shutil.rmtree(os.path.join(root, previous), ignore_errors=True)
         acc.wait_for_everyone()
         return final
-
-
-def _is_tied(model: nn.Module, key: str, saved: Mapping[str, Tensor]) -> bool:
-    """True when parameter `key` shares storage with a parameter present in `saved` (tied weights)."""
-    sd = model.state_dict()
-    ptr = sd[key].data_ptr()
-    return any(sd[k].data_ptr() == ptr for k in saved if k in sd)
 
 
 def _reducer(acc: Any) -> Callable[[Tensor], Tensor] | None:
@@ -671,89 +510,4 @@ def _reducer(acc: Any) -> Callable[[Tensor], Tensor] | None:
     return lambda t: acc.reduce(t, "sum")
 
 
-class _Logger:
-    """CSV (train_log.csv, eval_log.csv) and TensorBoard (tb/) on the main process."""
-
-    TRAIN_FIELDS = ["step", "loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "time"]
-
-    def __init__(self, cfg: TrainConfig, active: bool, start_step: int) -> None:
-        self.active = active
-        self.tb = None
-        if not active:
-            return
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        self.train_path = os.path.join(cfg.out_dir, "train_log.csv")
-        self.eval_path = os.path.join(cfg.out_dir, "eval_log.csv")
-        for path in (self.train_path, self.eval_path):
-            _truncate_csv(path, start_step)
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(cfg.out_dir, "tb"), purge_step=start_step + 1)
-            except ImportError:  # tensorboard not installed: CSV only
-                self.tb = None
-
-    def _append(self, path: str, header: list[str], rows: list[list[Any]]) -> None:
-        new = not os.path.exists(path) or os.path.getsize(path) == 0
-        with open(path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(header)
-            w.writerows(rows)
-
-    def train(self, step: int, loss: float, aux: float, lr: float, grad_norm: float, tok_s: float) -> None:
-        if not self.active:
-            return
-        self._append(
-            self.train_path, self.TRAIN_FIELDS, [[step, loss, aux, lr, grad_norm, tok_s, time.time()]]
-        )
-        if self.tb is not None:
-            for k, v in (
-                ("loss", loss),
-                ("aux_loss", aux),
-                ("lr", lr),
-                ("grad_norm", grad_norm),
-                ("tokens_per_s", tok_s),
-            ):
-                self.tb.add_scalar(f"train/{k}", v, step)
-
-    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.active:
-            return
-        self._append(self.eval_path, ["step", "metric", "value"], [[step, k, v] for k, v in metrics.items()])
-        if self.tb is not None:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _truncate_csv(path: str, step: int) -> None:
-    """Drop rows logged after `step` (they belong to steps a resumed run will redo)."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    if len(kept) != len(rows):
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-
-
-__all__ = [
-    "CheckpointError",
-    "Segment",
-    "SegmentStream",
-    "Shard",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "find_checkpoint",
-    "load_checkpoint",
-    "lr_lambda",
-]
+__all__ = ["RecurrentState", "TrainConfig", "TrainResult", "Trainer", "lr_lambda"]

@@ -1,0 +1,114 @@
+"""GPT-2 + memory for the project's Trainer and evaluation loops.
+
+``HFMemoryLM`` puts an ``InfiniteGPT2LMHeadModel`` behind the Trainer's model interface
+(``out, state = model(tokens, state, targets=, loss_mask=)``, ``init_state``); its recurrent state
+is the model's own ``InfiniteGPT2Memory`` (reset / detach / to / state_dict / from_state_dict).
+``evaluate_hf_pair`` compares GPT-2 and GPT-2 + memory on the same blocks of long documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.text import TokenizedCorpus
+from ..training.evaluation import evaluate_documents
+from .memory import InfiniteGPT2Memory
+
+
+@dataclass
+class _LMOut:
+    logits: Tensor
+    loss: Tensor | None
+    aux_loss: Tensor
+
+
+class HFMemoryLM(nn.Module):
+    """``InfiniteGPT2LMHeadModel`` behind the Trainer's ``out, state = model(tokens, state, targets, loss_mask)``.
+
+    Each call must be one block of ``config.block_size`` tokens (the memory is absorbed at block
+    boundaries); loss = mean CE over masked targets, aux_loss = kl_weight · KL (training only).
+    """
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf_model
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> InfiniteGPT2Memory:
+        return self.hf.init_memory(batch_size, device)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        state: InfiniteGPT2Memory | None = None,
+        targets: Tensor | None = None,
+        loss_mask: Tensor | None = None,
+    ) -> tuple[_LMOut, InfiniteGPT2Memory]:
+        out = self.hf(tokens, memory=state)
+        loss = None
+        if targets is not None:
+            nll = F.cross_entropy(out.logits.float().transpose(1, 2), targets, reduction="none")
+            mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask
+            loss = (nll * mask).sum() / mask.sum().clamp_min(1)
+        kl_w = float(self.hf.config.kl_weight)
+        use_kl = self.hf.training and kl_w > 0 and len(self.hf.ltm) and out.kl is not None
+        aux = kl_w * out.kl if use_kl else out.logits.new_zeros(())
+        return _LMOut(out.logits, loss, aux), out.memory
+
+
+def evaluate_hf_pair(
+    memory_model: nn.Module | None,
+    plain_model: nn.Module | None,
+    corpus: TokenizedCorpus,
+    block_size: int,
+    batch_size: int,
+    eos_id: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """GPT-2 (each block alone) and GPT-2 + memory (blocks in order, memory reset per document),
+    on the same blocks of ``block_size`` tokens: per-document and corpus ppl and bpb."""
+    res: dict[str, Any] = {}
+    if plain_model is not None:
+        plain_model.eval()
+        n_pos = plain_model.config.n_positions
+        res["gpt2"] = evaluate_documents(
+            lambda t, s: (plain_model(t).logits, None),
+            lambda b: None,
+            corpus,
+            batch_size,
+            block_size,
+            eos_id,
+            device,
+            max_positions=n_pos,
+        )
+    if memory_model is not None:
+        memory_model.eval()
+        if memory_model.config.block_size != block_size:
+            raise ValueError(
+                f"block_size={block_size} differs from the memory model's block_size={memory_model.config.block_size}"
+            )
+        wrapped = HFMemoryLM(memory_model)
+
+        def step(t: Tensor, s: InfiniteGPT2Memory) -> tuple[Tensor, InfiniteGPT2Memory]:
+            out, s = wrapped(t, s)
+            return out.logits, s
+
+        # a model fine-tuned with --no-memory has no LTM layers: it is GPT-2 on the same blocks
+        res["gpt2_memory" if len(memory_model.ltm) else "gpt2_finetuned"] = evaluate_documents(
+            step,
+            lambda b: wrapped.init_state(b, device),
+            corpus,
+            batch_size,
+            block_size,
+            eos_id,
+            device,
+            max_positions=memory_model.config.n_positions,
+        )
+    return res
+
+
+__all__ = ["HFMemoryLM", "evaluate_hf_pair"]

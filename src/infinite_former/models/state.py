@@ -1,0 +1,126 @@
+"""LMState: every layer's memories for a batch of streams, passed in and returned by the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..memory import LTMState
+
+
+@dataclass
+class LMState:
+    """Memories of all layers for a batch of streams (passed in and returned by the model).
+
+    mems:   per layer (batch, m, e) layer inputs; row i's valid ones are its last mem_valid[i].
+    cmems:  per layer (batch, C, e) compressed slots, last cmem_valid[i] valid (compressive only).
+    ltm:    per layer LTMState of the LongTermAttention (infinite types only).
+    ltm_pending: per layer (batch, P, e) layer inputs that left the STM in the last call and
+            enter the LTM at the start of the next; last ltm_pending_count[i] valid.
+    """
+
+    mems: list[Tensor]
+    mem_valid: Tensor
+    cmems: list[Tensor] = field(default_factory=list)
+    cmem_valid: Tensor | None = None
+    ltm: list[LTMState] = field(default_factory=list)
+    ltm_pending: list[Tensor] = field(default_factory=list)
+    ltm_pending_count: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.mem_valid.shape[0]
+
+    def _map(self, fn) -> LMState:
+        opt = lambda t: None if t is None else fn(t)  # noqa: E731
+        return LMState(
+            mems=[fn(t) for t in self.mems],
+            mem_valid=fn(self.mem_valid),
+            cmems=[fn(t) for t in self.cmems],
+            cmem_valid=opt(self.cmem_valid),
+            ltm=[LTMState(fn(s.coeffs), fn(s.length), fn(s.bin_mass)) for s in self.ltm],
+            ltm_pending=[fn(t) for t in self.ltm_pending],
+            ltm_pending_count=opt(self.ltm_pending_count),
+        )
+
+    def detach(self) -> LMState:
+        return self._map(lambda t: t.detach())
+
+    def to(self, device: torch.device | str) -> LMState:
+        return self._map(lambda t: t.to(device))
+
+    def select(self, rows: Tensor) -> LMState:
+        """The state of a subset of rows (index tensor or bool mask)."""
+        return self._map(lambda t: t[rows])
+
+    def reset(self, rows: Tensor) -> LMState:
+        """Start a new document in the chosen rows (bool mask (batch,)): their mems, cmems,
+        pending vectors and LTM are emptied; other rows are unchanged. Returns a new state."""
+        if not isinstance(rows, Tensor) or rows.dtype != torch.bool or rows.shape != (self.batch_size,):
+            raise ValueError(f"rows must be a bool tensor of shape ({self.batch_size},), got {rows!r}")
+        rows = rows.to(self.mem_valid.device)
+        keep = ~rows
+
+        def zero(t: Tensor) -> Tensor:
+            return t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
+
+        return LMState(
+            mems=[zero(t) for t in self.mems],
+            mem_valid=self.mem_valid * keep,
+            cmems=[zero(t) for t in self.cmems],
+            cmem_valid=None if self.cmem_valid is None else self.cmem_valid * keep,
+            ltm=[s.reset(rows) for s in self.ltm],
+            ltm_pending=[zero(t) for t in self.ltm_pending],
+            ltm_pending_count=None if self.ltm_pending_count is None else self.ltm_pending_count * keep,
+        )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Flat dict of tensors (for checkpoints)."""
+        d: dict[str, Tensor] = {"mem_valid": self.mem_valid}
+        for i, t in enumerate(self.mems):
+            d[f"mems.{i}"] = t
+        for i, t in enumerate(self.cmems):
+            d[f"cmems.{i}"] = t
+        if self.cmem_valid is not None:
+            d["cmem_valid"] = self.cmem_valid
+        for i, s in enumerate(self.ltm):
+            for k, v in s.state_dict().items():
+                d[f"ltm.{i}.{k}"] = v
+        for i, t in enumerate(self.ltm_pending):
+            d[f"ltm_pending.{i}"] = t
+        if self.ltm_pending_count is not None:
+            d["ltm_pending_count"] = self.ltm_pending_count
+        return d
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Tensor]) -> LMState:
+        if "mem_valid" not in d:
+            raise ValueError("model state dict is missing 'mem_valid'")
+
+        def layers(prefix: str) -> list[Tensor]:
+            out, i = [], 0
+            while f"{prefix}.{i}" in d:
+                out.append(d[f"{prefix}.{i}"])
+                i += 1
+            return out
+
+        ltm, i = [], 0
+        while f"ltm.{i}.coeffs" in d:
+            ltm.append(
+                LTMState.from_state_dict({k: d[f"ltm.{i}.{k}"] for k in ("coeffs", "length", "bin_mass")})
+            )
+            i += 1
+        return cls(
+            mems=layers("mems"),
+            mem_valid=d["mem_valid"],
+            cmems=layers("cmems"),
+            cmem_valid=d.get("cmem_valid"),
+            ltm=ltm,
+            ltm_pending=layers("ltm_pending"),
+            ltm_pending_count=d.get("ltm_pending_count"),
+        )
+
+
+ModelState = LMState  # the 0.1 name; kept for one release (README: "Moved in 0.2")

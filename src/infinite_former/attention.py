@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .basis import GaussianBasis
 from .continuous import NORMALIZERS
 from .memory import LTMState, bin_mass, update_memory
-from .utils import check_int
+from .utils import check_int, config_from_dict, describe
 
 
 @dataclass
@@ -82,7 +82,7 @@ class LTMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LTMConfig:
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def gaussian_kl(sigma2: Tensor, sigma0: float) -> Tensor:
@@ -229,11 +229,11 @@ class LongTermAttention(nn.Module):
     def _check_inputs(self, queries: Tensor, new_vectors: Tensor | None, state: LTMState | None) -> None:
         e = self.config.d_model
         if not isinstance(queries, Tensor) or queries.dim() != 3 or queries.shape[-1] != e:
-            raise ValueError(f"queries must be a (batch, q, {e}) tensor, got {_shape(queries)}")
+            raise ValueError(f"queries must be a (batch, q, {e}) tensor, got {describe(queries)}")
         batch = queries.shape[0]
         if new_vectors is not None:
             if not isinstance(new_vectors, Tensor) or new_vectors.dim() != 3 or new_vectors.shape[-1] != e:
-                raise ValueError(f"new_vectors must be a (batch, L, {e}) tensor, got {_shape(new_vectors)}")
+                raise ValueError(f"new_vectors must be a (batch, L, {e}) tensor, got {describe(new_vectors)}")
             if new_vectors.shape[0] != batch:
                 raise ValueError(f"new_vectors has batch size {new_vectors.shape[0]} but queries has {batch}")
         if state is not None:
@@ -259,7 +259,3 @@ class LongTermAttention(nn.Module):
                 if t is not None and t.numel() and not bool(torch.isfinite(t.sum())):
                     if not bool(torch.isfinite(t).all()):
                         raise ValueError(f"{name} contains NaN or Inf values")
-
-
-def _shape(x: Any) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__

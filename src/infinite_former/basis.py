@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .utils import check_int
+
 SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
@@ -43,8 +45,7 @@ def rbf_layout(num_basis: int, widths: Sequence[float]) -> tuple[Tensor, Tensor]
     Returns (mu, sigma), each (N,), width-major: index w·C + c has width
     widths[w] and the c-th of C = N / W evenly spaced centres.
     """
-    if isinstance(num_basis, bool) or not isinstance(num_basis, int) or num_basis < 2:
-        raise ValueError(f"num_basis (N) must be an int >= 2, got {num_basis!r}")
+    check_int("num_basis", num_basis, 2, symbol="N")
     widths = tuple(float(w) for w in widths)
     if not widths or any(not (w > 0) or not math.isfinite(w) for w in widths):
         raise ValueError(f"widths must be positive finite numbers, got {widths!r}")

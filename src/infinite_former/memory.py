@@ -22,6 +22,7 @@ from torch import Tensor
 
 from . import ridge
 from .basis import GaussianBasis
+from .utils import check_int
 
 
 @dataclass
@@ -131,8 +132,7 @@ def sticky_positions(bin_mass: Tensor, num_samples: int, generator: torch.Genera
     """
     if bin_mass.dim() != 2:
         raise ValueError(f"bin_mass must be a (batch, D) tensor, got shape {tuple(bin_mass.shape)}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples (M) must be an int >= 1, got {num_samples!r}")
+    check_int("num_samples", num_samples, 1, symbol="M")
     batch, num_bins = bin_mass.shape
     mass = bin_mass.clamp_min(0)
     total = mass.sum(-1, keepdim=True)
@@ -233,8 +233,7 @@ def update_memory(
 
 
 def _check_update_args(state: LTMState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples (M) must be an int >= 1, got {num_samples!r}")
+    check_int("num_samples", num_samples, 1, symbol="M")
     if not (0.0 < tau < 1.0):
         raise ValueError(f"tau (τ) must be in (0, 1), got {tau!r}")
     batch, n, e = state.coeffs.shape

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..utils import check_int
+from ..utils import check_int, config_from_dict
 from .segments import Segment, Shard
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
@@ -92,7 +92,7 @@ class SortingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SortingConfig:
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 # ------------------------------------------------------------------- counter-based RNG

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..utils import check_int
 from .segments import Segment
 from .tokenizer import TextTokenizer
 
@@ -218,8 +219,7 @@ def tokenize_documents(
 
 def check_segment_length(seg_len: int, max_positions: int | None, name: str = "seg_len") -> None:
     """ValueError if a segment/block is longer than the model's positions."""
-    if not isinstance(seg_len, int) or seg_len < 1:
-        raise ValueError(f"{name} must be a positive int, got {seg_len!r}")
+    check_int(name, seg_len, 1)
     if max_positions is not None and seg_len > max_positions:
         raise ValueError(
             f"{name}={seg_len} is longer than the model's positions (max_positions={max_positions}); "
@@ -253,8 +253,7 @@ class DocumentLanes:
     def __post_init__(self) -> None:
         if len(self.corpus) == 0:
             raise ValueError("corpus: no documents")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        check_int("batch_size", self.batch_size, 1)
         check_segment_length(self.seg_len, self.max_positions)
         lens = torch.tensor([int(t.numel()) for t in self.corpus.tokens], dtype=torch.long)
         if bool((lens == 0).any()):

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..utils import check_int
+
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_KINDS = ("gpt2", "bpe", "bytes")
 _META = "tokenizer_meta.json"
@@ -148,8 +150,7 @@ def train_bpe_tokenizer(
 
     ``vocab_size`` includes the 256 byte symbols and ``<|endoftext|>``.
     """
-    if not isinstance(vocab_size, int) or vocab_size < 258:
-        raise ValueError(f"vocab_size must be an int >= 258 (256 bytes + EOS + 1 merge), got {vocab_size!r}")
+    check_int("vocab_size", vocab_size, 258)  # 256 bytes + EOS + at least one merge
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()

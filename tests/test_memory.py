@@ -291,3 +291,14 @@ def test_sticky_positions_reject_bad_arguments():
         sticky_positions(torch.ones(4), 3)
     with pytest.raises(ValueError, match="num_samples"):
         sticky_positions(torch.ones(1, 4), 0)
+
+
+def test_state_maps_and_merges_itself_row_by_row():
+    a = LTMState.empty(3, 8, 4, 4)
+    b = LTMState(torch.randn(3, 8, 4), torch.tensor([5, 6, 7]), torch.rand(3, 4))
+    merged = a.merge(b, torch.tensor([False, True, False]))
+    assert torch.equal(merged.coeffs[1], b.coeffs[1]) and torch.equal(merged.coeffs[[0, 2]], a.coeffs[[0, 2]])
+    assert merged.length.tolist() == [0, 6, 0] and torch.equal(merged.bin_mass[1], b.bin_mass[1])
+    doubled = b.map(lambda t: t * 2)
+    assert torch.equal(doubled.coeffs, 2 * b.coeffs) and doubled.length.tolist() == [10, 12, 14]
+    assert torch.equal(b.select(torch.tensor([2])).coeffs, b.coeffs[2:])

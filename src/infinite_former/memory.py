@@ -15,6 +15,7 @@ more room in the new signal. Everything is batched: no loop over rows.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -91,7 +92,19 @@ class LTMState:
 
     def select(self, rows: Tensor) -> LTMState:
         """The memory of a subset of rows (e.g. for beam search / lane reordering)."""
-        return LTMState(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return self.map(lambda t: t[rows])
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> LTMState:
+        """Apply fn to every field (all are batch-first), e.g. detach, a row index, a device move."""
+        return LTMState(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def merge(self, other: LTMState, rows: Tensor) -> LTMState:
+        """Row i from ``other`` where rows[i] (bool (batch,)), else from self."""
+
+        def pick(a: Tensor, b: Tensor) -> Tensor:
+            return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), b, a)
+
+        return LTMState(**{f.name: pick(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
     def state_dict(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

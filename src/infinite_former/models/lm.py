@@ -67,6 +67,36 @@ class LMOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Where everything sits in one call, the same for every layer (memories are right-aligned
+    with per-row counts; see the module docstring). b rows, segment length T.
+
+    stm_keep (b,): layer inputs each row keeps as mems after this call; stm_width: their max.
+    leaving: vectors leaving [mem; segment] on the left this call (the LTM's pending vectors).
+    window: memory positions attended before the segment (cmem width + mem width, or mem width).
+    pos (window + T, e): the sinusoids R; mask (b, 1, T, window + T): True where attention is allowed.
+    Compressive: evict (b,) vectors each row compresses (evict_width their max), new_slots (b,)
+    slots each row gains, cmem_valid (b,) / cmem_width: the new compressed memory's counts / width.
+    ∞-former: pending_count (b,) vectors each row hands to the LTM, absorbed at the next call;
+    absorb_counts: the distinct non-zero counts the last call handed over, absorbed now.
+    """
+
+    stm_keep: Tensor
+    stm_width: int
+    leaving: int
+    window: int
+    pos: Tensor
+    mask: Tensor
+    evict: Tensor | None = None
+    evict_width: int = 0
+    new_slots: Tensor | None = None
+    cmem_width: int = 0
+    cmem_valid: Tensor | None = None
+    pending_count: Tensor | None = None
+    absorb_counts: list[int] = field(default_factory=list)
+
+
 class InfiniteFormerLM(nn.Module):
     """Decoder-only LM, Transformer-XL recurrence, memory type chosen by config (module doc)."""
 
@@ -126,154 +156,185 @@ class InfiniteFormerLM(nn.Module):
         """tokens (batch, T) -> (LMOutput, new state). The new mems are detached; the returned
         state is not (LTM coefficients carry the gate's graph): call state.detach() between
         truncated-backprop windows. Targets < 0 are ignored in the loss, like loss_mask False."""
-        c = self.config
         b, T = self._check_inputs(tokens, state, targets, loss_mask)
         if state is None:
             state = self.init_state(b, tokens.device)
         h = self.drop(self.embed(tokens))  # (b, T, e)
-        dev = h.device
+        layout = self._layout(state, T, h)  # where everything sits: the same for every layer
 
-        # Bookkeeping shared by all layers (right-aligned memories, per-row counts).
-        m = state.mems[0].shape[1]
-        S = m + T
-        v_mem = state.mem_valid
-        if c.uses_cmem:
-            evict = (v_mem + T - c.mem_len).clamp_min(0) // c.compression_rate * c.compression_rate
-            keep = v_mem + T - evict
-            K = int(keep.max())
-            E = int(evict.max())
-            q_new = evict // c.compression_rate
-            C = state.cmems[0].shape[1]
-            v_cm = state.cmem_valid
-            C_new = min(c.cmem_len, int((v_cm + q_new).max()))
-            cmem_valid_new = (v_cm + q_new).clamp_max(c.cmem_len)
-            n_mem = v_cm + v_mem  # valid memory entries attended per row
-            M_len = C + m
-        else:
-            keep = (v_mem + T).clamp_max(c.mem_len)
-            K = min(c.mem_len, S)
-            n_mem, M_len = v_mem, m
-        P = S - K  # vectors leaving the STM block (pending for the LTM)
-        pend_count = (v_mem + T - keep) if c.uses_ltm else None
-        if c.uses_ltm:
-            absorb_counts = sorted({int(n) for n in state.ltm_pending_count.tolist()} - {0})
-
-        L = M_len + T
-        pos = self.drop(sinusoid(L, c.d_model, dev, h.dtype))
-        i = torch.arange(T, device=dev)[:, None]
-        j = torch.arange(L, device=dev)[None, :]
-        causal = j <= (M_len + i)  # (T, L)
-        mem_ok = j[None] >= (M_len - n_mem)[:, None, None]  # (b, 1, L)
-        mask = (causal[None] & mem_ok)[:, None]  # (b, 1, T, L)
-
-        new_mems, new_cmems, new_ltm, new_pending = [], [], [], []
+        new = LMState(mems=[], mem_valid=layout.stm_keep, cmem_valid=layout.cmem_valid)
+        new.ltm_pending_count = layout.pending_count
         kls, recons, mus, sigma2s = [], [], [], []
-        idle: list[Tensor] = []  # parameters this call does not use (see below)
+        idle: list[Tensor] = []  # parameters this call does not use (see _aux_loss)
         for layer, blk in enumerate(self.layers):
-            mem = state.mems[layer]
-            combined = torch.cat([mem, h], dim=1)  # (b, S, e) right-aligned [mem; segment]
-            if c.uses_cmem:
-                memory = concat_right_aligned(state.cmems[layer], v_cm, mem, v_mem, M_len)
-                x = blk.ln1(torch.cat([memory, h], dim=1))
-            else:
-                x = blk.ln1(combined)
-            z = blk.attn(x, T, pos, mask)  # Z_STM after W_O
+            block = torch.cat([state.mems[layer], h], dim=1)  # (b, S, e) right-aligned [mem; segment]
+            x = blk.ln1(self._window(state, layer, block, h, layout))  # (b, window + T, e)
+            z = blk.attn(x, T, layout.pos, layout.mask)  # short-term attention Z_STM, after W_O
             if blk.ltm is not None:
-                ltm_state = self._absorb(
-                    blk, state.ltm[layer], state.ltm_pending[layer], state.ltm_pending_count, absorb_counts
-                )
                 queries = x[:, -T:]
+                ltm_state = self._absorb(blk, state.ltm[layer], state.ltm_pending[layer], state, layout)
                 if return_densities:
                     mu, sigma2, _ = blk.ltm.densities(queries, ltm_state)
                     mus.append(mu)
                     sigma2s.append(sigma2)
-                z_ltm, ltm_state, kl = blk.ltm(queries, None, ltm_state, return_kl=True)
+                z_ltm, ltm_state, kl = blk.ltm(queries, None, ltm_state, return_kl=True)  # long-term read
                 z = z + z_ltm  # Z = Z_STM + Z_LTM, before the residual
                 kls.append(kl)
-                new_ltm.append(ltm_state)
-                new_pending.append(combined[:, :P].detach())
-                if not absorb_counts and blk.ltm.gate is not None:
+                new.ltm.append(ltm_state)
+                new.ltm_pending.append(block[:, : layout.leaving].detach())  # absorbed next call
+                if not layout.absorb_counts and blk.ltm.gate is not None:
                     idle.extend(blk.ltm.gate.parameters())
-            if c.uses_cmem:
-                old = take_evicted(combined, keep, evict, E).detach()  # (b, E, e)
-                comp = blk.compressor(old)  # (b, E/c, e)
-                key_value = lambda t, blk=blk: blk.attn.key_value(blk.norm_detached(t), detach=True)  # noqa: E731
-                queries = blk.attn.query(blk.norm_detached(h.detach()), detach=True)
-                recons.append(reconstruction_loss(queries, old, evict, comp, q_new, key_value, c.n_heads))
-                new_cmems.append(concat_right_aligned(state.cmems[layer], v_cm, comp.detach(), q_new, C_new))
-                if E == 0:
+            if blk.compressor is not None:
+                cmem, recon = self._compress(blk, state.cmems[layer], state.cmem_valid, block, h, layout)
+                new.cmems.append(cmem)
+                recons.append(recon)
+                if layout.evict_width == 0:
                     idle.extend(blk.compressor.parameters())
-            new_mems.append(combined[:, S - K :].detach())
+            new.mems.append(block[:, block.shape[1] - layout.stm_width :].detach())
             h = h + blk.drop(z)
             h = h + blk.ff(blk.ln2(h))
 
         logits = self.head(self.ln_f(h))
-        zero = logits.new_zeros(())
+        aux, extras = self._aux_loss(logits, kls, recons, idle, new)
+        if return_densities and mus:
+            extras["ltm_mu"], extras["ltm_sigma2"] = mus, sigma2s
+        loss = None
+        if targets is not None:
+            loss, extras["nll_sum"], extras["n_targets"] = self._loss(logits, targets, loss_mask)
+        return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras), new
+
+    # ----------------------------------------------------------------------- steps
+
+    def _layout(self, state: LMState, T: int, like: Tensor) -> SegmentLayout:
+        """The memory layout of this call: per-row counts, widths, positions and the attention mask."""
+        c = self.config
+        mem_width = state.mems[0].shape[1]
+        block_width = mem_width + T  # [mem; segment]
+        mem_valid = state.mem_valid
+        evict = new_slots = cmem_valid = None
+        evict_width = cmem_width = 0
+        if c.uses_cmem:
+            # a row evicts whole groups of c vectors, so its STM keeps mem_len .. mem_len + c - 1
+            evict = (mem_valid + T - c.mem_len).clamp_min(0) // c.compression_rate * c.compression_rate
+            keep = mem_valid + T - evict
+            stm_width = int(keep.max())
+            evict_width = int(evict.max())
+            new_slots = evict // c.compression_rate
+            cmem_width = min(c.cmem_len, int((state.cmem_valid + new_slots).max()))
+            cmem_valid = (state.cmem_valid + new_slots).clamp_max(c.cmem_len)
+            attended = state.cmem_valid + mem_valid  # valid memory entries each row attends to
+            window = state.cmems[0].shape[1] + mem_width
+        else:
+            keep = (mem_valid + T).clamp_max(c.mem_len)
+            stm_width = min(c.mem_len, block_width)
+            attended, window = mem_valid, mem_width
+        pending_count = absorb_counts = None
+        if c.uses_ltm:
+            pending_count = mem_valid + T - keep  # leave the STM now, enter the LTM next call
+            absorb_counts = sorted({int(n) for n in state.ltm_pending_count.tolist()} - {0})
+
+        length = window + T
+        dev = like.device
+        pos = self.drop(sinusoid(length, c.d_model, dev, like.dtype))
+        i = torch.arange(T, device=dev)[:, None]
+        j = torch.arange(length, device=dev)[None, :]
+        causal = j <= (window + i)  # (T, window + T)
+        mem_ok = j[None] >= (window - attended)[:, None, None]  # (b, 1, window + T)
+        return SegmentLayout(
+            stm_keep=keep,
+            stm_width=stm_width,
+            leaving=block_width - stm_width,
+            window=window,
+            pos=pos,
+            mask=(causal[None] & mem_ok)[:, None],  # (b, 1, T, window + T)
+            evict=evict,
+            evict_width=evict_width,
+            new_slots=new_slots,
+            cmem_width=cmem_width,
+            cmem_valid=cmem_valid,
+            pending_count=pending_count,
+            absorb_counts=absorb_counts or [],
+        )
+
+    def _window(self, state: LMState, layer: int, block: Tensor, h: Tensor, layout: SegmentLayout) -> Tensor:
+        """What the layer attends over, before LN₁: [cmem; mem; segment] (compressive) or
+        [mem; segment]: (b, window + T, e)."""
+        if not self.config.uses_cmem:
+            return block
+        memory = concat_right_aligned(
+            state.cmems[layer], state.cmem_valid, state.mems[layer], state.mem_valid, layout.window
+        )
+        return torch.cat([memory, h], dim=1)
+
+    @staticmethod
+    def _absorb(
+        blk: Block, ltm_state: LTMState, pending: Tensor, state: LMState, layout: SegmentLayout
+    ) -> LTMState:
+        """Absorb each row's pending vectors (its last state.ltm_pending_count[i]) into the LTM.
+
+        Rows usually share one count; otherwise one batched update per distinct count (not per
+        row), each row taking the result of its own count, so every row gets exactly the fit a
+        lone stream would get."""
+        if pending.shape[1] == 0 or not layout.absorb_counts:
+            return ltm_state
+        width = pending.shape[1]
+        x = blk.ln1(pending)
+        out = ltm_state
+        for n in layout.absorb_counts:
+            out = out.merge(blk.ltm.update(ltm_state, x[:, width - n :]), state.ltm_pending_count == n)
+        return out
+
+    def _compress(
+        self, blk: Block, cmem: Tensor, cmem_valid: Tensor, block: Tensor, h: Tensor, layout: SegmentLayout
+    ) -> tuple[Tensor, Tensor]:
+        """Compress the vectors leaving the mems into new slots: (new cmem, reconstruction loss)."""
+        old = take_evicted(block, layout.stm_keep, layout.evict, layout.evict_width).detach()  # (b, E, e)
+        comp = blk.compressor(old)  # (b, E/c, e)
+        key_value = lambda t: blk.attn.key_value(blk.norm_detached(t), detach=True)  # noqa: E731
+        queries = blk.attn.query(blk.norm_detached(h.detach()), detach=True)
+        recon = reconstruction_loss(
+            queries, old, layout.evict, comp, layout.new_slots, key_value, blk.attn.n_heads
+        )
+        cmem = concat_right_aligned(cmem, cmem_valid, comp.detach(), layout.new_slots, layout.cmem_width)
+        return cmem, recon
+
+    def _aux_loss(
+        self, logits: Tensor, kls: list[Tensor], recons: list[Tensor], idle: list[Tensor], new: LMState
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """kl_weight · Σ KL (∞-former) or recon_weight · Σ reconstruction (compressive), else 0."""
+        c = self.config
         extras: dict[str, Any] = {}
         if kls:
             aux = c.kl_weight * torch.stack(kls).sum()
             extras["kl"] = torch.stack(kls).detach()
-            extras["ltm_length"] = new_ltm[0].length
+            extras["ltm_length"] = new.ltm[0].length
         elif recons:
             aux = c.recon_weight * torch.stack(recons).sum()
             extras["recon"] = torch.stack(recons).detach()
         else:
-            aux = zero
+            aux = logits.new_zeros(())
         if idle and torch.is_grad_enabled():
             # 0·Σp keeps every parameter in the graph (gradient 0) in calls that do not use it
             # (LTM gate before anything left the STM, compressor before anything was evicted),
             # so DDP works without find_unused_parameters.
             aux = aux + 0.0 * sum(p.sum() for p in idle)
-        if return_densities and mus:
-            extras["ltm_mu"], extras["ltm_sigma2"] = mus, sigma2s
+        return aux, extras
 
-        loss = None
-        if targets is not None:
-            counted = targets >= 0
-            if loss_mask is not None:
-                counted = counted & loss_mask
-            nll = F.cross_entropy(
-                logits.reshape(-1, c.vocab_size).float(), targets.clamp_min(0).reshape(-1), reduction="none"
-            )
-            nll_sum = (nll * counted.reshape(-1)).sum()
-            n = counted.sum()
-            loss = nll_sum / n.clamp_min(1)
-            extras["nll_sum"], extras["n_targets"] = nll_sum.detach(), n
-
-        new_state = LMState(
-            mems=new_mems,
-            mem_valid=keep,
-            cmems=new_cmems,
-            cmem_valid=cmem_valid_new if c.uses_cmem else None,
-            ltm=new_ltm,
-            ltm_pending=new_pending,
-            ltm_pending_count=pend_count,
+    def _loss(
+        self, logits: Tensor, targets: Tensor, loss_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean cross-entropy over counted positions (targets >= 0 and loss_mask): (loss, Σ NLL, count)."""
+        counted = targets >= 0
+        if loss_mask is not None:
+            counted = counted & loss_mask
+        nll = F.cross_entropy(
+            logits.reshape(-1, self.config.vocab_size).float(),
+            targets.clamp_min(0).reshape(-1),
+            reduction="none",
         )
-        return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras), new_state
-
-    @staticmethod
-    def _absorb(
-        blk: Block, ltm_state: LTMState, pending: Tensor, counts: Tensor, distinct: list[int]
-    ) -> LTMState:
-        """Absorb each row's pending vectors (its last counts[i]) into the LTM.
-
-        Rows usually share one count; otherwise one batched update per distinct count (not per
-        row), each row taking the result of its own count, so every row gets exactly the fit a
-        lone stream would get."""
-        if pending.shape[1] == 0 or not distinct:
-            return ltm_state
-        P = pending.shape[1]
-        x = blk.ln1(pending)
-        out = ltm_state
-        for n in distinct:
-            upd = blk.ltm.update(ltm_state, x[:, P - n :])
-            rows = counts == n
-            out = LTMState(
-                coeffs=torch.where(rows[:, None, None], upd.coeffs, out.coeffs),
-                length=torch.where(rows, upd.length, out.length),
-                bin_mass=out.bin_mass,
-            )
-        return out
+        nll_sum = (nll * counted.reshape(-1)).sum()
+        n = counted.sum()
+        return nll_sum / n.clamp_min(1), nll_sum.detach(), n
 
     # --------------------------------------------------------------------------- checks
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,27 +34,29 @@ class LMState:
     def batch_size(self) -> int:
         return self.mem_valid.shape[0]
 
-    def _map(self, fn) -> LMState:
+    def map(self, fn: Callable[[Tensor], Tensor]) -> LMState:
+        """Apply fn to every tensor of every layer (all are batch-first), e.g. detach, a device
+        move, a row index; the LTM states map themselves."""
         opt = lambda t: None if t is None else fn(t)  # noqa: E731
         return LMState(
             mems=[fn(t) for t in self.mems],
             mem_valid=fn(self.mem_valid),
             cmems=[fn(t) for t in self.cmems],
             cmem_valid=opt(self.cmem_valid),
-            ltm=[LTMState(fn(s.coeffs), fn(s.length), fn(s.bin_mass)) for s in self.ltm],
+            ltm=[s.map(fn) for s in self.ltm],
             ltm_pending=[fn(t) for t in self.ltm_pending],
             ltm_pending_count=opt(self.ltm_pending_count),
         )
 
     def detach(self) -> LMState:
-        return self._map(lambda t: t.detach())
+        return self.map(lambda t: t.detach())
 
     def to(self, device: torch.device | str) -> LMState:
-        return self._map(lambda t: t.to(device))
+        return self.map(lambda t: t.to(device))
 
     def select(self, rows: Tensor) -> LMState:
         """The state of a subset of rows (index tensor or bool mask)."""
-        return self._map(lambda t: t[rows])
+        return self.map(lambda t: t[rows])
 
     def reset(self, rows: Tensor) -> LMState:
         """Start a new document in the chosen rows (bool mask (batch,)): their mems, cmems,
@@ -63,18 +66,7 @@ class LMState:
         rows = rows.to(self.mem_valid.device)
         keep = ~rows
 
-        def zero(t: Tensor) -> Tensor:
-            return t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
-
-        return LMState(
-            mems=[zero(t) for t in self.mems],
-            mem_valid=self.mem_valid * keep,
-            cmems=[zero(t) for t in self.cmems],
-            cmem_valid=None if self.cmem_valid is None else self.cmem_valid * keep,
-            ltm=[s.reset(rows) for s in self.ltm],
-            ltm_pending=[zero(t) for t in self.ltm_pending],
-            ltm_pending_count=None if self.ltm_pending_count is None else self.ltm_pending_count * keep,
-        )
+        return self.map(lambda t: t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype))
 
     def state_dict(self) -> dict[str, Tensor]:
         """Flat dict of tensors (for checkpoints)."""

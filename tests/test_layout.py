@@ -13,10 +13,12 @@ import infinite_former
 PACKAGE = Path(infinite_former.__file__).parent
 ROOT = "infinite_former"
 CORE = {"basis", "ridge", "continuous", "memory", "attention", "utils"}
+TOOLS = {"stats", "plots"}  # numpy / matplotlib helpers of the experiments and benchmarks
 
 # layer -> layers it must never import (directly or through a deferred import)
 FORBIDDEN = {
-    "core": {"models", "data", "training", "hf", "experiments", "cli"},
+    "core": {"models", "data", "training", "hf", "experiments", "cli", "tools"},
+    "tools": {"models", "data", "training", "hf", "experiments", "cli"},
     "models": {"data", "training", "hf", "experiments", "cli"},
     "data": {"models", "training", "hf", "experiments", "cli"},
     "training": {"models", "hf", "experiments", "cli"},
@@ -37,7 +39,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "root"
-    return "core" if parts[1] in CORE else parts[1]
+    return "core" if parts[1] in CORE else "tools" if parts[1] in TOOLS else parts[1]
 
 
 def is_package(module: str) -> bool:

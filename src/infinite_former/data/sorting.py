@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..utils import check_int, config_from_dict
+from ..utils import check_int, config_from_dict, write_json
 from .segments import Segment, Shard
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
@@ -282,8 +282,6 @@ def save_sequences(
 
     The config goes into a sidecar ``<path>.json`` so the file can be loaded alone.
     """
-    import json
-
     check_int("num_sequences", num_sequences, 1)
     path = os.fspath(path)
     if not path.endswith(".npy"):
@@ -298,8 +296,7 @@ def save_sequences(
         out[lo : lo + idx.size] = gen.read(idx, 0, config.full_length)
     out.flush()
     del out
-    with open(path + ".json", "w") as f:
-        json.dump({**config.to_dict(), "start": start, "num_sequences": num_sequences}, f)
+    write_json(path + ".json", {**config.to_dict(), "start": start, "num_sequences": num_sequences})
 
 
 def load_sequences(path: str | os.PathLike) -> ArraySource:

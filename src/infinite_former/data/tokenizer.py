@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..utils import check_int
+from ..utils import check_int, write_json
 
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_KINDS = ("gpt2", "bpe", "bytes")
@@ -84,7 +84,7 @@ class TextTokenizer:
         if self.backend is not None:
             self.backend.save(str(d / _JSON))
         meta = {"kind": self.kind, "eos_id": self.eos_id, "vocab_size": self.vocab_size}
-        (d / _META).write_text(json.dumps(meta, indent=2))
+        write_json(d / _META, meta)
         return d
 
     @classmethod

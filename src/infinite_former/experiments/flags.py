@@ -29,6 +29,7 @@ class Flag:
     default: Any = None
     nargs: str | None = None
     dest: str | None = None
+    choices: tuple[Any, ...] | None = None
 
     @property
     def attr(self) -> str:
@@ -40,6 +41,8 @@ def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> None:
         kw: dict[str, Any] = {"dest": f.attr, "type": f.type, "default": f.default, "help": f.help}
         if f.nargs:
             kw["nargs"] = f.nargs
+        if f.choices:
+            kw["choices"] = f.choices
         parser.add_argument(f.flag, **kw)
 
 

@@ -39,7 +39,7 @@ from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
 from ..utils import machine_info, seed_everything, write_json
-from .flags import parse_set, resolve_device, set_threads
+from .flags import Flag, add_flags, overrides, parse_set, resolve_device, set_threads
 
 CONFIG_FILE = "lm_config.json"
 
@@ -58,24 +58,6 @@ def _load_split(source: str, split: str, tokenizer: TextTokenizer, cache_dir: st
 
 
 # --------------------------------------------------------------------------------------- lm train
-
-
-def _train_config(args: argparse.Namespace, run: Path, **fields: Any) -> TrainConfig:
-    """TrainConfig from the flags shared by lm train and lm finetune, plus per-command fields."""
-    shared = dict(
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        clip=args.clip,
-        batch_size=args.batch_size,
-        ckpt_every=args.ckpt_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        out_dir=str(run),
-        device=args.device,
-        progress=not args.no_progress,
-        tensorboard=not args.no_tensorboard,
-    )
-    return TrainConfig(**{**shared, **fields})
 
 
 def lm_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,23 +79,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         train_docs = load_corpus_split(args.data, args.train_split)
         tok = build_tokenizer(args.tokenizer, (d.text for d in train_docs), vocab_size=args.vocab_size)
-        overrides = parse_set(args.set, ModelConfig)
-        mcfg = ModelConfig(
-            vocab_size=tok.vocab_size,
-            d_model=args.d_model,
-            n_layers=args.n_layers,
-            n_heads=args.n_heads,
-            d_inner=args.d_inner,
-            dropout=args.dropout,
-            mem_len=args.mem_len,
-            memory_type=args.memory_type,
-            cmem_len=args.cmem_len,
-            compression_rate=args.compression_rate,
-            ltm_num_basis=args.num_basis,
-            ltm_num_samples=args.num_samples if args.num_samples else args.num_basis,
-            ltm_tau=args.tau,
-            **overrides,
-        )
+        mcfg = _model_config(args, tok.vocab_size)
         if mcfg.vocab_size != tok.vocab_size:
             raise ValueError(
                 f"--set vocab_size={mcfg.vocab_size} differs from the tokenizer's {tok.vocab_size}"
@@ -124,15 +90,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     train_corpus = _load_split(args.data, args.train_split, tok, cache)
     valid_corpus = _load_split(args.data, args.valid_split, tok, cache) if args.valid_split else None
 
-    tcfg = _train_config(
-        args,
-        run,
-        steps=args.steps,
-        warmup_steps=args.warmup,
-        min_lr_ratio=args.min_lr_ratio,
-        eval_batch_size=args.eval_batch_size,
-        eval_every=args.eval_every,
-    )
+    tcfg = _train_config(args, run, TRAIN_FLAGS + LM_TRAIN_FLAGS)
     write_json(
         config_path,
         {
@@ -346,7 +304,9 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     blocks = sum(math.ceil((int(t.numel()) + 1) / args.block_size) for t in train_corpus.tokens)
     steps = args.steps or max(1, math.ceil(args.epochs * blocks / args.batch_size))
 
-    tcfg = _train_config(args, run, steps=steps, warmup_steps=min(args.warmup, steps))
+    tcfg = _train_config(
+        args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=min(args.warmup, steps)
+    )
     model = HFMemoryLM(hf_model)
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:
@@ -426,7 +386,67 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def _common_train_args(p: argparse.ArgumentParser) -> None:
+# flag -> TrainConfig field, for lm train and lm finetune (finetune sets other defaults)
+TRAIN_FLAGS: list[Flag] = [
+    Flag("--batch-size", "batch_size", int, "B: parallel document lanes (global batch)", default=8),
+    Flag("--steps", "steps", int, "optimizer steps", default=1000),
+    Flag("--warmup", "warmup_steps", int, "linear warmup steps", default=100, dest="warmup"),
+    Flag("--weight-decay", "weight_decay", float, "AdamW weight decay", default=0.0),
+    Flag("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (0: at the end)", default=0),
+    Flag("--log-every", "log_every", int, "log every N steps", default=10),
+    Flag("--seed", "seed", int, "seed of initialisation and training", default=0),
+    Flag("--device", "device", str, "auto | cpu | cuda", default="auto", choices=("auto", "cpu", "cuda")),
+]
+# lm train only: flag -> TrainConfig field
+LM_TRAIN_FLAGS: list[Flag] = [
+    Flag("--lr", "lr", float, "peak learning rate (AdamW)", default=2.5e-4),
+    Flag("--min-lr-ratio", "min_lr_ratio", float, "final lr / peak lr of the cosine", default=0.0),
+    Flag("--clip", "clip", float, "gradient-norm clipping (0: off)", default=0.25),
+    Flag("--eval-batch-size", "eval_batch_size", int, "lanes of the periodic evaluation"),
+    Flag("--eval-every", "eval_every", int, "evaluate every N steps (0: at the end only)", default=0),
+]
+# lm finetune only: flag -> TrainConfig field
+FINETUNE_FLAGS: list[Flag] = [
+    Flag("--lr", "lr", float, "learning rate of GPT-2's weights", default=5e-5),
+    Flag("--clip", "clip", float, "gradient-norm clipping (0: off)", default=1.0),
+]
+# lm train: flag -> ModelConfig field (--set KEY=VALUE reaches every other field)
+MODEL_FLAGS: list[Flag] = [
+    Flag("--memory-type", "memory_type", str, "memory type", default="infinite_sticky", choices=MEMORY_TYPES),
+    Flag("--d-model", "d_model", int, "model width e", default=128),
+    Flag("--n-layers", "n_layers", int, "layers", default=2),
+    Flag("--n-heads", "n_heads", int, "attention heads H", default=4),
+    Flag("--d-inner", "d_inner", int, "feed-forward width", default=512),
+    Flag("--dropout", "dropout", float, "dropout", default=0.1),
+    Flag("--mem-len", "mem_len", int, "short-term memory length", default=128),
+    Flag("--cmem-len", "cmem_len", int, "compressive: compressed memory slots", default=64),
+    Flag("--compression-rate", "compression_rate", int, "compressive: compression rate c", default=2),
+    Flag(
+        "--num-basis", "ltm_num_basis", int, "N: basis functions of the ∞-former's LTM", 128, dest="num_basis"
+    ),
+    Flag(
+        "--num-samples", "ltm_num_samples", int, "M: samples of the old signal (0 = N)", 0, dest="num_samples"
+    ),
+    Flag("--tau", "ltm_tau", float, "τ: share of [0, 1] for the contracted old memory", 0.5, dest="tau"),
+]
+
+
+def _train_config(args: argparse.Namespace, run: Path, flags: list[Flag], **fields: Any) -> TrainConfig:
+    """TrainConfig from the command's flags, plus per-command fields."""
+    given = overrides(args, flags)
+    outputs = dict(out_dir=str(run), progress=not args.no_progress, tensorboard=not args.no_tensorboard)
+    return TrainConfig(**{**given, **outputs, **fields})
+
+
+def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
+    """ModelConfig from lm train's flags and --set overrides (which take precedence)."""
+    given = overrides(args, MODEL_FLAGS)
+    if not given["ltm_num_samples"]:
+        given["ltm_num_samples"] = given["ltm_num_basis"]  # M = N by default
+    return ModelConfig(**{"vocab_size": vocab_size, **given, **parse_set(args.set, ModelConfig)})
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", required=True, help="corpus: folder with train/ valid/ test/, a folder/.txt, or hf:NAME"
     )
@@ -436,14 +456,7 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         "--eval-splits", nargs="*", default=["valid", "test"], help="splits evaluated after training"
     )
     p.add_argument("--cache-dir", default=None, help="token cache (default: <run-dir>/cache)")
-    p.add_argument("--batch-size", type=int, default=8, help="B: parallel document lanes (global batch)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--ckpt-every", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_flags(p, TRAIN_FLAGS)
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>'s latest checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
@@ -458,40 +471,21 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", help="train a from-scratch LM (xl | compressive | infinite | infinite_sticky)"
     )
-    _common_train_args(t)
+    _common_args(t)
+    add_flags(t, LM_TRAIN_FLAGS)
+    add_flags(t, MODEL_FLAGS)
     t.add_argument("--valid-split", default="valid", help="periodic evaluation split ('' = none)")
     t.add_argument(
         "--tokenizer", default="auto", help="auto | gpt2 | bpe | bytes | a saved tokenizer / GPT-2 folder"
     )
     t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary when training one")
-    t.add_argument(
-        "--memory-type",
-        default="infinite_sticky",
-        choices=list(MEMORY_TYPES),
-    )
     t.add_argument("--seg-len", type=int, default=128, help="T: tokens per segment")
-    t.add_argument("--d-model", type=int, default=128)
-    t.add_argument("--n-layers", type=int, default=2)
-    t.add_argument("--n-heads", type=int, default=4)
-    t.add_argument("--d-inner", type=int, default=512)
-    t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--mem-len", type=int, default=128, help="short-term memory length")
-    t.add_argument("--cmem-len", type=int, default=64, help="compressive: compressed memory slots")
-    t.add_argument("--compression-rate", type=int, default=2)
-    t.add_argument("--num-basis", type=int, default=128, help="N: basis functions of the ∞-former's LTM")
-    t.add_argument("--num-samples", type=int, default=0, help="M: samples of the old signal (0 = N)")
-    t.add_argument("--tau", type=float, default=0.5, help="τ: share of [0, 1] for the contracted old memory")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other ModelConfig field")
     t.add_argument(
         "--ltm-zero-init-output",
         action="store_true",
         help="∞-former: start the LTM's output projection at 0 (the model starts as Transformer-XL)",
     )
-    t.add_argument("--lr", type=float, default=2.5e-4)
-    t.add_argument("--min-lr-ratio", type=float, default=0.0)
-    t.add_argument("--clip", type=float, default=0.25)
-    t.add_argument("--eval-batch-size", type=int, default=None)
-    t.add_argument("--eval-every", type=int, default=0)
     t.add_argument(
         "--eval-segments", type=int, default=50, help="periodic validation: at most this many segments"
     )
@@ -515,16 +509,15 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.set_defaults(lm_func=lm_eval)
 
     f = sub.add_parser("finetune", help="fine-tune GPT-2 + long-term memory (paper's recipe)")
-    _common_train_args(f)
+    _common_args(f)
+    add_flags(f, FINETUNE_FLAGS)
     f.set_defaults(steps=0, batch_size=1, warmup=0, run_dir="runs/lm_finetune")
     f.add_argument("--model", default="gpt2", help="GPT-2 folder or hub name")
     f.add_argument("--allow-download", action="store_true", help="allow downloading --model from the hub")
     f.add_argument("--block-size", type=int, default=512, help="L: tokens per sequential block")
     f.add_argument("--epochs", type=float, default=1.0, help="used when --steps is 0")
-    f.add_argument("--lr", type=float, default=5e-5, help="learning rate of GPT-2's weights")
     f.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the new LTM weights")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL regularizer (0 = off)")
-    f.add_argument("--clip", type=float, default=1.0)
     f.add_argument("--num-basis", type=int, default=None, help="N (default: the config's, 512)")
     f.add_argument("--num-samples", type=int, default=None, help="M (default: the config's, 512)")
     f.add_argument("--tau", type=float, default=None)

@@ -29,7 +29,6 @@ with weights_only=True) and exact resumption.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -44,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.segments import EvalFactory, Shard, StreamFactory
-from ..utils import check_int, config_from_dict, seed_everything, write_text_atomic
+from ..utils import check_int, config_from_dict, seed_everything, write_json, write_text_atomic
 from .checkpoints import (
     CKPT_SUBDIR,
     LATEST,
@@ -338,7 +337,7 @@ class Trainer:
         core = acc.unwrap_model(wrapped)
         stream = self.train_stream(self.shard)
         step = 0
-        state = core.init_state(self.shard.batch_size, acc.device)
+        state: RecurrentState = core.init_state(self.shard.batch_size, acc.device)
         if ckpt is not None:
             optimizer.load_state_dict(ckpt["trainer"]["optimizer"])
             scheduler.load_state_dict(ckpt["trainer"]["scheduler"])
@@ -485,8 +484,10 @@ class Trainer:
                 },
                 os.path.join(tmp, "trainer.pt"),
             )
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump({"step": step, "train": cfg.to_dict(), "model": self.model_config}, f, indent=2)
+            write_json(
+                os.path.join(tmp, "config.json"),
+                {"step": step, "train": cfg.to_dict(), "model": self.model_config},
+            )
         acc.wait_for_everyone()
         if acc.is_main_process:
             previous = None

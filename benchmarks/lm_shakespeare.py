@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from infinite_former.experiments import lm as lm_cli
 from infinite_former.data.text import DocumentLanes, load_corpus_split, tokenize_documents
 from infinite_former.data.tokenizer import TextTokenizer, build_tokenizer
+from infinite_former.experiments import lm as lm_cli
 from infinite_former.models import InfiniteFormerLM, ModelConfig
 from infinite_former.stats import paired_comparison
 from infinite_former.utils import machine_info, seed_everything

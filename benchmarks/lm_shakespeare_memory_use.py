@@ -28,10 +28,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from infinite_former.data.text import load_corpus_split, tokenize_documents  # noqa: E402
 from infinite_former.experiments.lm import load_trained_lm  # noqa: E402
 from infinite_former.models.lm import zero_ltm_output  # noqa: E402
 from infinite_former.training import evaluate_documents, evaluate_lm  # noqa: E402
-from infinite_former.data.text import load_corpus_split, tokenize_documents  # noqa: E402
 from infinite_former.utils import machine_info  # noqa: E402
 
 

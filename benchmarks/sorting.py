@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infinite_former.data.segments import Shard
 from infinite_former.data.sorting import (
     SortingConfig,
     SortingGenerator,
@@ -43,7 +44,6 @@ from infinite_former.data.sorting import (
     materialize,
     symbol_counts,
 )
-from infinite_former.data.segments import Shard
 from infinite_former.experiments.sort import SortSettings, train_and_test
 from infinite_former.models import InfiniteFormerLM, ModelConfig
 from infinite_former.plots import plot_accuracy

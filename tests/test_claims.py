@@ -17,8 +17,8 @@ import torch
 
 from infinite_former.cli import main
 from infinite_former.data.sorting import SortingConfig, SortingGenerator, SortingStream
-from infinite_former.model import InfiniteFormerLM, ModelConfig
-from infinite_former.train import TrainConfig, Trainer, find_checkpoint
+from infinite_former.models import InfiniteFormerLM, ModelConfig
+from infinite_former.training import TrainConfig, Trainer, find_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -148,6 +148,7 @@ def test_dtypes_follow_inputs(dtype):
     assert rel <= {torch.float32: 1e-6, torch.float64: 1e-5, torch.bfloat16: 0.1}[dtype]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_cpu(dtype):

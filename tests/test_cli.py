@@ -27,6 +27,7 @@ TINY = [
     "--batch-size", "4",
     "--eval-sequences", "8",
     "--threads", "1",
+    "--device", "cpu",  # compared numbers: CPU fp32 on every machine
     "--no-progress",
 ]  # fmt: skip
 

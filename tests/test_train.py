@@ -121,6 +121,7 @@ def cfg(tmp_path, **kw) -> TrainConfig:
         out_dir=str(tmp_path / "run"),
         progress=False,
         tensorboard=False,
+        device="cpu",  # exact comparisons: CPU fp32 on every machine (CUDA: tests/test_cuda.py)
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -234,9 +235,8 @@ def test_bad_model_configs_fail_before_training():
     ]:
         with pytest.raises(ValueError, match=match):
             ModelConfig(vocab_size=6, **kw)
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="bf16"):
-            TrainConfig(bf16=True)
+    with pytest.raises(ValueError, match="bf16"):
+        TrainConfig(bf16=True, device="cpu")
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -266,7 +266,7 @@ DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_train import TrainConfig, Trainer, sorting_stream, tiny_model
     res = Trainer(tiny_model("infinite"), TrainConfig(steps=3, lr=1e-2, warmup_steps=1, batch_size=4,
-                  out_dir={out!r}, progress=False, tensorboard=False), sorting_stream).fit()
+                  out_dir={out!r}, progress=False, tensorboard=False, device="cpu"), sorting_stream).fit()
     import torch.distributed as dist
     if not dist.is_initialized() or dist.get_rank() == 0:
         json.dump(res.losses, open({result!r}, "w"))
@@ -278,7 +278,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     single = Trainer(
         tiny_model("infinite"),
         TrainConfig(
-            steps=3, lr=1e-2, warmup_steps=1, batch_size=4, out_dir=str(tmp_path / "one"), progress=False
+            steps=3, lr=1e-2, warmup_steps=1, batch_size=4, out_dir=str(tmp_path / "one"), progress=False,
+            device="cpu",  # the torchrun side is forced to CPU fp32: compare like with like
         ),
         sorting_stream,
     ).fit()

@@ -97,7 +97,9 @@ def test_lm_train_and_eval_end_to_end(ref_run, corpus):
     assert (ref_run / "tokenizer" / "tokenizer.json").is_file()
     # lm eval from the checkpoint reproduces the in-run evaluation (sticky sampling is seeded, so with the
     # same number of lanes the evaluation is deterministic)
-    assert run(["eval", "--run", str(ref_run), "--split", "test", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert (
+        run(["eval", "--run", str(ref_run), "--split", "test", "--batch-size", "2", "--device", "cpu"]) == 0
+    )
     again = json.loads((ref_run / "eval_test.json").read_text())
     assert again["step"] == 6 and again["results"]["tokens"] == test["tokens"]
     assert again["results"]["ppl"] == pytest.approx(test["ppl"], rel=1e-5)
@@ -208,7 +210,10 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     ft = InfiniteGPT2LMHeadModel.from_pretrained(out / "model")
     assert ft.config.block_size == 8 and ft.config.num_basis == 8 and ft.config.kl_weight == 1e-6
     # lm eval --hf on the saved model reproduces the fine-tune's own evaluation (save/load round trip)
-    assert run(["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert (
+        run(["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2", "--device", "cpu"])
+        == 0
+    )
     again = json.loads((out / "model" / "eval_test.json").read_text())
     assert again["base_model"] == str(gpt2) and again["block_size"] == 8
     for name in ("gpt2", "gpt2_memory"):

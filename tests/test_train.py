@@ -278,7 +278,12 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     single = Trainer(
         tiny_model("infinite"),
         TrainConfig(
-            steps=3, lr=1e-2, warmup_steps=1, batch_size=4, out_dir=str(tmp_path / "one"), progress=False,
+            steps=3,
+            lr=1e-2,
+            warmup_steps=1,
+            batch_size=4,
+            out_dir=str(tmp_path / "one"),
+            progress=False,
             device="cpu",  # the torchrun side is forced to CPU fp32: compare like with like
         ),
         sorting_stream,

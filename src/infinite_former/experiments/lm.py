@@ -523,6 +523,9 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--tau", type=float, default=None)
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
     f.set_defaults(lm_func=lm_finetune)
+    from .introspection import add_inspect_parser  # lm inspect: what the long-term memory holds
+
+    add_inspect_parser(sub)
     lm.set_defaults(func=run_lm)
     return lm
 

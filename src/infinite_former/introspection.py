@@ -1,0 +1,611 @@
+"""Memory introspection: what the ∞-former's long-term memory holds, and where its queries look.
+
+    report = inspect_document(model, token_ids, seg_len=128)   # an InfiniteFormerLM (infinite*)
+    paths = write_report(report, "runs/lm/inspect")            # PNGs + inspect.json
+
+    infinite-former lm inspect --run runs/lm_sticky --text book.txt [--out DIR]
+
+The memory is a signal X̄(t) = Bᵀψ(t) on t ∈ [0, 1] (PAPER §1). Each absorption of L new vectors
+contracts the old signal to [0, τ] (its M samples s_1..s_M go evenly on [0, τ]) and puts the new
+vectors evenly on [τ, 1] (PAPER §3). So the content at a point t is some token read earlier, and
+the map from t to that token changes at every absorption. :class:`AgeMap` tracks it on a grid of
+G points of [0, 1]: pos(t) is the token coordinate (token j spans [j, j + 1)) of the content the
+update placed at t. The ridge fit blurs content over about one RBF width, so pos(t) says where
+the content at t came from, not that nothing else leaks in.
+
+Three questions, one figure each:
+
+1. **Where do the queries look, by age?** Each query's density 𝒩(μ, σ²) (or the sparsemax
+   parabola) is integrated over the G cells of [0, 1] and each cell's mass is put at the age
+   (query position − pos(t), "tokens ago") of its content. Summed over heads, queries and
+   segments, per layer, in log-spaced age bins (two per octave). The mass outside [0, 1] (the
+   density's tails) is reported separately.
+2. **Where does sticky sampling take its M samples?** At every absorption, the histogram of the
+   sample positions s_m over the D bins of [0, 1] (the previous step's attention mass decides
+   them, PAPER §3).
+3. **How much of a stored vector can be recovered, by age?** For a subset of tokens, the vector
+   that entered the memory (LN₁ of the layer input, after the gate) is kept; at the end of the
+   document its relative error ‖X̄(t*) − x‖ / ‖x‖ is measured at t* = pos⁻¹(token), against the
+   token's age. 1 is the error of remembering nothing (X̄ = 0).
+
+The reading is the model's own forward, with one change: each segment's absorption (the vectors
+that left the short-term memory) is done here, with the same ``LongTermAttention.update``, before
+the model is called with no pending vectors, so the sample positions can be recorded. The result
+is the model's computation; only sticky sampling's random draws come from this module's seeded
+generator instead of the global RNG.
+
+The Hugging Face GPT-2 + memory model is not covered yet (its memory API is being rewritten).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .memory import MemoryState, sticky_positions, uniform_positions
+from .signal import evaluate, midpoints
+from .utils import check_int, machine_info
+
+RECONSTRUCTION_AGES = (1_000, 10_000, 100_000)
+
+
+# ----------------------------------------------------------------------------------- the age map
+
+
+@dataclass
+class AgeMap:
+    """pos(t) on a grid of G cell midpoints of [0, 1]: the token coordinate of the content at t.
+
+    grid: (G,) float64 cell midpoints; pos: (G,) float64 token coordinates (token j spans
+    [j, j + 1)), NaN while the memory is empty. Non-decreasing in t (older content sits left).
+    """
+
+    grid: np.ndarray
+    pos: np.ndarray
+
+    @classmethod
+    def empty(cls, grid_points: int) -> AgeMap:
+        check_int("grid_points", grid_points, 2)
+        grid = midpoints(grid_points).numpy()
+        return cls(grid=grid, pos=np.full(grid_points, np.nan))
+
+    @property
+    def is_empty(self) -> bool:
+        return bool(np.isnan(self.pos).all())
+
+    def absorb(self, start: int, count: int, tau: float, samples: np.ndarray | None) -> AgeMap:
+        """The map after absorbing tokens [start, start + count).
+
+        samples: the M sorted sample positions s_m of the old signal (None or an empty memory:
+        a fresh fit of the new tokens on [0, 1]). Sample m sits at τ(m + ½)/M afterwards, so the
+        content at t < τ is the old content at s(t/τ), s interpolated between the samples.
+        """
+        check_int("count", count, 1)
+        t = self.grid
+        if self.is_empty or samples is None:
+            return replace(self, pos=start + t * count)
+        m = len(samples)
+        u = (np.arange(m) + 0.5) / m
+        s = np.interp(t / tau, u, samples)  # the old position moved to t (for t < τ)
+        old = np.interp(s, t, self.pos)
+        new = start + (t - tau) / (1.0 - tau) * count
+        return replace(self, pos=np.where(t < tau, old, new))
+
+    def locate(self, coords: np.ndarray) -> np.ndarray:
+        """t where the content of token coordinates ``coords`` sits now (inverse of pos)."""
+        return np.interp(coords, self.pos, self.grid)
+
+
+def age_bin_edges(max_age: float, per_octave: int = 2) -> np.ndarray:
+    """Log-spaced age bin edges 1, 2^(1/k), ..., covering max_age (k = per_octave)."""
+    n = max(1, math.ceil(per_octave * math.log2(max(max_age, 2.0))))
+    return 2.0 ** (np.arange(n + 1) / per_octave)
+
+
+# ------------------------------------------------------------------------------------- the report
+
+
+@dataclass
+class LayerReport:
+    """What one layer's memory did over a document (see the module doc for each field's meaning)."""
+
+    attention_mass: np.ndarray  # (H, bins): density mass per age bin, summed over queries
+    outside_mass: np.ndarray  # (H,): mass outside [0, 1]
+    queries: int = 0  # queries that read a non-empty memory
+    sticky_histograms: list[np.ndarray] = field(default_factory=list)  # per absorption (D,) counts
+    absorptions: int = 0
+    tracked_positions: list[int] = field(default_factory=list)
+    tracked_vectors: list[Tensor] = field(default_factory=list)  # (e,) vectors that entered the memory
+    recon_age: np.ndarray | None = None  # (n,) ages of the tracked tokens at the end
+    recon_error: np.ndarray | None = None  # (n,) their relative reconstruction errors
+    recon_baseline: float | None = None  # mean relative error of the mean tracked vector (no memory of order)
+
+
+@dataclass
+class MemoryReport:
+    """The result of :func:`inspect_document`; ``to_dict()`` is the JSON written by write_report."""
+
+    tokens: int
+    seg_len: int
+    memory_type: str
+    num_basis: int
+    num_samples: int
+    tau: float
+    num_bins: int
+    mem_len: int
+    age_edges: np.ndarray
+    layers: list[LayerReport]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def attention_share(self, layer: int) -> np.ndarray:
+        """Share of the queries' density per age bin (mean over heads and queries): (bins,)."""
+        r = self.layers[layer]
+        heads = r.attention_mass.shape[0]
+        return r.attention_mass.sum(0) / max(r.queries * heads, 1)
+
+    def median_attention_age(self, layer: int) -> float | None:
+        """The age below which half of the density inside [0, 1] falls (geometric bin interpolation)."""
+        share = self.attention_share(layer)
+        if share.sum() <= 0:
+            return None
+        cdf = np.cumsum(share) / share.sum()
+        k = int(np.searchsorted(cdf, 0.5))
+        lo, hi = self.age_edges[k], self.age_edges[k + 1]
+        before = cdf[k - 1] if k else 0.0
+        frac = (0.5 - before) / max(cdf[k] - before, 1e-12)
+        return float(lo * (hi / lo) ** frac)
+
+    def reconstruction_by_age(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bin centres, mean relative error, count) of the tracked tokens per age bin."""
+        r = self.layers[layer]
+        centres = np.sqrt(self.age_edges[:-1] * self.age_edges[1:])
+        if r.recon_age is None or not len(r.recon_age):
+            return centres, np.full(len(centres), np.nan), np.zeros(len(centres), dtype=int)
+        idx = np.clip(np.searchsorted(self.age_edges, r.recon_age, side="right") - 1, 0, len(centres) - 1)
+        count = np.bincount(idx, minlength=len(centres))
+        total = np.bincount(idx, weights=r.recon_error, minlength=len(centres))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return centres, np.where(count > 0, total / np.maximum(count, 1), np.nan), count
+
+    def error_at_age(self, layer: int, age: float) -> tuple[float | None, int]:
+        """Mean relative error of tracked tokens aged within a factor √2 of ``age``, and their count."""
+        r = self.layers[layer]
+        if r.recon_age is None:
+            return None, 0
+        sel = (r.recon_age >= age / math.sqrt(2)) & (r.recon_age <= age * math.sqrt(2))
+        return (float(r.recon_error[sel].mean()) if sel.any() else None), int(sel.sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = []
+        for i, r in enumerate(self.layers):
+            centres, err, count = self.reconstruction_by_age(i)
+            heads = r.attention_mass.shape[0]
+            at = {}
+            for age in RECONSTRUCTION_AGES:
+                mean, n = self.error_at_age(i, age)
+                at[str(age)] = {"relative_error": mean, "tokens": n}
+            layers.append(
+                {
+                    "layer": i,
+                    "queries": r.queries,
+                    "attention_share_by_age": self.attention_share(i).tolist(),
+                    "attention_share_by_age_per_head": (
+                        r.attention_mass / max(r.queries, 1)
+                    ).tolist(),  # (H, bins), each head's queries sum to 1 with the outside mass
+                    "attention_share_outside_0_1": float(r.outside_mass.sum() / max(r.queries * heads, 1)),
+                    "median_attention_age": self.median_attention_age(i),
+                    "absorptions": r.absorptions,
+                    **_sticky_summary(r.sticky_histograms, self.num_samples),
+                    "reconstruction": {
+                        "age_bin_centres": centres.tolist(),
+                        "mean_relative_error": [None if math.isnan(e) else float(e) for e in err],
+                        "tokens": count.tolist(),
+                        "at_age": at,
+                        "baseline_mean_vector": r.recon_baseline,
+                    },
+                }
+            )
+        return {
+            "tokens": self.tokens,
+            "seg_len": self.seg_len,
+            "memory_type": self.memory_type,
+            "ltm": {
+                "num_basis": self.num_basis,
+                "num_samples": self.num_samples,
+                "tau": self.tau,
+                "num_bins": self.num_bins,
+            },
+            "mem_len": self.mem_len,
+            "age_bin_edges": self.age_edges.tolist(),
+            "layers": layers,
+            **self.meta,
+        }
+
+
+def _sticky_summary(histograms: list[np.ndarray], num_samples: int, keep: int = 100) -> dict[str, Any]:
+    """Mean share of the M samples per bin over all absorptions, and up to ``keep`` of the
+    per-absorption histograms (evenly spaced; the figure shows all of them)."""
+    if not histograms:
+        return {"sticky_mean_share_per_bin": None, "sticky_histograms": {}}
+    h = np.asarray(histograms)
+    idx = np.unique(np.linspace(0, len(h) - 1, min(keep, len(h))).round().astype(int))
+    return {
+        "sticky_mean_share_per_bin": (h.mean(0) / num_samples).tolist(),
+        "sticky_histograms": {
+            str(int(i) + 1): h[i].astype(int).tolist() for i in idx
+        },  # absorption # -> counts
+    }
+
+
+# ----------------------------------------------------------------------------------- the reading
+
+
+@dataclass
+class InspectConfig:
+    """grid_points: G cells of [0, 1] for the age map; max_tracked: tokens whose stored vector is
+    kept for the reconstruction error (evenly spaced over the document); seed: sticky sampling."""
+
+    grid_points: int = 1024
+    max_tracked: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("grid_points", self.grid_points, 2)
+        check_int("max_tracked", self.max_tracked, 1)
+        check_int("seed", self.seed, 0)
+
+
+@torch.no_grad()
+def inspect_document(
+    model: torch.nn.Module,
+    token_ids: Tensor | list[int],
+    seg_len: int,
+    config: InspectConfig | None = None,
+    device: torch.device | str | None = None,
+) -> MemoryReport:
+    """Read one document through an ∞-former LM, segment by segment, and record its memory.
+
+    model: an ``InfiniteFormerLM`` with memory_type ``infinite`` or ``infinite_sticky``;
+    token_ids: (n,) the document; seg_len: T, tokens per call. Batch 1, eval mode (restored after).
+    """
+    cfg = config or InspectConfig()
+    c = getattr(model, "config", None)
+    if c is None or not getattr(c, "uses_ltm", False):
+        kind = getattr(c, "memory_type", type(model).__name__)
+        raise ValueError(f"model: memory_type {kind!r} has no long-term memory to inspect (infinite* only)")
+    check_int("seg_len", seg_len, 1)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().to(device)
+    n = ids.numel()
+    if n < 2:
+        raise ValueError(f"token_ids: need at least 2 tokens, got {n}")
+    ltm_cfg = c.ltm_config()
+    heads = c.n_heads
+    edges = age_bin_edges(n + 1)
+    stride = max(1, math.ceil(n / cfg.max_tracked))
+    layers = [
+        LayerReport(attention_mass=np.zeros((heads, len(edges) - 1)), outside_mass=np.zeros(heads))
+        for _ in model.layers
+    ]
+    maps = [AgeMap.empty(cfg.grid_points) for _ in model.layers]
+    cells = torch.linspace(0, 1, cfg.grid_points + 1, device=device, dtype=torch.float64)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    nll_sum, n_targets = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.init_state(1, device)
+        for start in range(0, n, seg_len):
+            state = _absorb_pending(model, state, maps, layers, gen, stride, ltm_cfg)
+            seg = ids[start : start + seg_len][None]
+            tgt = ids[start + 1 : start + seg_len + 1]
+            tgt = torch.cat([tgt, tgt.new_full((seg.shape[1] - tgt.numel(),), -1)])[None]  # -1: no target
+            out, state = model(seg, state, targets=tgt, return_densities=True)
+            nll_sum += float(out.extras["nll_sum"])
+            n_targets += int(out.extras["n_targets"])
+            for layer, blk in enumerate(model.layers):
+                if state.ltm[layer].length[0] == 0:
+                    continue
+                mu = out.extras["ltm_mu"][layer][0].double()  # (H, T)
+                sigma2 = out.extras["ltm_sigma2"][layer][0].double()
+                _add_attention(
+                    layers[layer], maps[layer], blk.ltm.normalizer.cdf, mu, sigma2, start, cells, edges
+                )
+        _measure_reconstruction(model, state, maps, layers, n, device)
+    finally:
+        model.train(was_training)
+    return MemoryReport(
+        tokens=n,
+        seg_len=seg_len,
+        memory_type=c.memory_type,
+        num_basis=ltm_cfg.num_basis,
+        num_samples=ltm_cfg.num_samples,
+        tau=ltm_cfg.tau,
+        num_bins=ltm_cfg.num_bins,
+        mem_len=c.mem_len,
+        age_edges=edges,
+        layers=layers,
+        meta={
+            "nll_per_token": nll_sum / n_targets,
+            "grid_points": cfg.grid_points,
+            "tracked_every": stride,
+            "seed": cfg.seed,
+        },
+    )
+
+
+def _absorb_pending(model, state, maps, layers, gen, stride, ltm_cfg):
+    """Absorb the vectors that left the STM (as the model would at the start of its next call),
+    recording the sample positions and the stored vectors; returns the state with nothing pending."""
+    if state.ltm_pending_count is None or int(state.ltm_pending_count[0]) == 0:
+        return state
+    count = int(state.ltm_pending_count[0])
+    new_ltm = []
+    for layer, blk in enumerate(model.layers):
+        old: MemoryState = state.ltm[layer]
+        first = int(old.length[0])  # tokens [first, first + count) enter the memory
+        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteFormerLM._absorb
+        before = gen.get_state()
+        new = blk.ltm.update(old, x, generator=gen)
+        samples = None
+        if first > 0:
+            work = old.coeffs.dtype
+            if ltm_cfg.sticky:
+                replay = torch.Generator(device=gen.device)
+                replay.set_state(before)  # update_memory's first random draw is sticky_positions'
+                pos = sticky_positions(old.bin_mass.to(work), ltm_cfg.num_samples, replay)[0]
+                layers[layer].sticky_histograms.append(
+                    torch.histc(pos.float().cpu(), bins=ltm_cfg.num_bins, min=0, max=1).numpy()
+                )
+            else:
+                pos = uniform_positions(ltm_cfg.num_samples, old.coeffs.device, work)
+            samples = pos.double().cpu().numpy()
+        maps[layer] = maps[layer].absorb(first, count, ltm_cfg.tau, samples)
+        layers[layer].absorptions += 1
+        stored = x * torch.sigmoid(blk.ltm.gate_logits(x)) if blk.ltm.gate is not None else x
+        for j in range(-(-first // stride) * stride, first + count, stride):
+            layers[layer].tracked_positions.append(j)
+            layers[layer].tracked_vectors.append(stored[0, j - first].float().cpu())
+        new_ltm.append(new)
+    return replace(state, ltm=new_ltm, ltm_pending_count=torch.zeros_like(state.ltm_pending_count))
+
+
+def _add_attention(report, age_map, cdf, mu, sigma2, start, cells, edges) -> None:
+    """Accumulate the density mass of T queries (heads H) per age bin: mu, sigma2 (H, T)."""
+    heads, t = mu.shape
+    c = cdf(cells, mu[..., None], sigma2[..., None])  # (H, T, G + 1)
+    mass = (c[..., 1:] - c[..., :-1]).clamp_min(0)  # (H, T, G)
+    inside = mass.sum(-1)  # (H, T)
+    query_pos = start + np.arange(t) + 0.5  # token coordinates of the queries' centres
+    age = query_pos[:, None] - age_map.pos[None, :]  # (T, G) tokens ago
+    bins = np.clip(np.searchsorted(edges, age, side="right") - 1, 0, len(edges) - 2)  # (T, G)
+    idx = torch.as_tensor(bins, device=mass.device).expand(heads, -1, -1).reshape(heads, -1)
+    hist = torch.zeros(heads, len(edges) - 1, dtype=mass.dtype, device=mass.device)
+    hist.scatter_add_(1, idx, mass.reshape(heads, -1))
+    report.attention_mass += hist.cpu().numpy()
+    report.outside_mass += (t - inside.sum(-1)).cpu().numpy()
+    report.queries += t
+
+
+def _measure_reconstruction(model, state, maps, layers, n, device) -> None:
+    """Relative error of X̄(t*) against each tracked stored vector, t* = where its token sits now."""
+    for layer, blk in enumerate(model.layers):
+        r = layers[layer]
+        if not r.tracked_positions:
+            r.recon_age, r.recon_error = np.zeros(0), np.zeros(0)
+            continue
+        positions = np.asarray(r.tracked_positions, dtype=np.float64)
+        where = torch.as_tensor(maps[layer].locate(positions + 0.5), device=device)
+        coeffs = state.ltm[layer].coeffs  # (1, N, e)
+        recon = evaluate(coeffs, blk.ltm.basis(where.to(coeffs.dtype)))[0].float().cpu()  # (n, e)
+        target = torch.stack(r.tracked_vectors)
+        norm = target.norm(dim=-1).clamp_min(1e-12)
+        err = (recon - target).norm(dim=-1) / norm
+        r.recon_age, r.recon_error = n - positions, err.double().numpy()
+        r.recon_baseline = float(((target.mean(0) - target).norm(dim=-1) / norm).mean())
+
+
+# ----------------------------------------------------------------------------------------- output
+
+
+def write_report(report: MemoryReport, out_dir: str | os.PathLike, title: str = "") -> dict[str, str]:
+    """Write inspect.json and the figures into out_dir; returns {name: file name}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "json": "inspect.json",
+        "attention_age": "attention_age.png",
+        "reconstruction": "reconstruction_age.png",
+    }
+    plot_attention_age(report, out / files["attention_age"], title)
+    plot_reconstruction(report, out / files["reconstruction"], title)
+    if any(r.sticky_histograms for r in report.layers):
+        files["sticky"] = "sticky_samples.png"
+        plot_sticky(report, out / files["sticky"], title)
+    data = {"machine": machine_info(), **report.to_dict(), "files": files}
+    tmp = out / "inspect.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, out / "inspect.json")
+    return files
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _age_axis(ax, report: MemoryReport) -> None:
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("age of the remembered content (tokens ago)")
+    if report.mem_len:
+        ax.axvline(report.mem_len, color="grey", ls=":", lw=1)
+        ax.annotate(
+            "short-term memory ends", (report.mem_len, 1), xycoords=("data", "axes fraction"),
+            xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey",
+        )  # fmt: skip
+    ax.grid(alpha=0.3)
+
+
+def plot_attention_age(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
+    """Share of the long-term memory's attention density per age bin, one line per layer."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    centres = np.sqrt(report.age_edges[:-1] * report.age_edges[1:])
+    for i in range(len(report.layers)):
+        share = report.attention_share(i)
+        r = report.layers[i]
+        out_share = r.outside_mass.sum() / max(r.queries * r.attention_mass.shape[0], 1)
+        keep = share > 0
+        ax.plot(
+            centres[keep], share[keep], marker="o", ms=3, label=f"layer {i} ({out_share:.0%} outside [0, 1])"
+        )
+    _age_axis(ax, report)
+    ax.set_ylabel("share of the attention density\n(per half-octave of age)")
+    ax.set_title(title or f"Where the long-term memory is read ({report.tokens:,} tokens)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_reconstruction(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
+    """Relative error of the stored vectors recovered from the signal, against their age."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    for i in range(len(report.layers)):
+        centres, err, count = report.reconstruction_by_age(i)
+        keep = count > 0
+        (line,) = ax.plot(centres[keep], err[keep], marker="o", ms=3, label=f"layer {i}")
+        base = report.layers[i].recon_baseline
+        if base is not None:
+            ax.axhline(
+                base, color=line.get_color(), ls=":", lw=1, label=f"layer {i}: the mean vector, any age"
+            )
+    ax.axhline(1.0, color="black", ls="--", lw=0.8, label="remembering nothing (X̄ = 0)")
+    _age_axis(ax, report)
+    ax.set_ylabel("relative error ‖X̄(t) − x‖ / ‖x‖")
+    ax.set_ylim(bottom=0)
+    ax.set_title(
+        title or f"What can still be recovered, by age (end of {report.tokens:,} tokens)", fontsize=10
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_sticky(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
+    """Where sticky sampling took its M samples of the old signal, at every absorption (one panel per layer)."""
+    plt = _pyplot()
+    n = len(report.layers)
+    fig, axes = plt.subplots(n, 1, figsize=(6, 1.0 + 2.2 * n), dpi=120, squeeze=False, sharex=True)
+    for i, ax in enumerate(axes[:, 0]):
+        hist = np.asarray(report.layers[i].sticky_histograms)
+        if not len(hist):
+            ax.set_visible(False)
+            continue
+        im = ax.imshow(
+            hist, aspect="auto", origin="lower", extent=(0, 1, 0.5, len(hist) + 0.5), cmap="viridis",
+            interpolation="nearest",
+        )  # fmt: skip
+        ax.set_ylabel(f"layer {i}\nabsorption #")
+        fig.colorbar(im, ax=ax, label=f"samples per bin (of M = {report.num_samples})")
+    axes[-1, 0].set_xlabel("position t of the sample on the old signal (0 = oldest, 1 = newest)")
+    axes[0, 0].set_title(title or "Where sticky sampling took the old signal's samples", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def inspect_run(
+    run: str | os.PathLike,
+    text: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    config: InspectConfig | None = None,
+    seg_len: int | None = None,
+) -> dict[str, Any]:
+    """Read ``text`` through the model of a ``lm train`` run; write the report into out_dir
+    (default ``<run>/inspect``). Returns the JSON written."""
+    from .lm_cli import _device, load_trained_lm
+
+    if not Path(text).is_file():
+        raise ValueError(f"--text: {str(text)!r} is not a file")
+    try:
+        body = Path(text).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--text: {str(text)!r} is not UTF-8 text ({e})") from e
+    model, tok, saved = load_trained_lm(run)
+    dev = _device(device)
+    model.to(dev)
+    seg = seg_len or saved["data"]["seg_len"]
+    report = inspect_document(model, tok.encode(body), seg, config, dev)
+    report.meta.update(run=Path(run).name, text=Path(text).name, step=saved["step"])
+    out = Path(out_dir) if out_dir is not None else Path(run) / "inspect"
+    write_report(report, out)
+    data = json.loads((out / "inspect.json").read_text())
+    for layer in data["layers"]:
+        at = ", ".join(
+            f"{int(a):,}: {v['relative_error']:.3f}" if v["relative_error"] is not None else f"{int(a):,}: –"
+            for a, v in layer["reconstruction"]["at_age"].items()
+        )
+        med = layer["median_attention_age"]
+        print(
+            f"layer {layer['layer']}: median attention age {med:,.0f} tokens; "
+            f"reconstruction error by age ({at})"
+            if med is not None
+            else f"layer {layer['layer']}: the memory was never read"
+        )
+    print(f"wrote {out}/{{{', '.join(data['files'].values())}}}")
+    return data
+
+
+def add_inspect_parser(sub: Any) -> None:
+    """Register ``lm inspect`` on the ``lm`` subparsers."""
+    p = sub.add_parser("inspect", help="what the long-term memory holds and where it is read (PNGs + JSON)")
+    p.add_argument("--run", required=True, help="a `lm train` run folder (memory type infinite*)")
+    p.add_argument("--text", required=True, help="a UTF-8 text file: the document to read")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/inspect)")
+    p.add_argument("--seg-len", type=int, default=None, help="tokens per segment (default: training's)")
+    p.add_argument("--grid-points", type=int, default=1024, help="cells of [0, 1] for the age map")
+    p.add_argument("--max-tracked", type=int, default=2048, help="tokens tracked for reconstruction")
+    p.add_argument("--seed", type=int, default=0, help="seed of sticky sampling's draws")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.set_defaults(lm_func=_run_inspect)
+
+
+def _run_inspect(args: Any) -> dict[str, Any]:
+    config = InspectConfig(grid_points=args.grid_points, max_tracked=args.max_tracked, seed=args.seed)
+    return inspect_run(args.run, args.text, args.out, args.device, config, args.seg_len)
+
+
+__all__ = [
+    "AgeMap",
+    "InspectConfig",
+    "LayerReport",
+    "MemoryReport",
+    "age_bin_edges",
+    "inspect_document",
+    "inspect_run",
+    "write_report",
+]

@@ -242,13 +242,17 @@ def main(args: argparse.Namespace) -> None:
     b, e, h, seg = c["batch"], c["d_model"], c["n_heads"], c["segment"]
     contexts = args.contexts or ([8 * seg, 32 * seg, 128 * seg] if args.quick else [4096, 65536, 1048576])
     cfg = LTMConfig(d_model=e, n_heads=h, num_basis=c["num_basis"], num_samples=c["num_samples"])
+    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    ltm = LongTermAttention(cfg).to(device)
-    plain = PlainAttention(e, h).to(device)
+    ltm = LongTermAttention(cfg).to(device, dtype)
+    plain = PlainAttention(e, h).to(device, dtype)
     gen = torch.Generator(device=device).manual_seed(0)
+    # --compile: both timed layers run compiled (the streaming updates stay eager)
+    ltm_fn = torch.compile(ltm, backend=args.compile_backend) if args.compile else ltm
+    plain_fn = torch.compile(plain, backend=args.compile_backend) if args.compile else plain
 
     def segment(batch: int) -> torch.Tensor:
-        return torch.randn(batch, seg, e, device=device, generator=gen)
+        return torch.randn(batch, seg, e, device=device, generator=gen).to(dtype)
 
     keys = segment(b)[:, : c["num_basis"]]  # N discrete key vectors for the plain layer (no gradient)
     queries = segment(b).requires_grad_(True)  # queries come from upstream layers: they need gradients
@@ -269,14 +273,14 @@ def main(args: argparse.Namespace) -> None:
     )
 
     def ltm_step(state_box: list) -> None:
-        out, state, kl = ltm(queries, segment(b), state_box[0], return_kl=True)
+        out, state, kl = ltm_fn(queries, segment(b), state_box[0], return_kl=True)
         (out.sum() + 1e-6 * kl).backward()
         ltm.zero_grad(set_to_none=True)
         queries.grad = None
         state_box[0] = state.detach()
 
     def plain_step() -> None:
-        plain(queries, keys).sum().backward()
+        plain_fn(queries, keys).sum().backward()
         plain.zero_grad(set_to_none=True)
         queries.grad = None
 
@@ -346,18 +350,23 @@ def main(args: argparse.Namespace) -> None:
     full_contexts = args.full_contexts or (
         [seg * 2**k for k in range(3, 9)] if args.quick else [4096 * 2**k for k in range(0, 9)]
     )
-    full_rows = run_full_attention(args, full_contexts)
+    full_rows = [] if args.no_full_attention else run_full_attention(args, full_contexts)
 
     result = {
         "machine": machine_info(),
         "torch": torch.__version__,
-        "command": "python benchmarks/ltm_scaling.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/ltm_scaling.py"
+        + (" --quick" if args.quick else "")
+        + _variant_flags(args),
         "config": {
             **cfg.to_dict(),
             "batch": b,
             "segment_L": seg,
             "threads": args.threads,
             "device": str(device),
+            "dtype": args.dtype,
+            "compiled": bool(args.compile),
+            "compile_backend": args.compile_backend if args.compile else None,
             "warmup_steps": args.warmup,
             "timed_steps": args.reps,
             "loss": "out.sum() + 1e-6 * KL; queries require grad, new vectors do not (they left the STM)",
@@ -394,6 +403,7 @@ def main(args: argparse.Namespace) -> None:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     out = ROOT / ("results/ltm_scaling_quick.json" if args.quick else "results/ltm_scaling.json")
+    out = Path(args.out) if args.out else out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out.with_suffix(".png"))
@@ -454,6 +464,15 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _variant_flags(args: argparse.Namespace) -> str:
+    """The flags that change what is measured (for the results' "command" field)."""
+    flags = f" --device {args.device}" if args.device != "cpu" else ""
+    flags += f" --dtype {args.dtype}" if args.dtype != "float32" else ""
+    flags += f" --compile --compile-backend {args.compile_backend}" if args.compile else ""
+    flags += " --no-full-attention" if args.no_full_attention else ""
+    return flags
+
+
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny smoke version (< 30 s)")
@@ -477,6 +496,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--mem-limit-gb", type=float, default=8.0, help="RLIMIT_AS of each full-attention subprocess"
     )
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="layers and inputs")
+    p.add_argument("--compile", action="store_true", help="time torch.compile'd layers (LTM and plain)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (with --compile)")
+    p.add_argument("--no-full-attention", action="store_true", help="skip the full-attention subprocesses")
+    p.add_argument("--out", default=None, help="results JSON (default results/ltm_scaling[_quick].json)")
     p.add_argument("--full-point", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:

@@ -226,9 +226,8 @@ def step_ltm(suite: Suite, limit: float, dtype: str, compiled: bool) -> dict[str
 
 def step_generation(suite: Suite, limit: float) -> dict[str, Any]:
     script = "benchmarks/generation.py"
-    flags = set(
-        re.findall(r"(--[a-z][a-z0-9-]*)", suite.call([sys.executable, script, "--help"], 120).stdout)
-    )
+    # the flags it has (another change adds --device / --quick), read from its argparse calls
+    flags = set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", (REPO / script).read_text()))
     out = suite.work / "generation.json"
     argv = [sys.executable, script, "--out", str(out), "--plot", str(suite.work / "generation.png")]
     if "--device" in flags:

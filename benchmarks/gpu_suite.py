@@ -282,6 +282,7 @@ def step_sort(suite: Suite, limit: float) -> dict[str, Any]:
             runs[key] = {
                 "status": "ok",
                 "accuracy": res["accuracy"][model][length],
+                "chance": 1.0 / res["settings"]["num_symbols"],
                 "length": int(length),
                 "steps": run.get("steps"),
                 "tokens_per_s": run.get("tokens_per_s"),
@@ -362,7 +363,13 @@ def goals(steps: dict[str, dict[str, Any]], dry_run: bool = False) -> dict[str, 
         out["flat_cost_4k_to_1M"] = _not_measured("the float32 eager LTM step did not finish")
     runs = (ok("sort_paper_4k") or {}).get("runs", {})
     fp32, bf16 = runs.get("infinite_sticky/fp32", {}), runs.get("infinite_sticky/bf16", {})
-    if fp32.get("status") == "ok" and bf16.get("status") == "ok":
+    learned = fp32.get("status") == "ok" and fp32["accuracy"] >= 2 * fp32.get("chance", 0.0)
+    if fp32.get("status") == "ok" and bf16.get("status") == "ok" and not learned:
+        out["bf16_within_1pct_of_fp32_sorting"] = _not_measured(
+            f"float32 accuracy {fp32['accuracy']:.3f} is under twice chance ({fp32.get('chance', 0):.3f}): "
+            "the models have not learned enough for a precision comparison (more steps needed)"
+        )
+    elif fp32.get("status") == "ok" and bf16.get("status") == "ok":
         rel = abs(bf16["accuracy"] - fp32["accuracy"]) / max(fp32["accuracy"], 1e-12)
         out["bf16_within_1pct_of_fp32_sorting"] = _verdict(
             rel <= 0.01,
@@ -427,10 +434,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
     suite = Suite(args)
-    suite.run("pytest_cuda", 150, lambda limit: step_pytest(suite, limit))
+    suite.run("pytest_cuda", 120, lambda limit: step_pytest(suite, limit))
     for dtype, compiled in LTM_VARIANTS:
         name = f"ltm_{dtype}_{'compiled' if compiled else 'eager'}"
-        suite.run(name, 90, lambda limit, d=dtype, c=compiled: step_ltm(suite, limit, d, c))
+        cap = 120 if compiled else 60  # compiling forward + backward takes most of a compiled step
+        suite.run(name, cap, lambda limit, d=dtype, c=compiled: step_ltm(suite, limit, d, c))
     suite.run("generation", 90, lambda limit: step_generation(suite, limit))
     suite.run("sort_paper_4k", 170, lambda limit: step_sort(suite, limit))
     suite.run("lm_shakespeare_large", 120, lambda limit: step_shakespeare(suite, limit))

@@ -93,8 +93,8 @@ def test_goal_verdicts():
         }
 
     def sort(fp32, bf16):
-        runs = {"infinite_sticky/fp32": {"status": "ok", "accuracy": fp32}}
-        runs["infinite_sticky/bf16"] = {"status": "ok", "accuracy": bf16}
+        runs = {"infinite_sticky/fp32": {"status": "ok", "accuracy": fp32, "chance": 0.05}}
+        runs["infinite_sticky/bf16"] = {"status": "ok", "accuracy": bf16, "chance": 0.05}
         return {"status": "ok", "runs": runs}
 
     steps = {
@@ -115,3 +115,5 @@ def test_goal_verdicts():
     assert g["bf16_within_1pct_of_fp32_sorting"]["status"] == "not met"
     assert g["compiled_ge_1.3x_eager"]["status"] == "not measured"
     assert all(v["status"] == "not measured" for v in suite.goals({}).values())
+    chance = suite.goals({"sort_paper_4k": sort(0.06, 0.06)})["bf16_within_1pct_of_fp32_sorting"]
+    assert chance["status"] == "not measured" and "chance" in chance["why"]  # equal, but nothing learned

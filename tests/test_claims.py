@@ -26,6 +26,7 @@ TINY = [
     "--num-symbols", "4", "--segment-len", "16", "--mem-len", "8", "--num-basis", "8",
     "--num-samples", "8", "--num-bins", "8", "--d-model", "16", "--n-heads", "2", "--d-inner", "32",
     "--n-layers", "1", "--batch-size", "4", "--eval-sequences", "8", "--threads", "1", "--no-progress",
+    "--device", "cpu",  # CPU on every machine: --jobs 2 needs CPU workers (one process on CUDA)
 ]  # fmt: skip
 
 

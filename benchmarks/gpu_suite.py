@@ -147,7 +147,7 @@ def _slug(text: str) -> str:
 
 def _clean(text: str) -> str:
     """No absolute paths of this machine in the results."""
-    return text.replace(str(REPO) + os.sep, "").replace(str(REPO), ".").replace(str(Path.home()), "~")
+    return text.replace(str(REPO) + os.sep, "").replace(str(REPO), ".").replace(str(Path.home()), "<home>")
 
 
 def _command(argv: list[str]) -> str:

@@ -375,7 +375,7 @@ def goals(steps: dict[str, dict[str, Any]], dry_run: bool = False) -> dict[str, 
     if eager32:
         ratio = eager32["ratios"]["ltm_over_plain_time"]
         others = {
-            n: steps[n]["ratios"]["ltm_over_plain_time"]
+            n[4:]: steps[n]["ratios"]["ltm_over_plain_time"]
             for n in steps
             if n.startswith("ltm_") and ok(n) and n != "ltm_float32_eager"
         }
@@ -433,6 +433,52 @@ def _not_measured(why: str) -> dict[str, Any]:
     return {"status": "not measured", "why": why}
 
 
+# --------------------------------------------------------------------------------------- render
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    """The suite's results as README markdown (a goals table, then the numbers behind them);
+    benchmarks/report.py can call this once a GPU results file is committed."""
+    m = data["machine"]
+    where = m.get("gpu") or m.get("cpu_model") or m.get("processor", "?")
+    lines = [
+        f"`python benchmarks/gpu_suite.py`{' --dry-run (CPU, toy sizes)' if data['dry_run'] else ''}: "
+        f"{where}, torch {m.get('torch')}, CUDA {m.get('cuda') or '–'}; {data['elapsed_s']:.0f} s.",
+        "",
+        "| goal | status | numbers |",
+        "|---|---|---|",
+    ]
+    for g in data["goals"].values():
+        shown = {k: v for k, v in g.items() if k not in ("goal", "status", "dry_run_verdict")}
+        flat = {f"{k} {k2}": v2 for k, v in shown.items() if isinstance(v, dict) for k2, v2 in v.items()}
+        flat.update({k: v for k, v in shown.items() if not isinstance(v, dict)})
+        nums = ", ".join(str(v) if k == "why" else f"{k}: {v}" for k, v in flat.items())
+        lines.append(f"| {g['goal']} | {g['status']} | {nums} |")
+    ltm = {k[4:]: v for k, v in data["steps"].items() if k.startswith("ltm_") and v.get("status") == "ok"}
+    if ltm:
+        contexts = sorted({int(c) for v in ltm.values() for c in v["ltm_ms_by_context"]})
+        lines += [
+            "",
+            "| LTM forward + backward, ms | "
+            + " | ".join(f"{c:,} tokens" for c in contexts)
+            + " | SDPA ms |",
+        ]
+        lines.append("|---|" + "---:|" * (len(contexts) + 1))
+        for name, v in ltm.items():
+            cells = [f"{v['ltm_ms_by_context'].get(str(c), float('nan')):.2f}" for c in contexts]
+            lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + f" | {v['sdpa_ms']:.2f} |")
+    sort = data["steps"].get("sort_paper_4k", {}).get("runs", {})
+    if sort:
+        lines += ["", "| sorting, --preset paper, 4k (partial) | accuracy | steps |", "|---|---:|---:|"]
+        for key, r in sort.items():
+            acc = f"{r['accuracy']:.3f}" if r.get("status") == "ok" else r.get("status", "?")
+            lines.append(f"| {key} | {acc} | {r.get('steps', '–')} |")
+    for name, step in data["steps"].items():
+        if not str(step.get("status", "")).startswith("ok"):
+            lines.append(f"\n{name}: {step['status']}")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -452,7 +498,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sort-steps", type=int, default=300, help="optimizer steps per sorting run")
     p.add_argument("--sort-eval-sequences", type=int, default=64)
     p.add_argument("--lm-steps", type=int, default=150)
+    p.add_argument("--render", metavar="JSON", help="print a results file as README markdown, run nothing")
     args = p.parse_args(argv)
+    if args.render:
+        return args
     if args.budget_s <= 0:
         raise SystemExit(f"--budget-s must be > 0, got {args.budget_s}")
     if not args.dry_run and not torch.cuda.is_available():
@@ -462,6 +511,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
+    if args.render:
+        print(render_markdown(json.loads(Path(args.render).read_text())))
+        return Path(args.render)
     suite = Suite(args)
     suite.run("pytest_cuda", 120, lambda limit: step_pytest(suite, limit))
     for dtype, compiled in LTM_VARIANTS:

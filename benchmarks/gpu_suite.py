@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(render_markdown(json.loads(Path(args.render).read_text())))
         return Path(args.render)
     suite = Suite(args)
-    suite.run("pytest_cuda", 120, lambda limit: step_pytest(suite, limit))
+    suite.run("pytest_cuda", 150, lambda limit: step_pytest(suite, limit))
     for dtype, compiled in LTM_VARIANTS:
         name = f"ltm_{dtype}_{'compiled' if compiled else 'eager'}"
         cap = 120 if compiled else 60  # compiling forward + backward takes most of a compiled step

@@ -21,10 +21,11 @@ import torch
 
 from infinite_former import LongTermAttention, LTMConfig
 from infinite_former.continuous import gaussian_context
+from infinite_former.data.segments import Shard
 from infinite_former.data.sorting import SortingConfig, SortingGenerator, SortingStream
 from infinite_former.memory import sticky_positions
-from infinite_former.model import InfiniteFormerLM, ModelConfig
-from infinite_former.train import Shard, TrainConfig, Trainer, load_checkpoint
+from infinite_former.models import InfiniteFormerLM, ModelConfig
+from infinite_former.training import TrainConfig, Trainer, load_checkpoint
 
 DEVICE = torch.device(os.environ.get("INFINITE_FORMER_TEST_DEVICE", "cuda"))
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from infinite_former import LongTermAttention, LTMConfig, lm_cli, memory
+from infinite_former import LongTermAttention, LTMConfig, memory
+from infinite_former.cli import main
 from infinite_former.introspection import AgeMap, InspectConfig, inspect_document, write_report
 from infinite_former.memory import uniform_positions
-from infinite_former.model import InfiniteFormerLM, ModelConfig
-from infinite_former.signal import evaluate
+from infinite_former.models import InfiniteFormerLM, ModelConfig
+from infinite_former.ridge import reconstruct
 
 WORDS = "the king queen lord lady sword crown castle night day love death war peace".split()
 
@@ -74,7 +75,7 @@ def test_age_map_locates_stored_content_of_a_smooth_stream():
         am = am.absorb(k * block, block, 0.5, samples)
 
     def errors(coords):
-        rec = evaluate(state.coeffs, ltm.basis(torch.tensor(am.locate(coords), dtype=torch.float32)))[0]
+        rec = reconstruct(state.coeffs, ltm.basis(torch.tensor(am.locate(coords), dtype=torch.float32)))[0]
         return ((rec - stream[0]).norm(dim=-1) / stream[0].norm(dim=-1)).view(-1, block).mean(1)
 
     pos = np.arange(n) + 0.5
@@ -169,12 +170,12 @@ def test_lm_inspect_cli_end_to_end(tmp_path, capsys):
     argv += "--seg-len 16 --batch-size 2 --steps 2 --warmup 1 --d-model 16 --n-heads 2 --d-inner 32".split()
     argv += "--mem-len 16 --num-basis 16 --set ltm_num_bins=8 --no-progress --no-tensorboard".split()
     argv += ["--valid-split", "", "--device", "cpu", "--eval-splits"]
-    assert lm_cli.main(argv) == 0
+    assert main(["lm", *argv]) == 0
     text = tmp_path / "doc.txt"
     text.write_text(" ".join(rng.choice(WORDS) for _ in range(150)))
     out = tmp_path / "inspect"
     argv = ["inspect", "--run", str(run), "--text", str(text), "--out", str(out), "--device", "cpu"]
-    assert lm_cli.main([*argv, "--grid-points", "128"]) == 0
+    assert main(["lm", *argv, "--grid-points", "128"]) == 0
     printed = capsys.readouterr().out
     assert "layer 0: median attention age" in printed and "inspect.json" in printed
     raw = (out / "inspect.json").read_text()
@@ -182,12 +183,12 @@ def test_lm_inspect_cli_end_to_end(tmp_path, capsys):
     data = json.loads(raw)
     assert data["run"] == "run" and data["text"] == "doc.txt" and data["step"] == 2
     assert data["tokens"] == len(text.read_bytes()) and {"attention_age", "sticky"} <= set(data["files"])
-    assert lm_cli.main(["inspect", "--run", str(run), "--text", str(tmp_path / "nope.txt")]) == 2
+    assert main(["lm", "inspect", "--run", str(run), "--text", str(tmp_path / "nope.txt")]) == 2
     assert "--text" in capsys.readouterr().err
 
 
 def test_lm_inspect_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     text = Path(tmp_path / "doc.txt")
     text.write_text("some words")
-    assert lm_cli.main(["inspect", "--run", str(tmp_path / "none"), "--text", str(text)]) == 2
+    assert main(["lm", "inspect", "--run", str(tmp_path / "none"), "--text", str(text)]) == 2
     assert "lm_config.json" in capsys.readouterr().err

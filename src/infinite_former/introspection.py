@@ -3,7 +3,7 @@
     report = inspect_document(model, token_ids, seg_len=128)   # an InfiniteFormerLM (infinite*)
     paths = write_report(report, "runs/lm/inspect")            # PNGs + inspect.json
 
-    infinite-former lm inspect --run runs/lm_sticky --text book.txt [--out DIR]
+    infinite-former lm inspect --run runs/lm_sticky --text book.txt [--out DIR]   # experiments/introspect.py
 
 The memory is a signal X̄(t) = Bᵀψ(t) on t ∈ [0, 1] (PAPER §1). Each absorption of L new vectors
 contracts the old signal to [0, τ] (its M samples s_1..s_M go evenly on [0, τ]) and puts the new
@@ -39,7 +39,6 @@ The Hugging Face GPT-2 + memory model is not covered yet (its memory API is bein
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -50,9 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .memory import MemoryState, sticky_positions, uniform_positions
-from .signal import evaluate, midpoints
-from .utils import check_int, machine_info
+from .memory import LTMState, sticky_positions, uniform_positions
+from .ridge import midpoints, reconstruct
+from .utils import check_int, machine_info, write_json
 
 RECONSTRUCTION_AGES = (1_000, 10_000, 100_000)
 
@@ -350,7 +349,7 @@ def _absorb_pending(model, state, maps, layers, gen, stride, ltm_cfg):
     count = int(state.ltm_pending_count[0])
     new_ltm = []
     for layer, blk in enumerate(model.layers):
-        old: MemoryState = state.ltm[layer]
+        old: LTMState = state.ltm[layer]
         first = int(old.length[0])  # tokens [first, first + count) enter the memory
         x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteFormerLM._absorb
         before = gen.get_state()
@@ -405,7 +404,7 @@ def _measure_reconstruction(model, state, maps, layers, n, device) -> None:
         positions = np.asarray(r.tracked_positions, dtype=np.float64)
         where = torch.as_tensor(maps[layer].locate(positions + 0.5), device=device)
         coeffs = state.ltm[layer].coeffs  # (1, N, e)
-        recon = evaluate(coeffs, blk.ltm.basis(where.to(coeffs.dtype)))[0].float().cpu()  # (n, e)
+        recon = reconstruct(coeffs, blk.ltm.basis(where.to(coeffs.dtype)))[0].float().cpu()  # (n, e)
         target = torch.stack(r.tracked_vectors)
         norm = target.norm(dim=-1).clamp_min(1e-12)
         err = (recon - target).norm(dim=-1) / norm
@@ -431,9 +430,7 @@ def write_report(report: MemoryReport, out_dir: str | os.PathLike, title: str = 
         files["sticky"] = "sticky_samples.png"
         plot_sticky(report, out / files["sticky"], title)
     data = {"machine": machine_info(), **report.to_dict(), "files": files}
-    tmp = out / "inspect.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, out / "inspect.json")
+    write_json(out / "inspect.json", data)
     return files
 
 
@@ -533,72 +530,6 @@ def plot_sticky(report: MemoryReport, path: str | os.PathLike, title: str = "") 
     plt.close(fig)
 
 
-# -------------------------------------------------------------------------------------------- CLI
-
-
-def inspect_run(
-    run: str | os.PathLike,
-    text: str | os.PathLike,
-    out_dir: str | os.PathLike | None = None,
-    device: str = "auto",
-    config: InspectConfig | None = None,
-    seg_len: int | None = None,
-) -> dict[str, Any]:
-    """Read ``text`` through the model of a ``lm train`` run; write the report into out_dir
-    (default ``<run>/inspect``). Returns the JSON written."""
-    from .lm_cli import _device, load_trained_lm
-
-    if not Path(text).is_file():
-        raise ValueError(f"--text: {str(text)!r} is not a file")
-    try:
-        body = Path(text).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--text: {str(text)!r} is not UTF-8 text ({e})") from e
-    model, tok, saved = load_trained_lm(run)
-    dev = _device(device)
-    model.to(dev)
-    seg = seg_len or saved["data"]["seg_len"]
-    report = inspect_document(model, tok.encode(body), seg, config, dev)
-    report.meta.update(run=Path(run).name, text=Path(text).name, step=saved["step"])
-    out = Path(out_dir) if out_dir is not None else Path(run) / "inspect"
-    write_report(report, out)
-    data = json.loads((out / "inspect.json").read_text())
-    for layer in data["layers"]:
-        at = ", ".join(
-            f"{int(a):,}: {v['relative_error']:.3f}" if v["relative_error"] is not None else f"{int(a):,}: –"
-            for a, v in layer["reconstruction"]["at_age"].items()
-        )
-        med = layer["median_attention_age"]
-        print(
-            f"layer {layer['layer']}: median attention age {med:,.0f} tokens; "
-            f"reconstruction error by age ({at})"
-            if med is not None
-            else f"layer {layer['layer']}: the memory was never read"
-        )
-    print(f"wrote {out}/{{{', '.join(data['files'].values())}}}")
-    return data
-
-
-def add_inspect_parser(sub: Any) -> None:
-    """Register ``lm inspect`` on the ``lm`` subparsers."""
-    p = sub.add_parser("inspect", help="what the long-term memory holds and where it is read (PNGs + JSON)")
-    p.add_argument("--run", required=True, help="a `lm train` run folder (memory type infinite*)")
-    p.add_argument("--text", required=True, help="a UTF-8 text file: the document to read")
-    p.add_argument("--out", default=None, help="output folder (default: <run>/inspect)")
-    p.add_argument("--seg-len", type=int, default=None, help="tokens per segment (default: training's)")
-    p.add_argument("--grid-points", type=int, default=1024, help="cells of [0, 1] for the age map")
-    p.add_argument("--max-tracked", type=int, default=2048, help="tokens tracked for reconstruction")
-    p.add_argument("--seed", type=int, default=0, help="seed of sticky sampling's draws")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.set_defaults(lm_func=_run_inspect)
-
-
-def _run_inspect(args: Any) -> dict[str, Any]:
-    config = InspectConfig(grid_points=args.grid_points, max_tracked=args.max_tracked, seed=args.seed)
-    return inspect_run(args.run, args.text, args.out, args.device, config, args.seg_len)
-
-
 __all__ = [
     "AgeMap",
     "InspectConfig",
@@ -606,6 +537,5 @@ __all__ = [
     "MemoryReport",
     "age_bin_edges",
     "inspect_document",
-    "inspect_run",
     "write_report",
 ]

@@ -40,6 +40,7 @@ from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
 from ..utils import machine_info, seed_everything, write_json
 from .flags import Flag, add_flags, overrides, parse_set, resolve_device, set_threads
+from .introspect import add_inspect_parser
 
 CONFIG_FILE = "lm_config.json"
 
@@ -523,9 +524,7 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--tau", type=float, default=None)
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
     f.set_defaults(lm_func=lm_finetune)
-    from .introspection import add_inspect_parser  # lm inspect: what the long-term memory holds
-
-    add_inspect_parser(sub)
+    add_inspect_parser(sub, load_run=load_trained_lm)  # lm inspect: what the long-term memory holds
     lm.set_defaults(func=run_lm)
     return lm
 

@@ -4,7 +4,7 @@
     infinite-former sort --preset paper       # the paper's sorting setup (GPU)
     infinite-former sort --models xl,compressive,infinite,infinite_sticky --lengths 1024,2048 --steps 500
     infinite-former sort --name mine --resume # continue an interrupted run
-    infinite-former lm train | eval | finetune ...
+    infinite-former lm train | eval | finetune | inspect ...
     infinite-former passkey --model DIR --distances 512 2048
 
 Every subcommand lives in ``experiments/`` and registers itself with ``add_parser(subparsers)``,

@@ -1,4 +1,4 @@
-"""``infinite-former lm train | eval | finetune``: long-document language modeling.
+"""``infinite-former lm train | eval | finetune | inspect``: long-document language modeling.
 
 - ``lm train``: a from-scratch LM (memory type xl | compressive | infinite | infinite_sticky) on a
   corpus of long documents streamed as B lanes (data/text.py), with the project's Trainer (same
@@ -8,6 +8,7 @@
 - ``lm finetune``: the paper's GPT-2 recipe (PAPER §5): sequential blocks of L = 512 tokens, the
   memory carried from block to block within a document (reset at each new document), AdamW with
   5e-5 for GPT-2's weights and 2.5e-4 for the new LTM weights, KL regularizer on.
+- ``lm inspect``: what a trained ∞-former's memory holds, read over one document (experiments/introspect.py).
 
 Run folder: ``tokenizer/``, ``lm_config.json``, ``checkpoints/``, ``train_log.csv``,
 ``eval_log.csv``, ``tb/``, ``results.json`` (and ``model/`` in Hugging Face format for finetune).
@@ -465,7 +466,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``lm train | eval | finetune`` on an argparse subparsers object."""
+    """Register ``lm train | eval | finetune | inspect`` on an argparse subparsers object."""
     lm = subparsers.add_parser("lm", help="long-document language modeling (from scratch, or GPT-2 + memory)")
     sub = lm.add_subparsers(dest="lm_command", required=True)
 

@@ -309,3 +309,18 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert losses == pytest.approx(single.losses, abs=1e-5)
     ck = load_checkpoint(tmp_path / "two", rank=1)
     assert ck["trainer"]["world_size"] == 2 and ck["rank"]["stream"] == {"batch_index": 3}
+
+
+def test_checkpoint_weights_load_strictly_except_tied(tmp_path):
+    from infinite_former.training.checkpoints import load_weights
+
+    model = tiny_model("xl")
+    weights = {k: v for k, v in model.state_dict().items() if k != "head.weight"}  # tied: stored once
+    load_weights(tiny_model("xl", seed=1), weights, "ok")  # loads
+    with pytest.raises(CheckpointError, match=r"bad.*unexpected \['extra'\]"):
+        load_weights(tiny_model("xl"), {**weights, "extra": torch.zeros(1)}, "bad")
+    dropped = {k: v for k, v in weights.items() if k != "ln_f.weight"}
+    with pytest.raises(CheckpointError, match=r"missing \['ln_f.weight'\]"):
+        load_weights(tiny_model("xl"), dropped, "bad")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_weights(tiny_model("xl"), {**weights, "ln_f.weight": torch.zeros(3)}, "bad")

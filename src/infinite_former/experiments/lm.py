@@ -39,6 +39,7 @@ from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
+from ..training.checkpoints import load_weights
 from ..utils import machine_info, seed_everything, write_json
 from .flags import Flag, add_flags, overrides, parse_set, resolve_device, set_threads
 from .introspect import add_inspect_parser
@@ -185,10 +186,7 @@ def load_trained_lm(run_dir: str | os.PathLike) -> tuple[nn.Module, TextTokenize
     tok = TextTokenizer.load(run / "tokenizer")
     model = InfiniteFormerLM(ModelConfig.from_dict(saved["model"]))
     ckpt = load_checkpoint(run)
-    model.load_state_dict(ckpt["model"], strict=False)
-    missing = [k for k in model.state_dict() if k not in ckpt["model"] and k != "head.weight"]
-    if missing:
-        raise ValueError(f"run: checkpoint {ckpt['dir']} lacks weights {missing[:5]}")
+    load_weights(model, ckpt["model"], ckpt["dir"])
     saved["checkpoint"] = ckpt["dir"]
     saved["step"] = int(ckpt["trainer"]["step"])
     return model, tok, saved

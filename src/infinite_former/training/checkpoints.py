@@ -127,4 +127,28 @@ def is_tied(model: nn.Module, key: str, saved: Mapping[str, Tensor]) -> bool:
     return any(sd[k].data_ptr() == ptr for k in saved if k in sd)
 
 
-__all__ = ["CheckpointError", "find_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str) -> None:
+    """Load a checkpoint's weights strictly: every key must match, except a tied weight stored once.
+
+    Raises CheckpointError naming `source` and the keys that are missing, unexpected or mis-shaped.
+    """
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"checkpoint {source} does not match the model: {e}") from e
+    missing = [k for k in missing if not is_tied(model, k, weights)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+
+
+__all__ = [
+    "CheckpointError",
+    "find_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "rng_state",
+    "set_rng_state",
+]

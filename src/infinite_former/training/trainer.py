@@ -48,8 +48,8 @@ from .checkpoints import (
     CKPT_SUBDIR,
     LATEST,
     CheckpointError,
-    is_tied,
     load_checkpoint,
+    load_weights,
     rng_state,
     set_rng_state,
     to_cpu,
@@ -319,14 +319,7 @@ class Trainer:
 
         model = self.model
         if ckpt is not None:
-            try:
-                model.load_state_dict(ckpt["model"], strict=False)
-                missing = set(model.state_dict()) - set(ckpt["model"])
-                missing = {k for k in missing if not is_tied(model, k, ckpt["model"])}
-                if missing:
-                    raise CheckpointError(f"checkpoint {ckpt['dir']} lacks weights {sorted(missing)[:5]}")
-            except RuntimeError as e:
-                raise CheckpointError(f"checkpoint {ckpt['dir']} does not match the model: {e}") from e
+            load_weights(model, ckpt["model"], ckpt["dir"])
         model.to(acc.device)
         groups = self.param_groups(model) if self.param_groups else [{"params": list(model.parameters())}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -5,6 +5,8 @@ Tiny random GPT-2 checkpoints written to a temp folder; no network.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
@@ -15,7 +17,6 @@ from infinite_former.hf import (
     InfiniteGPT2LMHeadModel,
     InfiniteGPT2Memory,
     InfiniteGPT2Stream,
-    ltm_read,
 )
 
 VOCAB = 100
@@ -160,6 +161,8 @@ def test_chunking_does_not_change_results(plain_dir):
 
 
 def test_cached_read_equals_core_attend():
+    """The HF path's read (projections once per block, reused, mass accumulated, padding masked)
+    is the core layer's: reading a block in pieces with one set of projections equals attend()."""
     torch.manual_seed(0)
     ltm = LongTermAttention(InfiniteGPT2Config(n_embd=32, n_head=2, n_layer=1, **MEMORY).ltm_config())
     with torch.no_grad():
@@ -169,12 +172,19 @@ def test_cached_read_equals_core_attend():
     queries = torch.randn(3, 5, 32)
     with torch.no_grad():
         ref_out, ref_state, ref_kl = ltm.attend(queries, state)
-        out, new_state, kl = ltm_read.attend(
-            ltm, queries, state, ltm_read.projections(ltm, state, queries.dtype)
-        )
-    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(kl, ref_kl, atol=1e-5, rtol=1e-4)
+        proj = ltm.projections(state, queries.dtype)
+        zero = replace(state, bin_mass=torch.zeros_like(state.bin_mass))
+        out_a, mid, kl_a = ltm.read(queries[:, :2], zero, proj, accumulate_mass=True)
+        out_b, new_state, kl_b = ltm.read(queries[:, 2:], mid, proj, accumulate_mass=True)
+        # a padding query (mask False) adds no mass and no KL
+        pad = torch.tensor([[True, False]] * 3)
+        _, padded, kl_p = ltm.read(queries[:, :2], zero, proj, query_mask=pad)
+        _, alone, _ = ltm.read(queries[:, :1], zero, proj)
+    torch.testing.assert_close(torch.cat([out_a, out_b], 1), ref_out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([kl_a, kl_b], 2), ref_kl, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(new_state.bin_mass, ref_state.bin_mass, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(padded.bin_mass, alone.bin_mass, atol=1e-6, rtol=1e-5)
+    assert float(kl_p[:, :, 1].abs().max()) == 0 and float(kl_p[:, :, 0].min()) > 0
 
 
 # ------------------------------------------------------------------ save / load

@@ -85,6 +85,30 @@ class LTMConfig:
         return config_from_dict(cls, d)
 
 
+@dataclass(frozen=True)
+class MemoryProjections:
+    """The projections of one memory state B that every read of it shares.
+
+    values:        V = B W_V per head, (batch, H, N, d), in the queries' dtype.
+    score_weights: W_{Q,h}ᵀ (B W_K)ᵀ [w_μ, w_σ] per head, (batch, e, H·2), in >= float32.
+
+    They change only when B does (once per absorbed block), so token-by-token decoding
+    computes them once per block. Tied to the weights they were computed with.
+    """
+
+    values: Tensor
+    score_weights: Tensor
+
+    def select(self, rows: Tensor) -> MemoryProjections:
+        return MemoryProjections(self.values[rows], self.score_weights[rows])
+
+    def detach(self) -> MemoryProjections:
+        return MemoryProjections(self.values.detach(), self.score_weights.detach())
+
+    def to(self, *args, **kwargs) -> MemoryProjections:
+        return MemoryProjections(self.values.to(*args, **kwargs), self.score_weights.to(*args, **kwargs))
+
+
 def gaussian_kl(sigma2: Tensor, sigma0: float) -> Tensor:
     """KL(𝒩(μ, σ²) ‖ 𝒩(μ, σ₀²)) = ½(σ²/σ₀² - log(σ²/σ₀²) - 1), elementwise."""
     ratio = sigma2 / sigma0**2
@@ -157,44 +181,100 @@ class LongTermAttention(nn.Module):
 
     # ------------------------------------------------------------- attention
 
-    def densities(self, queries: Tensor, state: LTMState) -> tuple[Tensor, Tensor, Tensor]:
-        """μ, σ² (batch, H, q) of each query's density, and V heads (batch, H, N, d).
+    def projections(self, state: LTMState, dtype: torch.dtype | None = None) -> MemoryProjections:
+        """What every read of one memory state needs from B, computed once (e.g. once per block).
 
-        The paper's μ = sigmoid(w_μᵀ s), s = K_h q / √d, K = B W_K, is computed as
-        q · (W_K Bᵀ w_μ)_h / √d: the same number, without materialising K or the
-        (batch, H, q, N) scores (likewise for σ² = softplus(w_σᵀ s)).
+        V = B W_V per head, and W_{Q,h}ᵀ (W_K Bᵀ [w_μ, w_σ])_h per head, so that a query x gives
+        the paper's w_μᵀ s = x · (W_{Q,h}ᵀ K_hᵀ w_μ) (s = K_h q_h, K = B W_K) without materialising
+        K, the (batch, H, q, N) scores or even q_h = W_Q x. dtype: that of the queries (default
+        B's); the score weights are kept in at least float32.
         """
-        b, q, _ = queries.shape
+        b = state.coeffs.shape[0]
         h, d = self.config.n_heads, self.head_dim
         coeffs = state.coeffs  # B: (batch, N, e), float32 or wider
-        values = self.value(coeffs.to(queries.dtype)).view(b, -1, h, d).transpose(1, 2)  # (batch, H, N, d)
-        qh = self.query(queries).view(b, q, h, d).transpose(1, 2)  # (batch, H, q, d)
-        with torch.autocast(device_type=queries.device.type, enabled=False):
+        dtype = dtype or coeffs.dtype
+        values = self.value(coeffs.to(dtype)).view(b, -1, h, d).transpose(1, 2)  # (batch, H, N, d)
+        with torch.autocast(device_type=coeffs.device.type, enabled=False):
+            work = torch.promote_types(dtype, torch.float32)  # μ, σ² in >= float32
             w = torch.cat([self.mu_proj.weight, self.sigma_proj.weight]).to(coeffs.dtype)  # (2, N)
-            work = torch.promote_types(queries.dtype, torch.float32)  # μ, σ² in >= float32
-            bias = torch.cat([self.mu_proj.bias, self.sigma_proj.bias]).to(work)  # (2,)
             wb = torch.matmul(w, coeffs)  # w_μᵀB, w_σᵀB: (batch, 2, e)
-            wk = self.key(wb.to(self.key.weight.dtype)).to(work)  # Kᵀw = W_K Bᵀw: (batch, 2, e)
-            wk = wk.view(b, 2, h, d).permute(0, 2, 3, 1)  # (batch, H, d, 2)
-            logits = torch.matmul(qh.to(work), wk) / math.sqrt(d) + bias  # (batch, H, q, 2)
+            wk = self.key(wb.to(self.key.weight.dtype)).to(work).view(b, 2, h, d)  # Kᵀw: (batch, 2, H, d)
+            w_query = self.query.weight.to(work).view(h, d, -1)  # W_{Q,h}: (H, d, e)
+            scores = torch.einsum("hde,bjhd->behj", w_query, wk).flatten(2)  # (batch, e, H·2)
+        return MemoryProjections(values=values, score_weights=scores.contiguous())
+
+    def densities(
+        self, queries: Tensor, state: LTMState, projections: MemoryProjections | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """μ, σ² (batch, H, q) of each query's density, and V heads (batch, H, N, d).
+
+        μ = sigmoid(w_μᵀ s), σ² = softplus(w_σᵀ s), s = K_h q_h / √d, computed as
+        x · (W_{Q,h}ᵀ K_hᵀ w) / √d with the projections of the state (see ``projections``).
+        """
+        if projections is None:
+            projections = self.projections(state, queries.dtype)
+        b, q, _ = queries.shape
+        h, d = self.config.n_heads, self.head_dim
+        weights = projections.score_weights  # (batch, e, H·2)
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            bias = torch.cat([self.mu_proj.bias, self.sigma_proj.bias]).to(weights.dtype)  # (2,)
+            scores = torch.matmul(queries.to(weights.dtype), weights)  # (batch, q, H·2)
+            logits = scores.view(b, q, h, 2).transpose(1, 2) / math.sqrt(d) + bias  # (batch, H, q, 2)
             mu = torch.sigmoid(logits[..., 0])
             sigma2 = F.softplus(logits[..., 1]).clamp_min(self.config.min_sigma2)
-        return mu, sigma2, values
+        return mu, sigma2, projections.values
+
+    def read(
+        self,
+        queries: Tensor,
+        state: LTMState,
+        projections: MemoryProjections | None = None,
+        *,
+        query_mask: Tensor | None = None,
+        return_kl: bool = True,
+        sticky_stats: bool | None = None,
+        accumulate_mass: bool = False,
+    ) -> tuple[Tensor, LTMState, Tensor | None]:
+        """Read the memory: (out (batch, q, e), state with the new bin mass, KL (batch, H, q) or None).
+
+        projections: ``self.projections(state, queries.dtype)``, computed here if None; pass it to
+            reuse it for every read of the same state (token-by-token decoding).
+        query_mask: (batch, q) bool, False for queries that must not count (padding): their KL is 0
+            and they add no sticky bin mass. Their output is computed like any other.
+        return_kl: compute KL(𝒩(μ, σ²) ‖ 𝒩(μ, σ₀²)) per row, head and query (else None).
+        sticky_stats: compute the bin mass for sticky sampling (default: config.sticky).
+        accumulate_mass: add the bin mass to the state's instead of replacing it (a block read
+            in several calls accumulates the mass of all its queries).
+        Rows whose memory is empty get out = 0, KL = 0 and no bin mass.
+        """
+        b, q, e = queries.shape
+        mu, sigma2, values = self.densities(queries, state, projections)
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            if torch.is_grad_enabled() or q > 1:
+                context = self.normalizer.context(mu, sigma2, values)  # V_hᵀ E_p[ψ]: (batch, H, q, d)
+            else:  # one query without autograd (decoding): E_p[ψ] (batch, H, 1, N) is small, use it
+                context = self.normalizer(mu, sigma2).to(values.dtype) @ values
+        out = self.out(context.transpose(1, 2).reshape(b, q, e))
+        has_memory = state.length > 0  # (batch,)
+        all_rows = query_mask is None and bool(has_memory.all())
+        valid = has_memory[:, None] if query_mask is None else has_memory[:, None] & query_mask  # (batch, q)
+        if not bool(has_memory.all()):
+            out = out * has_memory[:, None, None].to(out.dtype)
+        kl = None
+        if return_kl:
+            kl = gaussian_kl(sigma2, self.config.kl_sigma0)
+            if not all_rows:
+                kl = kl * valid[:, None, :]
+        if self.config.sticky if sticky_stats is None else sticky_stats:
+            weight = None if all_rows else valid[:, None, :].to(mu.dtype)  # (batch, 1, q)
+            mass = bin_mass(self.normalizer.cdf, mu.detach(), sigma2.detach(), self.config.num_bins, weight)
+            mass = mass.to(state.bin_mass.dtype)
+            state = replace(state, bin_mass=state.bin_mass + mass if accumulate_mass else mass)
+        return out, state, kl
 
     def attend(self, queries: Tensor, state: LTMState) -> tuple[Tensor, LTMState, Tensor]:
         """Read the memory: (out (batch, q, e), state with new bin mass, KL (batch, H, q))."""
-        b, q, e = queries.shape
-        mu, sigma2, values = self.densities(queries, state)
-        with torch.autocast(device_type=queries.device.type, enabled=False):
-            context = self.normalizer.context(mu, sigma2, values)  # V_hᵀ E_p[ψ]: (batch, H, q, d)
-        out = self.out(context.transpose(1, 2).reshape(b, q, e))
-        has_memory = state.length > 0
-        out = out * has_memory[:, None, None].to(out.dtype)
-        kl = gaussian_kl(sigma2, self.config.kl_sigma0) * has_memory[:, None, None]
-        if self.config.sticky:
-            mass = bin_mass(self.normalizer.cdf, mu.detach(), sigma2.detach(), self.config.num_bins)
-            state = replace(state, bin_mass=mass.to(state.bin_mass.dtype) * has_memory[:, None])
-        return out, state, kl
+        return self.read(queries, state)
 
     def forward(
         self,

@@ -162,14 +162,18 @@ def sticky_positions(bin_mass: Tensor, num_samples: int, generator: torch.Genera
     return (idx.to(mass.dtype) + frac) / num_bins
 
 
-def bin_mass(cdf, mu: Tensor, sigma2: Tensor, num_bins: int) -> Tensor:
+def bin_mass(cdf, mu: Tensor, sigma2: Tensor, num_bins: int, weight: Tensor | None = None) -> Tensor:
     """Σ_heads Σ_queries ∫_{bin_j} p(t) dt: mu, sigma2 (batch, H, q) -> (batch, D).
 
     cdf is the normalizer's CDF (t, μ, σ²) -> P(T <= t). The CDFs at the D + 1
     bin edges are summed over heads and queries first, then differenced.
+    weight: optional, broadcastable to (batch, H, q), e.g. 0 for padding queries.
     """
     edges = torch.linspace(0, 1, num_bins + 1, device=mu.device, dtype=mu.dtype)
-    c = cdf(edges, mu.unsqueeze(-1), sigma2.unsqueeze(-1)).sum(dim=(1, 2))  # (batch, D + 1)
+    c = cdf(edges, mu.unsqueeze(-1), sigma2.unsqueeze(-1))  # (batch, H, q, D + 1)
+    if weight is not None:
+        c = c * weight.unsqueeze(-1)
+    c = c.sum(dim=(1, 2))  # (batch, D + 1)
     return (c[:, 1:] - c[:, :-1]).clamp_min(0)
 
 

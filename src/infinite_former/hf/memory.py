@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..attention import MemoryProjections
 from ..memory import MemoryState
 
 KV = tuple[Tensor, Tensor]  # keys, values (batch, H, p, d)
@@ -42,8 +43,7 @@ class InfiniteGPT2Memory:
     num_tokens: (batch,) int64 tokens seen per row since the last reset.
     block_size: tokens per short-term block (L); a complete block is absorbed
                into the LTM when the next token arrives.
-    ltm_cache: optional per-LTM projections of B (V heads and W_K Bᵀ[w_μ, w_σ], see
-               ltm_read.py), kept only when gradients are off (inference) so that
+    ltm_cache: optional per-LTM projections of B (LongTermAttention.projections), kept only when gradients are off (inference) so that
                per-token generation computes them once per block. Tied to the
                weights they were computed with; None = compute when needed.
     """
@@ -54,7 +54,7 @@ class InfiniteGPT2Memory:
     keep: Tensor
     num_tokens: Tensor
     block_size: int
-    ltm_cache: tuple[tuple[Tensor, Tensor], ...] | None = None
+    ltm_cache: tuple[MemoryProjections, ...] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -81,9 +81,7 @@ class InfiniteGPT2Memory:
             keep=self.keep,
             num_tokens=self.num_tokens,
             block_size=self.block_size,
-            ltm_cache=None
-            if self.ltm_cache is None
-            else tuple((k.detach(), v.detach()) for k, v in self.ltm_cache),
+            ltm_cache=None if self.ltm_cache is None else tuple(p.detach() for p in self.ltm_cache),
         )
 
     def reset(self, rows: Tensor | None = None) -> InfiniteGPT2Memory:
@@ -127,9 +125,7 @@ class InfiniteGPT2Memory:
             keep=self.keep[rows],
             num_tokens=self.num_tokens[rows],
             block_size=self.block_size,
-            ltm_cache=None
-            if self.ltm_cache is None
-            else tuple((k[rows], v[rows]) for k, v in self.ltm_cache),
+            ltm_cache=None if self.ltm_cache is None else tuple(p.select(rows) for p in self.ltm_cache),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -161,9 +157,7 @@ class InfiniteGPT2Memory:
             keep=self.keep.to(device),
             num_tokens=self.num_tokens.to(device),
             block_size=self.block_size,
-            ltm_cache=None
-            if self.ltm_cache is None
-            else tuple((k.to(device), v.to(device)) for k, v in self.ltm_cache),
+            ltm_cache=None if self.ltm_cache is None else tuple(p.to(device) for p in self.ltm_cache),
         )
 
 

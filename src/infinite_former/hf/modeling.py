@@ -37,7 +37,6 @@ from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention
 from ..basis import GaussianBasis
-from . import ltm_read
 from .configuration import InfiniteGPT2Config
 from .memory import KV, InfiniteGPT2Memory
 
@@ -310,11 +309,10 @@ class InfiniteGPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
                 use_cache = memory.ltm_cache is not None and not torch.is_grad_enabled()
                 proj = memory.ltm_cache[k] if use_cache else None
                 if proj is None:  # (with gradients on, always recompute: they must reach W_V, W_K, W_Q)
-                    proj = ltm_read.projections(ltm, state, x.dtype)
+                    proj = ltm.projections(state, x.dtype)
                 cache_out.append(proj)
-                z, new_state, kl = ltm_read.attend(ltm, x, state, proj, need_kl=need_kl)
-                if ltm.config.sticky:  # accumulate the block's attention mass for sticky sampling
-                    new_state = replace(new_state, bin_mass=state.bin_mass + new_state.bin_mass)
+                # the block's attention mass accumulates over its calls (sticky sampling)
+                z, new_state, kl = ltm.read(x, state, proj, return_kl=need_kl, accumulate_mass=True)
                 states_out.append(new_state)
                 attn_out = attn_out + blk.attn.resid_dropout(z)
                 if kl is not None:

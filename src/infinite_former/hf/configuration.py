@@ -8,12 +8,14 @@ sticky memories over D = 128 bins, gated inputs, σ² >= 1e-4, KL toward
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import GPT2Config
 
 from ..attention import LTMConfig
+from .config import MemoryConfig
 
 
 @strict
@@ -78,6 +80,10 @@ class InfiniteGPT2Config(GPT2Config):
     def memory_layer_ids(self) -> list[int]:
         """The GPT-2 layers that get a long-term memory, in order."""
         return list(range(self.n_layer)) if self.memory_layers is None else sorted(self.memory_layers)
+
+    def memory_fields(self) -> dict[str, Any]:
+        """The memory settings as MemoryConfig keywords (the names add_memory takes)."""
+        return {f.name: getattr(self, f.name) for f in fields(MemoryConfig)}
 
     def ltm_config(self) -> LTMConfig:
         """The LTMConfig of each layer's LongTermAttention (output projection zero-initialised)."""

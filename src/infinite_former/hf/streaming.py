@@ -1,13 +1,13 @@
 """InfiniteGPT2Stream: read any amount of text into the memory, then generate.
 
-    stream = InfiniteGPT2Stream(model)            # batch of 1 stream
+    stream = InfiniteGPT2Stream(model)            # any model with memory (add_memory), batch of 1
     stream.read(book_ids)                         # 100k tokens: ~200 blocks absorbed into the LTM
     new_ids = stream.generate(question_ids, max_new_tokens=32)
     more = stream.generate(max_new_tokens=16)     # continues: the memory survives between calls
     stream.reset()                                # forget everything
 
 The stream is a user-visible holder of the explicit state: ``stream.memory``
-(an InfiniteGPT2Memory) and ``stream.last``, the newest token, which is kept
+(an HFMemoryState) and ``stream.last``, the newest token, which is kept
 unfed so that generation always has a token whose logits start it. The cost
 of a generated token is the same however much text was read.
 """
@@ -20,22 +20,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .memory import InfiniteGPT2Memory
-from .modeling import InfiniteGPT2LMHeadModel
+from .causal_lm import MemoryCausalLM
+from .memory import HFMemoryState
 
 
 class InfiniteGPT2Stream:
-    """Streams of text through an InfiniteGPT2LMHeadModel, with the memory kept between calls."""
+    """Streams of text through a causal LM with memory (InfiniteGPT2LMHeadModel or any model
+    given one by add_memory), with the memory kept between calls."""
 
-    def __init__(self, model: InfiniteGPT2LMHeadModel, batch_size: int = 1, tokenizer: Any = None) -> None:
-        if not isinstance(model, InfiniteGPT2LMHeadModel):
-            raise ValueError(f"model must be an InfiniteGPT2LMHeadModel, got {type(model).__name__}")
+    def __init__(self, model: MemoryCausalLM, batch_size: int = 1, tokenizer: Any = None) -> None:
+        if not isinstance(model, MemoryCausalLM):
+            raise ValueError(
+                f"model must have a memory (InfiniteGPT2LMHeadModel or add_memory(model)), got {type(model).__name__}"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model = model
         self.batch_size = batch_size
         self.tokenizer = tokenizer
-        self.memory: InfiniteGPT2Memory | None = None
+        self.memory: HFMemoryState | None = None
         self.last: Tensor | None = None  # (batch, 1) newest token, not yet fed to the model
         self.reset()
 

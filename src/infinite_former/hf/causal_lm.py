@@ -1,0 +1,551 @@
+"""An unbounded ∞-former memory for any transformers causal LM (PAPER §2-5, GPT-2 recipe).
+
+    model = add_memory(AutoModelForCausalLM.from_pretrained(...), block_size=512, num_basis=512)
+    out = model(input_ids, memory=None, labels=input_ids)      # out.memory: the new state
+    gen = model.generate(prompt_ids, memory=out.memory, max_new_tokens=32)
+
+``add_memory`` attaches one ``LongTermAttention`` per memory layer (``model.ltm``, output
+projection zero: the model starts equal to the base model on each block) and gives the model
+this module's forward and generate, by making it an instance of a subclass of its own class
+(same name, same weights; no modeling file is copied). The block scheme, for every model:
+
+* text is processed in sequential blocks of L = block_size tokens. Inside a block, a token
+  attends causally to its block's tokens with the model's own attention (positions restart at
+  0 each block; the block's own KV cache) and to the long-term memory X̄(t) = Bᵀψ(t);
+* in every memory layer, the memory is read with the layer's normalised hidden states (the
+  input of its self-attention) as queries, and its output is added to the attention output;
+* when a row's block is complete and its next token arrives, the block's layer-input hidden
+  states (residual stream) are absorbed into each layer's memory (gate, contraction by τ, M
+  samples, refit of B: a cost independent of the tokens read) and its KV cache is dropped.
+
+Rows are independent: with left padding (``attention_mask`` zeros) every row has its own block
+length and positions, so a padded batch gives each row what it gets alone. The whole state
+lives in an ``HFMemoryState`` passed in (``memory=``) and returned (``out.memory``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicCache
+from transformers.utils import ModelOutput
+
+from ..attention import LongTermAttention, MemoryProjections
+from ..memory import MemoryState
+from .config import MemoryConfig
+from .layout import DecoderLayout, find_layout
+from .memory import HFMemoryState
+
+ADAPTER_WEIGHTS = "memory_adapter.safetensors"
+ADAPTER_CONFIG = "memory_config.json"
+
+
+@dataclass
+class MemoryCausalLMOutput(ModelOutput):
+    """loss = lm_loss + kl_weight · kl (KL only in training mode); logits (batch, T or
+    logits_to_keep, vocab); memory: the state after these tokens (also as ``cache``, the name
+    generate() carries between steps); kl is None when no gradients are computed."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    memory: HFMemoryState | None = None
+    cache: HFMemoryState | None = None
+    lm_loss: Tensor | None = None
+    kl: Tensor | None = None
+
+
+class MemoryCausalLM:
+    """Mixin put in front of a transformers causal-LM class: the block scheme + long-term memory.
+
+    Needs ``self.ltm`` (nn.ModuleList of LongTermAttention, one per memory layer) and
+    ``self.memory_config`` (a resolved MemoryConfig); ``attach_memory`` sets both.
+    """
+
+    memory_config: MemoryConfig
+    ltm: nn.ModuleList
+
+    # ------------------------------------------------------------------ attaching
+
+    def attach_memory(self, config: MemoryConfig) -> None:
+        """Build the LongTermAttention modules for this model's decoder layers (zero output)."""
+        layout = self.decoder_layout
+        config = config.resolved(len(layout.layers), layout.max_positions)
+        ltm_config = config.ltm_config(layout.hidden_size, layout.num_heads)
+        self.memory_config = config
+        self.ltm = nn.ModuleList(LongTermAttention(ltm_config) for _ in config.layer_ids(len(layout.layers)))
+
+    @property
+    def decoder_layout(self) -> DecoderLayout:
+        layout = self.__dict__.get("_decoder_layout")
+        if layout is None:  # found once; modules are kept by reference (FSDP wrapping keeps them)
+            layout = find_layout(self, super().forward)
+            self.__dict__["_decoder_layout"] = layout
+        return layout
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The memory (LTM) weights, e.g. for their own learning rate when fine-tuning."""
+        return list(self.ltm.parameters())
+
+    def base_parameters(self) -> list[nn.Parameter]:
+        """The base model's own weights."""
+        ids = {id(p) for p in self.memory_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def param_groups(
+        self, lr: float = 5e-5, memory_lr: float = 2.5e-4, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups of the paper's fine-tuning: base weights at lr, memory weights at memory_lr.
+
+        Only weights with requires_grad are listed (e.g. under LoRA: the adapters and the memory).
+        """
+        for name, value in (("lr", lr), ("memory_lr", memory_lr), ("weight_decay", weight_decay)):
+            if not (value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        return [
+            {
+                "params": [p for p in self.base_parameters() if p.requires_grad],
+                "lr": lr,
+                "weight_decay": weight_decay,
+            },
+            {
+                "params": [p for p in self.memory_parameters() if p.requires_grad],
+                "lr": memory_lr,
+                "weight_decay": weight_decay,
+            },
+        ]
+
+    def save_memory(self, directory: str | os.PathLike) -> Path:
+        """Write the memory weights (``memory_adapter.safetensors``) and settings with the base
+        model's name, class and type (``memory_config.json``) to ``directory``; see adapter.py."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"ltm.{name}": p.detach().cpu().contiguous() for name, p in self.ltm.state_dict().items()}
+        save_file(tensors, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        info = {
+            "base_model_name_or_path": getattr(self.config, "_name_or_path", None) or None,
+            "base_model_class": type(self).__name__,
+            "base_model_type": self.config.model_type,
+            "memory_config": self.memory_config.to_dict(),
+        }
+        (out / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def init_memory(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> HFMemoryState:
+        """An empty memory (no LTM content, empty short-term block) for batch_size streams."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        device = device if device is not None else self.device
+        dtype = dtype or self.dtype
+        e = self.decoder_layout.hidden_size
+        return HFMemoryState(
+            ltm=tuple(m.init_state(batch_size, device, dtype) for m in self.ltm),
+            pending=tuple(torch.zeros(batch_size, 0, e, device=device, dtype=dtype) for _ in self.ltm),
+            kv=(),
+            slots=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
+            num_tokens=torch.zeros(batch_size, dtype=torch.long, device=device),
+            block_size=self.memory_config.block_size,
+        )
+
+    def absorb_blocks(self, memory: HFMemoryState) -> HFMemoryState:
+        """Absorb every complete block (rows with block_size tokens) into each layer's LTM.
+
+        Called when tokens arrive after a complete block. Sticky sampling uses the attention
+        mass the block's queries put on the old memory, which then starts again from zero.
+        The update is computed for all rows and kept for the full ones, so the random draws
+        of sticky sampling do not depend on which rows are full.
+        """
+        full = memory.block_lengths >= memory.block_size  # (batch,)
+        if not bool(full.any()):
+            return memory
+        all_full = bool(full.all())
+        # the slots of each row's block, in order (a full row has exactly block_size of them)
+        order = torch.argsort((~memory.slots).to(torch.int8), dim=1, stable=True)[:, : memory.block_size]
+        states = []
+        for ltm, state, pending in zip(self.ltm, memory.ltm, memory.pending, strict=True):
+            block = pending.gather(1, order[..., None].expand(-1, -1, pending.shape[-1]))  # (batch, L, e)
+            new = ltm.update(state, block)
+            if not all_full:
+                new = _where_rows(full, new, state)
+            states.append(MemoryState(new.coeffs, new.length, state.bin_mass * ~full[:, None]))
+        return HFMemoryState(
+            ltm=tuple(states),
+            pending=memory.pending,
+            kv=memory.kv,
+            slots=memory.slots & ~full[:, None],
+            num_tokens=memory.num_tokens,
+            block_size=memory.block_size,
+        ).compact()
+
+    def _check_memory(self, memory: Any, batch_size: int) -> None:
+        if not isinstance(memory, HFMemoryState):
+            raise ValueError(f"memory must be an HFMemoryState or None, got {type(memory).__name__}")
+        if memory.batch_size != batch_size:
+            raise ValueError(f"memory has batch size {memory.batch_size} but input_ids has {batch_size}")
+        if len(memory.ltm) != len(self.ltm) or len(memory.kv) not in (0, len(self.decoder_layout.layers)):
+            raise ValueError("memory was made for a model with other layers / memory layers")
+        if memory.block_size != self.memory_config.block_size:
+            raise ValueError(
+                f"memory has block_size {memory.block_size} but the model uses {self.memory_config.block_size}"
+            )
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        memory: HFMemoryState | None = None,
+        labels: torch.LongTensor | None = None,
+        attention_mask: Tensor | None = None,
+        logits_to_keep: int = 0,
+        shift_labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        cache: Any = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> MemoryCausalLMOutput | tuple:
+        """Process input_ids (batch, T), any T, after the text already in ``memory``.
+
+        labels: (batch, T), shifted inside (as in transformers), -100 ignored; the loss covers
+        the T - 1 predictions inside this call. shift_labels: (batch, T), already shifted
+        (shift_labels[:, i] is the target of input_ids[:, i]); with it, a stream fed in pieces is
+        scored on every token. logits_to_keep: 0 = logits for every token, k > 0 = the last k.
+        attention_mask: (batch, T) for the new tokens (or longer, as generate() passes it: its
+        last T columns are used); 0 marks padding, which is not part of the row's stream.
+        The short-term KV cache is part of ``memory``: cache / past_key_values must be None.
+        """
+        if input_ids is None or not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, T) LongTensor, got {_describe(input_ids)}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids must hold at least one token")
+        if past_key_values is not None or cache is not None:
+            raise ValueError(
+                f"{type(self).__name__} with memory keeps its short-term KV cache inside `memory`; "
+                "pass memory=, not a cache"
+            )
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("inputs_embeds is not supported with memory: pass input_ids")
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        batch, total = input_ids.shape
+        valid = _new_token_mask(attention_mask, batch, total, input_ids.device)
+        if memory is None:
+            memory = self.init_memory(batch, input_ids.device)
+        self._check_memory(memory, batch)
+        for name, lab in (("labels", labels), ("shift_labels", shift_labels)):
+            if lab is not None and (not isinstance(lab, Tensor) or tuple(lab.shape) != (batch, total)):
+                raise ValueError(
+                    f"{name} must have the shape of input_ids {(batch, total)}, got {_describe(lab)}"
+                )
+        if labels is not None and shift_labels is not None:
+            raise ValueError("give labels or shift_labels, not both")
+        if (labels is not None or shift_labels is not None) and logits_to_keep:
+            raise ValueError("labels need the logits of every token: use logits_to_keep=0")
+
+        need_kl = self.training or torch.is_grad_enabled()  # the KL regularizer is a training term
+        logits, kl_sum, kl_count = [], 0.0, 0
+        start = 0
+        while start < total:
+            memory = self.absorb_blocks(memory)
+            room = memory.block_size - memory.block_lengths  # (batch,) >= 1 after absorbing
+            n = min(total - start, int(room.min()))
+            keep = 0 if not logits_to_keep else min(n, max(0, logits_to_keep - (total - start - n)))
+            seg_valid = None if valid is None else valid[:, start : start + n]
+            seg_logits, memory, seg_kl, seg_count = self._segment(
+                input_ids[:, start : start + n],
+                seg_valid,
+                memory,
+                (keep or 1) if logits_to_keep else 0,
+                need_kl,
+            )
+            if keep or not logits_to_keep:
+                logits.append(seg_logits)
+            kl_sum, kl_count = kl_sum + seg_kl, kl_count + seg_count
+            start += n
+        logits = torch.cat(logits, dim=1) if len(logits) > 1 else logits[0]
+
+        kl = None
+        if need_kl:
+            kl = torch.as_tensor(kl_sum, dtype=torch.float32, device=logits.device) / max(kl_count, 1)
+        lm_loss = loss = None
+        if labels is not None or shift_labels is not None:
+            pred, target = (logits[:, :-1], labels[:, 1:]) if shift_labels is None else (logits, shift_labels)
+            lm_loss = F.cross_entropy(
+                pred.reshape(-1, logits.shape[-1]).float(),
+                target.reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+            loss = lm_loss
+            if self.training and self.memory_config.kl_weight > 0 and len(self.ltm):
+                loss = lm_loss + self.memory_config.kl_weight * kl
+        out = MemoryCausalLMOutput(
+            loss=loss, logits=logits, memory=memory, cache=memory, lm_loss=lm_loss, kl=kl
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+    def _segment(
+        self, ids: Tensor, valid: Tensor | None, memory: HFMemoryState, logits_to_keep: int, need_kl: bool
+    ) -> tuple[Tensor, HFMemoryState, Tensor | float, int]:
+        """Run n tokens that fit in every row's current block: (logits, memory, KL sum, KL count)."""
+        b, n = ids.shape
+        lengths = memory.block_lengths  # (batch,) tokens already in each row's block
+        if valid is None:
+            positions = lengths[:, None] + torch.arange(n, device=ids.device)  # (batch, n)
+        else:
+            positions = (lengths[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
+        new_slots = valid if valid is not None else torch.ones(b, n, dtype=torch.bool, device=ids.device)
+        slots = torch.cat([memory.slots, new_slots], dim=1)  # (batch, S + n)
+        mask = None if bool(slots.all()) else slots.long()
+        cache = DynamicCache(ddp_cache_data=memory.kv) if memory.kv else DynamicCache()
+
+        read = _BlockRead(self, memory, valid, need_kl)
+        handles = read.register(
+            self.decoder_layout, self.memory_config.layer_ids(len(self.decoder_layout.layers))
+        )
+        try:
+            out = super().forward(  # the base model's own forward (this class is mixed in front of it)
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
+        kv = tuple((layer.keys, layer.values) for layer in cache.layers)
+        pending = tuple(torch.cat([p, h], dim=1) for p, h in zip(memory.pending, read.inputs, strict=True))
+        if mask is not None:  # padding slots hold zeros (never NaN from a fully masked query)
+            kv = tuple((_zero_unused(k, slots, 2), _zero_unused(v, slots, 2)) for k, v in kv)
+            pending = tuple(_zero_unused(p, slots, 1) for p in pending)
+        new = HFMemoryState(
+            ltm=tuple(read.states),
+            pending=pending,
+            kv=kv,
+            slots=slots,
+            num_tokens=memory.num_tokens + new_slots.sum(1),
+            block_size=memory.block_size,
+            # keep the projections for the next tokens of this block only at inference:
+            # with gradients on, the weights may change before the next call
+            ltm_cache=tuple(read.projections) if not torch.is_grad_enabled() else None,
+        ).compact()
+        return out.logits, new, read.kl_sum, read.kl_count
+
+    # ------------------------------------------------------------------ generate
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the short-term KV cache lives in the memory
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: HFMemoryState | None = None,
+        attention_mask: Tensor | None = None,
+        memory: HFMemoryState | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Prefill: the whole prompt (new text after ``memory``); then the newest token(s).
+
+        generate() carries the state from step to step under the name ``cache``."""
+        state = cache if cache is not None else memory
+        ids = input_ids if cache is None else input_ids[:, -(next_sequence_length or 1) :]
+        mask = None if attention_mask is None else attention_mask[:, -ids.shape[1] :]
+        return {"input_ids": ids.contiguous(), "memory": state, "logits_to_keep": 1, "attention_mask": mask}
+
+    def _reorder_cache(self, cache: HFMemoryState, beam_idx: Tensor) -> HFMemoryState:
+        """Beam search: the memory rows follow their beams."""
+        return cache.select(beam_idx)
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, *args: Any, **model_kwargs: Any):
+        memory = model_kwargs.pop("memory", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, *args, **model_kwargs)
+        if memory is not None and expand_size > 1:
+            rows = torch.arange(memory.batch_size, device=memory.slots.device).repeat_interleave(expand_size)
+            memory = memory.select(rows)
+        model_kwargs["memory"] = memory
+        return input_ids, model_kwargs
+
+    @torch.no_grad()
+    def generate(self, inputs: Tensor | None = None, memory: HFMemoryState | None = None, **kwargs: Any):
+        """GenerationMixin.generate, continuing after the text in ``memory``.
+
+        ``inputs`` is the new prompt (tokens not yet in the memory, at least one per row),
+        optionally left-padded with an ``attention_mask``. Greedy, sampling and beam search
+        work; beams carry their own memory rows. With return_dict_in_generate=True the output
+        also has ``.memory``: the state after the prompt and all generated tokens but the last
+        (which was not fed back); under beam search, that of the running beams.
+        """
+        if kwargs.get("use_cache") is False:
+            raise ValueError("use_cache=False is not supported: the memory is the cache")
+        for name in ("cache", "past_key_values"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"pass memory=, not {name}=: the short-term KV cache lives in the memory")
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if prompt is None:
+            raise ValueError("generate needs a prompt of at least one new token (inputs)")
+        if memory is not None:
+            self._check_memory(memory, prompt.shape[0])
+        if isinstance(prompt, Tensor) and kwargs.get("attention_mask") is None:
+            # streams are unpadded unless a mask says so: don't guess padding from pad_token_id
+            kwargs["attention_mask"] = torch.ones_like(prompt)
+        out = super().generate(inputs, memory=memory, **kwargs)
+        if isinstance(out, ModelOutput):
+            out["memory"] = out.get("cache")
+        return out
+
+
+class _BlockRead:
+    """The hooks of one segment's forward: per memory layer, keep the layer input (to absorb
+    later) and add the memory read to the self-attention output. Lives for one call only."""
+
+    def __init__(
+        self, model: MemoryCausalLM, memory: HFMemoryState, valid: Tensor | None, need_kl: bool
+    ) -> None:
+        self.model, self.memory, self.valid, self.need_kl = model, memory, valid, need_kl
+        k = len(memory.ltm)
+        self.inputs: list[Tensor | None] = [None] * k
+        self.states: list[MemoryState | None] = list(memory.ltm)
+        self.projections: list[MemoryProjections | None] = [None] * k
+        self.kl_sum: Tensor | float = 0.0
+        self.kl_count = 0
+
+    def register(self, layout: DecoderLayout, layer_ids: list[int]) -> list:
+        handles = []
+        for k, layer in enumerate(layer_ids):
+            handles.append(
+                layout.layers[layer].register_forward_pre_hook(self._keep_input(k), with_kwargs=True)
+            )
+            handles.append(
+                layout.attentions[layer].register_forward_hook(self._add_read(k), with_kwargs=True)
+            )
+        return handles
+
+    def _keep_input(self, k: int):
+        def hook(module, args, kwargs):
+            self.inputs[k] = args[0] if args else kwargs["hidden_states"]  # the residual stream (batch, n, e)
+
+        return hook
+
+    def _add_read(self, k: int):
+        def hook(module, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]  # normalised hidden states: the queries
+            z = self._read(k, x)
+            if isinstance(output, tuple):
+                return (output[0] + z.to(output[0].dtype), *output[1:])
+            return output + z.to(output.dtype)
+
+        return hook
+
+    def _read(self, k: int, x: Tensor) -> Tensor:
+        ltm, state, memory = self.model.ltm[k], self.memory.ltm[k], self.memory
+        proj = None
+        if memory.ltm_cache is not None and not torch.is_grad_enabled():
+            proj = memory.ltm_cache[k]  # (with gradients on, always recompute: they must reach W_V, W_K, W_Q)
+        if proj is None:
+            proj = ltm.projections(state, x.dtype)
+        self.projections[k] = proj
+        z, self.states[k], kl = ltm.read(
+            x, state, proj, query_mask=self.valid, return_kl=self.need_kl, accumulate_mass=True
+        )
+        if kl is not None:
+            self.kl_sum = self.kl_sum + kl.sum()
+            valid_queries = (state.length > 0)[:, None] & (
+                self.valid if self.valid is not None else torch.ones_like(x[..., 0], dtype=torch.bool)
+            )
+            self.kl_count += int(valid_queries.sum()) * kl.shape[1]
+        return z
+
+
+def _where_rows(rows: Tensor, new: MemoryState, old: MemoryState) -> MemoryState:
+    """new where rows (batch,) is True, else old."""
+    return MemoryState(
+        coeffs=torch.where(rows[:, None, None], new.coeffs, old.coeffs),
+        length=torch.where(rows, new.length, old.length),
+        bin_mass=torch.where(rows[:, None], new.bin_mass, old.bin_mass),
+    )
+
+
+def _zero_unused(x: Tensor, slots: Tensor, dim: int) -> Tensor:
+    """x with zeros in the slots (along dim) that are not used: slots (batch, S)."""
+    shape = [slots.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = slots.shape[1]
+    return torch.where(slots.view(shape), x, x.new_zeros(()))
+
+
+def _new_token_mask(attention_mask: Tensor | None, batch: int, total: int, device) -> Tensor | None:
+    """(batch, T) bool mask of the real new tokens, or None when all are real."""
+    if attention_mask is None:
+        return None
+    if (
+        not isinstance(attention_mask, Tensor)
+        or attention_mask.dim() != 2
+        or attention_mask.shape[0] != batch
+    ):
+        raise ValueError(f"attention_mask must be a (batch, >= T) tensor, got {_describe(attention_mask)}")
+    if attention_mask.shape[1] < total:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens but input_ids has {total}")
+    valid = attention_mask[:, -total:].to(device).bool()
+    return None if bool(valid.all()) else valid
+
+
+def _describe(x: Any) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+# --------------------------------------------------------------------------- add_memory
+
+_MEMORY_CLASSES: dict[type, type] = {}
+
+
+def memory_class(base: type) -> type:
+    """``base`` with MemoryCausalLM in front: same name, so a saved folder still names the base."""
+    if issubclass(base, MemoryCausalLM):
+        return base
+    if base not in _MEMORY_CLASSES:
+        cls = type(base.__name__, (MemoryCausalLM, base), {"__module__": __name__, "__doc__": base.__doc__})
+        cls.__qualname__ = base.__qualname__
+        _MEMORY_CLASSES[base] = cls
+    return _MEMORY_CLASSES[base]
+
+
+def add_memory(model: nn.Module, **memory_config: Any) -> nn.Module:
+    """Give a transformers causal LM an unbounded ∞-former memory in each decoder layer; returns it.
+
+    memory_config: the MemoryConfig keywords (block_size, num_basis, num_samples, tau, widths,
+    ridge_lambda, num_bins, sticky, gate, normalizer, min_sigma2, kl_sigma0, kl_weight,
+    memory_layers); unknown keywords raise a ValueError naming them. A model whose layout is not
+    supported raises a ValueError naming its class. The model is changed in place (its class
+    becomes a subclass of its own with this module's forward/generate, and ``model.ltm`` holds
+    the new weights, on the model's device and dtype) and returned. The memory settings are
+    written to ``model.config.infinite_memory``, so ``save_pretrained`` keeps them.
+    """
+    if isinstance(model, MemoryCausalLM):
+        raise ValueError(f"{type(model).__name__} already has a memory")
+    config = MemoryConfig.from_dict(memory_config)
+    find_layout(model)  # raises for an unsupported model, before anything is changed
+    param = next(model.parameters(), None)
+    model.__class__ = memory_class(type(model))
+    model.attach_memory(config)
+    if param is not None:
+        model.ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
+    model.config.infinite_memory = model.memory_config.to_dict()
+    return model
+
+
+__all__ = ["MemoryCausalLM", "MemoryCausalLMOutput", "add_memory", "memory_class"]

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention, MemoryProjections
@@ -308,7 +308,7 @@ class MemoryCausalLM:
         new_slots = valid if valid is not None else torch.ones(b, n, dtype=torch.bool, device=ids.device)
         slots = torch.cat([memory.slots, new_slots], dim=1)  # (batch, S + n)
         mask = None if bool(slots.all()) else slots.long()
-        cache = DynamicCache(ddp_cache_data=memory.kv) if memory.kv else DynamicCache()
+        cache = _block_cache(memory.kv)
 
         read = _BlockRead(self, memory, valid, need_kl)
         handles = read.register(
@@ -470,6 +470,18 @@ class _BlockRead:
             )
             self.kl_count += int(valid_queries.sum()) * kl.shape[1]
         return z
+
+
+def _block_cache(kv: tuple) -> DynamicCache:
+    """A DynamicCache holding the block's keys/values without copying them (the model appends
+    to it by concatenation, so the state's tensors are never changed)."""
+    cache = DynamicCache()
+    for keys, values in kv:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
 
 
 def _where_rows(rows: Tensor, new: MemoryState, old: MemoryState) -> MemoryState:

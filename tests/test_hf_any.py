@@ -6,6 +6,7 @@ Tiny random Llama, Qwen2, Mistral, GPT-NeoX and GPT-2 configs built here; no net
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -336,3 +337,33 @@ def test_unsupported_models_and_bad_keywords_are_clear_errors():
         model(ids(1, 2), memory=model.init_memory(2))
     with pytest.raises(ValueError, match="memory="):
         model(ids(1, 2), cache=model.init_memory(1))
+
+
+def test_load_model_and_the_passkey_probe_take_any_model(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    from infinite_former.hf import InfiniteGPT2LMHeadModel, load_model
+    from infinite_former.cli import main
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["The grass is green. What is the pass key? 0123456789"] * 20, vocab_size=300)
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = family_config("llama")
+    config.vocab_size = 300
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llama")
+    fresh = load_model(tmp_path / "llama", block_size=32, num_basis=16, num_samples=16, num_bins=8)
+    assert isinstance(fresh, MemoryCausalLM) and fresh.memory_config.block_size == 32
+    fresh.save_pretrained(tmp_path / "mem")
+    again = load_model(tmp_path / "mem")  # a folder saved with its memory keeps it
+    assert again.memory_config == fresh.memory_config
+    with pytest.raises(ValueError, match="already has a memory"):
+        load_model(tmp_path / "mem", block_size=16)
+    base_model("gpt2").save_pretrained(tmp_path / "gpt2")
+    assert isinstance(load_model(tmp_path / "gpt2", **MEMORY), InfiniteGPT2LMHeadModel)
+
+    argv = ["passkey", "--model", str(tmp_path / "mem"), "--tokenizer", str(tmp_path / "tokenizer.json")]
+    out = tmp_path / "passkey.json"
+    assert main([*argv, "--distances", "10", "40", "--trials", "1", "--prefix", "8", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["per_distance"]) == {"10", "40"} and result["stream"] == "InfiniteGPT2Stream"

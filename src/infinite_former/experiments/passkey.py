@@ -168,7 +168,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="GPT-2 or GPT-2 + memory folder (or hub name online)")
+    p.add_argument("--model", required=True, help="a causal LM folder, with or without memory (or hub name)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or tokenizer.json (default: --model)")
     p.add_argument("--window", action="store_true", help="plain GPT-2 with its full context window")
     add_flags(p, PASSKEY_FLAGS)
@@ -179,9 +179,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Run the probe the parsed flags describe; returns the results (also written to --out)."""
-    from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-    from ..hf import GPT2WindowStream, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
+    from ..hf import GPT2WindowStream, InfiniteGPT2Stream, load_model
 
     config = PasskeyConfig(**overrides(args, PASSKEY_FLAGS))  # ValueError before any model is loaded
     tokenizer_path = args.tokenizer or args.model
@@ -190,9 +190,9 @@ def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
     else:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if args.window:
-        stream: Stream = GPT2WindowStream(GPT2LMHeadModel.from_pretrained(args.model).eval())
+        stream: Stream = GPT2WindowStream(AutoModelForCausalLM.from_pretrained(args.model).eval())
     else:
-        stream = InfiniteGPT2Stream(InfiniteGPT2LMHeadModel.from_pretrained(args.model).eval())
+        stream = InfiniteGPT2Stream(load_model(args.model).eval())  # any supported causal LM
     result = run_passkey(stream, tokenizer.encode, tokenizer.decode, config, progress=print)
     result.update(machine=machine_info(), model=args.model, stream=type(stream).__name__)
     if args.out:

@@ -15,7 +15,7 @@ AutoConfig / AutoModelForCausalLM.
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .adapter import from_pretrained, load_memory, read_adapter_config, save_memory
+from .adapter import from_pretrained, load_memory, load_model, read_adapter_config, save_memory
 from .causal_lm import MemoryCausalLM, MemoryCausalLMOutput, add_memory
 from .config import MemoryConfig
 from .configuration import InfiniteGPT2Config
@@ -45,6 +45,7 @@ __all__ = [
     "find_layout",
     "from_pretrained",
     "load_memory",
+    "load_model",
     "read_adapter_config",
     "save_memory",
 ]

@@ -22,6 +22,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .causal_lm import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MemoryCausalLM, add_memory
+from .configuration import InfiniteGPT2Config
+from .modeling import InfiniteGPT2LMHeadModel
 
 
 def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -80,6 +82,25 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
             )
     _load_ltm(model, tensors, path)
     return model
+
+
+def load_model(path: str | os.PathLike, **memory_overrides: Any) -> nn.Module:
+    """Any supported causal LM folder (or hub name) as a model with memory.
+
+    An ``infinite-gpt2`` folder or a plain GPT-2 one loads as InfiniteGPT2LMHeadModel; a folder
+    saved from ``add_memory`` loads with its memory (``from_pretrained``); any other causal LM gets
+    a fresh memory (``add_memory``). memory_overrides: MemoryConfig keywords (block_size, ...).
+    """
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in ("gpt2", InfiniteGPT2Config.model_type):
+        return InfiniteGPT2LMHeadModel.from_pretrained(path, **memory_overrides)
+    if isinstance(getattr(config, "infinite_memory", None), dict):
+        if memory_overrides:
+            raise ValueError(
+                f"{path} already has a memory; its settings cannot be overridden: {sorted(memory_overrides)}"
+            )
+        return from_pretrained(path)
+    return add_memory(AutoModelForCausalLM.from_pretrained(path), **memory_overrides)
 
 
 def _load_ltm(model: MemoryCausalLM, tensors: dict, source: Any) -> None:

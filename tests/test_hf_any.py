@@ -367,3 +367,15 @@ def test_load_model_and_the_passkey_probe_take_any_model(tmp_path):
     assert main([*argv, "--distances", "10", "40", "--trials", "1", "--prefix", "8", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["per_distance"]) == {"10", "40"} and result["stream"] == "InfiniteGPT2Stream"
+
+
+def test_a_memory_saved_in_the_former_gpt2_format_loads():
+    """InfiniteGPT2Memory files had `keep` (per row) instead of `slots`; they load as the same state."""
+    model = memory_model("gpt2")
+    memory = run(model, ids(2, 2 * BLOCK + 3)).memory
+    old = {k: v for k, v in memory.state_dict().items() if k != "slots"}
+    old["keep"] = torch.ones(2, dtype=torch.bool)
+    loaded = HFMemoryState.from_state_dict(old)
+    assert torch.equal(loaded.slots, memory.slots)
+    nxt = ids(2, BLOCK, seed=3)
+    torch.testing.assert_close(run(model, nxt, loaded).logits, run(model, nxt, memory).logits, atol=0, rtol=0)

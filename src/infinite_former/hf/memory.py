@@ -172,7 +172,7 @@ class HFMemoryState:
                 ltm=ltm,
                 pending=tuple(d[f"pending.{i}"] for i in range(n_ltm)),
                 kv=tuple((d[f"kv.{i}.keys"], d[f"kv.{i}.values"]) for i in range(n_layers)),
-                slots=d["slots"],
+                slots=d["slots"] if "slots" in d else _slots_of_old_format(d, n_layers),
                 num_tokens=d["num_tokens"],
                 block_size=int(d["block_size"]),
             )
@@ -191,6 +191,15 @@ class HFMemoryState:
 
 
 InfiniteGPT2Memory = HFMemoryState  # the former name (GPT-2 only), kept as an alias
+
+
+def _slots_of_old_format(d: dict[str, Any], n_layers: int) -> Tensor:
+    """The slots of a state saved by the former InfiniteGPT2Memory (one shared block position and a
+    per-row ``keep`` flag: rows reset at a complete block had their block dropped)."""
+    keep = d["keep"]
+    length = d["kv.0.keys"].shape[2] if n_layers else 0
+    slots = keep.new_ones(keep.shape[0], length)
+    return slots & keep[:, None] if length == int(d["block_size"]) else slots
 
 
 def _row_mask(rows: Tensor, batch_size: int, device: torch.device) -> Tensor:

@@ -342,8 +342,8 @@ def test_unsupported_models_and_bad_keywords_are_clear_errors():
 def test_load_model_and_the_passkey_probe_take_any_model(tmp_path):
     from tokenizers import ByteLevelBPETokenizer
 
-    from infinite_former.hf import InfiniteGPT2LMHeadModel, load_model
     from infinite_former.cli import main
+    from infinite_former.hf import InfiniteGPT2LMHeadModel, load_model
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(["The grass is green. What is the pass key? 0123456789"] * 20, vocab_size=300)

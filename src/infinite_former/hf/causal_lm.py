@@ -239,6 +239,13 @@ class MemoryCausalLM:
             raise ValueError("inputs_embeds is not supported with memory: pass input_ids")
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        if self.training and any(
+            getattr(m, "gradient_checkpointing", False) for m in self.decoder_layout.layers
+        ):
+            raise ValueError(
+                "gradient checkpointing is not supported with memory (its recomputation would run the memory "
+                "hooks twice): call model.gradient_checkpointing_disable()"
+            )
         batch, total = input_ids.shape
         valid = _new_token_mask(attention_mask, batch, total, input_ids.device)
         if memory is None:

@@ -557,7 +557,7 @@ def chat(
         )[0].tolist()
         if new and new[-1] == ids.eos:
             stream.last = None  # as in training, the next turn follows the reply without <eos>
-        print(_decode_reply(tok, new, ids), file=out, flush=True)
+        print(" ".join(_decode_reply(tok, new, ids).split()), file=out, flush=True)  # one line per reply
     return stream
 
 

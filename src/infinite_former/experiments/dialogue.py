@@ -165,7 +165,7 @@ def _decode_reply(tokenizer: TextTokenizer, new_ids: Sequence[int], ids: Special
         if t == ids.eos:
             break
         out.append(int(t))
-    special = set(vars(ids).values())
+    special = {*vars(ids).values(), tokenizer.eos_id}
     return tokenizer.decode([t for t in out if t not in special]).strip()
 
 

@@ -45,9 +45,16 @@ from ..data.dialogue import (
     prompt_blocks,
     select_turns,
 )
+from ..data.segments import Segment
+from ..data.text import read_text_file
 from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
-from ..lm_cli import HFMemoryLM, HFMemoryState, _device, _write_json
-from ..utils import machine_info
+from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
+from ..hf.memory import InfiniteGPT2Memory
+from ..hf.training import HFMemoryLM
+from ..training import Trainer
+from ..utils import machine_info, seed_everything, write_json
+from .flags import add_flags, resolve_device, set_threads
+from .lm import FINETUNE_FLAGS, TRAIN_FLAGS, _common_args, _load_hf_memory_model, _train_config
 
 CONFIG_FILE = "dialogue_config.json"
 
@@ -55,10 +62,12 @@ CONFIG_FILE = "dialogue_config.json"
 
 
 @dataclass
-class DialogueState(HFMemoryState):
-    """The memory between the blocks of dialogue examples. Blocks may be shorter than L (they are
-    cut from the end), so the pending block is absorbed when the next block starts, and a reset
-    of every row empties the memory wherever the block stands."""
+class DialogueState:
+    """The memory between the blocks of dialogue examples (the Trainer's recurrent state). Blocks
+    may be shorter than L (they are cut from the end), so the pending block is absorbed when the
+    next block starts, and a reset of every row empties the memory wherever the block stands."""
+
+    memory: InfiniteGPT2Memory
 
     def reset(self, rows: Tensor) -> DialogueState:
         if not bool(rows.any()):
@@ -73,9 +82,12 @@ class DialogueState(HFMemoryState):
     def to(self, device: torch.device | str) -> DialogueState:
         return DialogueState(self.memory.to(device))
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory.state_dict()
+
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> DialogueState:
-        return cls(HFMemoryState.from_state_dict(d).memory)
+        return cls(InfiniteGPT2Memory.from_state_dict(d))
 
 
 class DialogueLM(HFMemoryLM):
@@ -86,10 +98,11 @@ class DialogueLM(HFMemoryLM):
         return DialogueState(self.hf.init_memory(batch_size, device))
 
     def forward(self, tokens: Tensor, state: DialogueState | None = None, targets=None, loss_mask=None):
-        if state is not None and state.memory.position > 0:
-            state = DialogueState(self.hf.absorb_block(state.memory))
-        out, new = super().forward(tokens, state, targets, loss_mask)
-        return out, DialogueState(new.memory)
+        memory = None if state is None else state.memory
+        if memory is not None and memory.position > 0:
+            memory = self.hf.absorb_block(memory)
+        out, memory = super().forward(tokens, memory, targets, loss_mask)
+        return out, DialogueState(memory)
 
 
 def uses_memory(model: nn.Module) -> bool:
@@ -127,9 +140,7 @@ class ExampleStream:
         random.Random(self.seed * 100_003 + epoch).shuffle(order)
         return order
 
-    def __iter__(self) -> Iterator[Any]:
-        from ..train import Segment
-
+    def __iter__(self) -> Iterator[Segment]:
         per_epoch = len(self.examples) // self.world
         if per_epoch == 0:
             raise ValueError(f"examples: {len(self.examples)} examples for {self.world} processes")
@@ -332,9 +343,6 @@ def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_model(args: argparse.Namespace, tok: TextTokenizer) -> nn.Module:
     """GPT-2 (``--model``: a folder or hub name) or a from-scratch GPT-2 of the given size, with memory."""
-    from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel
-    from ..lm_cli import _load_hf_memory_model
-
     overrides = _memory_overrides(args)
     ids = SpecialIds.of(tok)
     if args.model:
@@ -373,11 +381,6 @@ def _split(args: argparse.Namespace, split: str) -> list[Dialogue]:
 
 def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or fine-tune) on dialogue examples, save ``<run>/model``, then evaluate."""
-    from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel
-    from ..lm_cli import _train_config
-    from ..train import Trainer
-    from ..utils import seed_everything
-
     run = Path(args.run_dir)
     train = _split(args, args.train_split)
     if args.resume:
@@ -394,10 +397,12 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
     block = model.config.block_size
     examples = DialogueExamples(train, tok, block, args.max_replies)
     steps = args.steps or max(1, math.ceil(args.epochs * len(examples)))
-    tcfg = _train_config(args, run, steps=steps, warmup_steps=min(args.warmup, steps))
+    tcfg = _train_config(
+        args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=min(args.warmup, steps)
+    )
     memory = uses_memory(model)
     if not args.resume:
-        _write_json(
+        write_json(
             run / CONFIG_FILE,
             {
                 "task": "dialogue",
@@ -449,7 +454,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
         "eval": {},
     }
     if not result.stopped_by_signal:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         model.to(device)
         for split in args.eval_splits:
             res = evaluate_dialogues(
@@ -464,7 +469,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
             )
             out["eval"][split] = res
             print(_summary_line(split, res["overall"]))
-    _write_json(run / "results.json", out)
+    write_json(run / "results.json", out)
     return out
 
 
@@ -481,8 +486,6 @@ def _summary_line(name: str, o: dict[str, Any]) -> str:
 
 def load_dialogue_model(path: str | Path, device: torch.device) -> tuple[nn.Module, TextTokenizer]:
     """A ``dialogue train`` run folder (its model/) or a model folder, with its tokenizer."""
-    from ..lm_cli import _load_hf_memory_model
-
     p = Path(path)
     if (p / "model").is_dir():
         p = p / "model"
@@ -495,7 +498,7 @@ def load_dialogue_model(path: str | Path, device: torch.device) -> tuple[nn.Modu
 
 
 def dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, tok = load_dialogue_model(args.run, device)
     if args.data is None or args.max_document_chars is None:
         config = Path(args.run) / CONFIG_FILE
@@ -520,7 +523,7 @@ def dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(_summary_line(args.split, res["overall"]))
     out = {"machine": machine_info(), "run": str(args.run), "data": str(source), "split": args.split, **res}
-    _write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
+    write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
     return out
 
 
@@ -536,8 +539,6 @@ def chat(
 ) -> Any:
     """Read ``document`` into the memory, then answer each line of ``lines`` (until EOF or an empty
     line) on ``out``; the memory keeps the document and every turn. Returns the stream."""
-    from ..hf import InfiniteGPT2Stream
-
     ids = SpecialIds.of(tok)
     stream = InfiniteGPT2Stream(model)
     stream.read([ids.bos, ids.doc, *tok.encode(document)])
@@ -562,9 +563,7 @@ def chat(
 
 
 def dialogue_chat(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data.text import read_text_file
-
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, tok = load_dialogue_model(args.run, device)
     stream = chat(
         model,
@@ -584,13 +583,12 @@ def dialogue_chat(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``dialogue train | eval | chat``."""
-    from ..lm_cli import _common_train_args
-
     p = subparsers.add_parser("dialogue", help="document-grounded dialogue (CMU-DoG): GPT-2 + memory")
     sub = p.add_subparsers(dest="dialogue_command", required=True)
 
     t = sub.add_parser("train", help="train GPT-2 + memory on dialogues, then evaluate")
-    _common_train_args(t)
+    _common_args(t)
+    add_flags(t, FINETUNE_FLAGS)  # --lr 5e-5 (GPT-2's weights), --clip 1.0
     t.set_defaults(
         steps=0, batch_size=1, warmup=0, run_dir="runs/dialogue", eval_splits=["test"], log_every=50
     )
@@ -600,10 +598,8 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--allow-download", action="store_true", help="allow downloading --model from the hub")
     t.add_argument("--block-size", type=int, default=512, help="L: tokens per block")
     t.add_argument("--epochs", type=float, default=3.0, help="used when --steps is 0")
-    t.add_argument("--lr", type=float, default=5e-5, help="learning rate of GPT-2's weights")
     t.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the memory weights")
     t.add_argument("--kl-weight", type=float, default=1e-6)
-    t.add_argument("--clip", type=float, default=1.0)
     t.add_argument("--num-basis", type=int, default=None, help="N (default: the config's, 512)")
     t.add_argument("--num-samples", type=int, default=None, help="M (default: the config's, 512)")
     t.add_argument("--tau", type=float, default=None)
@@ -654,20 +650,17 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_dialogue(args: argparse.Namespace) -> int:
-    from ..train import CheckpointError
-
-    try:
-        if getattr(args, "threads", 0):
-            torch.set_num_threads(args.threads)
-        if not 0.0 < args.top_p <= 1.0:
-            raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
-        if args.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-        args.dialogue_func(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"infinite-former: error: {e}", file=sys.stderr)
-        return 2
+    """Run a parsed ``dialogue`` command (cli.main turns bad input into a one-line error, exit status 2)."""
+    set_threads(getattr(args, "threads", 0))
+    if not 0.0 < args.top_p <= 1.0:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    args.dialogue_func(args)
     return 0
+
+
+add_parser = add_dialogue_parser  # every experiment module offers add_parser(subparsers) to cli.py
 
 
 __all__ = [

@@ -53,7 +53,7 @@ from ..hf.memory import InfiniteGPT2Memory
 from ..hf.training import HFMemoryLM
 from ..training import Trainer
 from ..utils import machine_info, seed_everything, write_json
-from .flags import add_flags, resolve_device, set_threads
+from .flags import Flag, add_flags, overrides, resolve_device, set_threads
 from .lm import FINETUNE_FLAGS, TRAIN_FLAGS, _common_args, _load_hf_memory_model, _train_config
 
 CONFIG_FILE = "dialogue_config.json"
@@ -97,7 +97,13 @@ class DialogueLM(HFMemoryLM):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> DialogueState:
         return DialogueState(self.hf.init_memory(batch_size, device))
 
-    def forward(self, tokens: Tensor, state: DialogueState | None = None, targets=None, loss_mask=None):
+    def forward(
+        self,
+        tokens: Tensor,
+        state: DialogueState | None = None,
+        targets: Tensor | None = None,
+        loss_mask: Tensor | None = None,
+    ) -> tuple[Any, DialogueState]:
         memory = None if state is None else state.memory
         if memory is not None and memory.position > 0:
             memory = self.hf.absorb_block(memory)
@@ -106,11 +112,15 @@ class DialogueLM(HFMemoryLM):
 
 
 def uses_memory(model: nn.Module) -> bool:
+    """False for the baseline (``--no-memory``: no LTM layers), which reads only the reply's block."""
     return len(model.ltm) > 0
 
 
-def read_blocks(model: nn.Module, blocks: Sequence[Sequence[int]], device: torch.device) -> Any:
-    """Feed context blocks (all but the last) into a fresh memory, absorbing each; the memory."""
+def read_blocks(
+    model: nn.Module, blocks: Sequence[Sequence[int]], device: torch.device
+) -> InfiniteGPT2Memory:
+    """A fresh memory after reading ``blocks`` (the context before the reply's block), each absorbed
+    into the long-term memory when it ends, as in training."""
     memory = model.init_memory(1, device)
     for blk in blocks:
         ids = torch.tensor([list(blk)], dtype=torch.long, device=device)
@@ -327,15 +337,25 @@ def dialogue_tokenizer(args: argparse.Namespace, train: Sequence[Dialogue]) -> T
     return add_dialogue_tokens(tok)
 
 
+# flag -> InfiniteGPT2Config field: the memory (also when loading --model) ...
+MEMORY_FLAGS: list[Flag] = [
+    Flag("--block-size", "block_size", int, "L: tokens per block", default=512),
+    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer (0 = off)", default=1e-6),
+    Flag("--num-basis", "num_basis", int, "N (default: the config's, 512)"),
+    Flag("--num-samples", "num_samples", int, "M (default: the config's, 512)"),
+    Flag("--tau", "tau", float, "τ (default: the config's, 0.5)"),
+]
+# ... and the size of a GPT-2 trained from scratch (no --model)
+SCRATCH_FLAGS: list[Flag] = [
+    Flag("--n-layer", "n_layer", int, "from scratch: layers", default=2),
+    Flag("--n-embd", "n_embd", int, "from scratch: width", default=128),
+    Flag("--n-head", "n_head", int, "from scratch: heads", default=4),
+]
+
+
 def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "block_size": args.block_size,
-        "kl_weight": args.kl_weight,
-        "sticky": not args.uniform,
-    }
-    for name in ("num_basis", "num_samples", "tau"):
-        if getattr(args, name) is not None:
-            out[name] = getattr(args, name)
+    """InfiniteGPT2Config fields from the memory flags, --uniform and --no-memory."""
+    out = {**overrides(args, MEMORY_FLAGS), "sticky": not args.uniform}
     if args.no_memory:
         out["memory_layers"] = []
     return out
@@ -343,20 +363,18 @@ def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_model(args: argparse.Namespace, tok: TextTokenizer) -> nn.Module:
     """GPT-2 (``--model``: a folder or hub name) or a from-scratch GPT-2 of the given size, with memory."""
-    overrides = _memory_overrides(args)
+    memory = _memory_overrides(args)
     ids = SpecialIds.of(tok)
     if args.model:
-        model = _load_hf_memory_model(args.model, overrides, not args.allow_download)
+        model = _load_hf_memory_model(args.model, memory, not args.allow_download)
     else:
         config = InfiniteGPT2Config(
             vocab_size=tok.vocab_size,
             n_positions=args.block_size,
-            n_embd=args.n_embd,
-            n_layer=args.n_layer,
-            n_head=args.n_head,
             bos_token_id=ids.bos,
             eos_token_id=ids.eos,
-            **overrides,
+            **overrides(args, SCRATCH_FLAGS),
+            **memory,
         )
         model = InfiniteGPT2LMHeadModel(config)
     if model.config.block_size > model.config.n_positions:
@@ -596,13 +614,10 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model", default=None, help="GPT-2 folder or hub name (default: from scratch, see --n-layer)"
     )
     t.add_argument("--allow-download", action="store_true", help="allow downloading --model from the hub")
-    t.add_argument("--block-size", type=int, default=512, help="L: tokens per block")
     t.add_argument("--epochs", type=float, default=3.0, help="used when --steps is 0")
     t.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the memory weights")
-    t.add_argument("--kl-weight", type=float, default=1e-6)
-    t.add_argument("--num-basis", type=int, default=None, help="N (default: the config's, 512)")
-    t.add_argument("--num-samples", type=int, default=None, help="M (default: the config's, 512)")
-    t.add_argument("--tau", type=float, default=None)
+    add_flags(t, MEMORY_FLAGS)
+    add_flags(t, SCRATCH_FLAGS)
     t.add_argument("--uniform", action="store_true", help="uniform sampling instead of sticky memories")
     t.add_argument(
         "--no-memory", action="store_true", help="the same model without memory (reply's block only)"
@@ -613,9 +628,6 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-document-chars", type=int, default=0, help="keep each document's last N chars (0 = all)"
     )
     t.add_argument("--vocab-size", type=int, default=4096, help="from scratch: BPE vocabulary")
-    t.add_argument("--n-layer", type=int, default=2, help="from scratch: layers")
-    t.add_argument("--n-embd", type=int, default=128, help="from scratch: width")
-    t.add_argument("--n-head", type=int, default=4, help="from scratch: heads")
     _sampling_args(t)
     t.set_defaults(dialogue_func=dialogue_train)
 

@@ -28,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -335,11 +335,6 @@ class DialogueExample:
     dialogue: int  # index of the dialogue in its split
     turn: int  # index of the reply in the dialogue's turns
     reply: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_loss_tokens(self) -> int:
-        return sum(sum(m) for _, _, m in self.blocks)
 
 
 def _cut_from_end(n: int, block: int) -> list[tuple[int, int]]:
@@ -387,7 +382,7 @@ def build_example(
     tokenizer: TextTokenizer,
     block_size: int,
     dialogue_index: int = 0,
-    doc_cache: dict | None = None,
+    cache: dict | None = None,
 ) -> DialogueExample:
     """The example for reply ``dialogue.turns[turn]`` (turn >= 1): blocks from the end, loss on the reply.
 
@@ -398,7 +393,7 @@ def build_example(
     if block_size < 4:
         raise ValueError(f"block_size must be >= 4, got {block_size}")
     ids = SpecialIds.of(tokenizer)
-    cache = {} if doc_cache is None else doc_cache
+    cache = {} if cache is None else cache
     doc, history = context_ids(dialogue, turn, tokenizer, ids, cache)
     reply = cache["turns"][turn][: block_size - 2] + [ids.eos]
     seq = doc + history + reply
@@ -416,14 +411,14 @@ def prompt_blocks(
     tokenizer: TextTokenizer,
     block_size: int,
     reserve: int,
-    doc_cache: dict | None = None,
+    cache: dict | None = None,
 ) -> list[list[int]]:
     """Context blocks to generate reply ``turn`` from, laid out as in training: the dialogue part is
     cut from the end as if ``reserve`` reply tokens followed, so the last block leaves room for them."""
     if not 0 <= reserve < block_size:
         raise ValueError(f"reserve must be in [0, block_size={block_size}), got {reserve}")
     ids = SpecialIds.of(tokenizer)
-    doc, history = context_ids(dialogue, turn, tokenizer, ids, doc_cache)
+    doc, history = context_ids(dialogue, turn, tokenizer, ids, cache)
     seq = doc + history
     spans, _ = block_spans(len(doc), len(seq) + reserve, block_size)
     spans[-1] = (spans[-1][0], len(seq))

@@ -211,13 +211,13 @@ def generate_reply(
     top_p: float = 0.9,
     max_new_tokens: int = 50,
     device: torch.device | str = "cpu",
-    doc_cache: dict | None = None,
+    cache: dict | None = None,
 ) -> str:
     """Sample reply ``turn`` of ``dialogue`` (nucleus sampling, seeded; the caller's RNG is untouched)."""
     device = torch.device(device)
     ids = SpecialIds.of(tokenizer)
     block = model.config.block_size
-    blocks = prompt_blocks(dialogue, turn, tokenizer, block, max_new_tokens, doc_cache)
+    blocks = prompt_blocks(dialogue, turn, tokenizer, block, max_new_tokens, cache)
     memory = read_blocks(model, blocks[:-1], device) if uses_memory(model) else None
     prompt = torch.tensor([blocks[-1]], dtype=torch.long, device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

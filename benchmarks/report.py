@@ -281,6 +281,53 @@ def sort_default() -> str:
     return "\n".join(lines)
 
 
+DIALOGUE_LABELS = {
+    "no_memory": "same model, no memory",
+    "infinite": "∞-former",
+    "infinite_sticky": "∞-former (sticky)",
+}
+
+
+def dialogue() -> str:
+    d = _load("dialogue_cpu.json")
+    s = d["settings"]
+    test = s["counts"]["test"]
+    replies = next(iter(d["runs"].values()))["replies"]
+    lines = [
+        f"GPT-2 config trained from scratch: {s['n_layer']} layers, d {s['n_embd']}, {s['n_head']} heads, block "
+        f"L = {s['block_size']}, BPE vocabulary {s['vocab_size']}; memory N = M = {s['num_basis']}; "
+        f"{s['steps']} steps (one reply each) per model, lr {s['lr']:g}, seed {s['seed']}. Documents: the last "
+        f"{s['max_document_chars']:,} characters of the play before the scene; dialogues: the first "
+        f"{s['max_turns']} speeches of each scene. Test: {replies} replies ({s['eval_replies']} per scene) of "
+        f"{test['dialogues']} scenes in the test plays; nucleus sampling, top-p 0.9, ≤ 50 tokens. "
+        f"{d['total_seconds'] / 60:.0f} minutes in all. Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| model | F1 | ROUGE-1 | ROUGE-L | METEOR | reply perplexity |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in d["models"].items():
+        cells = [_fmt(m[k], 2) for k in ("f1", "rouge1", "rougeL", "meteor", "reply_ppl")]
+        lines.append(f"| {DIALOGUE_LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Paired over the {test['dialogues']} test scenes (bootstrap 95% CI of the mean per-scene difference "
+        "a − b; log perplexity: lower is better):",
+        "",
+        "| a vs b | metric | mean difference | 95% CI | verdict |",
+        "|---|---|---:|---:|---|",
+    ]
+    for p in d["pairs"]:
+        verdict = p["verdict"]
+        for key, label in DIALOGUE_LABELS.items():
+            verdict = verdict.replace(f"{key} better", f"{label} better")
+        lo, hi = p["ci95"]
+        lines.append(
+            f"| {DIALOGUE_LABELS[p['a']]} vs {DIALOGUE_LABELS[p['b']]} | {p['metric']} | {p['mean_diff']:+.3f} "
+            f"| [{lo:+.3f}, {hi:+.3f}] | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
@@ -289,6 +336,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "generation": generation,
     "ltm_scaling": ltm_scaling,
     "edge_padding": edge_padding,
+    "dialogue": dialogue,
 }
 
 

@@ -382,3 +382,18 @@ def test_a_memory_saved_in_the_former_gpt2_format_loads():
     assert torch.equal(loaded.slots, memory.slots)
     nxt = ids(2, BLOCK, seed=3)
     torch.testing.assert_close(run(model, nxt, loaded).logits, run(model, nxt, memory).logits, atol=0, rtol=0)
+
+
+def test_partial_blocks_can_be_absorbed_at_a_boundary():
+    model = memory_model("llama", sticky=False)
+    mem = run(model, ids(2, 3)).memory  # 3 tokens of a block
+    assert mem.position == 3 and mem.ltm_tokens.tolist() == [0, 0]
+    assert model.absorb_blocks(mem) is mem  # not complete: nothing to absorb
+    done = model.absorb_blocks(mem, partial=True)
+    assert done.ltm_tokens.tolist() == [3, 3] and done.position == 0
+    after = run(model, ids(2, 2, seed=1), memory=done)
+    fresh = run(model, ids(2, 2, seed=1))
+    assert (after.logits - fresh.logits).abs().max() > 1e-4  # the absorbed tokens are read
+    uneven = run(model, ids(2, 3), memory=mem.reset(torch.tensor([True, False]))).memory
+    with pytest.raises(ValueError, match="equally many"):
+        model.absorb_blocks(uneven, partial=True)

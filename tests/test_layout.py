@@ -13,7 +13,12 @@ import infinite_former
 PACKAGE = Path(infinite_former.__file__).parent
 ROOT = "infinite_former"
 CORE = {"basis", "ridge", "continuous", "memory", "attention", "utils"}
-TOOLS = {"stats", "plots", "introspection"}  # numpy / matplotlib helpers of the experiments and benchmarks
+TOOLS = {
+    "stats",
+    "plots",
+    "introspection",
+    "metrics",
+}  # numpy / matplotlib helpers of the experiments and benchmarks
 
 # layer -> layers it must never import (directly or through a deferred import)
 FORBIDDEN = {

@@ -1,4 +1,4 @@
-"""The ``infinite-former`` command line: ``sort | lm | passkey``.
+"""The ``infinite-former`` command line: ``sort | lm | passkey | dialogue``.
 
     infinite-former sort                      # ∞-former (sticky) vs Transformer-XL, CPU, a few minutes
     infinite-former sort --preset paper       # the paper's sorting setup (GPU)
@@ -6,6 +6,7 @@
     infinite-former sort --name mine --resume # continue an interrupted run
     infinite-former lm train | eval | finetune | inspect ...
     infinite-former passkey --model DIR --distances 512 2048
+    infinite-former dialogue train | eval | chat ...
 
 Every subcommand lives in ``experiments/`` and registers itself with ``add_parser(subparsers)``,
 mapping its flags onto its typed config (``experiments/flags.py``). Bad input (a ValueError, a
@@ -18,10 +19,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .experiments import lm, passkey, sort
+from .experiments import dialogue, lm, passkey, sort
 from .training import CheckpointError
 
-COMMANDS = (sort, lm, passkey)
+COMMANDS = (sort, lm, passkey, dialogue)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,20 +158,28 @@ class MemoryCausalLM:
             block_size=self.memory_config.block_size,
         )
 
-    def absorb_blocks(self, memory: HFMemoryState) -> HFMemoryState:
+    def absorb_blocks(self, memory: HFMemoryState, partial: bool = False) -> HFMemoryState:
         """Absorb every complete block (rows with block_size tokens) into each layer's LTM.
 
         Called when tokens arrive after a complete block. Sticky sampling uses the attention
         mass the block's queries put on the old memory, which then starts again from zero.
         The update is computed for all rows and kept for the full ones, so the random draws
-        of sticky sampling do not depend on which rows are full.
+        of sticky sampling do not depend on which rows are full. partial=True also absorbs
+        shorter blocks (every row holding tokens; those rows must hold equally many), e.g. to
+        end a block at a document or turn boundary.
         """
-        full = memory.block_lengths >= memory.block_size  # (batch,)
+        lengths = memory.block_lengths
+        full = lengths > 0 if partial else lengths >= memory.block_size  # (batch,)
         if not bool(full.any()):
             return memory
+        n = int(lengths[full].max()) if partial else memory.block_size
+        if partial and bool((lengths[full] != n).any()):
+            raise ValueError(
+                f"absorb_blocks(partial=True): rows holding tokens must hold equally many, got {lengths.tolist()}"
+            )
         all_full = bool(full.all())
-        # the slots of each row's block, in order (a full row has exactly block_size of them)
-        order = torch.argsort((~memory.slots).to(torch.int8), dim=1, stable=True)[:, : memory.block_size]
+        # the slots of each row's block, in order (an absorbed row has exactly n of them)
+        order = torch.argsort((~memory.slots).to(torch.int8), dim=1, stable=True)[:, :n]
         states = []
         for ltm, state, pending in zip(self.ltm, memory.ltm, memory.pending, strict=True):
             block = pending.gather(1, order[..., None].expand(-1, -1, pending.shape[-1]))  # (batch, L, e)

@@ -1,0 +1,687 @@
+"""``infinite-former dialogue train | eval | chat``: document-grounded dialogue (PAPER §5, CMU-DoG).
+
+- ``train``: GPT-2 + long-term memory (``hf/``) on dialogue examples (``data/dialogue.py``): per
+  reply, the document and the history are cut into blocks of L tokens from the end and read in
+  order with the memory reset at the example's start; every block but the reply's runs without
+  gradients (its states go into the memory), the reply's block back-propagates the loss on the
+  reply. One optimizer step per example (batch 1 per process: blocks are unpadded). AdamW,
+  GPT-2's weights at ``--lr`` (5e-5), the memory weights at ``--ltm-lr`` (2.5e-4), 3 epochs, KL
+  on; the project's Trainer (checkpoints, ``--resume``, logs). ``--no-memory`` trains the same
+  model without memory on the same examples: it sees only the reply's block.
+- ``eval``: per reply, seeded nucleus sampling (top-p 0.9, at most 50 new tokens), F1, ROUGE-1,
+  ROUGE-L, METEOR (``metrics.py``) and reply perplexity (teacher-forced), overall and per dialogue.
+- ``chat``: reads a document file into the memory, then answers each line of stdin, keeping the
+  memory (document and conversation so far) across turns.
+
+Run folder: ``tokenizer/``, ``dialogue_config.json``, ``checkpoints/``, ``train_log.csv``,
+``tb/``, ``model/`` (Hugging Face format, with the tokenizer), ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.dialogue import (
+    Dialogue,
+    DialogueExample,
+    DialogueExamples,
+    SpecialIds,
+    add_dialogue_tokens,
+    build_examples,
+    load_dialogues,
+    prompt_blocks,
+    select_turns,
+)
+from ..data.segments import Segment
+from ..data.text import read_text_file
+from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
+from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
+from ..hf.memory import InfiniteGPT2Memory
+from ..hf.training import HFMemoryLM
+from ..training import Trainer
+from ..utils import machine_info, seed_everything, write_json
+from .flags import Flag, add_flags, overrides, resolve_device, set_threads
+from .lm import FINETUNE_FLAGS, TRAIN_FLAGS, _common_args, _load_hf_memory_model, _train_config
+
+CONFIG_FILE = "dialogue_config.json"
+
+# ------------------------------------------------------------------------------------------ model
+
+
+@dataclass
+class DialogueState:
+    """The memory between the blocks of dialogue examples (the Trainer's recurrent state). Blocks
+    may be shorter than L (they are cut from the end), so the pending block is absorbed when the
+    next block starts, and a reset of every row empties the memory wherever the block stands."""
+
+    memory: InfiniteGPT2Memory
+
+    def reset(self, rows: Tensor) -> DialogueState:
+        if not bool(rows.any()):
+            return self
+        if bool(rows.all()):
+            return DialogueState(self.memory.reset())
+        return DialogueState(self.memory.reset(rows))  # several rows: needs a block boundary
+
+    def detach(self) -> DialogueState:
+        return DialogueState(self.memory.detach())
+
+    def to(self, device: torch.device | str) -> DialogueState:
+        return DialogueState(self.memory.to(device))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory.state_dict()
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> DialogueState:
+        return cls(InfiniteGPT2Memory.from_state_dict(d))
+
+
+class DialogueLM(HFMemoryLM):
+    """``HFMemoryLM`` where every call is one block: a pending (possibly short) block is first
+    absorbed into the long-term memory, then the call's tokens start a new block."""
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> DialogueState:
+        return DialogueState(self.hf.init_memory(batch_size, device))
+
+    def forward(
+        self,
+        tokens: Tensor,
+        state: DialogueState | None = None,
+        targets: Tensor | None = None,
+        loss_mask: Tensor | None = None,
+    ) -> tuple[Any, DialogueState]:
+        memory = None if state is None else state.memory
+        if memory is not None and memory.position > 0:
+            memory = self.hf.absorb_blocks(memory, partial=True)
+        out, memory = super().forward(tokens, memory, targets, loss_mask)
+        return out, DialogueState(memory)
+
+
+def uses_memory(model: nn.Module) -> bool:
+    """False for the baseline (``--no-memory``: no LTM layers), which reads only the reply's block."""
+    return len(model.ltm) > 0
+
+
+def read_blocks(
+    model: nn.Module, blocks: Sequence[Sequence[int]], device: torch.device
+) -> InfiniteGPT2Memory:
+    """A fresh memory after reading ``blocks`` (the context before the reply's block), each absorbed
+    into the long-term memory when it ends, as in training."""
+    memory = model.init_memory(1, device)
+    for blk in blocks:
+        ids = torch.tensor([list(blk)], dtype=torch.long, device=device)
+        memory = model.absorb_blocks(model(ids, memory=memory, logits_to_keep=1).memory, partial=True)
+    return memory
+
+
+# ----------------------------------------------------------------------------------------- stream
+
+
+class ExampleStream:
+    """Dialogue examples as the Trainer's segments (batch 1 per process): each example's blocks in
+    order, reset on its first block, ``train`` only on the reply's block. A model without memory
+    gets only the reply's block. Examples are shuffled per epoch (seeded); resumable."""
+
+    def __init__(
+        self, examples: Sequence[DialogueExample], memory: bool, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
+        if not examples:
+            raise ValueError("examples: no dialogue examples to train on")
+        self.examples, self.memory, self.seed = examples, memory, seed
+        self.rank, self.world = rank, world
+        self.epoch, self.index = 0, 0  # the next example to yield: order(epoch)[index * world + rank]
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        return order
+
+    def __iter__(self) -> Iterator[Segment]:
+        per_epoch = len(self.examples) // self.world
+        if per_epoch == 0:
+            raise ValueError(f"examples: {len(self.examples)} examples for {self.world} processes")
+        while True:
+            order = self._order(self.epoch)
+            while self.index < per_epoch:
+                ex = self.examples[order[self.index * self.world + self.rank]]
+                self.index += 1
+                blocks = ex.blocks if self.memory else ex.blocks[-1:]
+                for i, (tok, tgt, mask) in enumerate(blocks):
+                    yield Segment(
+                        torch.tensor([tok]),
+                        torch.tensor([tgt]),
+                        torch.tensor([mask]),
+                        torch.tensor([i == 0]),
+                        train=i == len(blocks) - 1,
+                    )
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+
+def _decode_reply(tokenizer: TextTokenizer, new_ids: Sequence[int], ids: SpecialIds) -> str:
+    out = []
+    for t in new_ids:
+        if t == ids.eos:
+            break
+        out.append(int(t))
+    special = {*vars(ids).values(), tokenizer.eos_id}
+    return tokenizer.decode([t for t in out if t not in special]).strip()
+
+
+@torch.no_grad()
+def reply_nll(model: nn.Module, example: DialogueExample, device: torch.device) -> tuple[float, int]:
+    """(summed NLL in nats, tokens) of the reply and its <eos>, teacher-forced, memory as in training."""
+    blocks = example.blocks if uses_memory(model) else example.blocks[-1:]
+    memory = read_blocks(model, [b[0] for b in blocks[:-1]], device)
+    tok, tgt, mask = (torch.tensor([x], device=device) for x in blocks[-1])
+    logits = model(tok, memory=memory).logits
+    nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")
+    return float((nll * mask).sum()), int(mask.sum())
+
+
+@torch.no_grad()
+def generate_reply(
+    model: nn.Module,
+    dialogue: Dialogue,
+    turn: int,
+    tokenizer: TextTokenizer,
+    seed: int,
+    top_p: float = 0.9,
+    max_new_tokens: int = 50,
+    device: torch.device | str = "cpu",
+    cache: dict | None = None,
+) -> str:
+    """Sample reply ``turn`` of ``dialogue`` (nucleus sampling, seeded; the caller's RNG is untouched)."""
+    device = torch.device(device)
+    ids = SpecialIds.of(tokenizer)
+    block = model.config.block_size
+    blocks = prompt_blocks(dialogue, turn, tokenizer, block, max_new_tokens, cache)
+    memory = read_blocks(model, blocks[:-1], device) if uses_memory(model) else None
+    prompt = torch.tensor([blocks[-1]], dtype=torch.long, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(
+            prompt,
+            memory=memory,
+            do_sample=True,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=ids.eos,
+            pad_token_id=ids.pad,
+        )
+    return _decode_reply(tokenizer, out[0, prompt.shape[1] :].tolist(), ids)
+
+
+def evaluate_dialogues(
+    model: nn.Module,
+    tokenizer: TextTokenizer,
+    dialogues: Sequence[Dialogue],
+    max_replies: int = 0,
+    seed: int = 0,
+    top_p: float = 0.9,
+    max_new_tokens: int = 50,
+    device: torch.device | str = "cpu",
+    log: Any = None,
+) -> dict[str, Any]:
+    """Generate and score every reply (or ``max_replies`` per dialogue, evenly spaced).
+
+    Returns {"overall": {f1, rouge1, rougeL, meteor, reply_ppl, replies}, "per_dialogue": [...],
+    "replies": [{dialogue, turn, prediction, reference, nll, tokens}]}. Reply i of the split is
+    sampled with seed ``seed`` · 1,000,003 + i, the same for every model (paired comparisons).
+    """
+    from ..metrics import per_example_scores
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    block = model.config.block_size
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    try:
+        for d, dialogue in enumerate(dialogues):
+            cache: dict = {}
+            turns = select_turns(len(dialogue.turns), max_replies)
+            examples = build_examples([dialogue], tokenizer, block, max_replies)
+            for turn, ex in zip(turns, examples):
+                nll, n = reply_nll(model, ex, device)
+                pred = generate_reply(
+                    model,
+                    dialogue,
+                    turn,
+                    tokenizer,
+                    seed * 1_000_003 + len(rows),
+                    top_p,
+                    max_new_tokens,
+                    device,
+                    cache,
+                )
+                rows.append(
+                    {
+                        "dialogue": d,
+                        "turn": turn,
+                        "prediction": pred,
+                        "reference": ex.reply,
+                        "nll": nll,
+                        "tokens": n,
+                    }
+                )
+            if log is not None:
+                log(
+                    f"dialogue {d + 1}/{len(dialogues)}: {len(rows)} replies, {time.perf_counter() - t0:.0f} s"
+                )
+    finally:
+        model.train(was_training)
+    if not rows:
+        raise ValueError("dialogues: no replies to evaluate (every dialogue needs at least two turns)")
+    scores = per_example_scores([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    for k, values in scores.items():
+        for r, v in zip(rows, values or [None] * len(rows)):
+            r[k] = v
+
+    def summary(group: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in ("f1", "rouge1", "rougeL", "meteor"):
+            vals = [r[k] for r in group]
+            out[k] = None if vals[0] is None else sum(vals) / len(vals)
+        out["reply_ppl"] = math.exp(sum(r["nll"] for r in group) / max(sum(r["tokens"] for r in group), 1))
+        out["replies"] = len(group)
+        return out
+
+    per_dialogue = []
+    for d, dialogue in enumerate(dialogues):
+        group = [r for r in rows if r["dialogue"] == d]
+        if group:
+            per_dialogue.append({"dialogue": d, "name": dialogue.name, **summary(group)})
+    return {
+        "overall": summary(rows),
+        "per_dialogue": per_dialogue,
+        "replies": rows,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+def dialogue_tokenizer(args: argparse.Namespace, train: Sequence[Dialogue]) -> TextTokenizer:
+    """GPT-2's tokenizer (``--model``) or, from scratch, a BPE trained on the training dialogues;
+    plus the dialogue special tokens."""
+    if args.model:
+        tok = gpt2_tokenizer(args.model, local_files_only=not args.allow_download)
+    else:
+        texts = (t for d in train for t in (d.document, *(x.text for x in d.turns)))
+        tok = build_tokenizer("bpe", texts, vocab_size=args.vocab_size)
+    return add_dialogue_tokens(tok)
+
+
+# flag -> InfiniteGPT2Config field: the memory (also when loading --model) ...
+MEMORY_FLAGS: list[Flag] = [
+    Flag("--block-size", "block_size", int, "L: tokens per block", default=512),
+    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer (0 = off)", default=1e-6),
+    Flag("--num-basis", "num_basis", int, "N (default: the config's, 512)"),
+    Flag("--num-samples", "num_samples", int, "M (default: the config's, 512)"),
+    Flag("--tau", "tau", float, "τ (default: the config's, 0.5)"),
+]
+# ... and the size of a GPT-2 trained from scratch (no --model)
+SCRATCH_FLAGS: list[Flag] = [
+    Flag("--n-layer", "n_layer", int, "from scratch: layers", default=2),
+    Flag("--n-embd", "n_embd", int, "from scratch: width", default=128),
+    Flag("--n-head", "n_head", int, "from scratch: heads", default=4),
+]
+
+
+def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """InfiniteGPT2Config fields from the memory flags, --uniform and --no-memory."""
+    out = {**overrides(args, MEMORY_FLAGS), "sticky": not args.uniform}
+    if args.no_memory:
+        out["memory_layers"] = []
+    return out
+
+
+def build_model(args: argparse.Namespace, tok: TextTokenizer) -> nn.Module:
+    """GPT-2 (``--model``: a folder or hub name) or a from-scratch GPT-2 of the given size, with memory."""
+    memory = _memory_overrides(args)
+    ids = SpecialIds.of(tok)
+    if args.model:
+        model = _load_hf_memory_model(args.model, memory, not args.allow_download)
+    else:
+        config = InfiniteGPT2Config(
+            vocab_size=tok.vocab_size,
+            n_positions=args.block_size,
+            bos_token_id=ids.bos,
+            eos_token_id=ids.eos,
+            **overrides(args, SCRATCH_FLAGS),
+            **memory,
+        )
+        model = InfiniteGPT2LMHeadModel(config)
+    if model.config.block_size > model.config.n_positions:
+        raise ValueError(
+            f"--block-size {model.config.block_size} > the model's n_positions {model.config.n_positions}"
+        )
+    model.resize_token_embeddings(tok.vocab_size)
+    model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = (
+        ids.bos,
+        ids.eos,
+        ids.pad,
+    )
+    return model
+
+
+def _split(args: argparse.Namespace, split: str) -> list[Dialogue]:
+    return load_dialogues(args.data, split, args.max_document_chars)
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or fine-tune) on dialogue examples, save ``<run>/model``, then evaluate."""
+    run = Path(args.run_dir)
+    train = _split(args, args.train_split)
+    if args.resume:
+        if not (run / CONFIG_FILE).is_file():
+            raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `dialogue train` run)")
+        saved = json.loads((run / CONFIG_FILE).read_text())
+        tok = TextTokenizer.load(run / "tokenizer")
+        model = InfiniteGPT2LMHeadModel(InfiniteGPT2Config.from_dict(saved["model"]))
+    else:
+        tok = dialogue_tokenizer(args, train)
+        seed_everything(args.seed)
+        model = build_model(args, tok)
+        tok.save(run / "tokenizer")
+    block = model.config.block_size
+    examples = DialogueExamples(train, tok, block, args.max_replies)
+    steps = args.steps or max(1, math.ceil(args.epochs * len(examples)))
+    tcfg = _train_config(
+        args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=min(args.warmup, steps)
+    )
+    memory = uses_memory(model)
+    if not args.resume:
+        write_json(
+            run / CONFIG_FILE,
+            {
+                "task": "dialogue",
+                "base_model": args.model or "scratch",
+                "model": model.config.to_dict(),
+                "train": tcfg.to_dict(),
+                "ltm_lr": args.ltm_lr,
+                "data": {
+                    "source": str(args.data),
+                    "train_split": args.train_split,
+                    "max_document_chars": args.max_document_chars,
+                    "examples": len(examples),
+                },
+            },
+        )
+
+    def groups(m: nn.Module) -> list[dict[str, Any]]:
+        out = [{"params": m.hf.base_parameters(), "lr": args.lr}]
+        if memory:
+            out.append({"params": m.hf.memory_parameters(), "lr": args.ltm_lr})
+        return out
+
+    def stream(shard: Any) -> ExampleStream:
+        if shard.batch_size != 1:
+            raise ValueError(
+                f"--batch-size must be the number of processes (1 example each), got {tcfg.batch_size}"
+            )
+        return ExampleStream(examples, memory, seed=args.seed, rank=shard.rank, world=shard.world_size)
+
+    wrapped = DialogueLM(model)
+    trainer = Trainer(wrapped, tcfg, stream, param_groups=groups, model_config=model.config.to_dict())
+    result = trainer.fit(resume=bool(args.resume))
+    model.save_pretrained(run / "model")
+    tok.save(run / "model")
+    out: dict[str, Any] = {
+        "machine": machine_info(),
+        "base_model": args.model or "scratch",
+        "memory": memory,
+        "sticky": bool(model.config.sticky) if memory else None,
+        "block_size": block,
+        "examples": len(examples),
+        "steps": result.step,
+        "epochs": result.step / len(examples),
+        "train_loss_last": result.losses[-1] if result.losses else None,
+        "train_seconds": result.train_seconds,
+        "tokens_per_s": result.tokens_per_s,
+        "checkpoint": result.checkpoint,
+        "stopped_by_signal": result.stopped_by_signal,
+        "eval": {},
+    }
+    if not result.stopped_by_signal:
+        device = resolve_device(args.device)
+        model.to(device)
+        for split in args.eval_splits:
+            res = evaluate_dialogues(
+                model,
+                tok,
+                _split(args, split),
+                args.max_eval_replies,
+                args.seed,
+                args.top_p,
+                args.max_new_tokens,
+                device,
+            )
+            out["eval"][split] = res
+            print(_summary_line(split, res["overall"]))
+    write_json(run / "results.json", out)
+    return out
+
+
+def _summary_line(name: str, o: dict[str, Any]) -> str:
+    meteor = "n/a" if o["meteor"] is None else f"{o['meteor']:.2f}"
+    return (
+        f"{name:<8} F1 {o['f1']:.2f}  ROUGE-1 {o['rouge1']:.2f}  ROUGE-L {o['rougeL']:.2f}  "
+        f"METEOR {meteor}  reply ppl {o['reply_ppl']:.2f}  ({o['replies']} replies)"
+    )
+
+
+# ------------------------------------------------------------------------------------- eval / chat
+
+
+def load_dialogue_model(path: str | Path, device: torch.device) -> tuple[nn.Module, TextTokenizer]:
+    """A ``dialogue train`` run folder (its model/) or a model folder, with its tokenizer."""
+    p = Path(path)
+    if (p / "model").is_dir():
+        p = p / "model"
+    if not (p / "config.json").is_file():
+        raise ValueError(f"--run: {str(path)!r} holds no model (expected a `dialogue train` run folder)")
+    tok = TextTokenizer.load(p)
+    SpecialIds.of(tok)
+    model = _load_hf_memory_model(str(p), {}, True).to(device).eval()
+    return model, tok
+
+
+def dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    model, tok = load_dialogue_model(args.run, device)
+    if args.data is None or args.max_document_chars is None:
+        config = Path(args.run) / CONFIG_FILE
+        if not config.is_file():
+            raise ValueError(
+                f"--run: {str(args.run)!r} has no {CONFIG_FILE}: give --data and --max-document-chars"
+            )
+        saved = json.loads(config.read_text())["data"]
+        args.data = args.data or saved["source"]
+        if args.max_document_chars is None:
+            args.max_document_chars = saved.get("max_document_chars", 0)
+    source = args.data
+    res = evaluate_dialogues(
+        model,
+        tok,
+        _split(args, args.split),
+        args.max_replies,
+        args.seed,
+        args.top_p,
+        args.max_new_tokens,
+        device,
+    )
+    print(_summary_line(args.split, res["overall"]))
+    out = {"machine": machine_info(), "run": str(args.run), "data": str(source), "split": args.split, **res}
+    write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
+    return out
+
+
+def chat(
+    model: nn.Module,
+    tok: TextTokenizer,
+    document: str,
+    lines: TextIO,
+    out: TextIO,
+    seed: int = 0,
+    top_p: float = 0.9,
+    max_new_tokens: int = 50,
+) -> Any:
+    """Read ``document`` into the memory, then answer each line of ``lines`` (until EOF or an empty
+    line) on ``out``; the memory keeps the document and every turn. Returns the stream."""
+    ids = SpecialIds.of(tok)
+    stream = InfiniteGPT2Stream(model)
+    stream.read([ids.bos, ids.doc, *tok.encode(document)])
+    torch.manual_seed(seed)
+    for line in lines:
+        text = line.strip()
+        if not text:
+            break
+        new = stream.generate(
+            [ids.speaker1, *tok.encode(text), ids.speaker2],
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            top_p=top_p,
+            top_k=0,
+            eos_token_id=ids.eos,
+            pad_token_id=ids.pad,
+        )[0].tolist()
+        if new and new[-1] == ids.eos:
+            stream.last = None  # as in training, the next turn follows the reply without <eos>
+        print(" ".join(_decode_reply(tok, new, ids).split()), file=out, flush=True)  # one line per reply
+    return stream
+
+
+def dialogue_chat(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    model, tok = load_dialogue_model(args.run, device)
+    stream = chat(
+        model,
+        tok,
+        read_text_file(args.document),
+        sys.stdin,
+        sys.stdout,
+        args.seed,
+        args.top_p,
+        args.max_new_tokens,
+    )
+    return {"tokens": stream.num_tokens}
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``dialogue train | eval | chat``."""
+    p = subparsers.add_parser("dialogue", help="document-grounded dialogue (CMU-DoG): GPT-2 + memory")
+    sub = p.add_subparsers(dest="dialogue_command", required=True)
+
+    t = sub.add_parser("train", help="train GPT-2 + memory on dialogues, then evaluate")
+    _common_args(t)
+    add_flags(t, FINETUNE_FLAGS)  # --lr 5e-5 (GPT-2's weights), --clip 1.0
+    t.set_defaults(
+        steps=0, batch_size=1, warmup=0, run_dir="runs/dialogue", eval_splits=["test"], log_every=50
+    )
+    t.add_argument(
+        "--model", default=None, help="GPT-2 folder or hub name (default: from scratch, see --n-layer)"
+    )
+    t.add_argument("--allow-download", action="store_true", help="allow downloading --model from the hub")
+    t.add_argument("--epochs", type=float, default=3.0, help="used when --steps is 0")
+    t.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the memory weights")
+    add_flags(t, MEMORY_FLAGS)
+    add_flags(t, SCRATCH_FLAGS)
+    t.add_argument("--uniform", action="store_true", help="uniform sampling instead of sticky memories")
+    t.add_argument(
+        "--no-memory", action="store_true", help="the same model without memory (reply's block only)"
+    )
+    t.add_argument("--max-replies", type=int, default=0, help="training replies per dialogue (0 = all)")
+    t.add_argument("--max-eval-replies", type=int, default=0, help="evaluated replies per dialogue (0 = all)")
+    t.add_argument(
+        "--max-document-chars", type=int, default=0, help="keep each document's last N chars (0 = all)"
+    )
+    t.add_argument("--vocab-size", type=int, default=4096, help="from scratch: BPE vocabulary")
+    _sampling_args(t)
+    t.set_defaults(dialogue_func=dialogue_train)
+
+    e = sub.add_parser("eval", help="sample replies; F1, ROUGE-1, ROUGE-L, METEOR, reply perplexity")
+    e.add_argument("--run", required=True, help="a `dialogue train` run folder")
+    e.add_argument("--data", default=None, help="dialogues (default: the run's)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--max-document-chars", type=int, default=None, help="default: the run's")
+    e.add_argument("--max-replies", type=int, default=0, help="replies per dialogue (0 = all)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--out", default=None, help="results JSON (default: <run>/eval_<split>.json)")
+    e.add_argument("--threads", type=int, default=0)
+    _sampling_args(e)
+    e.set_defaults(dialogue_func=dialogue_eval)
+
+    c = sub.add_parser("chat", help="read a document into memory, then talk about it (stdin)")
+    c.add_argument("--run", required=True, help="a `dialogue train` run folder")
+    c.add_argument("--document", required=True, help="a UTF-8 text file")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.add_argument("--threads", type=int, default=0)
+    _sampling_args(c)
+    c.set_defaults(dialogue_func=dialogue_chat)
+    p.set_defaults(func=run_dialogue)
+    return p
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+
+
+def run_dialogue(args: argparse.Namespace) -> int:
+    """Run a parsed ``dialogue`` command (cli.main turns bad input into a one-line error, exit status 2)."""
+    set_threads(getattr(args, "threads", 0))
+    if not 0.0 < args.top_p <= 1.0:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    args.dialogue_func(args)
+    return 0
+
+
+add_parser = add_dialogue_parser  # every experiment module offers add_parser(subparsers) to cli.py
+
+
+__all__ = [
+    "DialogueLM",
+    "DialogueState",
+    "ExampleStream",
+    "add_dialogue_parser",
+    "chat",
+    "evaluate_dialogues",
+    "generate_reply",
+    "reply_nll",
+]

@@ -360,8 +360,9 @@ def test_load_model_and_the_passkey_probe_take_any_model(tmp_path):
     fresh.save_pretrained(tmp_path / "mem")
     again = load_model(tmp_path / "mem")  # a folder saved with its memory keeps it
     assert again.memory_config == fresh.memory_config
-    with pytest.raises(ValueError, match="already has a memory"):
-        load_model(tmp_path / "mem", block_size=16)
+    assert load_model(tmp_path / "mem", block_size=16).memory_config.block_size == 16  # a reading setting
+    with pytest.raises(ValueError, match=r"already has a memory.*\['num_basis'\]"):
+        load_model(tmp_path / "mem", num_basis=8)  # the memory's shape is fixed by its weights
     base_model("gpt2").save_pretrained(tmp_path / "gpt2")
     assert isinstance(load_model(tmp_path / "gpt2", **MEMORY), InfiniteGPT2LMHeadModel)
 

@@ -318,3 +318,47 @@ def test_gpt2_memory_lane_reset_keeps_the_new_documents_first_block(corpus):
         torch.testing.assert_close(out.logits[0], fresh.logits[0], atol=1e-5, rtol=1e-4)
         _, state = wrapped(x, state)
         assert state.ltm_tokens.tolist() == [8, 24]
+
+
+def tiny_llama(folder: Path, corpus: Path) -> Path:
+    """A tiny random Llama with its own fast tokenizer (EOS '</s>'), saved like any hub folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from infinite_former.data.text import load_documents
+    from infinite_former.data.tokenizer import train_bpe_tokenizer
+
+    backend = train_bpe_tokenizer([d.text for d in load_documents(corpus / "train")], vocab_size=300).backend
+    backend.add_special_tokens(["</s>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", bos_token="</s>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(folder / "llama")
+    tok.save_pretrained(folder / "llama")
+    return folder / "llama"
+
+
+def test_lm_finetune_takes_any_supported_model(corpus):
+    llama = tiny_llama(corpus.parent / "hf-llama", corpus)
+    out = corpus.parent / "ft-llama"
+    argv = ["finetune", "--model", str(llama), "--data", str(corpus), "--run-dir", str(out), "--block-size", "8",
+            "--batch-size", "2", "--steps", "2", "--num-basis", "8", "--num-samples", "8", "--eval-splits", "test",
+            "--device", "cpu", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    assert run(argv) == 0
+    test = json.loads((out / "results.json").read_text())["eval"]["test"]
+    assert set(test) == {"gpt2", "gpt2_memory"} and test["gpt2"]["tokens"] == test["gpt2_memory"]["tokens"]
+    assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in test.values())
+    from infinite_former.data.tokenizer import hf_tokenizer
+    from infinite_former.hf import load_model
+
+    ft = load_model(out / "model")  # saved with its memory: loads back with it
+    assert type(ft).__name__ == "LlamaForCausalLM" and len(ft.ltm) == 2 and ft.memory_config.block_size == 8
+    assert hf_tokenizer(out / "model").eos_id == hf_tokenizer(llama).eos_id
+    eval_out = out / "eval.json"
+    argv = ["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2", "--device", "cpu"]
+    assert run(argv + ["--out", str(eval_out)]) == 0
+    again = json.loads(eval_out.read_text())["results"]
+    assert again["gpt2_memory"]["ppl"] == pytest.approx(test["gpt2_memory"]["ppl"], rel=1e-5)

@@ -25,7 +25,7 @@ from typing import Any
 from ..utils import check_int, write_json
 
 EOS_TOKEN = "<|endoftext|>"
-TOKENIZER_KINDS = ("gpt2", "bpe", "bytes")
+TOKENIZER_KINDS = ("gpt2", "bpe", "bytes", "hf")
 _META = "tokenizer_meta.json"
 _JSON = "tokenizer.json"
 
@@ -33,10 +33,11 @@ _JSON = "tokenizer.json"
 class TextTokenizer:
     """Text <-> token ids with a document separator (EOS) id.
 
-    ``backend`` is a ``tokenizers.Tokenizer`` for kinds ``gpt2`` and ``bpe`` and ``None`` for ``bytes``.
+    ``backend`` is a ``tokenizers.Tokenizer`` for kinds ``gpt2``, ``bpe`` and ``hf`` (any Hugging Face
+    fast tokenizer, whose EOS token is ``eos_token``) and ``None`` for ``bytes``.
     """
 
-    def __init__(self, kind: str, backend: Any | None = None) -> None:
+    def __init__(self, kind: str, backend: Any | None = None, eos_token: str = EOS_TOKEN) -> None:
         if kind not in TOKENIZER_KINDS:
             raise ValueError(f"kind must be one of {TOKENIZER_KINDS}, got {kind!r}")
         if (backend is None) != (kind == "bytes"):
@@ -46,9 +47,10 @@ class TextTokenizer:
         self.kind = kind
         self.backend = backend
         if backend is not None:
-            eos = backend.token_to_id(EOS_TOKEN)
+            eos = backend.token_to_id(eos_token)
             if eos is None:
-                raise ValueError(f"backend: the tokenizer has no {EOS_TOKEN!r} token")
+                raise ValueError(f"backend: the tokenizer has no {eos_token!r} token")
+            self.eos_token = eos_token
             self.eos_id: int = int(eos)
             self.vocab_size: int = int(backend.get_vocab_size(with_added_tokens=True))
         else:
@@ -84,6 +86,8 @@ class TextTokenizer:
         if self.backend is not None:
             self.backend.save(str(d / _JSON))
         meta = {"kind": self.kind, "eos_id": self.eos_id, "vocab_size": self.vocab_size}
+        if self.backend is not None:
+            meta["eos_token"] = self.eos_token
         write_json(d / _META, meta)
         return d
 
@@ -102,7 +106,7 @@ class TextTokenizer:
             return bytes_tokenizer()
         from tokenizers import Tokenizer
 
-        tok = cls(kind, Tokenizer.from_file(str(d / _JSON)))
+        tok = cls(kind, Tokenizer.from_file(str(d / _JSON)), meta.get("eos_token", EOS_TOKEN))
         if tok.eos_id != meta.get("eos_id") or tok.vocab_size != meta.get("vocab_size"):
             raise ValueError(f"directory: {str(d)!r} has a tokenizer.json that does not match its {_META}")
         return tok
@@ -141,6 +145,27 @@ def gpt2_tokenizer(name_or_path: str | os.PathLike = "gpt2", local_files_only: b
     if hf_tok.backend_tokenizer.get_vocab_size(with_added_tokens=True) < 257:
         raise ValueError(f"name_or_path: no GPT-2 tokenizer found at {str(name_or_path)!r} {where}")
     return TextTokenizer("gpt2", hf_tok.backend_tokenizer)
+
+
+def hf_tokenizer(name_or_path: str | os.PathLike, local_files_only: bool = True) -> TextTokenizer:
+    """Any Hugging Face causal LM's fast tokenizer (a local folder or a hub name), its EOS as separator.
+
+    GPT-2 folders give the same ids as :func:`gpt2_tokenizer`. With ``local_files_only=True``
+    (default) nothing is downloaded; a missing or EOS-less tokenizer raises ValueError.
+    """
+    p = Path(name_or_path)
+    if p.is_dir() and not ((p / "tokenizer.json").is_file() or (p / "vocab.json").is_file()):
+        raise ValueError(f"name_or_path: folder {str(p)!r} has no tokenizer.json or vocab.json")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local_files_only)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"name_or_path: no tokenizer found at {str(name_or_path)!r}: {e}") from e
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or tok.eos_token is None:
+        raise ValueError(f"name_or_path: {str(name_or_path)!r} needs a fast tokenizer with an EOS token")
+    return TextTokenizer("hf", backend, eos_token=tok.eos_token)
 
 
 def train_bpe_tokenizer(

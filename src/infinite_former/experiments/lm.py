@@ -35,7 +35,7 @@ from ..data.text import (
     load_corpus_split,
     tokenize_documents,
 )
-from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
+from ..data.tokenizer import TextTokenizer, build_tokenizer, hf_tokenizer
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
@@ -225,22 +225,35 @@ def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_hf_memory_model(path: str, overrides: dict[str, Any], local_files_only: bool) -> nn.Module:
-    from ..hf import InfiniteGPT2LMHeadModel
+    """Any supported causal LM (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX, a saved model with memory)."""
+    from ..hf import load_model
 
     try:
-        return InfiniteGPT2LMHeadModel.from_pretrained(path, local_files_only=local_files_only, **overrides)
+        return load_model(path, local_files_only=local_files_only, **overrides)
     except OSError as e:
-        raise ValueError(f"model: cannot load a GPT-2 checkpoint from {path!r}: {e}") from e
+        raise ValueError(f"model: cannot load a causal LM from {path!r}: {e}") from e
+
+
+def _load_plain_model(path: str, local_files_only: bool) -> nn.Module:
+    """The base model without memory (the baseline of lm eval --hf / lm finetune)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=local_files_only)
+    except OSError as e:
+        raise ValueError(f"cannot load the plain model from {path!r}: {e}") from e
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    return model.decoder_layout.max_positions
 
 
 def _hf_tokenizer(path: str, local_files_only: bool) -> TextTokenizer:
-    return gpt2_tokenizer(path, local_files_only=local_files_only)
+    return hf_tokenizer(path, local_files_only=local_files_only)
 
 
 def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
     """``lm eval --hf PATH``: GPT-2 (``--base``, default: the run's base model) vs GPT-2 + memory."""
-    from transformers import GPT2LMHeadModel
-
     from ..hf.training import evaluate_hf_pair
 
     device = resolve_device(args.device)
@@ -250,16 +263,13 @@ def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     base = args.base or meta.get("base_model")
     memory_model = _load_hf_memory_model(path, {}, local).to(device)
-    block = args.block_size or memory_model.config.block_size
-    check_segment_length(block, memory_model.config.n_positions, name="block_size")
-    if block != memory_model.config.block_size:
+    block = args.block_size or memory_model.memory_config.block_size
+    check_segment_length(block, _max_positions(memory_model), name="block_size")
+    if block != memory_model.memory_config.block_size:
         memory_model = _load_hf_memory_model(path, {"block_size": block}, local).to(device)
     plain = None
     if base and not args.no_baseline:
-        try:
-            plain = GPT2LMHeadModel.from_pretrained(base, local_files_only=local).to(device)
-        except OSError as e:
-            raise ValueError(f"--base: cannot load plain GPT-2 from {base!r}: {e}") from e
+        plain = _load_plain_model(base, local).to(device)
     tok = _hf_tokenizer(path, local)
     source = args.data or meta.get("data")
     if not source:
@@ -282,9 +292,7 @@ def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune GPT-2 + long-term memory on long documents (paper's recipe), then evaluate."""
-    from transformers import GPT2LMHeadModel
-
+    """Fine-tune a causal LM + long-term memory on long documents (paper's recipe), then evaluate."""
     from ..hf.training import HFMemoryLM, evaluate_hf_pair
 
     run = Path(args.run_dir)
@@ -298,7 +306,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         overrides["memory_layers"] = []
     seed_everything(args.seed)
     hf_model = _load_hf_memory_model(args.model, overrides, local)
-    check_segment_length(args.block_size, hf_model.config.n_positions, name="block_size")
+    check_segment_length(args.block_size, _max_positions(hf_model), name="block_size")
     cache = args.cache_dir or str(run / "cache")
     train_corpus = _load_split(args.data, args.train_split, tok, cache)
     blocks = sum(math.ceil((int(t.numel()) + 1) / args.block_size) for t in train_corpus.tokens)
@@ -324,7 +332,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
             args.block_size,
             tok.eos_id,
             loop=True,
-            max_positions=hf_model.config.n_positions,
+            max_positions=_max_positions(hf_model),
         )
         return LaneStream(lanes, shard.rank, shard.batch_size)
 
@@ -347,9 +355,9 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     result = trainer.fit(resume=bool(args.resume))
     save_dir = run / "model"
     hf_model.save_pretrained(save_dir)
-    from transformers import GPT2TokenizerFast
+    from transformers import AutoTokenizer
 
-    GPT2TokenizerFast.from_pretrained(args.model, local_files_only=local).save_pretrained(save_dir)
+    AutoTokenizer.from_pretrained(args.model, local_files_only=local).save_pretrained(save_dir)
     write_json(save_dir / "finetune_meta.json", {"base_model": str(args.model), "data": str(args.data)})
 
     out: dict[str, Any] = {
@@ -370,7 +378,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     if not result.stopped_by_signal and args.eval_splits:
         device = resolve_device(args.device)
         hf_model.to(device)
-        plain = GPT2LMHeadModel.from_pretrained(args.model, local_files_only=local).to(device)
+        plain = _load_plain_model(args.model, local).to(device)
         for split in args.eval_splits:
             corpus = _load_split(args.data, split, tok, cache)
             res = evaluate_hf_pair(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,23 +85,33 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     return model
 
 
-def load_model(path: str | os.PathLike, **memory_overrides: Any) -> nn.Module:
+def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory_overrides: Any) -> nn.Module:
     """Any supported causal LM folder (or hub name) as a model with memory.
 
     An ``infinite-gpt2`` folder or a plain GPT-2 one loads as InfiniteGPT2LMHeadModel; a folder
-    saved from ``add_memory`` loads with its memory (``from_pretrained``); any other causal LM gets
-    a fresh memory (``add_memory``). memory_overrides: MemoryConfig keywords (block_size, ...).
+    saved from ``add_memory`` loads with its memory (``from_pretrained``), where memory_overrides
+    may change block_size and kl_weight only; any other causal LM gets a fresh memory
+    (``add_memory``). memory_overrides: MemoryConfig keywords (block_size, ...).
     """
-    config = AutoConfig.from_pretrained(path)
+    local = {"local_files_only": local_files_only}
+    config = AutoConfig.from_pretrained(path, **local)
     if config.model_type in ("gpt2", InfiniteGPT2Config.model_type):
-        return InfiniteGPT2LMHeadModel.from_pretrained(path, **memory_overrides)
-    if isinstance(getattr(config, "infinite_memory", None), dict):
-        if memory_overrides:
-            raise ValueError(
-                f"{path} already has a memory; its settings cannot be overridden: {sorted(memory_overrides)}"
-            )
-        return from_pretrained(path)
-    return add_memory(AutoModelForCausalLM.from_pretrained(path), **memory_overrides)
+        return InfiniteGPT2LMHeadModel.from_pretrained(path, **local, **memory_overrides)
+    settings = getattr(config, "infinite_memory", None)
+    if isinstance(settings, dict):
+        fixed = sorted(
+            k
+            for k, v in memory_overrides.items()
+            if k not in ("block_size", "kl_weight") and settings.get(k) != v
+        )
+        if fixed:
+            raise ValueError(f"{path} already has a memory; these settings cannot be overridden: {fixed}")
+        model = from_pretrained(path, **local)
+        layout = model.decoder_layout
+        new = replace(model.memory_config, **memory_overrides)
+        model.memory_config = new.resolved(len(layout.layers), layout.max_positions)
+        return model
+    return add_memory(AutoModelForCausalLM.from_pretrained(path, **local), **memory_overrides)
 
 
 def _load_ltm(model: MemoryCausalLM, tensors: dict, source: Any) -> None:

@@ -1,9 +1,11 @@
-"""GPT-2 + memory for the project's Trainer and evaluation loops.
+"""Hugging Face models with memory for the project's Trainer and evaluation loops.
 
-``HFMemoryLM`` puts an ``InfiniteGPT2LMHeadModel`` behind the Trainer's model interface
-(``out, state = model(tokens, state, targets=, loss_mask=)``, ``init_state``); its recurrent state
-is the model's own ``InfiniteGPT2Memory`` (reset / detach / to / state_dict / from_state_dict).
-``evaluate_hf_pair`` compares GPT-2 and GPT-2 + memory on the same blocks of long documents.
+``HFMemoryLM`` puts any model with memory (``add_memory`` / ``InfiniteGPT2LMHeadModel``) behind the
+Trainer's model interface (``out, state = model(tokens, state, targets=, loss_mask=)``,
+``init_state``); its recurrent state is the model's own ``HFMemoryState`` (reset / detach / to /
+state_dict / from_state_dict). ``evaluate_hf_pair`` compares the plain model and the model with
+memory on the same blocks of long documents (result keys ``gpt2`` / ``gpt2_memory`` /
+``gpt2_finetuned`` whatever the architecture, for compatibility).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ class _LMOut:
 
 
 class HFMemoryLM(nn.Module):
-    """``InfiniteGPT2LMHeadModel`` behind the Trainer's ``out, state = model(tokens, state, targets, loss_mask)``.
+    """A model with memory behind the Trainer's ``out, state = model(tokens, state, targets, loss_mask)``.
 
-    Each call must be one block of ``config.block_size`` tokens (the memory is absorbed at block
+    Each call must be one block of ``memory_config.block_size`` tokens (the memory is absorbed at block
     boundaries); loss = mean CE over masked targets, aux_loss = kl_weight · KL (training only).
     """
 
@@ -54,7 +56,7 @@ class HFMemoryLM(nn.Module):
             nll = F.cross_entropy(out.logits.float().transpose(1, 2), targets, reduction="none")
             mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask
             loss = (nll * mask).sum() / mask.sum().clamp_min(1)
-        kl_w = float(self.hf.config.kl_weight)
+        kl_w = float(self.hf.memory_config.kl_weight)
         use_kl = self.hf.training and kl_w > 0 and len(self.hf.ltm) and out.kl is not None
         aux = kl_w * out.kl if use_kl else out.logits.new_zeros(())
         return _LMOut(out.logits, loss, aux), out.memory
@@ -69,12 +71,12 @@ def evaluate_hf_pair(
     eos_id: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """GPT-2 (each block alone) and GPT-2 + memory (blocks in order, memory reset per document),
+    """The plain model (each block alone) and the model with memory (blocks in order, memory reset per document),
     on the same blocks of ``block_size`` tokens: per-document and corpus ppl and bpb."""
     res: dict[str, Any] = {}
     if plain_model is not None:
         plain_model.eval()
-        n_pos = plain_model.config.n_positions
+        n_pos = _max_positions(plain_model.config)
         res["gpt2"] = evaluate_documents(
             lambda t, s: (plain_model(t).logits, None),
             lambda b: None,
@@ -87,9 +89,10 @@ def evaluate_hf_pair(
         )
     if memory_model is not None:
         memory_model.eval()
-        if memory_model.config.block_size != block_size:
+        if memory_model.memory_config.block_size != block_size:
             raise ValueError(
-                f"block_size={block_size} differs from the memory model's block_size={memory_model.config.block_size}"
+                f"block_size={block_size} differs from the memory model's "
+                f"block_size={memory_model.memory_config.block_size}"
             )
         wrapped = HFMemoryLM(memory_model)
 
@@ -106,9 +109,14 @@ def evaluate_hf_pair(
             block_size,
             eos_id,
             device,
-            max_positions=memory_model.config.n_positions,
+            max_positions=memory_model.decoder_layout.max_positions,
         )
     return res
+
+
+def _max_positions(config: Any) -> int | None:
+    """The positions a model can take: GPT-2's n_positions or max_position_embeddings."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 __all__ = ["HFMemoryLM", "evaluate_hf_pair"]

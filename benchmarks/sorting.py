@@ -81,6 +81,8 @@ def settings_key() -> str:
     s = base_settings().to_dict()
     for k in ("seed", "out", "name", "models"):
         s.pop(k)
+    if s.get("bf16") == "auto":  # float32 on the CPU: the same runs as before the bf16 setting existed
+        s.pop("bf16")
     return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 

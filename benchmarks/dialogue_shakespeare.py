@@ -87,7 +87,7 @@ def main() -> None:
         t = time.perf_counter()
         out = args.dialogue_func(args)
         res = out["eval"]["test"]
-        results[name] = {k: res["overall"][k] for k in METRICS}
+        results[name] = {k: res["overall"][k] for k in METRICS} | {"parameters": out["parameters"]}
         per_dialogue[name] = res["per_dialogue"]
         runs[name] = {
             "steps": out["steps"],

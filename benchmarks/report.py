@@ -302,12 +302,13 @@ def dialogue() -> str:
         f"{test['dialogues']} scenes in the test plays; nucleus sampling, top-p 0.9, ≤ 50 tokens. "
         f"{d['total_seconds'] / 60:.0f} minutes in all. Machine: " + _machine(d["machine"]) + ".",
         "",
-        "| model | F1 | ROUGE-1 | ROUGE-L | METEOR | reply perplexity |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | parameters | F1 | ROUGE-1 | ROUGE-L | METEOR | reply perplexity |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in d["models"].items():
         cells = [_fmt(m[k], 2) for k in ("f1", "rouge1", "rougeL", "meteor", "reply_ppl")]
-        lines.append(f"| {DIALOGUE_LABELS[name]} | " + " | ".join(cells) + " |")
+        params = f"{m['parameters']:,}" if "parameters" in m else "–"
+        lines.append(f"| {DIALOGUE_LABELS[name]} | {params} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Paired over the {test['dialogues']} test scenes (bootstrap 95% CI of the mean per-scene difference "

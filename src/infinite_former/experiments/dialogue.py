@@ -461,6 +461,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
         "memory": memory,
         "sticky": bool(model.config.sticky) if memory else None,
         "block_size": block,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(examples),
         "steps": result.step,
         "epochs": result.step / len(examples),

@@ -265,6 +265,64 @@ def lm_shakespeare() -> str:
     return "\n".join(lines)
 
 
+LM_VARIANTS = {
+    "xl_equal": "Transformer-XL, m + N states",
+    "xl_stm": "Transformer-XL, m states",
+    "xl_params": "Transformer-XL, m + N states, parameter-matched",
+    "compressive": "Compressive",
+    "infinite": "∞-former",
+    "infinite_sticky": "∞-former (sticky)",
+}
+
+
+def lm_shakespeare_3000() -> str:
+    """The 3000-step LM benchmark: both memory conventions, paired CIs, interleaved throughput."""
+    d = _load("lm_shakespeare_cpu.json")
+    s = d["settings"]
+    lines = [
+        f"{s['tokenizer']}; {s['n_layers']} layers, d {s['d_model']}, {s['steps']} steps × {s['batch_size']} lanes "
+        f"× {s['seg_len']} tokens per model; m = {s['mem_len']}, N = {s['num_basis']}; LTM init: {s['ltm_init']}; "
+        f"parameter-matched XL: d_inner {s['xl_params_d_inner']}. Test split."
+        + ("" if d["complete"] else " PARTIAL: not every variant has every seed."),
+        "",
+    ]
+    for conv, c in d["conventions"].items():
+        if not c["models"]:
+            lines += [f"*{conv}*: no run finished yet.", ""]
+            continue
+        lines += [
+            f"*{conv}* (paired seeds {c['paired_seeds']}):",
+            "",
+            "| model | parameters | test perplexity (mean) | per seed | bits per byte |",
+            "|---|---:|---:|---|---:|",
+        ]
+        for m in c["models"].values():
+            per = ", ".join(f"{x['test_ppl']:.2f}" for x in m["seeds"])
+            lines.append(
+                f"| {LM_VARIANTS[m['variant']]} | {m['parameters']:,} | {m['test_ppl']:.2f} | {per} | {m['test_bpb']:.3f} |"
+            )
+        if c["pairs"]:
+            lines += [
+                "",
+                "| comparison (log perplexity, nats/token) | difference [95% CI] | verdict |",
+                "|---|---:|---|",
+            ]
+            lines += [
+                f"| {LABELS[p['a']]} − {LABELS[p['b']]} | {_ci(p, 4)} | {_verdict(p)} |" for p in c["pairs"]
+            ]
+        lines.append("")
+    tput = d.get("throughput")
+    if tput:
+        lines += [
+            f"Training tokens/s, {tput['setup']}, machine: " + _machine(tput["machine"]) + ":",
+            "",
+            "| model | tokens/s |",
+            "|---|---:|",
+        ]
+        lines += [f"| {LM_VARIANTS[v]} | {x:,.0f} |" for v, x in tput["tokens_per_s"].items()]
+    return "\n".join(lines).rstrip()
+
+
 def sort_default() -> str:
     d = _load("sort_default_cpu.json")
     lengths = [str(n) for n in d["settings"]["lengths"]]
@@ -332,6 +390,7 @@ def dialogue() -> str:
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
+    "lm_shakespeare_3000": lm_shakespeare_3000,
     "sorting": sorting,
     "sorting_claim": sorting_claim,
     "generation": generation,

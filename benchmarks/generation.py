@@ -17,8 +17,9 @@ synchronise on GPU); state MB is the size of the memory object / the KV cache af
 Reading 100k tokens through the full model is slow on one CPU thread, so past
 ``--full-read-budget-s`` the read is *fast-forwarded*: whole blocks of synthetic layer inputs
 (per-layer mean/std of the real ones) are absorbed with the real memory update (gate,
-contraction, sticky sampling, refit), skipping the model's layers; the last blocks are read for
-real. The state then has exactly the shape and token count of a real read; the JSON records how
+contraction, sampling, refit), skipping the model's layers; the last blocks are read for real.
+No query attends in those blocks, so their sticky statistics are empty and sticky sampling falls
+back to uniform there (same cost, different content). The state then has exactly the shape and token count of a real read; the JSON records how
 many tokens were read each way.
 
     python benchmarks/generation.py --threads 1 --out results/generation_cpu.json

@@ -30,14 +30,6 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def compressive_model() -> InfiniteFormerLM:
     torch.manual_seed(0)
     cfg = ModelConfig(

@@ -32,13 +32,6 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_sort_end_to_end_writes_results_and_plot(tmp_path, capsys):
     # two models trained at once in two worker processes
     code = main(["sort", *TINY, "--train-on", "mixed", "--jobs", "2", "--out", str(tmp_path), "--name", "t"])

@@ -30,15 +30,6 @@ def tiny_gpt2_config() -> GPT2Config:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only add overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def plain_dir(tmp_path_factory):
     torch.manual_seed(0)

@@ -57,14 +57,6 @@ def family_config(name: str):
 FAMILIES = ["llama", "qwen2", "mistral", "gpt_neox", "gpt2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def base_model(name: str):
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(family_config(name)).eval()

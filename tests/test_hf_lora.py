@@ -12,14 +12,6 @@ from infinite_former.hf.lora import add_lora
 BLOCK = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_only_lora_and_memory_weights_change():
     torch.manual_seed(0)
     config = LlamaConfig(

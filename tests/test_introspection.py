@@ -20,14 +20,6 @@ from infinite_former.ridge import reconstruct
 WORDS = "the king queen lord lady sword crown castle night day love death war peace".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_lm(memory_type: str = "infinite_sticky", **over) -> InfiniteFormerLM:
     torch.manual_seed(0)
     cfg = dict(

@@ -18,15 +18,6 @@ from infinite_former.models.layers import rel_shift
 V = 13
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest single-threaded (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(memory_type: str = "xl", **kw) -> ModelConfig:
     base = dict(
         vocab_size=V,

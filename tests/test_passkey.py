@@ -33,14 +33,6 @@ class CharTokenizer:
 TOK = CharTokenizer()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("distance", [0, 7, 100, 333])
 def test_passkey_is_at_the_stated_distance(distance):
     p = build_prompt(TOK.encode, "48213", distance, prefix=20)

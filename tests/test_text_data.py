@@ -27,16 +27,6 @@ from infinite_former.data.tokenizer import (
     train_bpe_tokenizer,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TEXTS = {
     "a_first": "Alas, poor Yorick! I knew him, Horatio. " * 3,
     "b_second": "To be, or not to be, that is the question. " * 2,

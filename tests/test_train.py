@@ -26,16 +26,6 @@ from infinite_former.training import (
     lr_lambda,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription on shared cores (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TASK = SortingConfig(length=20, num_symbols=4, seed=0)  # 24 inputs -> 3 segments of 8
 SEG = 8
 

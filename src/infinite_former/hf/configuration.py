@@ -87,23 +87,7 @@ class InfiniteGPT2Config(GPT2Config):
 
     def ltm_config(self) -> LTMConfig:
         """The LTMConfig of each layer's LongTermAttention (output projection zero-initialised)."""
-        return LTMConfig(
-            d_model=self.n_embd,
-            n_heads=self.n_head,
-            num_basis=self.num_basis,
-            num_samples=self.num_samples,
-            tau=self.tau,
-            widths=tuple(self.widths),
-            ridge_lambda=self.ridge_lambda,
-            sticky=self.sticky,
-            num_bins=self.num_bins,
-            normalizer=self.normalizer,
-            min_sigma2=self.min_sigma2,
-            kl_sigma0=self.kl_sigma0,
-            gate=self.gate,
-            zero_init_output=True,
-            check_finite=False,
-        )
+        return MemoryConfig(**self.memory_fields()).ltm_config(self.n_embd, self.n_head)
 
 
 __all__ = ["InfiniteGPT2Config"]

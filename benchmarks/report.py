@@ -222,6 +222,27 @@ def sorting_claim() -> str:
     return "\n".join(lines)
 
 
+def sorting_budget() -> str:
+    """The first sorting benchmark's seed 0, retrained for 500 and 1000 steps."""
+    d = _load("sorting_budget_cpu.json")
+    runs = d["runs"]
+    s = d["settings"]["500"]
+    lengths = [str(n) for n in s["lengths"]]
+    lines = [
+        f"Seed {s['seed']}, {s['num_symbols']} symbols, lengths {', '.join(lengths)}, batch {s['batch_size']}, "
+        f"lr {s['lr']} (the first benchmark's settings). Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| model | steps | "
+        + " | ".join(f"test accuracy, length {n}" for n in lengths)
+        + " | final training loss |",
+        "|---|---:|" + "---:|" * (len(lengths) + 1),
+    ]
+    for r in runs.values():
+        cells = " | ".join(f"{r['test_accuracy'][n]:.3f}" for n in lengths)
+        lines.append(f"| {LABELS[r['model']]} | {r['steps']} | {cells} | {r['final_train_loss']:.3f} |")
+    return "\n".join(lines)
+
+
 def lm_shakespeare() -> str:
     """The first LM benchmark: 600 steps, 2 seeds (kept; the 3000-step benchmark replaces it)."""
     runs = [_load("lm_shakespeare_600steps_cpu.json"), _load("lm_shakespeare_600steps_cpu_seed1.json")]
@@ -393,6 +414,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "lm_shakespeare_3000": lm_shakespeare_3000,
     "sorting": sorting,
     "sorting_claim": sorting_claim,
+    "sorting_budget": sorting_budget,
     "generation": generation,
     "ltm_scaling": ltm_scaling,
     "edge_padding": edge_padding,

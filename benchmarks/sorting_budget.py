@@ -1,6 +1,7 @@
 """Why one seed of the first sorting benchmark looked stuck: a training-budget measurement.
 
-    python benchmarks/sorting_budget.py      # -> results/sorting_budget_cpu.json
+    python benchmarks/sorting_budget.py                  # -> results/sorting_budget_cpu.json
+    python benchmarks/sorting_budget.py --slow-seed 3    # -> results/sorting_budget_seed3_cpu.json
 
 The first sorting benchmark (commit 9c33fd3: lengths 128/256/512, batch 16, 500 steps) had a seed
 (0) in which both ∞-formers lost to Transformer-XL at every length. This script retrains that
@@ -8,11 +9,17 @@ seed's Transformer-XL and ∞-former with the same settings for 500 steps and fo
 records the held-out accuracy every 100 steps (validation split) and the training loss. If the
 ∞-former at 1000 steps is well above its 500-step accuracy while Transformer-XL is not, the
 cause is the training budget (the larger model was still learning), not a model that cannot learn.
+
+``--slow-seed K`` asks the same of the current benchmark (benchmarks/sorting.py: lengths up to
+2048, batch 8): it retrains seed K's Transformer-XL and ∞-former for twice the benchmark's steps.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -35,11 +42,34 @@ def validation_curve(run_dir: str, length: int) -> list[list[float]]:
     return [[int(r["step"]), float(r["value"])] for r in rows]
 
 
-def main() -> int:
+def _benchmark_settings(seed: int, steps: int) -> SortSettings:
+    """benchmarks/sorting.py's settings for `seed`, trained for `steps`."""
+    spec = importlib.util.spec_from_file_location("bench_sorting", ROOT / "benchmarks" / "sorting.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    s = bench.base_settings(seed, "runs/bench-sorting-budget")
+    return dataclasses.replace(
+        s, steps=steps, valid_sequences=128, eval_every=steps // 10, name=f"slow{steps}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--slow-seed", type=int, default=None, help="retrain this seed of the current benchmark")
+    a = p.parse_args(argv)
     torch.set_num_threads(1)
+    path = OUT
+    if a.slow_seed is not None:
+        path = ROOT / "results" / f"sorting_budget_seed{a.slow_seed}_cpu.json"
+        plans = [_benchmark_settings(a.slow_seed, 2000)]
+    else:
+        plans = [
+            SortSettings(**FIRST, steps=n, out="runs/bench-sorting-budget", name=f"steps{n}")
+            for n in (500, 1000)
+        ]
     out: dict = {"machine": machine_info(), "settings": {}, "runs": {}}
-    for steps in (500, 1000):
-        s = SortSettings(**FIRST, steps=steps, out="runs/bench-sorting-budget", name=f"steps{steps}")
+    for s in plans:
+        steps = s.steps
         out["settings"][str(steps)] = s.to_dict()
         for model in ("xl", "infinite"):
             r = train_and_test(s, model, model, s.lengths, resume=False)
@@ -48,13 +78,13 @@ def main() -> int:
                 "steps": steps,
                 "test_accuracy": {n: v["accuracy"] for n, v in r["test"].items()},
                 "final_train_loss": r["final_train_loss"],
-                "valid_curve_512": validation_curve(r["run_dir"], 512),
+                f"valid_curve_{max(s.lengths)}": validation_curve(r["run_dir"], max(s.lengths)),
             }
             acc = {n: round(v["accuracy"], 3) for n, v in r["test"].items()}
             print(f"{model} {steps} steps: {acc}", flush=True)
-            OUT.write_text(json.dumps(out, indent=1))
-    out["command"] = "python benchmarks/sorting_budget.py"
-    OUT.write_text(json.dumps(out, indent=1))
+            path.write_text(json.dumps(out, indent=1))
+    out["command"] = "python benchmarks/sorting_budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    path.write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -219,6 +219,21 @@ def sorting_claim() -> str:
             for p in (by_len[n] for n in d["config"]["lengths"])
         ]
         lines.append(f"| {LABELS[a]} − {LABELS[b]} | " + " | ".join(cells) + " |")
+    longest = str(d["config"]["lengths"][-1])
+    models = d["models"]
+    base = [b for b in ("xl", "compressive") if b in models]
+    for inf in ("infinite", "infinite_sticky"):
+        if inf not in models or not base or not d["paired_seeds"]:
+            continue
+        acc = {
+            m: dict(zip(models[m]["seeds"], models[m]["accuracy"][longest]["seeds"])) for m in (inf, *base)
+        }
+        wins = sum(all(acc[inf][k] > acc[b][k] for b in base) for k in d["paired_seeds"])
+        lines.append(
+            f"\n{LABELS[inf]} at length {longest}: above both of the paper's baselines ("
+            + " and ".join(LABELS[b] for b in base)
+            + f") in {wins} of {len(d['paired_seeds'])} seeds (mean accuracy per seed)."
+        )
     return "\n".join(lines)
 
 

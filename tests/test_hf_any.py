@@ -21,6 +21,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from hf_testing import feed_one_by_one
 from infinite_former.hf import (
     HFMemoryState,
     InfiniteGPT2Stream,
@@ -160,23 +161,6 @@ def test_memory_layers_subset_and_training_loss():
 
 
 # ------------------------------------------------------------------ generate
-
-
-def feed_one_by_one(model, memory, prompt, steps):
-    """Greedy decoding by calling forward with one token at a time."""
-    tokens, logits = [], []
-    with torch.no_grad():
-        for t in range(prompt.shape[1]):
-            out = model(prompt[:, t : t + 1], memory=memory)
-            memory = out.memory
-        for _ in range(steps):
-            step = out.logits[:, -1]
-            nxt = step.argmax(-1, keepdim=True)
-            tokens.append(nxt)
-            logits.append(step)
-            out = model(nxt, memory=memory)
-            memory = out.memory
-    return torch.cat(tokens, dim=1), torch.stack(logits, dim=1)
 
 
 GEN = dict(eos_token_id=None, pad_token_id=1)

@@ -463,13 +463,8 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
         "block_size": block,
         "parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(examples),
-        "steps": result.step,
+        **result.summary(),
         "epochs": result.step / len(examples),
-        "train_loss_last": result.losses[-1] if result.losses else None,
-        "train_seconds": result.train_seconds,
-        "tokens_per_s": result.tokens_per_s,
-        "checkpoint": result.checkpoint,
-        "stopped_by_signal": result.stopped_by_signal,
         "eval": {},
     }
     if not result.stopped_by_signal:

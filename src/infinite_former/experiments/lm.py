@@ -151,13 +151,8 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
         "vocab_size": tok.vocab_size,
         "seg_len": args.seg_len,
         "batch_size": args.batch_size,
-        "steps": result.step,
-        "train_loss_last": result.losses[-1] if result.losses else None,
-        "train_seconds": result.train_seconds,
-        "tokens_per_s": result.tokens_per_s,
+        **result.summary(),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "checkpoint": result.checkpoint,
-        "stopped_by_signal": result.stopped_by_signal,
         "eval": {},
     }
     if not result.stopped_by_signal:
@@ -369,10 +364,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "ltm_lr": args.ltm_lr,
         "kl_weight": args.kl_weight,
-        "steps": result.step,
-        "train_loss_last": result.losses[-1] if result.losses else None,
-        "train_seconds": result.train_seconds,
-        "tokens_per_s": result.tokens_per_s,
+        **result.summary(),
         "eval": {},
     }
     if not result.stopped_by_signal and args.eval_splits:

@@ -196,6 +196,17 @@ class TrainResult:
     eval_metrics: dict[str, float]
     checkpoint: str | None
 
+    def summary(self) -> dict[str, Any]:
+        """The fields every command's results.json reports about its training."""
+        return {
+            "steps": self.step,
+            "train_loss_last": self.losses[-1] if self.losses else None,
+            "train_seconds": self.train_seconds,
+            "tokens_per_s": self.tokens_per_s,
+            "checkpoint": self.checkpoint,
+            "stopped_by_signal": self.stopped_by_signal,
+        }
+
 
 class _SignalFlag:
     """SIGINT/SIGTERM set a flag; the loop saves and stops at the next step boundary."""

@@ -23,7 +23,6 @@ seed and test document (infinite_former.stats): mean difference in log perplexit
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -40,7 +39,8 @@ from infinite_former.data.tokenizer import TextTokenizer, build_tokenizer
 from infinite_former.experiments import lm as lm_cli
 from infinite_former.models import InfiniteFormerLM, ModelConfig
 from infinite_former.stats import paired_comparison
-from infinite_former.utils import machine_info, seed_everything
+from infinite_former.training.logs import loss_curve
+from infinite_former.utils import machine_info, seed_everything, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "results" / "lm_shakespeare_cpu_runs"
@@ -113,16 +113,6 @@ def train_argv(name: str, seed: int, run_dir: Path, tokenizer: str, cache: Path)
     return base + memory_flags(name)  # a later --d-inner overrides the base one
 
 
-def loss_curve(run_dir: Path, every: int = 100) -> list[list[float]]:
-    with open(run_dir / "train_log.csv") as f:
-        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-    return [
-        [end, statistics.fmean(v for s, v in rows if end - every < s <= end)]
-        for end in range(every, rows[-1][0] + 1, every)
-        if any(end - every < s <= end for s, _ in rows)
-    ]
-
-
 def shared_tokenizer(root: Path) -> str:
     """Train the byte-level BPE once (on train/) and return its folder, reused by every run."""
     path = root / "tokenizer"
@@ -160,7 +150,7 @@ def run_one(name: str, seed: int, root: Path) -> dict:
         "train_seconds": res["train_seconds"],
         "seconds": time.perf_counter() - t0,
         "final_train_loss": res["train_loss_last"],
-        "loss_curve": loss_curve(run_dir),
+        "loss_curve": loss_curve(run_dir, every=100),
         "machine": machine_info(),
     }
 
@@ -176,9 +166,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 print(f"skip {path.name} (done)", flush=True)
                 continue
             rec = run_one(name, seed, root)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rec, indent=1))
-            os.replace(tmp, path)
+            write_json(path, rec)
             print(
                 f"seed {seed} {name:16s} test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)", flush=True
             )

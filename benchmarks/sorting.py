@@ -23,11 +23,9 @@ and reports mean differences with bootstrap 95% CIs (infinite_former.stats).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -50,7 +48,8 @@ from infinite_former.plots import plot_accuracy
 from infinite_former.stats import paired_comparison, seeds_won
 from infinite_former.training import load_checkpoint
 from infinite_former.training.checkpoints import load_weights
-from infinite_former.utils import machine_info, seed_everything
+from infinite_former.training.logs import loss_curve
+from infinite_former.utils import machine_info, seed_everything, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "results" / "sorting_cpu_runs"
@@ -151,18 +150,6 @@ def load_model(run_dir: str) -> InfiniteFormerLM:
     return model
 
 
-def loss_curve(run_dir: str, every: int = 50) -> list[list[float]]:
-    """[step, mean training loss over the `every` steps ending there] from the run's train_log.csv."""
-    with open(os.path.join(run_dir, "train_log.csv")) as f:
-        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-    out = []
-    for end in range(every, rows[-1][0] + 1, every):
-        window = [loss for step, loss in rows if end - every < step <= end]
-        if window:
-            out.append([end, statistics.fmean(window)])
-    return out
-
-
 def run_one(name: str, seed: int, runs_dir: str) -> dict:
     s, memory_type = variant(base_settings(seed, runs_dir), name)
     t0 = time.perf_counter()
@@ -179,7 +166,7 @@ def run_one(name: str, seed: int, runs_dir: str) -> dict:
         "seconds": time.perf_counter() - t0,
         "tokens_per_s": r["tokens_per_s"],
         "final_train_loss": r["final_train_loss"],
-        "loss_curve": loss_curve(r["run_dir"]),
+        "loss_curve": loss_curve(r["run_dir"], every=50),
         "test": {str(n): per_sequence_accuracy(model, s, n) for n in s.lengths},
         "trainer_test_accuracy": {n: v["accuracy"] for n, v in r["test"].items()},
         "machine": machine_info(),
@@ -200,9 +187,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 print(f"skip {path.name} (done)", flush=True)
                 continue
             rec = run_one(name, seed, args.runs_dir)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rec, indent=1))
-            os.replace(tmp, path)
+            write_json(path, rec)
             accs = {n: round(statistics.fmean(v), 3) for n, v in rec["test"].items()}
             print(f"seed {seed} {name:16s} {accs} ({rec['seconds']:.0f} s)", flush=True)
 

@@ -314,3 +314,11 @@ def test_checkpoint_weights_load_strictly_except_tied(tmp_path):
         load_weights(tiny_model("xl"), dropped, "bad")
     with pytest.raises(CheckpointError, match="does not match"):
         load_weights(tiny_model("xl"), {**weights, "ln_f.weight": torch.zeros(3)}, "bad")
+
+
+def test_loss_curve_averages_the_logged_losses_per_window(tmp_path):
+    from infinite_former.training.logs import loss_curve
+
+    with open(tmp_path / "train_log.csv", "w") as f:
+        f.write("step,loss\n" + "".join(f"{s},{s / 10}\n" for s in range(10, 101, 10)))
+    assert loss_curve(tmp_path, every=50) == [[50, 3.0], [100, 8.0]]  # means of 1..5 and 6..10

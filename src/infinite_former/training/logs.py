@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import statistics
 import time
 from typing import Any
 
@@ -80,3 +81,15 @@ def truncate_csv(path: str, step: int) -> None:
     if len(kept) != len(rows):
         with open(path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
+
+
+def loss_curve(run_dir: str | os.PathLike, every: int) -> list[list[float]]:
+    """[step, mean training loss over the `every` steps ending there] from a run's train_log.csv."""
+    with open(os.path.join(run_dir, "train_log.csv")) as f:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    curve = []
+    for end in range(every, rows[-1][0] + 1, every):
+        window = [loss for step, loss in rows if end - every < step <= end]
+        if window:
+            curve.append([end, statistics.fmean(window)])
+    return curve

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % max(1, a.steps // 50) == 0 or step == a.steps:
-            curve.append([step, float(loss)])
+            curve.append([step, loss.item()])
             print(f"step {step} loss {float(loss):.3f}", flush=True)
     seconds = time.perf_counter() - t0
     model.eval()

@@ -185,6 +185,7 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     assert run(argv + ["--no-progress", "--no-tensorboard", "--log-every", "1"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["steps"] == 3 and res["block_size"] == 8 and res["lr"] == 5e-5 and res["ltm_lr"] == 2.5e-4
+    assert res["sticky"] is True  # the default: sticky memories
     test = res["eval"]["test"]
     assert set(test) == {"gpt2", "gpt2_memory"}
     assert test["gpt2"]["tokens"] == test["gpt2_memory"]["tokens"]  # same blocks, same targets
@@ -337,9 +338,11 @@ def test_lm_finetune_takes_any_supported_model(corpus):
     out = corpus.parent / "ft-llama"
     argv = ["finetune", "--model", str(llama), "--data", str(corpus), "--run-dir", str(out), "--block-size", "8",
             "--batch-size", "2", "--steps", "2", "--num-basis", "8", "--num-samples", "8", "--eval-splits", "test",
-            "--device", "cpu", "--no-progress", "--no-tensorboard"]  # fmt: skip
+            "--device", "cpu", "--no-progress", "--no-tensorboard", "--sampling", "uniform"]  # fmt: skip
     assert run(argv) == 0
-    test = json.loads((out / "results.json").read_text())["eval"]["test"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["sticky"] is False  # --sampling uniform reached the memory config
+    test = res["eval"]["test"]
     assert set(test) == {"gpt2", "gpt2_memory"} and test["gpt2"]["tokens"] == test["gpt2_memory"]["tokens"]
     assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in test.values())
     from infinite_former.data.tokenizer import hf_tokenizer
@@ -347,6 +350,7 @@ def test_lm_finetune_takes_any_supported_model(corpus):
 
     ft = load_model(out / "model")  # saved with its memory: loads back with it
     assert type(ft).__name__ == "LlamaForCausalLM" and len(ft.ltm) == 2 and ft.memory_config.block_size == 8
+    assert ft.memory_config.sticky is False  # saved with uniform sampling
     assert hf_tokenizer(out / "model").eos_id == hf_tokenizer(llama).eos_id
     eval_out = out / "eval.json"
     argv = ["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2", "--device", "cpu"]

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +38,61 @@ def test_pretrain_writes_a_gpt2_folder_that_loads(tmp_path):
     ids = torch.tensor([tok.encode("KING. Speech number 3")])
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert tok.eos_id == model.config.eos_token_id
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
+    """pretrain -> fine-tune (no memory / uniform / sticky) x 2 seeds -> summarize, at toy size."""
+    data = tmp_path / "plays"
+    for split, n in (("train", 30), ("test", 8)):
+        for play in ("a", "b"):
+            (data / split).mkdir(parents=True, exist_ok=True)
+            text = "".join(
+                f"KING. Speech {i} of play {play}, {split}; the court replies.\n" for i in range(n)
+            )
+            (data / split / f"{play}.txt").write_text(text * 3)
+    base = tmp_path / "gpt2"
+    args = ["--data", str(data), "--out", str(base), "--steps", "4", "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--n-positions", "32", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
+    assert _load("pretrain_gpt2").main(args) == 0
+
+    bench = _load("gpt2_finetune")
+    monkeypatch.setattr(bench, "DATA", str(data))
+    monkeypatch.setattr(bench, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(bench, "OUT", tmp_path / "gpt2_finetune.json")
+    monkeypatch.setitem(bench.S, "block_size", 16)
+    monkeypatch.setitem(bench.S, "batch_size", 2)
+    monkeypatch.setitem(bench.S, "steps", 2)
+    monkeypatch.setitem(bench.S, "num_basis", 8)
+    monkeypatch.setitem(bench.S, "num_samples", 8)
+    monkeypatch.setitem(bench.PASSKEY, "distances", [4, 40])
+    monkeypatch.setitem(bench.PASSKEY, "trials", 1)
+    run = ["run", "--seeds", "0", "1", "--base", str(base), "--runs-dir", str(tmp_path / "runs")]
+    assert bench.main(run) == 0
+    rec = json.loads((tmp_path / "records" / "infinite-seed1.json").read_text())
+    assert rec["sticky"] is False and set(rec["passkey"]["per_distance"]) == {"4", "40"}
+    assert json.loads((tmp_path / "records" / "infinite_sticky-seed0.json").read_text())["sticky"] is True
+    assert bench.main(["summarize", "--expected-seeds", "0", "1", "--base", str(base)]) == 0
+    res = json.loads((tmp_path / "gpt2_finetune.json").read_text())
+    assert res["complete"] and res["paired_seeds"] == [0, 1]
+    assert set(res["models"]) == {"base", "no_memory", "infinite", "infinite_sticky"}
+    for name in ("no_memory", "infinite", "infinite_sticky"):
+        m = res["models"][name]
+        assert [s["seed"] for s in m["seeds"]] == [0, 1]
+        assert m["test_ppl"] == pytest.approx(sum(s["test_ppl"] for s in m["seeds"]) / 2)
+    # the same pretrained model scored on the same blocks in every run; the fine-tunes differ from it
+    assert res["models"]["base"]["test_ppl"] > 1
+    assert res["models"]["no_memory"]["test_ppl"] != res["models"]["base"]["test_ppl"]
+    pairs = {(p["a"], p["b"]): p for p in res["pairs"]}
+    assert ("infinite_sticky", "no_memory") in pairs and ("no_memory", "base") in pairs
+    p = pairs[("infinite_sticky", "no_memory")]
+    assert p["ci95"][0] <= p["mean_diff"] <= p["ci95"][1]
+    assert res["base_model"]["parameters"] > 0 and "base (whole context window)" in res["passkey_accuracy"]
+    # a second run skips what is done
+    assert bench.main(run) == 0

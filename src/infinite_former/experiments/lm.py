@@ -297,6 +297,8 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("num_basis", "num_samples", "tau"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.sampling is not None:
+        overrides["sticky"] = args.sampling == "sticky"
     if args.no_memory:
         overrides["memory_layers"] = []
     seed_everything(args.seed)
@@ -364,6 +366,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "ltm_lr": args.ltm_lr,
         "kl_weight": args.kl_weight,
+        "sticky": None if args.no_memory else bool(hf_model.memory_config.sticky),
         **result.summary(),
         "eval": {},
     }
@@ -521,6 +524,12 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--num-basis", type=int, default=None, help="N (default: the config's, 512)")
     f.add_argument("--num-samples", type=int, default=None, help="M (default: the config's, 512)")
     f.add_argument("--tau", type=float, default=None)
+    f.add_argument(
+        "--sampling",
+        choices=("sticky", "uniform"),
+        default=None,
+        help="where the M points of the old signal are sampled (default: the model's, sticky)",
+    )
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
     f.set_defaults(lm_func=lm_finetune)
     add_inspect_parser(sub, load_run=load_trained_lm)  # lm inspect: what the long-term memory holds

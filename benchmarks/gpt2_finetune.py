@@ -1,0 +1,259 @@
+"""The paper's GPT-2 experiment at CPU scale: fine-tune a GPT-2 pretrained here, with and without memory.
+
+    python benchmarks/pretrain_gpt2.py --steps 1500                 # -> runs/gpt2-shakespeare/ (once)
+    python benchmarks/gpt2_finetune.py run --seeds 0 1 2            # one record per (variant, seed)
+    python benchmarks/gpt2_finetune.py summarize                    # -> results/gpt2_finetune_cpu.json
+
+PAPER §5: GPT-2 fine-tuned on long documents in sequential blocks, AdamW 5e-5 for GPT-2's weights
+and 2.5e-4 for the new LTM weights, τ = 0.5, KL on. No pretrained GPT-2 reaches this machine, so
+the base model is the small GPT-2 that ``pretrain_gpt2.py`` trains on the training plays (context
+256). The block is half its context (the paper: 512 of GPT-2's 1024), so each block is read alone
+by the models without memory and with the previous blocks' long-term memory by the others:
+
+  base             the pretrained model, not fine-tuned, each block alone
+  no_memory        fine-tuned with the same recipe, each block alone (``lm finetune --no-memory``)
+  infinite         fine-tuned with the LTM, uniform sampling (``--sampling uniform``)
+  infinite_sticky  fine-tuned with the LTM, sticky memories (``--sampling sticky``)
+
+Every run goes through ``infinite-former lm finetune`` and writes
+results/gpt2_finetune_cpu_runs/<variant>-seed<k>.json with its per-document test NLL and the
+passkey probe on its saved model (distances inside and beyond one block; the base model is probed
+with its whole context window). `summarize` pairs the models by seed and test document
+(infinite_former.stats): mean difference in nats/token and its 95% bootstrap CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from infinite_former.experiments import lm as lm_cli
+from infinite_former.experiments import passkey as passkey_cli
+from infinite_former.stats import paired_comparison
+from infinite_former.training.logs import loss_curve
+from infinite_former.utils import machine_info, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "results" / "gpt2_finetune_cpu_runs"
+OUT = REPO / "results" / "gpt2_finetune_cpu.json"
+DATA = os.environ.get("INFINITE_FORMER_SHAKESPEARE", str(REPO.parent / "shared" / "data" / "shakespeare"))
+BASE = REPO / "runs" / "gpt2-shakespeare"
+VARIANTS = ("no_memory", "infinite", "infinite_sticky")
+FLAGS = {
+    "no_memory": ["--no-memory"],
+    "infinite": ["--sampling", "uniform"],
+    "infinite_sticky": ["--sampling", "sticky"],
+}
+PAIRS = [("infinite", "no_memory"), ("infinite_sticky", "no_memory"), ("infinite_sticky", "infinite"),
+         ("no_memory", "base"), ("infinite", "base"), ("infinite_sticky", "base")]  # fmt: skip
+
+# The recipe at this scale: blocks of L = 128 tokens (half the base model's context), 4 document
+# lanes, N = M = 128 basis functions / samples, the paper's learning rates, KL weight and τ.
+S = dict(
+    block_size=128, batch_size=4, steps=1200, num_basis=128, num_samples=128, tau=0.5, lr=5e-5,
+    ltm_lr=2.5e-4, kl_weight=1e-6, warmup=0,
+)  # fmt: skip
+# The passkey probe: 10 passkeys at each distance (filler tokens between the key and the question).
+PASSKEY = dict(distances=[32, 256, 1024], trials=10, prefix=16, digits=5, seed=0)
+
+
+def settings_key() -> str:
+    return hashlib.sha1(json.dumps([S, PASSKEY], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infinite-former")
+    sub = parser.add_subparsers(dest="command")
+    lm_cli.add_lm_parser(sub)
+    passkey_cli.add_parser(sub)
+    return parser
+
+
+def finetune_argv(name: str, seed: int, run_dir: Path, base: Path) -> list[str]:
+    return [
+        "lm", "finetune", "--model", str(base), "--data", DATA, "--run-dir", str(run_dir),
+        "--cache-dir", str(run_dir.parent / "cache"), "--block-size", str(S["block_size"]),
+        "--batch-size", str(S["batch_size"]), "--steps", str(S["steps"]), "--warmup", str(S["warmup"]),
+        "--lr", str(S["lr"]), "--ltm-lr", str(S["ltm_lr"]), "--kl-weight", str(S["kl_weight"]),
+        "--num-basis", str(S["num_basis"]), "--num-samples", str(S["num_samples"]), "--tau", str(S["tau"]),
+        "--seed", str(seed), "--eval-splits", "test", "--device", "cpu", "--no-progress", "--no-tensorboard",
+        "--log-every", "10",
+    ] + FLAGS[name]  # fmt: skip
+
+
+def passkey(model: Path, window: bool) -> dict:
+    argv = ["passkey", "--model", str(model), "--distances", *map(str, PASSKEY["distances"])]
+    argv += ["--trials", str(PASSKEY["trials"]), "--prefix", str(PASSKEY["prefix"])]
+    argv += ["--digits", str(PASSKEY["digits"]), "--seed", str(PASSKEY["seed"])]
+    res = passkey_cli.passkey_from_args(_parser().parse_args(argv + (["--window"] if window else [])))
+    return {
+        "stream": res["stream"],
+        "per_distance": {
+            d: {k: r[k] for k in ("accuracy", "correct", "trials", "prompt_tokens")}
+            | {"answers": [a["answer"] for a in r["answers"][:3]]}
+            for d, r in res["per_distance"].items()
+        },
+    }
+
+
+def _per_document(r: dict) -> dict:
+    return {
+        doc: {"nll": math.log(v["ppl"]) * v["tokens"], "tokens": v["tokens"], "bytes": v["bytes"]}
+        for doc, v in r["per_document"].items()
+    }
+
+
+def run_one(name: str, seed: int, root: Path, base: Path) -> dict:
+    run_dir = root / f"{name}-seed{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    t0 = time.perf_counter()
+    res = lm_cli.lm_finetune(_parser().parse_args(finetune_argv(name, seed, run_dir, base)))
+    test = res["eval"]["test"]
+    tuned = test["gpt2_finetuned" if name == "no_memory" else "gpt2_memory"]
+    return {
+        "variant": name,
+        "seed": seed,
+        "settings_key": settings_key(),
+        "flags": FLAGS[name],
+        "sticky": res["sticky"],
+        "test_ppl": tuned["ppl"],
+        "test_bpb": tuned["bpb"],
+        "per_document": _per_document(tuned),
+        "base": {
+            "test_ppl": test["gpt2"]["ppl"],
+            "test_bpb": test["gpt2"]["bpb"],
+            "per_document": _per_document(test["gpt2"]),
+        },  # fmt: skip
+        "passkey": passkey(run_dir / "model", window=False),
+        "train_seconds": res["train_seconds"],
+        "seconds": time.perf_counter() - t0,
+        "final_train_loss": res["train_loss_last"],
+        "loss_curve": loss_curve(run_dir, every=100),
+        "machine": machine_info(),
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    base = Path(args.base)
+    if not (base / "config.json").is_file():
+        raise SystemExit(f"--base {base}: no model there; run `python benchmarks/pretrain_gpt2.py` first")
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    window = RECORDS / "base_passkey.json"
+    if not window.exists() or json.loads(window.read_text())["settings_key"] != settings_key():
+        write_json(
+            window, {"settings_key": settings_key(), **passkey(base, window=True), "machine": machine_info()}
+        )
+    for seed in args.seeds:
+        for name in args.variants:
+            path = RECORDS / f"{name}-seed{seed}.json"
+            if path.exists() and json.loads(path.read_text())["settings_key"] == settings_key():
+                print(f"skip {path.name} (done)", flush=True)
+                continue
+            rec = run_one(name, seed, Path(args.runs_dir), base)
+            write_json(path, rec)
+            print(
+                f"seed {seed} {name:16s} test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)", flush=True
+            )
+
+
+def _nll(per_document: dict, docs: list[str]) -> list[float]:
+    return [per_document[d]["nll"] / per_document[d]["tokens"] for d in docs]
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    key = settings_key()
+    recs: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
+    for path in sorted(RECORDS.glob("*-seed*.json")):
+        rec = json.loads(path.read_text())
+        if rec["settings_key"] == key:
+            recs[rec["variant"]][rec["seed"]] = rec
+    done = [v for v in VARIANTS if recs[v]]
+    if not done:
+        raise SystemExit("no records yet: run `python benchmarks/gpt2_finetune.py run` first")
+    any_rec = next(iter(recs[done[0]].values()))
+    base_ppls = {round(r["base"]["test_ppl"], 6) for by in recs.values() for r in by.values()}
+    if len(base_ppls) != 1:  # every run evaluates the same base model on the same blocks
+        raise SystemExit(f"the base model's test ppl differs between records: {sorted(base_ppls)}")
+    models: dict = {
+        "base": {"test_ppl": any_rec["base"]["test_ppl"], "test_bpb": any_rec["base"]["test_bpb"]}
+    }
+    for v in done:
+        rs = [recs[v][k] for k in sorted(recs[v])]
+        models[v] = {
+            "test_ppl": statistics.fmean(r["test_ppl"] for r in rs),
+            "test_bpb": statistics.fmean(r["test_bpb"] for r in rs),
+            "seeds": [{"seed": r["seed"], "test_ppl": r["test_ppl"], "test_bpb": r["test_bpb"]} for r in rs],
+        }
+    seeds = sorted(set.intersection(*(set(recs[v]) for v in done)))
+    docs = sorted(any_rec["per_document"])
+    scores = {v: [_nll(recs[v][k]["per_document"], docs) for k in seeds] for v in done}
+    scores["base"] = [_nll(any_rec["base"]["per_document"], docs) for _ in seeds]
+    pairs = []
+    for a, b in PAIRS:
+        if a in scores and b in scores and seeds:
+            p = paired_comparison(scores[a], scores[b], names=(a, b), higher_is_better=False)
+            p["unit"] = "nats/token per test document"
+            pairs.append(p)
+    base_pk = json.loads((RECORDS / "base_passkey.json").read_text())
+    passkey_acc = {
+        "base (whole context window)": {d: r["accuracy"] for d, r in base_pk["per_distance"].items()}
+    }
+    for v in done:
+        per_d = [recs[v][k]["passkey"]["per_distance"] for k in sorted(recs[v])]
+        passkey_acc[v] = {d: statistics.fmean(p[d]["accuracy"] for p in per_d) for d in per_d[0]}
+    pretrain_path = Path(args.base) / "pretrain.json"
+    pretrain = json.loads(pretrain_path.read_text()) if pretrain_path.is_file() else None
+    result = {
+        "machine": any_rec["machine"],
+        "settings": {**S, "data": "../shared/data/shakespeare", "eval_split": "test", "passkey": PASSKEY},
+        "base_model": None if pretrain is None else {
+            "script": "benchmarks/pretrain_gpt2.py",
+            "config": pretrain["config"], "parameters": pretrain["parameters"],
+            "train_seconds": pretrain["train_seconds"], "test_ppl_256_token_windows": pretrain["test_ppl_context"],
+        },  # fmt: skip
+        "complete": all(len(recs[v]) >= len(args.expected_seeds) for v in VARIANTS),
+        "paired_seeds": seeds,
+        "models": models,
+        "pairs": pairs,
+        "passkey_accuracy": passkey_acc,
+        "train_seconds": {v: statistics.fmean(r["train_seconds"] for r in recs[v].values()) for v in done},
+        "loss_curves": {v: {k: r["loss_curve"] for k, r in recs[v].items()} for v in done},
+        "commands": ["python benchmarks/pretrain_gpt2.py --steps 1500",
+                     "python benchmarks/gpt2_finetune.py run --seeds 0 1 2",
+                     "python benchmarks/gpt2_finetune.py summarize"],
+    }  # fmt: skip
+    write_json(OUT, result)
+    for p in pairs:
+        print(f"{p['a']} - {p['b']}: {p['mean_diff']:+.4f} {p['ci95']} {p['verdict']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    r.add_argument("--base", default=str(BASE), help="the pretrained GPT-2 folder (pretrain_gpt2.py)")
+    r.add_argument("--runs-dir", default=str(REPO / "runs" / "gpt2_finetune"))
+    sm = sub.add_parser("summarize")
+    sm.add_argument("--expected-seeds", type=int, nargs="+", default=[0, 1, 2])
+    sm.add_argument("--base", default=str(BASE))
+    args = p.parse_args(argv)
+    {"run": cmd_run, "summarize": cmd_summarize}[args.cmd](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -97,6 +97,24 @@ def test_zero_init_output_and_no_gate():
     assert torch.equal(out, torch.zeros_like(out))
 
 
+def test_absorb_only_call_equals_update():
+    """ltm(None, x, state): the update as a module call (what FSDP's hooks see), same numbers."""
+    ltm = tiny_ltm(sticky=True)
+    state = filled_state(ltm)
+    x = torch.randn(2, 5, 8)
+    a = ltm(None, x, state, generator=torch.Generator().manual_seed(3))
+    b = ltm.update(state, x, generator=torch.Generator().manual_seed(3))
+    for name in ("coeffs", "length", "bin_mass"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    empty = ltm(None, torch.randn(2, 5, 8))  # no state: absorbed into an empty memory
+    assert torch.equal(empty.length, torch.full((2,), 5))
+    assert ltm(None, x[:, :0], state) is state  # nothing to absorb
+    with pytest.raises(ValueError, match="new_vectors must be a"):
+        ltm(None, torch.randn(2, 5, 3), state)
+    with pytest.raises(ValueError, match="queries=None"):
+        ltm(None, None, state)
+
+
 # ------------------------------------------------------------------- gradients
 
 

@@ -278,7 +278,7 @@ class LongTermAttention(nn.Module):
 
     def forward(
         self,
-        queries: Tensor,
+        queries: Tensor | None,
         new_vectors: Tensor | None = None,
         state: LTMState | None = None,
         *,
@@ -292,7 +292,16 @@ class LongTermAttention(nn.Module):
         empty memory. Returns (out (batch, q, e), state), plus the mean KL
         regularizer over rows with memory, heads and queries if return_kl.
         Rows whose memory is empty get out = 0.
+
+        queries None: only absorb new_vectors and return the new state. This is
+        ``update`` as a module call, which FSDP's hooks see (hf/fsdp.py).
         """
+        if queries is None:
+            if new_vectors is None or return_kl:
+                raise ValueError("queries=None (absorb only) needs new_vectors and return_kl=False")
+            self._check_inputs(new_vectors, None, state, name="new_vectors")
+            state = state if state is not None else self.init_state(new_vectors.shape[0], new_vectors.device)
+            return self.update(state, new_vectors, generator) if new_vectors.shape[1] > 0 else state
         self._check_inputs(queries, new_vectors, state)
         if state is None:
             state = self.init_state(queries.shape[0], queries.device, queries.dtype)
@@ -306,10 +315,13 @@ class LongTermAttention(nn.Module):
 
     # ---------------------------------------------------------------- checks
 
-    def _check_inputs(self, queries: Tensor, new_vectors: Tensor | None, state: LTMState | None) -> None:
+    def _check_inputs(
+        self, queries: Tensor, new_vectors: Tensor | None, state: LTMState | None, name: str = "queries"
+    ) -> None:
         e = self.config.d_model
         if not isinstance(queries, Tensor) or queries.dim() != 3 or queries.shape[-1] != e:
-            raise ValueError(f"queries must be a (batch, q, {e}) tensor, got {describe(queries)}")
+            n = "q" if name == "queries" else "L"
+            raise ValueError(f"{name} must be a (batch, {n}, {e}) tensor, got {describe(queries)}")
         batch = queries.shape[0]
         if new_vectors is not None:
             if not isinstance(new_vectors, Tensor) or new_vectors.dim() != 3 or new_vectors.shape[-1] != e:

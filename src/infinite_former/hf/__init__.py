@@ -19,6 +19,7 @@ from .adapter import from_pretrained, load_memory, load_model, read_adapter_conf
 from .causal_lm import MemoryCausalLM, MemoryCausalLMOutput, add_memory
 from .config import MemoryConfig
 from .configuration import InfiniteGPT2Config
+from .fsdp import shard_with_memory
 from .layout import find_layout
 from .memory import HFMemoryState, InfiniteGPT2Memory
 from .modeling import InfiniteGPT2LMHeadModel, InfiniteGPT2Output
@@ -48,4 +49,5 @@ __all__ = [
     "load_model",
     "read_adapter_config",
     "save_memory",
+    "shard_with_memory",
 ]

@@ -183,7 +183,7 @@ class MemoryCausalLM:
         states = []
         for ltm, state, pending in zip(self.ltm, memory.ltm, memory.pending, strict=True):
             block = pending.gather(1, order[..., None].expand(-1, -1, pending.shape[-1]))  # (batch, L, e)
-            new = ltm.update(state, block)
+            new = ltm(None, block, state)  # update as a module call: FSDP gathers its weights (hf/fsdp.py)
             if not all_full:
                 new = _where_rows(full, new, state)
             states.append(MemoryState(new.coeffs, new.length, state.bin_mass * ~full[:, None]))

@@ -357,3 +357,17 @@ def test_lm_finetune_takes_any_supported_model(corpus):
     assert run(argv + ["--out", str(eval_out)]) == 0
     again = json.loads(eval_out.read_text())["results"]
     assert again["gpt2_memory"]["ppl"] == pytest.approx(test["gpt2_memory"]["ppl"], rel=1e-5)
+
+
+def test_empty_eval_splits_mean_none():
+    """`--eval-splits ""` (as `--valid-split ""`) evaluates nothing; it is not a split named ""."""
+    import argparse
+
+    from infinite_former.experiments.flags import eval_splits
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--eval-splits", nargs="*", default=["valid", "test"])
+    assert eval_splits(p.parse_args([])) == ["valid", "test"]
+    assert eval_splits(p.parse_args(["--eval-splits", ""])) == []
+    assert eval_splits(p.parse_args(["--eval-splits"])) == []
+    assert eval_splits(p.parse_args(["--eval-splits", "test", ""])) == ["test"]

@@ -53,7 +53,7 @@ from ..hf.memory import InfiniteGPT2Memory
 from ..hf.training import HFMemoryLM
 from ..training import Trainer
 from ..utils import machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, overrides, resolve_device, set_threads
+from .flags import Flag, add_flags, eval_splits, overrides, resolve_device, set_threads
 from .lm import FINETUNE_FLAGS, TRAIN_FLAGS, _common_args, _load_hf_memory_model, _train_config
 
 CONFIG_FILE = "dialogue_config.json"
@@ -470,7 +470,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
     if not result.stopped_by_signal:
         device = resolve_device(args.device)
         model.to(device)
-        for split in args.eval_splits:
+        for split in eval_splits(args):
             res = evaluate_dialogues(
                 model,
                 tok,

@@ -51,6 +51,11 @@ def overrides(args: argparse.Namespace, flags: Iterable[Flag]) -> dict[str, Any]
     return {f.field: getattr(args, f.attr) for f in flags if getattr(args, f.attr) is not None}
 
 
+def eval_splits(args: argparse.Namespace) -> list[str]:
+    """The splits of ``--eval-splits`` (``--eval-splits ""`` or no value: none)."""
+    return [split for split in getattr(args, "eval_splits", None) or [] if split]
+
+
 def parse_set(items: list[str] | None, cls: type) -> dict[str, Any]:
     """``KEY=VALUE`` overrides of a dataclass's fields, VALUE parsed as JSON when possible."""
     names = {f.name for f in fields(cls)}

@@ -5,6 +5,10 @@
 
     infinite-former lm inspect --run runs/lm_sticky --text book.txt [--out DIR]   # experiments/introspect.py
 
+A Hugging Face causal LM with memory (``hf.add_memory``, GPT-2 + memory, ``lm finetune``'s model)
+gets the same report from ``infinite_former.hf.introspection.inspect_hf_document(model, token_ids)``
+(``lm inspect --hf FOLDER``); it reads in the model's blocks and uses this module's pieces.
+
 The memory is a signal X̄(t) = Bᵀψ(t) on t ∈ [0, 1] (PAPER §1). Each absorption of L new vectors
 contracts the old signal to [0, τ] (its M samples s_1..s_M go evenly on [0, τ]) and puts the new
 vectors evenly on [τ, 1] (PAPER §3). So the content at a point t is some token read earlier, and
@@ -24,23 +28,24 @@ Three questions, one figure each:
    sample positions s_m over the D bins of [0, 1] (the previous step's attention mass decides
    them, PAPER §3).
 3. **How much of a stored vector can be recovered, by age?** For a subset of tokens, the vector
-   that entered the memory (LN₁ of the layer input, after the gate) is kept; at the end of the
-   document its relative error ‖X̄(t*) − x‖ / ‖x‖ is measured at t* = pos⁻¹(token), against the
-   token's age. 1 is the error of remembering nothing (X̄ = 0).
+   that entered the memory (LN₁ of the layer input, after the gate; for the Hugging Face models
+   the layer input, after the gate) is kept; at the end of the document its relative error
+   ‖X̄(t*) − x‖ / ‖x‖ is measured at t* = pos⁻¹(token), against the token's age. 1 is the error
+   of remembering nothing (X̄ = 0).
 
-The reading is the model's own forward, with one change: each segment's absorption (the vectors
+For an InfiniteFormerLM, the reading is the model's own forward, with one change: each segment's absorption (the vectors
 that left the short-term memory) is done here, with the same ``LongTermAttention.update``, before
 the model is called with no pending vectors, so the sample positions can be recorded. The result
 is the model's computation; only sticky sampling's random draws come from this module's seeded
-generator instead of the global RNG.
-
-The Hugging Face GPT-2 + memory model is not covered yet (its memory API is being rewritten).
+generator instead of the global RNG. (The Hugging Face reading changes nothing: see
+hf/introspection.py.)
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .attention import LongTermAttention
 from .memory import LTMState, sticky_positions, uniform_positions
 from .ridge import midpoints, reconstruct
 from .utils import check_int, machine_info, write_json
@@ -143,6 +149,11 @@ class MemoryReport:
     age_edges: np.ndarray
     layers: list[LayerReport]
     meta: dict[str, Any] = field(default_factory=dict)
+    layer_ids: list[int] | None = None  # the model's index of each memory layer (None: 0, 1, ...)
+
+    def layer_id(self, layer: int) -> int:
+        """The model's index of the ``layer``-th memory layer (the one named in the JSON and figures)."""
+        return layer if self.layer_ids is None else self.layer_ids[layer]
 
     def attention_share(self, layer: int) -> np.ndarray:
         """Share of the queries' density per age bin (mean over heads and queries): (bins,)."""
@@ -193,7 +204,7 @@ class MemoryReport:
                 at[str(age)] = {"relative_error": mean, "tokens": n}
             layers.append(
                 {
-                    "layer": i,
+                    "layer": self.layer_id(i),
                     "queries": r.queries,
                     "attention_share_by_age": self.attention_share(i).tolist(),
                     "attention_share_by_age_per_head": (
@@ -303,7 +314,7 @@ def inspect_document(
     try:
         state = model.init_state(1, device)
         for start in range(0, n, seg_len):
-            state = _absorb_pending(model, state, maps, layers, gen, stride, ltm_cfg)
+            state = _absorb_pending(model, state, maps, layers, gen, stride)
             seg = ids[start : start + seg_len][None]
             tgt = ids[start + 1 : start + seg_len + 1]
             tgt = torch.cat([tgt, tgt.new_full((seg.shape[1] - tgt.numel(),), -1)])[None]  # -1: no target
@@ -315,10 +326,10 @@ def inspect_document(
                     continue
                 mu = out.extras["ltm_mu"][layer][0].double()  # (H, T)
                 sigma2 = out.extras["ltm_sigma2"][layer][0].double()
-                _add_attention(
+                add_attention(
                     layers[layer], maps[layer], blk.ltm.normalizer.cdf, mu, sigma2, start, cells, edges
                 )
-        _measure_reconstruction(model, state, maps, layers, n, device)
+        measure_reconstruction([blk.ltm for blk in model.layers], state.ltm, maps, layers, n)
     finally:
         model.train(was_training)
     return MemoryReport(
@@ -341,7 +352,7 @@ def inspect_document(
     )
 
 
-def _absorb_pending(model, state, maps, layers, gen, stride, ltm_cfg):
+def _absorb_pending(model, state, maps, layers, gen, stride):
     """Absorb the vectors that left the STM (as the model would at the start of its next call),
     recording the sample positions and the stored vectors; returns the state with nothing pending."""
     if state.ltm_pending_count is None or int(state.ltm_pending_count[0]) == 0:
@@ -350,35 +361,69 @@ def _absorb_pending(model, state, maps, layers, gen, stride, ltm_cfg):
     new_ltm = []
     for layer, blk in enumerate(model.layers):
         old: LTMState = state.ltm[layer]
-        first = int(old.length[0])  # tokens [first, first + count) enter the memory
         x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteFormerLM._absorb
-        before = gen.get_state()
-        new = blk.ltm.update(old, x, generator=gen)
-        samples = None
-        if first > 0:
-            work = old.coeffs.dtype
-            if ltm_cfg.sticky:
-                replay = torch.Generator(device=gen.device)
-                replay.set_state(before)  # update_memory's first random draw is sticky_positions'
-                pos = sticky_positions(old.bin_mass.to(work), ltm_cfg.num_samples, replay)[0]
-                layers[layer].sticky_histograms.append(
-                    torch.histc(pos.float().cpu(), bins=ltm_cfg.num_bins, min=0, max=1).numpy()
-                )
-            else:
-                pos = uniform_positions(ltm_cfg.num_samples, old.coeffs.device, work)
-            samples = pos.double().cpu().numpy()
-        maps[layer] = maps[layer].absorb(first, count, ltm_cfg.tau, samples)
-        layers[layer].absorptions += 1
-        stored = x * torch.sigmoid(blk.ltm.gate_logits(x)) if blk.ltm.gate is not None else x
-        for j in range(-(-first // stride) * stride, first + count, stride):
-            layers[layer].tracked_positions.append(j)
-            layers[layer].tracked_vectors.append(stored[0, j - first].float().cpu())
-        new_ltm.append(new)
+        replay = torch.Generator(device=gen.device)
+        replay.set_state(gen.get_state())  # update_memory's first random draw is sticky_positions'
+        samples = sample_positions(blk.ltm, old, replay)
+        new_ltm.append(blk.ltm.update(old, x, generator=gen))
+        maps[layer] = record_absorption(layers[layer], maps[layer], blk.ltm, old, x, samples, stride)
     return replace(state, ltm=new_ltm, ltm_pending_count=torch.zeros_like(state.ltm_pending_count))
 
 
-def _add_attention(report, age_map, cdf, mu, sigma2, start, cells, edges) -> None:
-    """Accumulate the density mass of T queries (heads H) per age bin: mu, sigma2 (H, T)."""
+def sample_positions(
+    ltm: LongTermAttention, old: LTMState, generator: torch.Generator | None = None
+) -> Tensor | None:
+    """The M sorted positions s_m (M,) at which ``ltm.update(old, ...)`` samples row 0's old signal,
+    or None for an empty memory (a fresh fit). Sticky memories draw them like the update does,
+    from ``generator`` (the device's global RNG when None): the caller hands in a copy of the
+    generator state the update will use, so the same numbers are drawn."""
+    if int(old.length[0]) == 0:
+        return None
+    c, work = ltm.config, old.coeffs.dtype
+    if not c.sticky:
+        return uniform_positions(c.num_samples, old.coeffs.device, work)
+    return sticky_positions(old.bin_mass.to(work), c.num_samples, generator)[0]
+
+
+def record_absorption(
+    report: LayerReport,
+    age_map: AgeMap,
+    ltm: LongTermAttention,
+    old: LTMState,
+    x: Tensor,
+    samples: Tensor | None,
+    stride: int,
+) -> AgeMap:
+    """Record one absorption of x (1, L, e) into row 0 of ``old`` (tokens [first, first + L), first =
+    the tokens already absorbed): the sticky histogram of ``samples`` (from :func:`sample_positions`),
+    the stored (gated) vectors of the tracked tokens (every ``stride``-th); returns the new age map."""
+    c = ltm.config
+    first, count = int(old.length[0]), x.shape[1]
+    if samples is not None and c.sticky:
+        report.sticky_histograms.append(
+            torch.histc(samples.float().cpu(), bins=c.num_bins, min=0, max=1).numpy()
+        )
+    report.absorptions += 1
+    stored = x * torch.sigmoid(ltm.gate_logits(x)) if ltm.gate is not None else x  # as ltm.update gates
+    for j in range(-(-first // stride) * stride, first + count, stride):
+        report.tracked_positions.append(j)
+        report.tracked_vectors.append(stored[0, j - first].float().cpu())
+    return age_map.absorb(first, count, c.tau, None if samples is None else samples.double().cpu().numpy())
+
+
+def add_attention(
+    report: LayerReport,
+    age_map: AgeMap,
+    cdf: Any,
+    mu: Tensor,
+    sigma2: Tensor,
+    start: int,
+    cells: Tensor,
+    edges: np.ndarray,
+) -> None:
+    """Accumulate the density mass of T queries (heads H) per age bin: mu, sigma2 (H, T) float64 of
+    the queries at token positions start .. start + T - 1; cdf: the normalizer's; cells: (G + 1,)
+    float64 cell edges of [0, 1] on mu's device; edges: the age bin edges."""
     heads, t = mu.shape
     c = cdf(cells, mu[..., None], sigma2[..., None])  # (H, T, G + 1)
     mass = (c[..., 1:] - c[..., :-1]).clamp_min(0)  # (H, T, G)
@@ -394,17 +439,23 @@ def _add_attention(report, age_map, cdf, mu, sigma2, start, cells, edges) -> Non
     report.queries += t
 
 
-def _measure_reconstruction(model, state, maps, layers, n, device) -> None:
-    """Relative error of X̄(t*) against each tracked stored vector, t* = where its token sits now."""
-    for layer, blk in enumerate(model.layers):
-        r = layers[layer]
+def measure_reconstruction(
+    ltms: Sequence[LongTermAttention],
+    states: Sequence[LTMState],
+    maps: Sequence[AgeMap],
+    layers: Sequence[LayerReport],
+    n: int,
+) -> None:
+    """Relative error of X̄(t*) against each tracked stored vector, t* = where its token sits now
+    (row 0 of each layer's final state), after reading n tokens."""
+    for ltm, state, age_map, r in zip(ltms, states, maps, layers, strict=True):
         if not r.tracked_positions:
             r.recon_age, r.recon_error = np.zeros(0), np.zeros(0)
             continue
         positions = np.asarray(r.tracked_positions, dtype=np.float64)
-        where = torch.as_tensor(maps[layer].locate(positions + 0.5), device=device)
-        coeffs = state.ltm[layer].coeffs  # (1, N, e)
-        recon = reconstruct(coeffs, blk.ltm.basis(where.to(coeffs.dtype)))[0].float().cpu()  # (n, e)
+        coeffs = state.coeffs[:1]  # (1, N, e)
+        where = torch.as_tensor(age_map.locate(positions + 0.5), device=coeffs.device, dtype=coeffs.dtype)
+        recon = reconstruct(coeffs, ltm.basis(where))[0].float().cpu()  # (n, e)
         target = torch.stack(r.tracked_vectors)
         norm = target.norm(dim=-1).clamp_min(1e-12)
         err = (recon - target).norm(dim=-1) / norm
@@ -470,7 +521,11 @@ def plot_attention_age(report: MemoryReport, path: str | os.PathLike, title: str
         out_share = r.outside_mass.sum() / max(r.queries * r.attention_mass.shape[0], 1)
         keep = share > 0
         ax.plot(
-            centres[keep], share[keep], marker="o", ms=3, label=f"layer {i} ({out_share:.0%} outside [0, 1])"
+            centres[keep],
+            share[keep],
+            marker="o",
+            ms=3,
+            label=f"layer {report.layer_id(i)} ({out_share:.0%} outside [0, 1])",
         )
     _age_axis(ax, report)
     ax.set_ylabel("share of the attention density\n(per half-octave of age)")
@@ -488,11 +543,15 @@ def plot_reconstruction(report: MemoryReport, path: str | os.PathLike, title: st
     for i in range(len(report.layers)):
         centres, err, count = report.reconstruction_by_age(i)
         keep = count > 0
-        (line,) = ax.plot(centres[keep], err[keep], marker="o", ms=3, label=f"layer {i}")
+        (line,) = ax.plot(centres[keep], err[keep], marker="o", ms=3, label=f"layer {report.layer_id(i)}")
         base = report.layers[i].recon_baseline
         if base is not None:
             ax.axhline(
-                base, color=line.get_color(), ls=":", lw=1, label=f"layer {i}: the mean vector, any age"
+                base,
+                color=line.get_color(),
+                ls=":",
+                lw=1,
+                label=f"layer {report.layer_id(i)}: the mean vector, any age",
             )
     ax.axhline(1.0, color="black", ls="--", lw=0.8, label="remembering nothing (X̄ = 0)")
     _age_axis(ax, report)
@@ -521,7 +580,7 @@ def plot_sticky(report: MemoryReport, path: str | os.PathLike, title: str = "") 
             hist, aspect="auto", origin="lower", extent=(0, 1, 0.5, len(hist) + 0.5), cmap="viridis",
             interpolation="nearest",
         )  # fmt: skip
-        ax.set_ylabel(f"layer {i}\nabsorption #")
+        ax.set_ylabel(f"layer {report.layer_id(i)}\nabsorption #")
         fig.colorbar(im, ax=ax, label=f"samples per bin (of M = {report.num_samples})")
     axes[-1, 0].set_xlabel("position t of the sample on the old signal (0 = oldest, 1 = newest)")
     axes[0, 0].set_title(title or "Where sticky sampling took the old signal's samples", fontsize=10)

@@ -8,7 +8,8 @@
 - ``lm finetune``: the paper's GPT-2 recipe (PAPER §5): sequential blocks of L = 512 tokens, the
   memory carried from block to block within a document (reset at each new document), AdamW with
   5e-5 for GPT-2's weights and 2.5e-4 for the new LTM weights, KL regularizer on.
-- ``lm inspect``: what a trained ∞-former's memory holds, read over one document (experiments/introspect.py).
+- ``lm inspect``: what the memory of a trained ∞-former (``--run``) or of a Hugging Face model with
+  memory (``--hf``) holds, read over one document (experiments/introspect.py).
 
 Run folder: ``tokenizer/``, ``lm_config.json``, ``checkpoints/``, ``train_log.csv``,
 ``eval_log.csv``, ``tb/``, ``results.json`` (and ``model/`` in Hugging Face format for finetune).
@@ -21,6 +22,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
 from ..training.checkpoints import load_weights
 from ..utils import machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, overrides, parse_set, resolve_device, set_threads
+from .flags import Flag, add_flags, eval_splits, overrides, parse_set, resolve_device, set_threads
 from .introspect import add_inspect_parser
 
 CONFIG_FILE = "lm_config.json"
@@ -158,7 +160,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     if not result.stopped_by_signal:
         device = resolve_device(args.device)
         model.to(device)
-        for split in args.eval_splits:
+        for split in eval_splits(args):
             corpus = _load_split(args.data, split, tok, cache)
             res = evaluate_lm(
                 model, corpus, args.eval_batch_size or args.batch_size, args.seg_len, tok.eos_id, device
@@ -370,11 +372,11 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         **result.summary(),
         "eval": {},
     }
-    if not result.stopped_by_signal and args.eval_splits:
+    if not result.stopped_by_signal and eval_splits(args):
         device = resolve_device(args.device)
         hf_model.to(device)
         plain = _load_plain_model(args.model, local).to(device)
-        for split in args.eval_splits:
+        for split in eval_splits(args):
             corpus = _load_split(args.data, split, tok, cache)
             res = evaluate_hf_pair(
                 hf_model, plain, corpus, args.block_size, args.batch_size, tok.eos_id, device
@@ -532,7 +534,11 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
     f.set_defaults(lm_func=lm_finetune)
-    add_inspect_parser(sub, load_run=load_trained_lm)  # lm inspect: what the long-term memory holds
+    add_inspect_parser(  # lm inspect: what the long-term memory holds
+        sub,
+        load_run=load_trained_lm,
+        load_hf=partial(_load_hf_memory_model, overrides={}, local_files_only=True),
+    )
     lm.set_defaults(func=run_lm)
     return lm
 

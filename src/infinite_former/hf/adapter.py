@@ -89,15 +89,16 @@ def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory
     """Any supported causal LM folder (or hub name) as a model with memory.
 
     An ``infinite-gpt2`` folder or a plain GPT-2 one loads as InfiniteGPT2LMHeadModel; a folder
-    saved from ``add_memory`` loads with its memory (``from_pretrained``), where memory_overrides
+    saved from ``add_memory`` (GPT-2 included) loads with its memory (``from_pretrained``), where memory_overrides
     may change block_size and kl_weight only; any other causal LM gets a fresh memory
     (``add_memory``). memory_overrides: MemoryConfig keywords (block_size, ...).
     """
     local = {"local_files_only": local_files_only}
     config = AutoConfig.from_pretrained(path, **local)
-    if config.model_type in ("gpt2", InfiniteGPT2Config.model_type):
-        return InfiniteGPT2LMHeadModel.from_pretrained(path, **local, **memory_overrides)
     settings = getattr(config, "infinite_memory", None)
+    plain_gpt2 = config.model_type == "gpt2" and not isinstance(settings, dict)  # (not from add_memory)
+    if plain_gpt2 or config.model_type == InfiniteGPT2Config.model_type:
+        return InfiniteGPT2LMHeadModel.from_pretrained(path, **local, **memory_overrides)
     if isinstance(settings, dict):
         fixed = sorted(
             k

@@ -7,14 +7,9 @@ the whole batch. Uniform sampling (sticky=False): sticky sampling draws random n
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
-import torch
+from distributed_testing import assert_same_training, two_processes_vs_one
 
 SCRIPT = textwrap.dedent(
     """
@@ -63,38 +58,5 @@ SCRIPT = textwrap.dedent(
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
-    script = tmp_path / "hf_ddp.py"
-    script.write_text(SCRIPT)
-    result = tmp_path / "ddp.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
-        str(result),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads(result.read_text())
-    assert two["world"] == 2
-
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import hf_ddp  # the same training function, one process, the whole batch
-    finally:
-        sys.path.remove(str(tmp_path))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        losses, weights = hf_ddp.train(slice(None))
-    finally:
-        torch.set_num_threads(threads)
-    assert two["losses"] == pytest.approx(losses, abs=1e-5)
-    assert losses[-1] < losses[0]
-    assert weights.keys() == two["weights"].keys()
-    for name, value in weights.items():
-        assert two["weights"][name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+    two, losses, weights = two_processes_vs_one(tmp_path, "hf_ddp", SCRIPT)
+    assert_same_training(two, losses, weights)

@@ -25,7 +25,6 @@ with its whole context window). `summarize` pairs the models by seed and test do
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,7 @@ from infinite_former.experiments import lm as lm_cli
 from infinite_former.experiments import passkey as passkey_cli
 from infinite_former.stats import paired_comparison
 from infinite_former.training.logs import loss_curve
+from infinite_former.training.records import RunRecords, settings_hash
 from infinite_former.utils import machine_info, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ PASSKEY = dict(distances=[32, 256, 1024], trials=10, prefix=16, digits=5, seed=0
 
 
 def settings_key() -> str:
-    return hashlib.sha1(json.dumps([S, PASSKEY], sort_keys=True).encode()).hexdigest()[:12]
+    return settings_hash([S, PASSKEY])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,17 +156,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         write_json(
             window, {"settings_key": settings_key(), **passkey(base, window=True), "machine": machine_info()}
         )
-    for seed in args.seeds:
-        for name in args.variants:
-            path = RECORDS / f"{name}-seed{seed}.json"
-            if path.exists() and json.loads(path.read_text())["settings_key"] == settings_key():
-                print(f"skip {path.name} (done)", flush=True)
-                continue
-            rec = run_one(name, seed, Path(args.runs_dir), base)
-            write_json(path, rec)
-            print(
-                f"seed {seed} {name:16s} test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)", flush=True
-            )
+    RunRecords(RECORDS, settings_key()).run_missing(
+        args.seeds,
+        args.variants,
+        lambda name, seed: run_one(name, seed, Path(args.runs_dir), base),
+        lambda rec: f"test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)",
+    )
 
 
 def _nll(per_document: dict, docs: list[str]) -> list[float]:
@@ -174,12 +169,7 @@ def _nll(per_document: dict, docs: list[str]) -> list[float]:
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    key = settings_key()
-    recs: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
-    for path in sorted(RECORDS.glob("*-seed*.json")):
-        rec = json.loads(path.read_text())
-        if rec["settings_key"] == key:
-            recs[rec["variant"]][rec["seed"]] = rec
+    recs = RunRecords(RECORDS, settings_key()).load(VARIANTS)
     done = [v for v in VARIANTS if recs[v]]
     if not done:
         raise SystemExit("no records yet: run `python benchmarks/gpt2_finetune.py run` first")

@@ -23,7 +23,6 @@ seed and test document (infinite_former.stats): mean difference in log perplexit
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,7 +39,8 @@ from infinite_former.experiments import lm as lm_cli
 from infinite_former.models import InfiniteFormerLM, ModelConfig
 from infinite_former.stats import paired_comparison
 from infinite_former.training.logs import loss_curve
-from infinite_former.utils import machine_info, seed_everything, write_json
+from infinite_former.training.records import RunRecords, settings_hash
+from infinite_former.utils import machine_info, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "results" / "lm_shakespeare_cpu_runs"
@@ -65,7 +65,7 @@ S = dict(
 
 
 def settings_key() -> str:
-    return hashlib.sha1(json.dumps(S, sort_keys=True).encode()).hexdigest()[:12]
+    return settings_hash(S)
 
 
 def memory_flags(name: str) -> list[str]:
@@ -157,19 +157,13 @@ def run_one(name: str, seed: int, root: Path) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    RECORDS.mkdir(parents=True, exist_ok=True)
     root = Path(args.runs_dir)
-    for seed in args.seeds:
-        for name in args.variants:
-            path = RECORDS / f"{name}-seed{seed}.json"
-            if path.exists() and json.loads(path.read_text())["settings_key"] == settings_key():
-                print(f"skip {path.name} (done)", flush=True)
-                continue
-            rec = run_one(name, seed, root)
-            write_json(path, rec)
-            print(
-                f"seed {seed} {name:16s} test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)", flush=True
-            )
+    RunRecords(RECORDS, settings_key()).run_missing(
+        args.seeds,
+        args.variants,
+        lambda name, seed: run_one(name, seed, root),
+        lambda rec: f"test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)",
+    )
 
 
 def cmd_throughput(args: argparse.Namespace, steps: int = 6) -> None:
@@ -226,12 +220,7 @@ def _log_ppl(by_seed: dict[int, dict], seeds: list[int], docs: list[str]) -> lis
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    key = settings_key()
-    recs: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
-    for path in sorted(RECORDS.glob("*-seed*.json")):
-        rec = json.loads(path.read_text())
-        if rec["settings_key"] == key:
-            recs[rec["variant"]][rec["seed"]] = rec
+    recs = RunRecords(RECORDS, settings_key()).load(VARIANTS)
     conventions = {}
     for conv, names in CONVENTIONS.items():
         done = {label: sorted(recs[v]) for label, v in names.items() if recs[v]}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import statistics
 import sys
@@ -49,7 +48,8 @@ from infinite_former.stats import paired_comparison, seeds_won
 from infinite_former.training import load_checkpoint
 from infinite_former.training.checkpoints import load_weights
 from infinite_former.training.logs import loss_curve
-from infinite_former.utils import machine_info, seed_everything, write_json
+from infinite_former.training.records import RunRecords, settings_hash
+from infinite_former.utils import machine_info, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "results" / "sorting_cpu_runs"
@@ -82,7 +82,7 @@ def settings_key() -> str:
         s.pop(k)
     if s.get("bf16") == "auto":  # float32 on the CPU: the same runs as before the bf16 setting existed
         s.pop("bf16")
-    return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
+    return settings_hash(s)
 
 
 def num_params(cfg: ModelConfig) -> int:
@@ -179,17 +179,14 @@ def run_one(name: str, seed: int, runs_dir: str) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    RECORDS.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
-        for name in args.variants:  # seed-major order: a partial run stays balanced across variants
-            path = RECORDS / f"{name}-seed{seed}.json"
-            if path.exists() and json.loads(path.read_text())["settings_key"] == settings_key():
-                print(f"skip {path.name} (done)", flush=True)
-                continue
-            rec = run_one(name, seed, args.runs_dir)
-            write_json(path, rec)
-            accs = {n: round(statistics.fmean(v), 3) for n, v in rec["test"].items()}
-            print(f"seed {seed} {name:16s} {accs} ({rec['seconds']:.0f} s)", flush=True)
+
+    def describe(rec: dict) -> str:
+        accs = {n: round(statistics.fmean(v), 3) for n, v in rec["test"].items()}
+        return f"{accs} ({rec['seconds']:.0f} s)"
+
+    RunRecords(RECORDS, settings_key()).run_missing(
+        args.seeds, args.variants, lambda name, seed: run_one(name, seed, args.runs_dir), describe
+    )
 
 
 # ---------------------------------------------------------------------------------- throughput
@@ -263,13 +260,7 @@ def window_rule_accuracy(s: SortSettings, length: int, window: int, num: int = 2
 
 
 def load_records() -> dict[str, dict[int, dict]]:
-    key = settings_key()
-    out: dict[str, dict[int, dict]] = {name: {} for name in VARIANTS}
-    for path in sorted(RECORDS.glob("*-seed*.json")):
-        rec = json.loads(path.read_text())
-        if rec["settings_key"] == key:
-            out[rec["variant"]][rec["seed"]] = rec
-    return out
+    return RunRecords(RECORDS, settings_key()).load(VARIANTS)
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:

@@ -1,0 +1,76 @@
+"""Resumable benchmark runs: one JSON record per (variant, seed), written as each run finishes.
+
+    records = RunRecords("results/x_runs", settings_hash(SETTINGS))
+    records.run_missing(seeds, variants, run_one, describe)   # skips what is done
+    by_variant = records.load(variants)                        # {variant: {seed: record}}
+
+A record counts only under the settings that wrote it: it carries ``settings_key`` (a short hash
+of the settings), and records of other settings are skipped and ignored. So a long benchmark can
+be stopped, its finished records committed, and ``run_missing`` started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..utils import write_json
+
+
+def settings_hash(settings: Any) -> str:
+    """12 hex digits of the SHA-1 of ``settings`` as sorted-key JSON."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class RunRecords:
+    """The folder of one benchmark's records, ``<variant>-seed<k>.json``, under one settings key."""
+
+    def __init__(self, folder: str | os.PathLike, key: str) -> None:
+        self.folder, self.key = Path(folder), key
+
+    def path(self, variant: str, seed: int) -> Path:
+        return self.folder / f"{variant}-seed{seed}.json"
+
+    def done(self, variant: str, seed: int) -> bool:
+        path = self.path(variant, seed)
+        return path.is_file() and json.loads(path.read_text()).get("settings_key") == self.key
+
+    def write(self, variant: str, seed: int, record: dict[str, Any]) -> None:
+        write_json(
+            self.path(variant, seed), {"variant": variant, "seed": seed, "settings_key": self.key, **record}
+        )
+
+    def run_missing(
+        self,
+        seeds: Iterable[int],
+        variants: Iterable[str],
+        run_one: Callable[[str, int], dict[str, Any]],
+        describe: Callable[[dict[str, Any]], str] = lambda rec: "",
+    ) -> None:
+        """Run and record every (variant, seed) not done yet, seed-major, so that a partial
+        benchmark stays balanced across variants."""
+        variants = list(variants)
+        for seed in seeds:
+            for variant in variants:
+                if self.done(variant, seed):
+                    print(f"skip {self.path(variant, seed).name} (done)", flush=True)
+                    continue
+                record = run_one(variant, seed)
+                self.write(variant, seed, record)
+                print(f"seed {seed} {variant:16s} {describe(record)}", flush=True)
+
+    def load(self, variants: Iterable[str]) -> dict[str, dict[int, dict[str, Any]]]:
+        """{variant: {seed: record}} of the records made under this key."""
+        out: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}
+        for path in sorted(self.folder.glob("*-seed*.json")):
+            rec = json.loads(path.read_text())
+            if rec.get("settings_key") == self.key and rec.get("variant") in out:
+                out[rec["variant"]][rec["seed"]] = rec
+        return out
+
+
+__all__ = ["RunRecords", "settings_hash"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from infinite_former import LongTermAttention, LTMConfig, memory
+from infinite_former import LongTermAttention, LTMConfig
 from infinite_former.cli import main
 from infinite_former.introspection import AgeMap, InspectConfig, inspect_document, write_report
 from infinite_former.memory import uniform_positions
@@ -101,17 +101,9 @@ def test_reading_is_the_models_own_computation():
         assert not layer.sticky_histograms and report.median_attention_age(i) > model.config.mem_len / 2
 
 
-def test_sticky_histograms_are_the_samples_the_update_used(monkeypatch):
+def test_sticky_histograms_are_the_samples_the_update_used(sticky_draws):
     """The recorded sample positions are those update_memory drew (a spy on memory.sticky_positions)."""
-    used = []
-    original = memory.sticky_positions
-
-    def spy(bin_mass, num_samples, generator=None):
-        pos = original(bin_mass, num_samples, generator)
-        used.append(torch.histc(pos[0].float(), bins=8, min=0, max=1).numpy())
-        return pos
-
-    monkeypatch.setattr(memory, "sticky_positions", spy)
+    used = sticky_draws
     model = tiny_lm("infinite_sticky")
     ids = torch.randint(0, 50, (120,), generator=torch.Generator().manual_seed(1))
     report = inspect_document(model, ids, seg_len=8, config=InspectConfig(grid_points=128, seed=3))

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
-from infinite_former import memory
 from infinite_former.cli import main
 from infinite_former.hf import add_memory
 from infinite_former.hf.introspection import inspect_hf_document
@@ -109,17 +108,9 @@ def test_report_covers_every_memory_layer_and_all_the_density(family):
         assert newest.mean() < 0.5 and newest.mean() < oldest.mean()  # older content is squeezed and blurred
 
 
-def test_sticky_histograms_are_the_samples_the_update_used(monkeypatch):
+def test_sticky_histograms_are_the_samples_the_update_used(sticky_draws):
     """The recorded sample positions are those update_memory drew (a spy on memory.sticky_positions)."""
-    used = []
-    original = memory.sticky_positions
-
-    def spy(bin_mass, num_samples, generator=None):
-        pos = original(bin_mass, num_samples, generator)
-        used.append(torch.histc(pos[0].float(), bins=8, min=0, max=1).numpy())
-        return pos
-
-    monkeypatch.setattr(memory, "sticky_positions", spy)
+    used = sticky_draws
     model = tiny_model("llama")
     report = inspect_hf_document(model, document(seed=1), InspectConfig(grid_points=128, seed=3))
     recorded = [h for step in zip(*(r.sticky_histograms for r in report.layers)) for h in step]

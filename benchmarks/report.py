@@ -423,6 +423,101 @@ def dialogue() -> str:
     return "\n".join(lines)
 
 
+GPT2_LABELS = {
+    "base": "pretrained, not fine-tuned",
+    "no_memory": "fine-tuned, no memory",
+    "infinite": "fine-tuned + memory (uniform sampling)",
+    "infinite_sticky": "fine-tuned + memory (sticky)",
+}
+
+
+def _named_verdict(p: dict, labels: dict[str, str]) -> str:
+    v = p["verdict"]
+    return "within noise" if v == "within noise" else f"**{labels.get(v[:-7], v[:-7])} better**"
+
+
+def gpt2_finetune() -> str:
+    """The paper's GPT-2 experiment on a GPT-2 pretrained here (benchmarks/gpt2_finetune.py)."""
+    d = _load("gpt2_finetune_cpu.json")
+    s, b = d["settings"], d["base_model"]
+    c = b["config"]
+    lines = [
+        f"Base model: GPT-2 pretrained here on the training plays (`benchmarks/pretrain_gpt2.py`): "
+        f"{c['n_layer']} layers, d {c['n_embd']}, context {c['n_positions']}, {b['parameters']:,} parameters, "
+        f"{c['steps']} steps of {c['batch_size']} × {c['n_positions']} tokens ({b['train_seconds'] / 60:.0f} min). "
+        f"Fine-tuning (`infinite-former lm finetune`): blocks of L = {s['block_size']} tokens, "
+        f"{s['batch_size']} lanes, {s['steps']} steps, AdamW {s['lr']:g} (memory weights {s['ltm_lr']:g}), "
+        f"N = M = {s['num_basis']}, τ = {s['tau']}, KL weight {s['kl_weight']:g}. Test plays, every block "
+        f"scored once; the models without memory read each block alone. Seeds {d['paired_seeds']}."
+        + ("" if d["complete"] else " PARTIAL: not every model has every seed.")
+        + " Machine: "
+        + _machine(d["machine"])
+        + ".",
+        "",
+        "| model | test perplexity (mean) | per seed | bits per byte |",
+        "|---|---:|---|---:|",
+    ]
+    for name, m in d["models"].items():
+        per = ", ".join(f"{x['test_ppl']:.2f}" for x in m.get("seeds", [])) or "–"
+        lines.append(f"| {GPT2_LABELS[name]} | {m['test_ppl']:.2f} | {per} | {m['test_bpb']:.3f} |")
+    lines += [
+        "",
+        "| comparison (log perplexity, nats/token, paired by seed and test play) | difference [95% CI] | verdict |",
+        "|---|---:|---|",
+    ]
+    lines += [
+        f"| {GPT2_LABELS[p['a']]} − {GPT2_LABELS[p['b']]} | {_ci(p, 4)} | {_named_verdict(p, GPT2_LABELS)} |"
+        for p in d["pairs"]
+    ]
+    pk = d["passkey_accuracy"]
+    dists = list(next(iter(pk.values())))
+    lines += [
+        "",
+        f"Passkey retrieval (greedy, {s['passkey']['trials']} passkeys per distance and seed; distance = filler "
+        "tokens between the passkey and the question; accuracy):",
+        "",
+        "| model | " + " | ".join(f"distance {x}" for x in dists) + " |",
+        "|---|" + "---:|" * len(dists),
+    ]
+    for name, acc in pk.items():
+        label = GPT2_LABELS.get(name, name)
+        lines.append(f"| {label} | " + " | ".join(f"{acc[x]:.2f}" for x in dists) + " |")
+    return "\n".join(lines)
+
+
+INSPECT_LABELS = {
+    "lm": "LM from scratch (3000-step benchmark), ∞-former (sticky), seed 0",
+    "gpt2": "GPT-2 pretrained here + memory (sticky), fine-tuned, seed 0",
+}
+
+
+def inspect_memory() -> str:
+    """What the benchmarks' memories hold (benchmarks/inspect_memory.py): per layer, where the
+    queries look and how much of a stored vector can be recovered, by age."""
+    lines = [
+        "| model | layer | tokens read | median attention age | attention outside [0, 1] "
+        "| reconstruction error, 1k tokens ago | 10k tokens ago | mean vector (any age) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    machine = None
+    for name, label in INSPECT_LABELS.items():
+        path = RESULTS / "inspect" / name / "inspect.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text(encoding="utf-8"))
+        machine = d["machine"]
+        for layer in d["layers"]:
+            rec = layer["reconstruction"]
+            at = {k: v["relative_error"] for k, v in rec["at_age"].items()}
+            lines.append(
+                f"| {label} | {layer['layer']} | {d['tokens']:,} | {_fmt(layer['median_attention_age'], 0)} "
+                f"| {layer['attention_share_outside_0_1']:.0%} | {_fmt(at['1000'], 3)} | {_fmt(at['10000'], 3)} "
+                f"| {rec['baseline_mean_vector']:.3f} |"
+            )
+    lines += ["", "Machine: " + _machine(machine) + "." if machine else "No inspection has run yet."]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
@@ -435,6 +530,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "ltm_scaling": ltm_scaling,
     "edge_padding": edge_padding,
     "dialogue": dialogue,
+    "inspect_memory": inspect_memory,
 }
 
 

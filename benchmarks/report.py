@@ -531,6 +531,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "edge_padding": edge_padding,
     "dialogue": dialogue,
     "inspect_memory": inspect_memory,
+    "gpt2_finetune": gpt2_finetune,
 }
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/pretrain_gpt2.py --steps 1500                 # -> runs/gpt2-shakespeare/ (once)
     python benchmarks/gpt2_finetune.py run --seeds 0 1 2            # one record per (variant, seed)
+    python benchmarks/gpt2_finetune.py controls --seeds 0 1 2       # evaluation-only controls
     python benchmarks/gpt2_finetune.py summarize                    # -> results/gpt2_finetune_cpu.json
 
 PAPER §5: GPT-2 fine-tuned on long documents in sequential blocks, AdamW 5e-5 for GPT-2's weights
@@ -14,6 +15,10 @@ by the models without memory and with the previous blocks' long-term memory by t
   no_memory        fine-tuned with the same recipe, each block alone (``lm finetune --no-memory``)
   infinite         fine-tuned with the LTM, uniform sampling (``--sampling uniform``)
   infinite_sticky  fine-tuned with the LTM, sticky memories (``--sampling sticky``)
+  controls (evaluation only, `controls`):
+  no_memory_window       the no_memory models, each block read with the previous block in view
+  infinite[_sticky]_wiped  the memory models with their memory emptied before every block
+  base_window            the pretrained model, each block read with the previous block in view
 
 Every run goes through ``infinite-former lm finetune`` and writes
 results/gpt2_finetune_cpu_runs/<variant>-seed<k>.json with its per-document test NLL and the
@@ -54,7 +59,14 @@ FLAGS = {
     "infinite": ["--sampling", "uniform"],
     "infinite_sticky": ["--sampling", "sticky"],
 }
+# the baseline a one-block memory must beat: the fine-tuned model without memory, reading each
+# block with the previous block in its window (`window`, hf.training.evaluate_window)
+WINDOW = "no_memory_window"
+CONTROLS = (WINDOW, "infinite_wiped", "infinite_sticky_wiped", "base_window")  # `controls`: evaluation only
 PAIRS = [("infinite", "no_memory"), ("infinite_sticky", "no_memory"), ("infinite_sticky", "infinite"),
+         ("infinite", WINDOW), ("infinite_sticky", WINDOW), ("no_memory", WINDOW),
+         ("infinite", "infinite_wiped"), ("infinite_sticky", "infinite_sticky_wiped"),
+         ("infinite_wiped", "no_memory"), ("infinite_sticky_wiped", "no_memory"), ("base_window", "base"),
          ("no_memory", "base"), ("infinite", "base"), ("infinite_sticky", "base")]  # fmt: skip
 
 # The recipe at this scale: blocks of L = 128 tokens (half the base model's context), 4 document
@@ -165,17 +177,72 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_controls(args: argparse.Namespace) -> None:
+    """Evaluation-only controls on the fine-tuned models (same test blocks and targets):
+    no_memory_window: the no_memory weights, each block read with the previous one in the window;
+    <memory variant>_wiped: a model fine-tuned with memory, its memory emptied before every block
+    (its output is then 0: the fine-tuned GPT-2 weights alone);
+    base_window: the pretrained model, previous block in the window (the same for every seed)."""
+    from transformers import GPT2LMHeadModel
+
+    from infinite_former.data.text import load_corpus_split, tokenize_documents
+    from infinite_former.data.tokenizer import hf_tokenizer
+    from infinite_former.hf import load_model
+    from infinite_former.hf.training import HFMemoryLM, evaluate_window
+    from infinite_former.training.evaluation import evaluate_documents
+
+    torch.set_num_threads(1)
+
+    def run_control(name: str, seed: int) -> dict:
+        tuned = "no_memory" if name == WINDOW else name.removesuffix("_wiped")
+        folder = (
+            Path(args.base)
+            if name == "base_window"
+            else Path(args.runs_dir) / f"{tuned}-seed{seed}" / "model"
+        )
+        if not (folder / "config.json").is_file():
+            raise SystemExit(
+                f"{folder}: no fine-tuned model; run `gpt2_finetune.py run --seeds {seed}` first"
+            )
+        tok = hf_tokenizer(folder)
+        corpus = tokenize_documents(load_corpus_split(DATA, "test"), tok)
+        L, batch = S["block_size"], S["batch_size"]
+        if name in (WINDOW, "base_window"):
+            model = GPT2LMHeadModel.from_pretrained(folder)  # the same weights, without the block machinery
+            res, how = evaluate_window(model, corpus, L, batch, tok.eos_id), "previous block in the window"
+        else:
+            wrapped = HFMemoryLM(load_model(folder).eval())
+
+            def step(t, s):  # an empty memory before every block
+                return wrapped(t, wrapped.init_state(t.shape[0]))[0].logits, None
+
+            with torch.no_grad():
+                res = evaluate_documents(step, lambda b: None, corpus, batch, L, tok.eos_id)
+            how = "memory emptied before every block"
+        return {
+            "test_ppl": res["ppl"],
+            "test_bpb": res["bpb"],
+            "per_document": _per_document(res),
+            "evaluation": f"blocks of {L} tokens, {how}",
+            "machine": machine_info(),
+        }
+
+    RunRecords(RECORDS, settings_key()).run_missing(
+        args.seeds, CONTROLS, run_control, lambda rec: f"test ppl {rec['test_ppl']:.3f}"
+    )
+
+
 def _nll(per_document: dict, docs: list[str]) -> list[float]:
     return [per_document[d]["nll"] / per_document[d]["tokens"] for d in docs]
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    recs = RunRecords(RECORDS, settings_key()).load(VARIANTS)
-    done = [v for v in VARIANTS if recs[v]]
+    recs = RunRecords(RECORDS, settings_key()).load((*VARIANTS, *CONTROLS))
+    done = [v for v in (*VARIANTS, *CONTROLS) if recs[v]]
     if not done:
         raise SystemExit("no records yet: run `python benchmarks/gpt2_finetune.py run` first")
     any_rec = next(iter(recs[done[0]].values()))
-    base_ppls = {round(r["base"]["test_ppl"], 6) for by in recs.values() for r in by.values()}
+    base_ppls = {round(r["base"]["test_ppl"], 6) for v in VARIANTS for r in recs[v].values()}
     if len(base_ppls) != 1:  # every run evaluates the same base model on the same blocks
         raise SystemExit(f"the base model's test ppl differs between records: {sorted(base_ppls)}")
     models: dict = {
@@ -202,7 +269,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     passkey_acc = {
         "base (whole context window)": {d: r["accuracy"] for d, r in base_pk["per_distance"].items()}
     }
-    for v in done:
+    for v in (v for v in done if v in VARIANTS):
         per_d = [recs[v][k]["passkey"]["per_distance"] for k in sorted(recs[v])]
         passkey_acc[v] = {d: statistics.fmean(p[d]["accuracy"] for p in per_d) for d in per_d[0]}
     pretrain_path = Path(args.base) / "pretrain.json"
@@ -220,10 +287,11 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         "models": models,
         "pairs": pairs,
         "passkey_accuracy": passkey_acc,
-        "train_seconds": {v: statistics.fmean(r["train_seconds"] for r in recs[v].values()) for v in done},
-        "loss_curves": {v: {k: r["loss_curve"] for k, r in recs[v].items()} for v in done},
+        "train_seconds": {v: statistics.fmean(r["train_seconds"] for r in recs[v].values()) for v in VARIANTS if recs[v]},
+        "loss_curves": {v: {k: r["loss_curve"] for k, r in recs[v].items()} for v in VARIANTS if recs[v]},
         "commands": ["python benchmarks/pretrain_gpt2.py --steps 1500",
                      "python benchmarks/gpt2_finetune.py run --seeds 0 1 2",
+                     "python benchmarks/gpt2_finetune.py controls --seeds 0 1 2",
                      "python benchmarks/gpt2_finetune.py summarize"],
     }  # fmt: skip
     write_json(OUT, result)
@@ -239,11 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     r.add_argument("--base", default=str(BASE), help="the pretrained GPT-2 folder (pretrain_gpt2.py)")
     r.add_argument("--runs-dir", default=str(REPO / "runs" / "gpt2_finetune"))
+    w = sub.add_parser("controls", help="evaluation-only controls: previous block in view, memory wiped")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    w.add_argument("--runs-dir", default=str(REPO / "runs" / "gpt2_finetune"))
+    w.add_argument("--base", default=str(BASE), help="the pretrained GPT-2 folder (pretrain_gpt2.py)")
     sm = sub.add_parser("summarize")
     sm.add_argument("--expected-seeds", type=int, nargs="+", default=[0, 1, 2])
     sm.add_argument("--base", default=str(BASE))
     args = p.parse_args(argv)
-    {"run": cmd_run, "summarize": cmd_summarize}[args.cmd](args)
+    {"run": cmd_run, "controls": cmd_controls, "summarize": cmd_summarize}[args.cmd](args)
     return 0
 
 

@@ -428,6 +428,10 @@ GPT2_LABELS = {
     "no_memory": "fine-tuned, no memory",
     "infinite": "fine-tuned + memory (uniform sampling)",
     "infinite_sticky": "fine-tuned + memory (sticky)",
+    "no_memory_window": "control: fine-tuned, no memory, previous block in the window",
+    "infinite_wiped": "control: fine-tuned + memory (uniform), memory emptied every block",
+    "infinite_sticky_wiped": "control: fine-tuned + memory (sticky), memory emptied every block",
+    "base_window": "control: pretrained, not fine-tuned, previous block in the window",
 }
 
 

@@ -78,10 +78,13 @@ def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
     rec = json.loads((tmp_path / "records" / "infinite-seed1.json").read_text())
     assert rec["sticky"] is False and set(rec["passkey"]["per_distance"]) == {"4", "40"}
     assert json.loads((tmp_path / "records" / "infinite_sticky-seed0.json").read_text())["sticky"] is True
+    controls = ["controls", "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "--base", str(base)]
+    assert bench.main(controls) == 0
     assert bench.main(["summarize", "--expected-seeds", "0", "1", "--base", str(base)]) == 0
     res = json.loads((tmp_path / "gpt2_finetune.json").read_text())
     assert res["complete"] and res["paired_seeds"] == [0, 1]
-    assert set(res["models"]) == {"base", "no_memory", "infinite", "infinite_sticky"}
+    assert set(res["models"]) == {"base", "no_memory", "infinite", "infinite_sticky", "no_memory_window",
+                                  "infinite_wiped", "infinite_sticky_wiped", "base_window"}  # fmt: skip
     for name in ("no_memory", "infinite", "infinite_sticky"):
         m = res["models"][name]
         assert [s["seed"] for s in m["seeds"]] == [0, 1]
@@ -91,6 +94,13 @@ def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert res["models"]["no_memory"]["test_ppl"] != res["models"]["base"]["test_ppl"]
     pairs = {(p["a"], p["b"]): p for p in res["pairs"]}
     assert ("infinite_sticky", "no_memory") in pairs and ("no_memory", "base") in pairs
+    assert ("infinite_sticky", "no_memory_window") in pairs and ("infinite", "infinite_wiped") in pairs
+    # the same weights with more context: the window model is scored on the same tokens
+    window = json.loads((tmp_path / "records" / "no_memory_window-seed0.json").read_text())
+    tuned = json.loads((tmp_path / "records" / "no_memory-seed0.json").read_text())
+    assert {d: v["tokens"] for d, v in window["per_document"].items()} == {
+        d: v["tokens"] for d, v in tuned["per_document"].items()
+    }
     p = pairs[("infinite_sticky", "no_memory")]
     assert p["ci95"][0] <= p["mean_diff"] <= p["ci95"][1]
     assert res["base_model"]["parameters"] > 0 and "base (whole context window)" in res["passkey_accuracy"]

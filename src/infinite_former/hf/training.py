@@ -114,9 +114,59 @@ def evaluate_hf_pair(
     return res
 
 
+@dataclass
+class _PreviousBlock:
+    """The window evaluation's state: each lane's previous block (batch, L) and whether it has one."""
+
+    tokens: Tensor
+    valid: Tensor  # (batch,) bool
+
+    def reset(self, rows: Tensor) -> _PreviousBlock:
+        return _PreviousBlock(self.tokens, self.valid & ~rows.to(self.valid.device))
+
+
+def evaluate_window(
+    plain_model: nn.Module,
+    corpus: TokenizedCorpus,
+    block_size: int,
+    batch_size: int,
+    eos_id: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """The plain model reading each block of ``block_size`` tokens with the previous block of its
+    document in its window (2 × block_size positions; the first block of a document alone).
+
+    The baseline that a memory of about one block must beat: the same blocks and targets as
+    :func:`evaluate_hf_pair`, with up to block_size more tokens of context and no memory.
+    """
+    n_pos = _max_positions(plain_model.config)
+    if n_pos is not None and 2 * block_size > n_pos:
+        raise ValueError(
+            f"block_size={block_size}: the window of 2 blocks exceeds the model's {n_pos} positions"
+        )
+    plain_model.eval()
+
+    def step(t: Tensor, s: _PreviousBlock) -> tuple[Tensor, _PreviousBlock]:
+        b, n = t.shape
+        ids = torch.cat([s.tokens, t], dim=1)  # (batch, 2L)
+        mask = torch.cat([s.valid[:, None].expand(-1, n), torch.ones_like(t, dtype=torch.bool)], dim=1)
+        # a lane without a previous block reads its block at positions 0..L-1, as alone
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        logits = plain_model(input_ids=ids, attention_mask=mask.long(), position_ids=positions).logits
+        return logits[:, n:], _PreviousBlock(t, torch.ones(b, dtype=torch.bool, device=t.device))
+
+    def init(b: int) -> _PreviousBlock:
+        return _PreviousBlock(
+            torch.full((b, block_size), eos_id, dtype=torch.long, device=device),
+            torch.zeros(b, dtype=torch.bool, device=device),
+        )
+
+    return evaluate_documents(step, init, corpus, batch_size, block_size, eos_id, device, max_positions=None)
+
+
 def _max_positions(config: Any) -> int | None:
     """The positions a model can take: GPT-2's n_positions or max_position_embeddings."""
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
-__all__ = ["HFMemoryLM", "evaluate_hf_pair"]
+__all__ = ["HFMemoryLM", "evaluate_hf_pair", "evaluate_window"]

@@ -53,6 +53,9 @@ SCRIPT = textwrap.dedent(
         losses, weights = train(slice(acc.process_index * half, (acc.process_index + 1) * half), acc)
         if acc.is_main_process:
             json.dump({"losses": losses, "weights": weights, "world": acc.num_processes}, open(sys.argv[1], "w"))
+        # leave together: a rank exiting with the process group alive aborts in gloo's teardown
+        acc.wait_for_everyone()
+        torch.distributed.destroy_process_group()
     """
 )
 

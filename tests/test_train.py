@@ -260,6 +260,9 @@ DDP_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     if not dist.is_initialized() or dist.get_rank() == 0:
         json.dump(res.losses, open({result!r}, "w"))
+    if dist.is_initialized():  # leave together: a rank exiting with the group alive can abort in gloo
+        dist.barrier()
+        dist.destroy_process_group()
     """
 )
 

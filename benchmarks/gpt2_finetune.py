@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -44,8 +43,13 @@ import torch
 from infinite_former.experiments import lm as lm_cli
 from infinite_former.experiments import passkey as passkey_cli
 from infinite_former.stats import paired_comparison
-from infinite_former.training.logs import loss_curve
-from infinite_former.training.records import RunRecords, settings_hash
+from infinite_former.training.records import (
+    RunRecords,
+    finished_run,
+    nll_per_token,
+    per_document_nll,
+    settings_hash,
+)
 from infinite_former.utils import machine_info, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,13 +124,6 @@ def passkey(model: Path, window: bool) -> dict:
     }
 
 
-def _per_document(r: dict) -> dict:
-    return {
-        doc: {"nll": math.log(v["ppl"]) * v["tokens"], "tokens": v["tokens"], "bytes": v["bytes"]}
-        for doc, v in r["per_document"].items()
-    }
-
-
 def run_one(name: str, seed: int, root: Path, base: Path) -> dict:
     run_dir = root / f"{name}-seed{seed}"
     if run_dir.exists():
@@ -136,25 +133,18 @@ def run_one(name: str, seed: int, root: Path, base: Path) -> dict:
     test = res["eval"]["test"]
     tuned = test["gpt2_finetuned" if name == "no_memory" else "gpt2_memory"]
     return {
-        "variant": name,
-        "seed": seed,
-        "settings_key": settings_key(),
         "flags": FLAGS[name],
         "sticky": res["sticky"],
         "test_ppl": tuned["ppl"],
         "test_bpb": tuned["bpb"],
-        "per_document": _per_document(tuned),
+        "per_document": per_document_nll(tuned),
         "base": {
             "test_ppl": test["gpt2"]["ppl"],
             "test_bpb": test["gpt2"]["bpb"],
-            "per_document": _per_document(test["gpt2"]),
+            "per_document": per_document_nll(test["gpt2"]),
         },  # fmt: skip
         "passkey": passkey(run_dir / "model", window=False),
-        "train_seconds": res["train_seconds"],
-        "seconds": time.perf_counter() - t0,
-        "final_train_loss": res["train_loss_last"],
-        "loss_curve": loss_curve(run_dir, every=100),
-        "machine": machine_info(),
+        **finished_run(res, run_dir, t0),
     }
 
 
@@ -222,7 +212,7 @@ def cmd_controls(args: argparse.Namespace) -> None:
         return {
             "test_ppl": res["ppl"],
             "test_bpb": res["bpb"],
-            "per_document": _per_document(res),
+            "per_document": per_document_nll(res),
             "evaluation": f"blocks of {L} tokens, {how}",
             "machine": machine_info(),
         }
@@ -230,10 +220,6 @@ def cmd_controls(args: argparse.Namespace) -> None:
     RunRecords(RECORDS, settings_key()).run_missing(
         args.seeds, CONTROLS, run_control, lambda rec: f"test ppl {rec['test_ppl']:.3f}"
     )
-
-
-def _nll(per_document: dict, docs: list[str]) -> list[float]:
-    return [per_document[d]["nll"] / per_document[d]["tokens"] for d in docs]
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
@@ -257,8 +243,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         }
     seeds = sorted(set.intersection(*(set(recs[v]) for v in done)))
     docs = sorted(any_rec["per_document"])
-    scores = {v: [_nll(recs[v][k]["per_document"], docs) for k in seeds] for v in done}
-    scores["base"] = [_nll(any_rec["base"]["per_document"], docs) for _ in seeds]
+    scores = {v: [nll_per_token(recs[v][k]["per_document"], docs) for k in seeds] for v in done}
+    scores["base"] = [nll_per_token(any_rec["base"]["per_document"], docs) for _ in seeds]
     pairs = []
     for a, b in PAIRS:
         if a in scores and b in scores and seeds:

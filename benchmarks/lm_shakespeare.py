@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -38,8 +37,13 @@ from infinite_former.data.tokenizer import TextTokenizer, build_tokenizer
 from infinite_former.experiments import lm as lm_cli
 from infinite_former.models import InfiniteFormerLM, ModelConfig
 from infinite_former.stats import paired_comparison
-from infinite_former.training.logs import loss_curve
-from infinite_former.training.records import RunRecords, settings_hash
+from infinite_former.training.records import (
+    RunRecords,
+    finished_run,
+    nll_per_token,
+    per_document_nll,
+    settings_hash,
+)
 from infinite_former.utils import machine_info, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,24 +138,13 @@ def run_one(name: str, seed: int, root: Path) -> dict:
     t0 = time.perf_counter()
     res = lm_cli.lm_train(args)
     test = res["eval"]["test"]
-    per_doc = {
-        doc: {"nll": math.log(v["ppl"]) * v["tokens"], "tokens": v["tokens"], "bytes": v["bytes"]}
-        for doc, v in test["per_document"].items()
-    }
     return {
-        "variant": name,
-        "seed": seed,
-        "settings_key": settings_key(),
         "flags": memory_flags(name),
         "parameters": res["parameters"],
         "test_ppl": test["ppl"],
         "test_bpb": test["bpb"],
-        "per_document": per_doc,
-        "train_seconds": res["train_seconds"],
-        "seconds": time.perf_counter() - t0,
-        "final_train_loss": res["train_loss_last"],
-        "loss_curve": loss_curve(run_dir, every=100),
-        "machine": machine_info(),
+        "per_document": per_document_nll(test),
+        **finished_run(res, run_dir, t0),
     }
 
 
@@ -213,10 +206,7 @@ def cmd_throughput(args: argparse.Namespace, steps: int = 6) -> None:
 
 def _log_ppl(by_seed: dict[int, dict], seeds: list[int], docs: list[str]) -> list[list[float]]:
     """(seeds, documents) test NLL per token of one variant."""
-    return [
-        [by_seed[k]["per_document"][d]["nll"] / by_seed[k]["per_document"][d]["tokens"] for d in docs]
-        for k in seeds
-    ]
+    return [nll_per_token(by_seed[k]["per_document"], docs) for k in seeds]
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:

@@ -132,9 +132,14 @@ def _ci(p: dict, digits: int = 3) -> str:
     return f"{p['mean_diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def _verdict(p: dict) -> str:
+def _verdict(p: dict, labels: dict[str, str] = LABELS) -> str:
     v = p["verdict"]
-    return "within noise" if v == "within noise" else f"**{LABELS.get(v[:-7], v[:-7])} better**"
+    return "within noise" if v == "within noise" else f"**{labels.get(v[:-7], v[:-7])} better**"
+
+
+def _pair_rows(pairs: list[dict], labels: dict[str, str] = LABELS) -> list[str]:
+    """One table row per paired comparison: a − b | difference [95% CI] | verdict."""
+    return [f"| {labels[p['a']]} − {labels[p['b']]} | {_ci(p, 4)} | {_verdict(p, labels)} |" for p in pairs]
 
 
 def sorting() -> str:
@@ -295,9 +300,7 @@ def lm_shakespeare() -> str:
         "| comparison | difference [95% CI] | verdict |",
         "|---|---:|---|",
     ]
-    lines += [
-        f"| {LABELS[p['a']]} − {LABELS[p['b']]} | {_ci(p, 4)} | {_verdict(p)} |" for p in pairs["pairs"]
-    ]
+    lines += _pair_rows(pairs["pairs"])
     return "\n".join(lines)
 
 
@@ -343,9 +346,7 @@ def lm_shakespeare_3000() -> str:
                 "| comparison (log perplexity, nats/token) | difference [95% CI] | verdict |",
                 "|---|---:|---|",
             ]
-            lines += [
-                f"| {LABELS[p['a']]} − {LABELS[p['b']]} | {_ci(p, 4)} | {_verdict(p)} |" for p in c["pairs"]
-            ]
+            lines += _pair_rows(c["pairs"])
         lines.append("")
     tput = d.get("throughput")
     if tput:
@@ -435,11 +436,6 @@ GPT2_LABELS = {
 }
 
 
-def _named_verdict(p: dict, labels: dict[str, str]) -> str:
-    v = p["verdict"]
-    return "within noise" if v == "within noise" else f"**{labels.get(v[:-7], v[:-7])} better**"
-
-
 def gpt2_finetune() -> str:
     """The paper's GPT-2 experiment on a GPT-2 pretrained here (benchmarks/gpt2_finetune.py)."""
     d = _load("gpt2_finetune_cpu.json")
@@ -469,10 +465,7 @@ def gpt2_finetune() -> str:
         "| comparison (log perplexity, nats/token, paired by seed and test play) | difference [95% CI] | verdict |",
         "|---|---:|---|",
     ]
-    lines += [
-        f"| {GPT2_LABELS[p['a']]} − {GPT2_LABELS[p['b']]} | {_ci(p, 4)} | {_named_verdict(p, GPT2_LABELS)} |"
-        for p in d["pairs"]
-    ]
+    lines += _pair_rows(d["pairs"], GPT2_LABELS)
     pk = d["passkey_accuracy"]
     dists = list(next(iter(pk.values())))
     lines += [

@@ -13,17 +13,46 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..utils import write_json
+from ..utils import machine_info, write_json
+from .logs import loss_curve
 
 
 def settings_hash(settings: Any) -> str:
     """12 hex digits of the SHA-1 of ``settings`` as sorted-key JSON."""
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def per_document_nll(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{document: {nll, tokens, bytes}} (summed NLL in nats) from an evaluation's per-document
+    perplexities: what a record keeps for the paired statistics."""
+    return {
+        doc: {"nll": math.log(v["ppl"]) * v["tokens"], "tokens": v["tokens"], "bytes": v["bytes"]}
+        for doc, v in result["per_document"].items()
+    }
+
+
+def nll_per_token(per_document: dict[str, dict[str, float]], docs: list[str]) -> list[float]:
+    """Mean NLL per token of each of ``docs`` (one seed's units for infinite_former.stats)."""
+    return [per_document[d]["nll"] / per_document[d]["tokens"] for d in docs]
+
+
+def finished_run(summary: dict[str, Any], run_dir: str | os.PathLike, started: float) -> dict[str, Any]:
+    """The fields every record keeps of a finished training run: ``summary`` is
+    ``TrainResult.summary()``, ``started`` the ``time.perf_counter()`` before the run."""
+    return {
+        "train_seconds": summary["train_seconds"],
+        "seconds": time.perf_counter() - started,
+        "final_train_loss": summary["train_loss_last"],
+        "loss_curve": loss_curve(run_dir, every=100),
+        "machine": machine_info(),
+    }
 
 
 class RunRecords:
@@ -73,4 +102,4 @@ class RunRecords:
         return out
 
 
-__all__ = ["RunRecords", "settings_hash"]
+__all__ = ["RunRecords", "finished_run", "nll_per_token", "per_document_nll", "settings_hash"]

@@ -31,8 +31,8 @@ def _commands(parser: argparse.ArgumentParser, prefix: str) -> list[tuple[str, a
 def render_cli() -> str:
     """Markdown for the CLI reference: one section per command with its `--help`."""
     sys.path.insert(0, str(ROOT / "src"))
-    old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = WIDTH
+    saved = {k: os.environ.get(k) for k in ("COLUMNS", "NO_COLOR")}
+    os.environ.update(COLUMNS=WIDTH, NO_COLOR="1")  # fixed width; no ANSI colours (Python ≥ 3.14)
     try:
         from infinite_former.cli import build_parser
 
@@ -48,10 +48,11 @@ def render_cli() -> str:
             lines += [f"## `{name}`", "", "```text", parser.format_help().rstrip(), "```", ""]
         return "\n".join(lines)
     finally:
-        if old is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = old
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def on_files(files: Files, config) -> Files:

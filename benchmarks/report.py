@@ -1,11 +1,11 @@
-"""Render the README's results tables from results/*.json.
+"""Render the results tables of the docs (docs/results.md) from results/*.json.
 
-    python benchmarks/report.py            # rewrite the tables in README.md
-    python benchmarks/report.py --check    # exit 1 if README.md differs from the JSON files
+    python benchmarks/report.py            # rewrite the tables in docs/results.md
+    python benchmarks/report.py --check    # exit 1 if docs/results.md differs from the JSON files
 
-Each table lives in README.md between `<!-- results:NAME:start -->` and
+Each table lives in docs/results.md between `<!-- results:NAME:start -->` and
 `<!-- results:NAME:end -->`; tests/test_readme_results.py runs the check, so a
-number in the README can only come from a committed results file.
+number in the docs can only come from a committed results file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 
 
 def _load(name: str) -> dict:
@@ -536,8 +536,8 @@ def _block(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- results:{name}:start -->\n)(.*?)(<!-- results:{name}:end -->)", re.S)
 
 
-def render_readme(text: str) -> str:
-    """README text with every results block re-rendered from the JSON files."""
+def render_results(text: str) -> str:
+    """The results page's text with every results block re-rendered from the JSON files."""
     for name, render in RENDERERS.items():
         pattern = _block(name)
         if pattern.search(text):
@@ -554,16 +554,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is stale")
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if docs/results.md is stale")
     args = parser.parse_args(argv)
-    text = README.read_text(encoding="utf-8")
-    new = render_readme(text)
+    text = RESULTS_PAGE.read_text(encoding="utf-8")
+    new = render_results(text)
     if args.check:
         if new != text:
-            print("README.md results tables differ from results/*.json: run python benchmarks/report.py")
+            print("docs/results.md tables differ from results/*.json: run python benchmarks/report.py")
             return 1
         return 0
-    README.write_text(new, encoding="utf-8")
+    RESULTS_PAGE.write_text(new, encoding="utf-8")
     return 0
 
 

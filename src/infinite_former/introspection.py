@@ -367,7 +367,8 @@ def _absorb_pending(model, state, maps, layers, gen, stride):
         samples = sample_positions(blk.ltm, old, replay)
         new_ltm.append(blk.ltm.update(old, x, generator=gen))
         maps[layer] = record_absorption(layers[layer], maps[layer], blk.ltm, old, x, samples, stride)
-    return replace(state, ltm=new_ltm, ltm_pending_count=torch.zeros_like(state.ltm_pending_count))
+    nothing_pending = torch.zeros_like(state.ltm_pending_count)
+    return replace(state, memory=replace(state.memory, ltm=new_ltm, ltm_pending_count=nothing_pending))
 
 
 def sample_positions(

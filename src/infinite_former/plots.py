@@ -5,13 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-LABELS = {
-    "xl": "Transformer-XL",
-    "compressive": "Compressive",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
-}
-
 
 def plot_accuracy(
     accuracy: Mapping[str, Mapping[int, float]],
@@ -19,8 +12,10 @@ def plot_accuracy(
     title: str = "sorting",
     errors: Mapping[str, Mapping[int, float]] | None = None,
     chance: float | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    """Accuracy against sequence length, one line per model ({model: {length: acc}}); writes path."""
+    """Accuracy against sequence length, one line per model ({model: {length: acc}}); writes path.
+    labels: the legend's name per model (the memory types': ``models.memory_labels()``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +28,7 @@ def plot_accuracy(
         xs = sorted(by_len)
         ys = [by_len[x] for x in xs]
         err = [errors[model][x] for x in xs] if errors and model in errors else None
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=LABELS.get(model, model))
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=(labels or {}).get(model, model))
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
     ax.set_xscale("log", base=2)

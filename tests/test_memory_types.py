@@ -82,20 +82,26 @@ def test_unknown_memory_type_names_the_known_ones():
 def test_parameter_count_and_checkpoint_keys(name):
     """The memory's parameters sit under layers.<i>.<module_name> (0.2's checkpoint keys: ltm,
     compressor) and num_parameters counts exactly them."""
+    kind = memory_type_class(name)
+    legacy = {"xl": None, "compressive": "compressor", "infinite": "ltm", "infinite_sticky": "ltm"}
+    if name in legacy:
+        assert kind.module_name == legacy[name]
     torch.manual_seed(0)
     model = InfiniteFormerLM(tiny(name))
-    own = {"xl": (), "compressive": ("compressor",)}.get(name, ("ltm",))
     params = dict(model.named_parameters())
-    memory_keys = [k for k in params if k.split(".")[2:3] in (["ltm"], ["compressor"])]
-    assert {k.split(".")[2] for k in memory_keys} == set(own)
+    own = [k for k in params if k.split(".")[2:3] == [kind.module_name]]  # layers.<i>.<module_name>.*
+    not_plain = [
+        k for k in params if k.startswith("layers.") and k.split(".")[2] not in ("ln1", "attn", "ln2", "ff")
+    ]
+    assert not_plain == own  # the memory adds parameters only under its module
     if name == "compressive":
-        assert [k for k in memory_keys if k.startswith("layers.0.")] == [
+        assert [k for k in own if k.startswith("layers.0.")] == [
             "layers.0.compressor.conv.weight",
             "layers.0.compressor.conv.bias",
         ]
         e, c = 16, 2
         assert model.memory.num_parameters(model.layers) == 2 * (e * e * c + e)  # Conv1d(e, e, c), 2 layers
-    assert model.memory.num_parameters(model.layers) == sum(params[k].numel() for k in memory_keys)
+    assert model.memory.num_parameters(model.layers) == sum(params[k].numel() for k in own)
 
 
 @pytest.mark.parametrize(

@@ -361,7 +361,7 @@ def _absorb_pending(model, state, maps, layers, gen, stride):
     new_ltm = []
     for layer, blk in enumerate(model.layers):
         old: LTMState = state.ltm[layer]
-        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteFormerLM._absorb
+        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteMemory._absorb
         replay = torch.Generator(device=gen.device)
         replay.set_state(gen.get_state())  # update_memory's first random draw is sticky_positions'
         samples = sample_positions(blk.ltm, old, replay)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from .compressive import CompressiveMemory
 from .infinite import InfiniteMemory, StickyInfiniteMemory
-from .mean import MeanMemory
 from .memory_type import MemoryType
 from .xl import XLMemory
 
@@ -17,7 +16,6 @@ MEMORY_TYPES: dict[str, type[MemoryType]] = {
         CompressiveMemory,
         InfiniteMemory,
         StickyInfiniteMemory,
-        MeanMemory,
     )
 }
 

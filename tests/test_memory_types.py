@@ -1,30 +1,27 @@
 """The memory-type protocol (models/memory_type.py) and its registry (models/registry.py): every type
 spends the same budget, carries its label, keeps its checkpoint keys, and a new type plugs into the
-LM with one class and one registry entry (a toy "mean of past states" type, defined here)."""
+LM with one file and one registry entry (the worked example of docs/memory_types.md, run here)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import re
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor, nn
 
 from infinite_former.experiments.sort import SortSettings
 from infinite_former.models import (
     MEMORY_TYPES,
     InfiniteFormerLM,
     LMState,
-    MemoryType,
     ModelConfig,
     memory_labels,
     memory_type_class,
 )
-from infinite_former.models.compressive import concat_right_aligned, valid_mask
-from infinite_former.models.memory_type import LayerRead, SegmentPlan, layer_tensors
 
 V = 11
 
@@ -154,82 +151,42 @@ def test_a_state_of_another_memory_type_is_refused():
         InfiniteFormerLM(tiny("xl"))(tokens, state)
 
 
-# --------------------------------------------------------------- a new memory type: one class
+# --------------------------------------------------------------- a new memory type: one file
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "memory_types.md"
 
 
-@dataclass
-class MeanState:
-    """sums: per layer (batch, 1, e) Σ of the layer inputs that left the STM; count (batch,)."""
-
-    sums: list[Tensor]
-    count: Tensor
-
-    MARKER: ClassVar[str] = "mean_count"
-
-    def map(self, fn: Callable[[Tensor], Tensor]) -> MeanState:
-        return MeanState([fn(t) for t in self.sums], fn(self.count))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {**{f"mean_sums.{i}": t for i, t in enumerate(self.sums)}, "mean_count": self.count}
-
-    @classmethod
-    def from_state_dict(cls, d: dict[str, Tensor]) -> MeanState:
-        return cls(layer_tensors(d, "mean_sums"), d["mean_count"])
-
-
-class MeanMemory(MemoryType):
-    """Toy type: the STM plus one slot, the mean of every layer input that left it; attention runs
-    over [mean; mem; segment]."""
-
-    name: ClassVar[str] = "mean"
-    label: ClassVar[str] = "mean of past states"
-    budget_rule: ClassVar[str] = "mean: mem_len + N - 1 STM + 1 mean"
-    state_class: ClassVar[type | None] = MeanState
-
-    @classmethod
-    def equal_budget(cls, mem_len: int, num_basis: int) -> dict[str, int]:
-        return {"mem_len": mem_len + num_basis - 1}
-
-    def state_size(self) -> int:
-        return self.config.mem_len + 1
-
-    def init_state(self, batch_size: int, layers: nn.ModuleList, empty: Tensor, count: Tensor) -> MeanState:
-        return MeanState([empty.new_zeros(batch_size, 1, empty.shape[-1]) for _ in layers], count.clone())
-
-    def check_state(self, memory: Any, n_layers: int) -> None:
-        if not isinstance(memory, MeanState) or len(memory.sums) != n_layers:
-            raise ValueError("state has no mean memory, expected one for memory_type 'mean'")
-
-    def plan(self, memory: MeanState, mem_valid: Tensor, mem_width: int, T: int) -> SegmentPlan:
-        plan = super().plan(memory, mem_valid, mem_width, T)  # the STM as in Transformer-XL
-        has_mean = (memory.count > 0).long()  # (b,)
-        leaving = mem_valid + T - plan.keep  # (b,) vectors each row drops now
-        extra = (has_mean, leaving, memory.count + leaving)
-        return dataclasses.replace(plan, window=mem_width + 1, attended=mem_valid + has_mean, extra=extra)
-
-    def window(
-        self, memory: MeanState, layer: int, block: Tensor, h: Tensor, mem_valid: Tensor, plan: SegmentPlan
-    ) -> Tensor:
-        mean = memory.sums[layer] / memory.count.clamp_min(1)[:, None, None]  # (b, 1, e)
-        mems = block[:, : block.shape[1] - h.shape[1]]
-        window = concat_right_aligned(mean, plan.extra[0], mems, mem_valid, plan.window)  # right-aligned
-        return torch.cat([window, h], dim=1)
-
-    def read(self, blk, memory, layer, x, block, h, plan, return_densities) -> LayerRead:
-        leaving = block[:, : plan.leaving].detach()  # (b, P, e): row i's last leaving[i] are valid
-        ok = valid_mask(plan.extra[1], plan.leaving)[..., None]
-        return LayerRead(state=memory.sums[layer] + (leaving * ok).sum(1, keepdim=True))
-
-    def finish(self, reads, plan, like):
-        return MeanState([r.state for r in reads], plan.extra[2]), like.new_zeros(()), {}
+def guide_code() -> tuple[str, str]:
+    """The worked example of docs/memory_types.md: (the type's file, its test)."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 2, (
+        f"{GUIDE.name} should hold the type's file and its test, got {len(blocks)} blocks"
+    )
+    return blocks[0], blocks[1]
 
 
 @pytest.fixture
-def mean_model(monkeypatch):
-    """The toy type registered for one test (what its registry line does), in a tiny LM."""
-    monkeypatch.setitem(MEMORY_TYPES, "mean", MeanMemory)
+def mean_type(monkeypatch) -> types.ModuleType:
+    """The guide's models/mean.py as a module of the package, registered for one test (what its
+    registry entry does)."""
+    module = types.ModuleType("infinite_former.models.mean")
+    module.__package__ = "infinite_former.models"
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses resolve ClassVar through it
+    exec(compile(guide_code()[0], str(GUIDE), "exec"), module.__dict__)
+    monkeypatch.setitem(MEMORY_TYPES, "mean", module.MeanMemory)
+    return module
+
+
+@pytest.fixture
+def mean_model(mean_type):
     torch.manual_seed(0)
     return InfiniteFormerLM(tiny("mean")).eval()
+
+
+def test_the_guides_own_test_passes(mean_type):
+    scope = {"torch": torch, "ModelConfig": ModelConfig, "InfiniteFormerLM": InfiniteFormerLM}
+    exec(compile(guide_code()[1], str(GUIDE), "exec"), scope)
+    scope["test_mean_memory_holds_the_mean_of_what_left_the_stm"]()
 
 
 @torch.no_grad()
@@ -243,7 +200,21 @@ def test_a_new_memory_type_runs_in_the_lm_and_holds_the_mean_of_what_left_the_st
     left = mean_model.embed(tokens[:, :16])  # layer 0's inputs are the token embeddings
     torch.testing.assert_close(state.memory.sums[0] / 16, left.mean(1, keepdim=True))
     torch.testing.assert_close(state.mems[0], mean_model.embed(tokens[:, 16:]))
-    assert MeanMemory.label in memory_labels().values()
+    assert memory_labels()["mean"] == "mean of past states"
+    # causal: changing the last token changes no earlier logit
+    changed = tokens.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % V
+    a, b = (torch.cat([o.logits for o in run_all(mean_model, x)], 1) for x in (tokens, changed))
+    torch.testing.assert_close(a[:, :-1], b[:, :-1])
+    assert (a[:, -1] - b[:, -1]).abs().max() > 1e-4
+
+
+def run_all(model, tokens: torch.Tensor, seg: int = 5) -> list:
+    outs, state = [], None
+    for part in tokens.split(seg, dim=1):
+        out, state = model(part, state)
+        outs.append(out)
+    return outs
 
 
 @torch.no_grad()
@@ -258,11 +229,11 @@ def test_a_new_memory_type_is_read_saved_and_reset_like_the_others(mean_model):
     )
     assert (with_mean - mean_model(tokens[:, 20:], emptied)[0].logits).abs().max() > 1e-4  # the mean is read
     restored = LMState.from_state_dict({k: v.clone() for k, v in state.state_dict().items()})
-    assert isinstance(restored.memory, MeanState)
+    assert type(restored.memory).__name__ == "MeanState"
     torch.testing.assert_close(mean_model(tokens[:, 20:], restored)[0].logits, with_mean)
     # row 1 starts a new document: it continues as a fresh stream, row 0 as before
     reset = state.reset(torch.tensor([False, True]))
     out = mean_model(tokens[:, 20:], reset)[0].logits
     torch.testing.assert_close(out[0], with_mean[0])
     torch.testing.assert_close(out[1:], mean_model(tokens[1:, 20:])[0].logits)
-    assert MeanMemory(mean_model.config).state_size() == 4 + 1
+    assert mean_model.memory.state_size() == 4 + 1

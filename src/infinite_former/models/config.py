@@ -1,4 +1,4 @@
-"""ModelConfig: the language model's hyperparameters, validated once, and the memory types."""
+"""ModelConfig: the language model's hyperparameters, validated once (the memory type checks its own)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ class SegmentPlan:
     """Where everything sits in one call, the same for every layer. b rows, segment length T.
 
     keep (b,): layer inputs each row keeps in the STM after this call; stm_width: their max.
-    leaving: vectors that leave [mem; segment] on the left this call (stm width + T - stm_width).
+    leaving: vectors that leave [mem; segment] on the left this call (mem width + T - stm_width).
     window: memory positions attended before the segment; attended (b,): how many are valid.
     extra: whatever the memory type computed for all layers (its own dataclass or None).
     """

@@ -1,6 +1,7 @@
 """The memory types the LM knows: ``ModelConfig.memory_type`` -> its class (memory_type.py).
 
-Adding a memory type: write its file in models/ (a MemoryType subclass) and add one line here."""
+Adding a memory type: write its file in models/ (a MemoryType subclass), import its class here and
+add it to the tuple (docs/memory_types.md walks through an example)."""
 
 from __future__ import annotations
 

@@ -65,7 +65,8 @@ def main() -> None:
             if kind == "xl":
                 state = dataclasses.replace(state, mem_valid=state.mem_valid.clamp(max=a.stm))
             elif kind == "compressive":
-                state = dataclasses.replace(state, cmem_valid=torch.zeros_like(state.cmem_valid))
+                memory = dataclasses.replace(state.memory, cmem_valid=torch.zeros_like(state.cmem_valid))
+                state = dataclasses.replace(state, memory=memory)
             out, state = model(tokens, state)
             return out.logits, state
 

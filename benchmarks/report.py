@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from infinite_former.models import memory_labels
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 RESULTS_PAGE = ROOT / "docs" / "results.md"
@@ -118,13 +120,9 @@ def generation() -> str:
     return "\n".join(lines)
 
 
-LABELS = {
-    "xl": "Transformer-XL",
-    "xl_params": "Transformer-XL, parameter-matched",
-    "compressive": "Compressive",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
-}
+MEMORY_LABELS = memory_labels()  # each memory type's own label (models/<type>.py)
+XL = MEMORY_LABELS["xl"]
+LABELS = {**MEMORY_LABELS, "xl_params": f"{XL}, parameter-matched"}
 
 
 def _ci(p: dict, digits: int = 3) -> str:
@@ -305,12 +303,10 @@ def lm_shakespeare() -> str:
 
 
 LM_VARIANTS = {
-    "xl_equal": "Transformer-XL, m + N states",
-    "xl_stm": "Transformer-XL, m states",
-    "xl_params": "Transformer-XL, m + N states, parameter-matched",
-    "compressive": "Compressive",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
+    "xl_equal": f"{XL}, m + N states",
+    "xl_stm": f"{XL}, m states",
+    "xl_params": f"{XL}, m + N states, parameter-matched",
+    **MEMORY_LABELS,
 }
 
 
@@ -378,8 +374,8 @@ def sort_default() -> str:
 
 DIALOGUE_LABELS = {
     "no_memory": "same model, no memory",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
+    "infinite": MEMORY_LABELS["infinite"],
+    "infinite_sticky": MEMORY_LABELS["infinite_sticky"],
 }
 
 
@@ -483,7 +479,7 @@ def gpt2_finetune() -> str:
 
 
 INSPECT_LABELS = {
-    "lm": "LM from scratch (3000-step benchmark), ∞-former (sticky), seed 0",
+    "lm": f"LM from scratch (3000-step benchmark), {MEMORY_LABELS['infinite_sticky']}, seed 0",
     "gpt2": "GPT-2 pretrained here + memory (sticky), fine-tuned, seed 0",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -261,8 +262,8 @@ def test_ltm_zero_init_output_starts_as_transformer_xl():
         _, state = model(x, None)
         _, state = model(x, state)  # tokens have left the STM: the LTM is non-empty
         assert int(state.ltm[0].length.min()) > 0
-        without_ltm = dict(state.__dict__, ltm=[s.reset(torch.ones(2, dtype=torch.bool)) for s in state.ltm])
-        empty = type(state)(**without_ltm)
+        without_ltm = [s.reset(torch.ones(2, dtype=torch.bool)) for s in state.ltm]
+        empty = dataclasses.replace(state, memory=dataclasses.replace(state.memory, ltm=without_ltm))
         before = model(x, state)[0].logits
         assert not torch.allclose(
             before, model(x, empty)[0].logits, atol=1e-4

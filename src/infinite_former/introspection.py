@@ -362,13 +362,14 @@ def _absorb_pending(model, state, maps, layers, gen, stride):
     new_ltm = []
     for layer, blk in enumerate(model.layers):
         old: LTMState = state.ltm[layer]
-        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteFormerLM._absorb
+        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteMemory._absorb
         replay = torch.Generator(device=gen.device)
         replay.set_state(gen.get_state())  # update_memory's first random draw is sticky_positions'
         samples = sample_positions(blk.ltm, old, replay)
         new_ltm.append(blk.ltm.update(old, x, generator=gen))
         maps[layer] = record_absorption(layers[layer], maps[layer], blk.ltm, old, x, samples, stride)
-    return replace(state, ltm=new_ltm, ltm_pending_count=torch.zeros_like(state.ltm_pending_count))
+    nothing_pending = torch.zeros_like(state.ltm_pending_count)
+    return replace(state, memory=replace(state.memory, ltm=new_ltm, ltm_pending_count=nothing_pending))
 
 
 def sample_positions(

@@ -10,13 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LABELS = {
-    "xl": "Transformer-XL",
-    "compressive": "Compressive",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
-}
-
 
 def plot_accuracy(
     accuracy: Mapping[str, Mapping[int, float]],
@@ -24,8 +17,10 @@ def plot_accuracy(
     title: str = "sorting",
     errors: Mapping[str, Mapping[int, float]] | None = None,
     chance: float | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    """Accuracy against sequence length, one line per model ({model: {length: acc}}); writes path."""
+    """Accuracy against sequence length, one line per model ({model: {length: acc}}); writes path.
+    labels: the legend's name per model (the memory types': ``models.memory_labels()``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for model, by_len in accuracy.items():
@@ -34,7 +29,7 @@ def plot_accuracy(
         xs = sorted(by_len)
         ys = [by_len[x] for x in xs]
         err = [errors[model][x] for x in xs] if errors and model in errors else None
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=LABELS.get(model, model))
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=(labels or {}).get(model, model))
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
     ax.set_xscale("log", base=2)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
-from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig, memory_labels
 from ..training import TrainConfig, Trainer, find_checkpoint
 from ..utils import check_int, config_from_dict, is_main_process, machine_info, seed_everything, write_json
 from .flags import Flag, add_flags, float_list, int_list, overrides
@@ -124,20 +124,18 @@ class SortSettings:
         return self.num_symbols + 2
 
     def memory_budget(self) -> dict[str, Any]:
-        """Vectors per layer each memory type may keep (the equal-budget rule)."""
-        n = self.num_basis
-        return {
-            "rule": "xl: mem_len + N; compressive: mem_len + cmem_len; infinite: mem_len STM + N basis",
-            "xl": {"mem_len": self.xl_mem_len or self.mem_len + n},
-            "compressive": {
-                "mem_len": self.mem_len,
-                "cmem_len": self.cmem_len or n,
-                "compression_rate": self.compression_rate,
-            },
-            "infinite": {"mem_len": self.mem_len, "num_basis": n, "num_samples": self.num_samples or n},
-        }
+        """Vectors per layer each memory type may keep (the equal-budget rule, each type's own)."""
+        rules = dict.fromkeys(kind.budget_rule for kind in MEMORY_TYPES.values())  # in order, once each
+        record = {"rule": "; ".join(rules)}
+        for name, kind in MEMORY_TYPES.items():
+            record[name] = kind.budget_record(self.model_fields(name))
+        return record
 
     def model_config(self, memory_type: str) -> ModelConfig:
+        return ModelConfig(**self.model_fields(memory_type))
+
+    def model_fields(self, memory_type: str) -> dict[str, Any]:
+        """The ModelConfig fields of memory_type's model (not validated: see model_config)."""
         kw: dict[str, Any] = dict(
             vocab_size=self.vocab_size,
             d_model=self.d_model,
@@ -157,9 +155,12 @@ class SortSettings:
             ltm_num_bins=self.num_bins,
             kl_weight=self.kl_weight,
         )
-        if memory_type == "xl":
-            kw["mem_len"] = self.xl_mem_len or self.mem_len + self.num_basis
-        return ModelConfig(**kw)
+        kw.update(MEMORY_TYPES[memory_type].equal_budget(self.mem_len, self.num_basis))  # mem_len + N each
+        if self.cmem_len:  # explicit sizes win over the rule
+            kw["cmem_len"] = self.cmem_len
+        if memory_type == "xl" and self.xl_mem_len:
+            kw["mem_len"] = self.xl_mem_len
+        return kw
 
     def train_config(self, run: str) -> TrainConfig:
         return TrainConfig(
@@ -342,6 +343,7 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
                 os.path.join(root, "accuracy.png"),
                 title=f"sorting, {s.num_symbols} symbols ({s.steps} steps, batch {s.batch_size})",
                 chance=None,
+                labels=memory_labels(),
             )
     return results
 

@@ -304,7 +304,7 @@ class LongTermAttention(nn.Module):
             mass = mass.to(state.bin_mass.dtype)
             state = replace(state, bin_mass=state.bin_mass + mass if accumulate_mass else mass)
         if return_record:
-            return out, state, kl, ReadRecord(mu.detach(), sigma2.detach(), valid)
+            return out, state, kl, ReadRecord(mu.detach(), sigma2.detach(), valid.expand(b, q))
         return out, state, kl
 
     def attend(self, queries: Tensor, state: LTMState) -> tuple[Tensor, LTMState, Tensor]:

@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ from .attention import LongTermAttention, ReadRecord
 from .memory import LTMState, UpdateRecord
 from .plots import AgeCurve, plot_by_age, plot_sample_histograms
 from .ridge import midpoints, reconstruct
-from .utils import check_int, machine_info, write_json
+from .utils import check_int, machine_info, seeded_rng, write_json
 
 RECONSTRUCTION_AGES = (1_000, 10_000, 100_000)
 
@@ -358,19 +357,6 @@ def inspect_document(
             "seed": cfg.seed,
         },
     )
-
-
-@contextmanager
-def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """The global RNG (CPU, and ``device``'s if CUDA), from which sticky sampling draws, seeded with
-    ``seed``; restored afterwards."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def record_absorption(

@@ -307,19 +307,20 @@ def _record(
     x: Tensor,
     positions: Tensor | None,
     num_samples: int,
-    tau: float,
+    tau: float | Tensor,
     contracted: Tensor,
     sticky: bool,
     absorbed: bool = True,
 ) -> UpdateRecord:
     """The UpdateRecord of an update of ``state`` with x (batch, L, e); positions: the (batch, M)
-    sample positions, None where no row was contracted."""
+    sample positions, None where no row was contracted; tau: the τ the contraction used, one for
+    all rows or (batch,) one per row."""
     batch = x.shape[0]
     if positions is None:
         positions = x.new_full((batch, num_samples), torch.nan)
     return UpdateRecord(
         first=state.length.clone(),
-        tau=torch.full((batch,), tau, dtype=torch.float64, device=x.device),  # τ of each row's contraction
+        tau=torch.as_tensor(tau, dtype=torch.float64, device=x.device).expand(batch).clone(),
         samples=torch.where(contracted[:, None], positions.detach(), torch.nan),
         contracted=contracted,
         vectors=x.detach(),

@@ -36,8 +36,8 @@ from ..introspection import (
     age_bin_edges,
     measure_reconstruction,
     record_absorption,
-    seeded_rng,
 )
+from ..utils import seeded_rng
 from .causal_lm import MemoryCausalLM
 
 

@@ -204,10 +204,9 @@ class MemoryCausalLM:
         for ltm, state, pending in zip(self.ltm, memory.ltm, memory.pending, strict=True):
             block = pending.gather(1, order[..., None].expand(-1, -1, pending.shape[-1]))  # (batch, L, e)
             # the update as a module call: FSDP gathers its weights (hf/fsdp.py)
-            if not return_record:
-                new = ltm(None, block, state)
-            else:
-                new, record = ltm(None, block, state, return_record=True)
+            new = ltm(None, block, state, return_record=return_record)
+            if return_record:
+                new, record = new
                 updates.append(record.updates[0].only(full))
             if not all_full:
                 new = _where_rows(full, new, state)
@@ -529,7 +528,7 @@ class _BlockRead:
             query_mask=self.valid,
             return_kl=self.need_kl,
             accumulate_mass=True,
-            **({"return_record": True} if self.record else {}),  # asked only when recording
+            return_record=self.record,
         )
         if self.record:
             self.records[k] = read[0]

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from hf_testing import save_tiny_gpt2
 from infinite_former.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,25 +168,9 @@ def test_lm_train_evaluates_the_test_split(tmp_path):
 
 def tiny_gpt2(folder: Path, corpus: Path) -> Path:
     """A random GPT-2 whose BPE knows every split's alphabet (its tokenizer decodes all of them)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
     from infinite_former.data.text import load_documents
-    from infinite_former.data.tokenizer import train_bpe_tokenizer
 
-    texts = [d.text for split in ALPHABETS for d in load_documents(corpus / split)]
-    bpe = train_bpe_tokenizer(texts, vocab_size=300)
-    vocab = folder / "vocab"
-    vocab.mkdir(parents=True)
-    bpe.backend.model.save(str(vocab))
-    tok = GPT2TokenizerFast(vocab=str(vocab / "vocab.json"), merges=str(vocab / "merges.txt"))
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=2, n_head=2,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    GPT2LMHeadModel(cfg).save_pretrained(folder / "gpt2")
-    tok.save_pretrained(folder / "gpt2")
-    return folder / "gpt2"
+    return save_tiny_gpt2(folder, [d.text for split in ALPHABETS for d in load_documents(corpus / split)])
 
 
 def load_benchmark(name: str):

@@ -55,13 +55,13 @@ def words(split: str, rng: random.Random, n: int) -> str:
     return " ".join("".join(rng.choice(letters) for _ in range(rng.randint(2, 5))) for _ in range(n))
 
 
-def check_rows(rows, decode, evaluated: set[str]) -> None:
+def check_rows(rows, decode, evaluated: set[str], trained: bool = True) -> None:
     """Training reads only the train split; evaluation reads only the `evaluated` splits, and all of them."""
     train_seen, eval_seen = set(), set()
     for training, ids in rows:
         for row in ids.tolist():
             (train_seen if training else eval_seen).update(splits_of(decode(row)))
-    assert train_seen == {"train"}, f"training read {sorted(train_seen)}"
+    assert train_seen == ({"train"} if trained else set()), f"training read {sorted(train_seen)}"
     assert eval_seen == evaluated, f"evaluation read {sorted(eval_seen)}, expected {sorted(evaluated)}"
 
 
@@ -180,29 +180,59 @@ def load_benchmark(name: str):
     return module
 
 
-@pytest.mark.parametrize("variant", ["no_memory", "infinite_sticky"])
-def test_gpt2_finetune_benchmark_trains_on_train_and_tests_on_test(tmp_path, monkeypatch, variant):
-    """benchmarks/gpt2_finetune.py's own command line (finetune_argv) at toy size: lm finetune reads
-    the training split to train, the test split for the fine-tuned model and the base GPT-2 alike."""
+@pytest.fixture(scope="module")
+def gpt2_benchmark(tmp_path_factory):
+    """benchmarks/gpt2_finetune.py at toy size (its settings S and data patched, its own command
+    lines and code): every variant fine-tuned for seed 0, each under its own spy."""
+    root = tmp_path_factory.mktemp("gpt2_finetune")
+    corpus = write_text_corpus(root / "corpus")
+    gpt2 = tiny_gpt2(root / "hf", corpus)
+    bench = load_benchmark("gpt2_finetune")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(bench, "DATA", str(corpus))
+    patch.setattr(
+        bench, "S", {**bench.S, **dict(block_size=8, batch_size=2, steps=3, num_basis=8, num_samples=8)}
+    )
+    patch.setattr(bench, "RECORDS", root / "records")
+    runs = {}
+    for variant in bench.VARIANTS:
+        args = bench._parser().parse_args(
+            bench.finetune_argv(variant, 0, root / "runs" / f"{variant}-seed0", gpt2)
+        )
+        with embedded_rows() as rows:
+            runs[variant] = (rows, bench.lm_cli.lm_finetune(args))
+    yield bench, gpt2, root, runs
+    patch.undo()
+
+
+@pytest.mark.parametrize("variant", ["no_memory", "infinite", "infinite_sticky"])
+def test_gpt2_finetune_benchmark_trains_on_train_and_tests_on_test(gpt2_benchmark, variant):
+    """lm finetune with the benchmark's command line reads the training split to train, the test
+    split for the fine-tuned model and the base GPT-2 alike."""
     from transformers import AutoTokenizer
 
-    corpus = write_text_corpus(tmp_path / "corpus")
-    gpt2 = tiny_gpt2(tmp_path / "hf", corpus)
-    bench = load_benchmark("gpt2_finetune")
-    monkeypatch.setattr(bench, "DATA", str(corpus))
-    tiny = dict(block_size=8, batch_size=2, steps=3, num_basis=8, num_samples=8)
-    monkeypatch.setattr(bench, "S", {**bench.S, **tiny})
-    args = bench._parser().parse_args(bench.finetune_argv(variant, 0, tmp_path / "run", gpt2))
-    with embedded_rows() as rows:
-        res = bench.lm_cli.lm_finetune(args)
-    tok = AutoTokenizer.from_pretrained(gpt2)
-    check_rows(rows, tok.decode, {"test"})
+    bench, gpt2, root, runs = gpt2_benchmark
+    rows, res = runs[variant]
+    check_rows(rows, AutoTokenizer.from_pretrained(gpt2).decode, {"test"})
     assert set(res["eval"]) == {"test"}
     test = res["eval"]["test"]
-    names = {"gpt2", "gpt2_finetuned" if variant == "no_memory" else "gpt2_memory"}
-    assert set(test) == names and {tuple(sorted(r["per_document"])) for r in test.values()} == {
-        ("test0", "test1")
-    }
+    assert set(test) == {"gpt2", "gpt2_finetuned" if variant == "no_memory" else "gpt2_memory"}
+    assert {tuple(sorted(r["per_document"])) for r in test.values()} == {("test0", "test1")}
+
+
+def test_gpt2_finetune_controls_evaluate_the_test_split(gpt2_benchmark):
+    """`gpt2_finetune.py controls` (previous block in the window, memory wiped) evaluates the
+    fine-tuned models and the base model on the test split only."""
+    from transformers import AutoTokenizer
+
+    bench, gpt2, root, runs = gpt2_benchmark
+    argv = ["controls", "--seeds", "0", "--runs-dir", str(root / "runs"), "--base", str(gpt2)]
+    with embedded_rows() as rows:
+        assert bench.main(argv) == 0
+    check_rows(rows, AutoTokenizer.from_pretrained(gpt2).decode, {"test"}, trained=False)
+    for name in bench.CONTROLS:
+        record = json.loads((root / "records" / f"{name}-seed0.json").read_text())
+        assert sorted(record["per_document"]) == ["test0", "test1"], name
 
 
 # -------------------------------------------------------------------------------------- dialogue

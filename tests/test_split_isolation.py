@@ -65,6 +65,13 @@ def check_rows(rows, decode, evaluated: set[str], trained: bool = True) -> None:
     assert eval_seen == evaluated, f"evaluation read {sorted(eval_seen)}, expected {sorted(evaluated)}"
 
 
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # --------------------------------------------------------------------------------------- sorting
 
 
@@ -163,6 +170,21 @@ def test_lm_train_evaluates_the_test_split(tmp_path):
     assert read >= test_bytes - 2, (read, test_bytes)
 
 
+@pytest.mark.parametrize("variant", ["xl_equal", "infinite_sticky"])
+def test_lm_benchmark_trains_on_train_and_tests_on_test(tmp_path, monkeypatch, variant):
+    """benchmarks/lm_shakespeare.py's own run (train_argv, shared tokenizer, lm train) at toy size."""
+    from infinite_former.data.tokenizer import TextTokenizer
+
+    bench = load_benchmark("lm_shakespeare")
+    monkeypatch.setattr(bench, "DATA", str(write_text_corpus(tmp_path / "corpus")))
+    tiny = dict(steps=3, batch_size=2, seg_len=8, d_model=16, n_heads=2, d_inner=32, mem_len=8, num_basis=8)
+    monkeypatch.setattr(bench, "S", {**bench.S, **tiny, "vocab_size": 300, "warmup": 1, "eval_batch_size": 2})
+    with embedded_rows() as rows:
+        record = bench.run_one(variant, 0, tmp_path / "runs")
+    check_rows(rows, TextTokenizer.load(tmp_path / "runs" / "tokenizer").decode, {"test"})
+    assert sorted(record["per_document"]) == ["test0", "test1"]
+
+
 # ------------------------------------------------------------------- GPT-2 fine-tune (benchmark path)
 
 
@@ -171,13 +193,6 @@ def tiny_gpt2(folder: Path, corpus: Path) -> Path:
     from infinite_former.data.text import load_documents
 
     return save_tiny_gpt2(folder, [d.text for split in ALPHABETS for d in load_documents(corpus / split)])
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -60,3 +60,13 @@ def test_gpt2_finetune_counts_split_base_and_memory(variant, monkeypatch):
     assert bench.num_parameters(config, variant) == {"total": gpt2 + memory, "base": gpt2, "memory": memory}
     with pytest.raises(ValueError, match="variant"):
         bench.num_parameters(config, "bigger")
+
+
+def test_sorting_budget_counts_split_base_and_memory():
+    from infinite_former.experiments.sort import SortSettings
+
+    bench = load_benchmark("sorting_budget")
+    s = SortSettings(num_symbols=4, d_model=16, n_layers=2, n_heads=2, d_inner=24, num_basis=8, mem_len=8)
+    xl, inf = bench.num_parameters(s, "xl"), bench.num_parameters(s, "infinite")
+    assert xl["memory"] == 0 and xl["total"] == xl["base"] == inf["base"]
+    assert inf["memory"] == 2 * ltm_weights(16, 8) and inf["total"] == inf["base"] + inf["memory"]

@@ -1,4 +1,5 @@
-"""Results files are portable: no absolute paths of the machine that wrote them."""
+"""Results files are portable (no absolute paths of the machine that wrote them) and every comparison
+of models in them gives each model's parameter count."""
 
 import json
 from pathlib import Path

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hf_testing import save_tiny_gpt2
 from infinite_former.cli import main
 from infinite_former.data.text import LaneStream
 from infinite_former.hf.training import HFMemoryLM
@@ -135,24 +136,9 @@ def test_lm_train_resume_matches_uninterrupted(ref_run, corpus, monkeypatch):
 
 
 def tiny_gpt2(folder: Path, corpus: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
     from infinite_former.data.text import load_documents
-    from infinite_former.data.tokenizer import train_bpe_tokenizer
 
-    bpe = train_bpe_tokenizer([d.text for d in load_documents(corpus / "train")], vocab_size=300)
-    vocab = folder / "vocab"
-    vocab.mkdir(parents=True)
-    bpe.backend.model.save(str(vocab))
-    tok = GPT2TokenizerFast(vocab=str(vocab / "vocab.json"), merges=str(vocab / "merges.txt"))
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=2, n_head=2,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    GPT2LMHeadModel(cfg).save_pretrained(folder / "gpt2")
-    tok.save_pretrained(folder / "gpt2")
-    return folder / "gpt2"
+    return save_tiny_gpt2(folder, [d.text for d in load_documents(corpus / "train")])
 
 
 def test_lm_finetune_and_hf_eval_end_to_end(corpus):

@@ -140,7 +140,7 @@ def perturbed(state, layer: int, row: int, slot: int):
     cmems[layer][row, slot] += 3.0 * torch.randn(
         E, generator=torch.Generator().manual_seed(slot), dtype=torch.float64
     )
-    return dataclasses.replace(state, cmems=cmems)
+    return dataclasses.replace(state, memory=dataclasses.replace(state.memory, cmems=cmems))
 
 
 def test_oldest_slot_is_read_and_slots_beyond_a_rows_count_are_not():

@@ -41,7 +41,7 @@ from transformers.utils import ModelOutput
 from ..attention import LongTermAttention, MemoryProjections
 from ..memory import MemoryState
 from .config import MemoryConfig
-from .layout import DecoderLayout, find_layout
+from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
 
 ADAPTER_WEIGHTS = "memory_adapter.safetensors"
@@ -90,6 +90,20 @@ class MemoryCausalLM:
             self.__dict__["_decoder_layout"] = layout
         return layout
 
+    def memory_fingerprint(self) -> dict[str, Any]:
+        """What a memory state must have been made by (provenance.py): the base model (class, type,
+        e, H, layers) and the memory's N, D, memory layers and schedule (L, τ, sticky)."""
+        c, layout = self.memory_config, self.decoder_layout
+        return {
+            **base_fingerprint(self, layout),
+            "num_basis": c.num_basis,
+            "num_bins": c.num_bins,
+            "memory_layers": c.layer_ids(len(layout.layers)),
+            "block_size": c.block_size,
+            "tau": c.tau,
+            "sticky": c.sticky,
+        }
+
     def memory_parameters(self) -> list[nn.Parameter]:
         """The memory (LTM) weights, e.g. for their own learning rate when fine-tuning."""
         return list(self.ltm.parameters())
@@ -133,6 +147,7 @@ class MemoryCausalLM:
             "base_model_name_or_path": getattr(self.config, "_name_or_path", None) or None,
             "base_model_class": type(self).__name__,
             "base_model_type": self.config.model_type,
+            "base_model": base_fingerprint(self, self.decoder_layout),
             "memory_config": self.memory_config.to_dict(),
         }
         (out / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
@@ -564,15 +579,39 @@ def add_memory(model: nn.Module, **memory_config: Any) -> nn.Module:
     """
     if isinstance(model, MemoryCausalLM):
         raise ValueError(f"{type(model).__name__} already has a memory")
-    config = MemoryConfig.from_dict(memory_config)
-    find_layout(model)  # raises for an unsupported model, before anything is changed
-    param = next(model.parameters(), None)
-    model.__class__ = memory_class(type(model))
-    model.attach_memory(config)
-    if param is not None:
-        model.ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
-    model.config.infinite_memory = model.memory_config.to_dict()
+    config, ltm = build_memory(model, MemoryConfig.from_dict(memory_config))
+    install_memory(model, config, ltm)
     return model
 
 
-__all__ = ["MemoryCausalLM", "MemoryCausalLMOutput", "add_memory", "memory_class"]
+def build_memory(model: nn.Module, config: MemoryConfig) -> tuple[MemoryConfig, nn.ModuleList]:
+    """The resolved settings and new LongTermAttention modules for ``model`` (on its device and
+    dtype), checked against its layout, positions and layers; ``model`` itself is not changed."""
+    layout = model.decoder_layout if isinstance(model, MemoryCausalLM) else find_layout(model)
+    config = config.resolved(len(layout.layers), layout.max_positions)
+    ltm_config = config.ltm_config(layout.hidden_size, layout.num_heads)
+    ltm = nn.ModuleList(LongTermAttention(ltm_config) for _ in config.layer_ids(len(layout.layers)))
+    param = next(model.parameters(), None)
+    if param is not None:
+        ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
+    return config, ltm
+
+
+def install_memory(model: nn.Module, config: MemoryConfig, ltm: nn.ModuleList) -> None:
+    """Give ``model`` the memory made by build_memory (after every check has passed): its class
+    becomes the memory class, ``model.ltm`` / ``model.memory_config`` / ``config.infinite_memory``
+    are set (replacing a memory it had)."""
+    model.__class__ = memory_class(type(model))
+    model.memory_config = config
+    model.ltm = ltm
+    model.config.infinite_memory = config.to_dict()
+
+
+__all__ = [
+    "MemoryCausalLM",
+    "MemoryCausalLMOutput",
+    "add_memory",
+    "build_memory",
+    "install_memory",
+    "memory_class",
+]

@@ -9,6 +9,7 @@ garbage, empty, a directory) give one ValueError line naming the file.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,24 @@ def check_fingerprint(
 def _name(fp: Mapping[str, Any]) -> str:
     arch = fp.get("architecture", "?")
     return f"{arch} (e={fp.get('hidden_size')}, H={fp.get('num_heads')}, N={fp.get('num_basis')})"
+
+
+def encode_fingerprint(fp: Mapping[str, Any]) -> Tensor:
+    """A fingerprint as a uint8 tensor of its JSON (so a state dict stays a dict of tensors)."""
+    return torch.tensor(list(json.dumps(dict(fp), sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_fingerprint(t: Any) -> Fingerprint | None:
+    """Inverse of encode_fingerprint (None stays None); ValueError for anything else."""
+    if t is None:
+        return None
+    try:
+        fp = json.loads(bytes(t.detach().cpu().to(torch.uint8).tolist()).decode())
+        if not isinstance(fp, dict):
+            raise ValueError(f"a {type(fp).__name__}")
+    except Exception as err:  # noqa: BLE001 - any malformed entry: one clear error
+        raise ValueError(f"the state's model fingerprint is malformed: {_first_line(err)}") from None
+    return fp
 
 
 def load_torch_file(
@@ -86,6 +105,8 @@ __all__ = [
     "Fingerprint",
     "check_finite",
     "check_fingerprint",
+    "decode_fingerprint",
+    "encode_fingerprint",
     "fingerprint_differences",
     "load_safetensors_file",
     "load_torch_file",

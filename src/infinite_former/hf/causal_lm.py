@@ -40,6 +40,7 @@ from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention, MemoryProjections
 from ..memory import MemoryState
+from ..provenance import check_fingerprint
 from .config import MemoryConfig
 from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
@@ -171,6 +172,7 @@ class MemoryCausalLM:
             slots=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
             num_tokens=torch.zeros(batch_size, dtype=torch.long, device=device),
             block_size=self.memory_config.block_size,
+            fingerprint=self.memory_fingerprint(),
         )
 
     def absorb_blocks(self, memory: HFMemoryState, partial: bool = False) -> HFMemoryState:
@@ -209,11 +211,14 @@ class MemoryCausalLM:
             slots=memory.slots & ~full[:, None],
             num_tokens=memory.num_tokens,
             block_size=memory.block_size,
+            fingerprint=memory.fingerprint,
         ).compact()
 
     def _check_memory(self, memory: Any, batch_size: int) -> None:
+        """The state was made by this model (fingerprint) and has its shapes: checked here, not in torch."""
         if not isinstance(memory, HFMemoryState):
             raise ValueError(f"memory must be an HFMemoryState or None, got {type(memory).__name__}")
+        check_fingerprint(memory.fingerprint, self.memory_fingerprint(), "memory")
         if memory.batch_size != batch_size:
             raise ValueError(f"memory has batch size {memory.batch_size} but input_ids has {batch_size}")
         if len(memory.ltm) != len(self.ltm) or len(memory.kv) not in (0, len(self.decoder_layout.layers)):
@@ -222,6 +227,22 @@ class MemoryCausalLM:
             raise ValueError(
                 f"memory has block_size {memory.block_size} but the model uses {self.memory_config.block_size}"
             )
+        b, s, e = batch_size, memory.slots.shape[-1], self.decoder_layout.hidden_size
+        n, d = self.memory_config.num_basis, self.memory_config.num_bins
+        expected = [("slots", memory.slots, (b, s)), ("num_tokens", memory.num_tokens, (b,))]
+        for i, (state, pending) in enumerate(zip(memory.ltm, memory.pending, strict=True)):
+            expected += [
+                (f"ltm[{i}].coeffs (batch, N, e)", state.coeffs, (b, n, e)),
+                (f"ltm[{i}].length", state.length, (b,)),
+                (f"ltm[{i}].bin_mass (batch, D)", state.bin_mass, (b, d)),
+                (f"pending[{i}] (batch, S, e)", pending, (b, s, e)),
+            ]
+        for name, tensor, shape in expected:
+            if tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"memory {name} has shape {tuple(tensor.shape)}, this model needs {shape}: "
+                    "it was made by a model with other memory settings"
+                )
 
     # ------------------------------------------------------------------ forward
 
@@ -371,6 +392,7 @@ class MemoryCausalLM:
             # keep the projections for the next tokens of this block only at inference:
             # with gradients on, the weights may change before the next call
             ltm_cache=tuple(read.projections) if not torch.is_grad_enabled() else None,
+            fingerprint=memory.fingerprint,
         ).compact()
         return out.logits, new, read.kl_sum, read.kl_count
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..memory import LTMState
+from ..provenance import check_fingerprint
 from ..utils import check_int, describe
 from .compressive import concat_right_aligned, reconstruction_loss, take_evicted
 from .config import ModelConfig
@@ -125,6 +126,22 @@ class InfiniteFormerLM(nn.Module):
 
     # -------------------------------------------------------------------------- state
 
+    def memory_fingerprint(self) -> dict[str, Any]:
+        """What a state must have been made by (provenance.py): memory type, e, H, layers and
+        the LTM's N, D and schedule (τ, sticky)."""
+        c = self.config
+        fp: dict[str, Any] = {
+            "architecture": type(self).__name__,
+            "memory_type": c.memory_type,
+            "hidden_size": c.d_model,
+            "num_heads": c.n_heads,
+            "num_layers": c.n_layers,
+        }
+        ltm = next((blk.ltm.config for blk in self.layers if blk.ltm is not None), None)
+        if ltm is not None:
+            fp.update(num_basis=ltm.num_basis, num_bins=ltm.num_bins, tau=ltm.tau, sticky=ltm.sticky)
+        return fp
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LMState:
         """Empty memories for batch_size streams."""
         c = self.config
@@ -140,6 +157,7 @@ class InfiniteFormerLM(nn.Module):
             ltm=[blk.ltm.init_state(batch_size, device) for blk in self.layers] if c.uses_ltm else [],
             ltm_pending=[empty() for _ in range(c.n_layers)] if c.uses_ltm else [],
             ltm_pending_count=count() if c.uses_ltm else None,
+            fingerprint=self.memory_fingerprint(),
         )
 
     # ------------------------------------------------------------------------ forward
@@ -162,7 +180,9 @@ class InfiniteFormerLM(nn.Module):
         h = self.drop(self.embed(tokens))  # (b, T, e)
         layout = self._layout(state, T, h)  # where everything sits: the same for every layer
 
-        new = LMState(mems=[], mem_valid=layout.stm_keep, cmem_valid=layout.cmem_valid)
+        new = LMState(
+            mems=[], mem_valid=layout.stm_keep, cmem_valid=layout.cmem_valid, fingerprint=state.fingerprint
+        )
         new.ltm_pending_count = layout.pending_count
         kls, recons, mus, sigma2s = [], [], [], []
         idle: list[Tensor] = []  # parameters this call does not use (see _aux_loss)
@@ -365,6 +385,7 @@ class InfiniteFormerLM(nn.Module):
         if state is not None:
             if not isinstance(state, LMState):
                 raise ValueError(f"state must be a LMState or None, got {type(state).__name__}")
+            check_fingerprint(state.fingerprint, self.memory_fingerprint(), "state")
             if state.batch_size != b:
                 raise ValueError(f"state has batch size {state.batch_size} but tokens have {b}")
             if len(state.mems) != c.n_layers:
@@ -377,7 +398,30 @@ class InfiniteFormerLM(nn.Module):
                 raise ValueError(
                     f"state has no long-term memory, expected one for memory_type {c.memory_type!r}"
                 )
+            self._check_state_shapes(state, b)
         return b, T
+
+    def _check_state_shapes(self, state: LMState, b: int) -> None:
+        """Every tensor of the state has this model's shape (else a ValueError, not a torch error)."""
+        e = self.config.d_model
+        bad = [
+            f"mems[{i}] {tuple(t.shape)}"
+            for i, t in enumerate(state.mems)
+            if t.dim() != 3 or t.shape[::2] != (b, e)
+        ]
+        bad += [
+            f"cmems[{i}] {tuple(t.shape)}"
+            for i, t in enumerate(state.cmems)
+            if t.dim() != 3 or t.shape[::2] != (b, e)
+        ]
+        for i, (blk, s) in enumerate(zip(self.layers, state.ltm)):
+            n, d = blk.ltm.config.num_basis, blk.ltm.config.num_bins
+            if tuple(s.coeffs.shape) != (b, n, e) or tuple(s.bin_mass.shape) != (b, d):
+                bad.append(
+                    f"ltm[{i}] coeffs {tuple(s.coeffs.shape)} (needs {(b, n, e)}), bin_mass {tuple(s.bin_mass.shape)}"
+                )
+        if bad:
+            raise ValueError(f"state does not fit this model (batch {b}, e={e}): {'; '.join(bad[:4])}")
 
 
 def zero_ltm_output(model: nn.Module) -> None:

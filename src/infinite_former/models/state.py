@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..memory import LTMState
+from ..provenance import decode_fingerprint, encode_fingerprint
 
 
 @dataclass
@@ -20,6 +22,8 @@ class LMState:
     ltm:    per layer LTMState of the LongTermAttention (infinite types only).
     ltm_pending: per layer (batch, P, e) layer inputs that left the STM in the last call and
             enter the LTM at the start of the next; last ltm_pending_count[i] valid.
+    fingerprint: the model that made the state (InfiniteFormerLM.memory_fingerprint, provenance.py);
+            saved with it, checked by the model it is fed to. None: saved before fingerprints.
     """
 
     mems: list[Tensor]
@@ -29,6 +33,7 @@ class LMState:
     ltm: list[LTMState] = field(default_factory=list)
     ltm_pending: list[Tensor] = field(default_factory=list)
     ltm_pending_count: Tensor | None = None
+    fingerprint: dict[str, Any] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -46,6 +51,7 @@ class LMState:
             ltm=[s.map(fn) for s in self.ltm],
             ltm_pending=[fn(t) for t in self.ltm_pending],
             ltm_pending_count=opt(self.ltm_pending_count),
+            fingerprint=self.fingerprint,
         )
 
     def detach(self) -> LMState:
@@ -69,8 +75,10 @@ class LMState:
         return self.map(lambda t: t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype))
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Flat dict of tensors (for checkpoints)."""
+        """Flat dict of tensors (for checkpoints); the fingerprint as a uint8 tensor of its JSON."""
         d: dict[str, Tensor] = {"mem_valid": self.mem_valid}
+        if self.fingerprint is not None:
+            d["fingerprint"] = encode_fingerprint(self.fingerprint)
         for i, t in enumerate(self.mems):
             d[f"mems.{i}"] = t
         for i, t in enumerate(self.cmems):
@@ -87,9 +95,12 @@ class LMState:
         return d
 
     @classmethod
-    def from_state_dict(cls, d: dict[str, Tensor]) -> LMState:
-        if "mem_valid" not in d:
+    def from_state_dict(cls, d: dict[str, Any]) -> LMState:
+        if not isinstance(d, dict) or "mem_valid" not in d:
             raise ValueError("model state dict is missing 'mem_valid'")
+        bad = sorted(str(k) for k, v in d.items() if not isinstance(v, Tensor))
+        if bad:
+            raise ValueError(f"model state dict has entries that are not tensors: {bad[:5]}")
 
         def layers(prefix: str) -> list[Tensor]:
             out, i = [], 0
@@ -112,6 +123,7 @@ class LMState:
             ltm=ltm,
             ltm_pending=layers("ltm_pending"),
             ltm_pending_count=d.get("ltm_pending_count"),
+            fingerprint=decode_fingerprint(d.get("fingerprint")),
         )
 
 

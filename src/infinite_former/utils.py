@@ -79,11 +79,30 @@ def describe(x: Any) -> str:
     return type(x).__name__
 
 
+def check_output_path(path: str | os.PathLike | None, name: str, folder: bool = True) -> None:
+    """ValueError naming the flag unless ``path`` can be created or reused as a folder (folder=True)
+    or a file: no existing file where a folder is needed (itself or a parent), no folder where a
+    file is. Checked before any work starts; None (a default chosen later) passes."""
+    if path is None:
+        return
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is an existing file, expected a folder (or a new path)")
+    if not folder and p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is a folder, expected a file path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{name}: {str(p)!r} lies under {str(parent)!r}, which is a file")
+            break
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write text to path atomically (a temporary file, fsync, then rename); creates parent folders.
 
     A reader sees the old file or the new one, never a half-written one."""
     p = Path(path)
+    check_output_path(p, "path", folder=False)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:

@@ -49,7 +49,7 @@ from ..training.checkpoints import (
     load_weights,
     parse_overrides,
 )
-from ..utils import check_int, machine_info, seed_everything, write_json
+from ..utils import check_int, check_output_path, machine_info, seed_everything, write_json
 from .flags import Flag, add_flags, eval_splits, overrides, parse_set, resolve_device, set_threads
 from .introspect import add_inspect_parser
 
@@ -81,6 +81,8 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     _apply_overrides(args, changes, TRAIN_FLAGS + LM_TRAIN_FLAGS)
     tcfg = _train_config(args, run, TRAIN_FLAGS + LM_TRAIN_FLAGS)  # numeric flags: before any data is read
     check_int("--seg-len", args.seg_len)
+    check_output_path(run, "--run-dir")
+    check_output_path(args.cache_dir, "--cache-dir")
     if args.resume and not config_path.is_file():
         raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `lm train` run to continue)")
     if args.resume:
@@ -195,6 +197,11 @@ def load_trained_lm(run_dir: str | os.PathLike) -> tuple[nn.Module, TextTokenize
 
 def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate a trained run (``--run``) or GPT-2 vs GPT-2 + memory (``--hf``)."""
+    check_int("--batch-size", args.batch_size)
+    for name in ("seg_len", "block_size"):  # None: the run's / model's
+        if getattr(args, name) is not None:
+            check_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_output_path(args.out, "--out", folder=False)
     if args.hf:
         return hf_eval(args)
     if not args.run:
@@ -203,7 +210,7 @@ def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
     model, tok, saved = load_trained_lm(args.run)
     model.to(device)
     source = args.data or saved["data"]["source"]
-    seg_len = args.seg_len or saved["data"]["seg_len"]
+    seg_len = args.seg_len if args.seg_len is not None else saved["data"]["seg_len"]
     corpus = _load_split(source, args.split, tok, args.cache_dir or str(Path(args.run) / "cache"))
     res = evaluate_lm(model, corpus, args.batch_size, seg_len, tok.eos_id, device)
     print(_summary_line(f"{saved['model']['memory_type']}/{args.split}", res))
@@ -264,7 +271,7 @@ def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     base = args.base or meta.get("base_model")
     memory_model = _load_hf_memory_model(path, {}, local).to(device)
-    block = args.block_size or memory_model.memory_config.block_size
+    block = args.block_size if args.block_size is not None else memory_model.memory_config.block_size
     check_segment_length(block, _max_positions(memory_model), name="block_size")
     if block != memory_model.memory_config.block_size:
         memory_model = _load_hf_memory_model(path, {"block_size": block}, local).to(device)
@@ -301,6 +308,8 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     changes = parse_overrides(args.override, args.resume)
     _apply_overrides(args, changes, TRAIN_FLAGS + FINETUNE_FLAGS)
     check_int("--block-size", args.block_size)
+    check_output_path(run, "--run-dir")
+    check_output_path(args.cache_dir, "--cache-dir")
     if not (args.epochs > 0 and math.isfinite(args.epochs)):
         raise ValueError(f"--epochs must be a number > 0, got {args.epochs}")
     if args.steps < 0:

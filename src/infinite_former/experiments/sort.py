@@ -30,7 +30,15 @@ import torch
 from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..training import TrainConfig, Trainer, find_checkpoint
-from ..utils import check_int, config_from_dict, is_main_process, machine_info, seed_everything, write_json
+from ..utils import (
+    check_int,
+    check_output_path,
+    config_from_dict,
+    is_main_process,
+    machine_info,
+    seed_everything,
+    write_json,
+)
 from .flags import Flag, add_flags, float_list, int_list, overrides
 
 
@@ -522,6 +530,7 @@ def sort_settings_from_args(args: argparse.Namespace) -> SortSettings:
 
 def run_sort(args: argparse.Namespace) -> int:
     settings = sort_settings_from_args(args)  # ValueError on bad settings: before any training
+    check_output_path(os.path.join(settings.out, settings.name), "--out")
     main_process = is_main_process()  # under torchrun only rank 0 reports
     log = (lambda m: print(m, flush=True)) if main_process else (lambda m: None)
     results = run_sort_experiment(settings, resume=args.resume, log=log)

@@ -56,7 +56,9 @@ class MemoryConfig:
             self.memory_layers = tuple(sorted(int(i) for i in self.memory_layers))
         if not (self.kl_weight >= 0) or not math.isfinite(self.kl_weight):
             raise ValueError(f"kl_weight must be a finite number >= 0, got {self.kl_weight!r}")
-        self.ltm_config(d_model=2 * max(len(self.widths), 1), n_heads=1)  # validates N, M, τ, widths, λ, D, ...
+        self.ltm_config(
+            d_model=2 * max(len(self.widths), 1), n_heads=1
+        )  # validates N, M, τ, widths, λ, D, ...
 
     # ------------------------------------------------------------------ model-dependent checks
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import ridge
 from .basis import GaussianBasis
-from .provenance import load_torch_file
+from .provenance import check_finite, load_torch_file
 from .utils import check_int
 
 
@@ -127,6 +127,7 @@ class LTMState:
                     f"memory state {name} must be a tensor with {dim} dims and the batch first, got "
                     f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
                 )
+        check_finite(state, "memory state")
         return cls(**{f.name: state[f.name] for f in fields(cls)})
 
     def save(self, path: str | os.PathLike) -> None:

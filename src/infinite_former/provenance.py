@@ -91,7 +91,11 @@ def load_safetensors_file(path: str | os.PathLike, what: str = "weights") -> dic
 
 def check_finite(tensors: Mapping[str, Tensor], source: str) -> None:
     """ValueError naming the first tensors holding NaN or ±inf."""
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [
+        k
+        for k, t in tensors.items()
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
     if bad:
         raise ValueError(f"{source} holds non-finite values (NaN or inf) in {sorted(bad)[:5]}")
 

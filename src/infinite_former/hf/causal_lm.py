@@ -237,12 +237,25 @@ class MemoryCausalLM:
                 (f"ltm[{i}].bin_mass (batch, D)", state.bin_mass, (b, d)),
                 (f"pending[{i}] (batch, S, e)", pending, (b, s, e)),
             ]
+        text = self.config.get_text_config(decoder=True)
+        h_kv = getattr(text, "num_key_value_heads", None) or self.decoder_layout.num_heads
+        d_head = getattr(text, "head_dim", None) or e // self.decoder_layout.num_heads
+        for i, (k, v) in enumerate(memory.kv):
+            expected += [
+                (f"kv[{i}].keys", k, (b, h_kv, s, d_head)),
+                (f"kv[{i}].values", v, (b, h_kv, s, d_head)),
+            ]
         for name, tensor, shape in expected:
             if tuple(tensor.shape) != shape:
                 raise ValueError(
                     f"memory {name} has shape {tuple(tensor.shape)}, this model needs {shape}: "
                     "it was made by a model with other memory settings"
                 )
+            dtype = {"slots": torch.bool, "num_tokens": torch.long}.get(
+                name, torch.long if name.endswith(".length") else None
+            )
+            if tensor.dtype != dtype if dtype is not None else not tensor.is_floating_point():
+                raise ValueError(f"memory {name} has dtype {tensor.dtype}: not a state made by this model")
 
     # ------------------------------------------------------------------ forward
 

@@ -112,7 +112,7 @@ class MemoryConfig:
     def from_dict(cls, d: dict[str, Any]) -> MemoryConfig:
         """Build from a dict; unknown keys raise a ValueError naming them."""
         d = dict(d)
-        if d.get("memory_layers") is not None:
+        if isinstance(d.get("memory_layers"), list):
             d["memory_layers"] = tuple(d["memory_layers"])
         return config_from_dict(cls, d)
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..attention import MemoryProjections
 from ..memory import MemoryState
-from ..provenance import decode_fingerprint, encode_fingerprint, load_torch_file
+from ..provenance import check_finite, decode_fingerprint, encode_fingerprint, load_torch_file
 
 KV = tuple[Tensor, Tensor]  # keys, values (batch, H_kv, S, d)
 
@@ -172,6 +172,7 @@ class HFMemoryState:
         bad = [k for k, v in d.items() if k != "block_size" and not isinstance(v, Tensor)]
         if bad:
             raise ValueError(f"not an HFMemoryState state dict: {sorted(map(str, bad))[:5]} are not tensors")
+        check_finite({k: v for k, v in d.items() if isinstance(v, Tensor)}, "the HFMemoryState state dict")
         try:
             n_ltm = len([k for k in d if k.startswith("pending.")])
             n_layers = len([k for k in d if k.startswith("kv.") and k.endswith(".keys")])

@@ -402,24 +402,42 @@ class InfiniteFormerLM(nn.Module):
         return b, T
 
     def _check_state_shapes(self, state: LMState, b: int) -> None:
-        """Every tensor of the state has this model's shape (else a ValueError, not a torch error)."""
-        e = self.config.d_model
-        bad = [
-            f"mems[{i}] {tuple(t.shape)}"
-            for i, t in enumerate(state.mems)
-            if t.dim() != 3 or t.shape[::2] != (b, e)
-        ]
-        bad += [
-            f"cmems[{i}] {tuple(t.shape)}"
-            for i, t in enumerate(state.cmems)
-            if t.dim() != 3 or t.shape[::2] != (b, e)
-        ]
-        for i, (blk, s) in enumerate(zip(self.layers, state.ltm)):
-            n, d = blk.ltm.config.num_basis, blk.ltm.config.num_bins
-            if tuple(s.coeffs.shape) != (b, n, e) or tuple(s.bin_mass.shape) != (b, d):
-                bad.append(
-                    f"ltm[{i}] coeffs {tuple(s.coeffs.shape)} (needs {(b, n, e)}), bin_mass {tuple(s.bin_mass.shape)}"
-                )
+        """Every tensor of the state has this model's shape and dtype (else a ValueError naming it,
+        not an error from inside torch): counts (batch,) int64, vectors (batch, width, e) floats
+        with one width per kind, LTM coefficients B (batch, N, e) and bin mass (batch, D)."""
+        c, e = self.config, self.config.d_model
+        bad: list[str] = []
+
+        def need(name: str, t: Any, shape: tuple[int | None, ...], count: bool = False) -> None:
+            fits = (
+                isinstance(t, Tensor)
+                and t.dim() == len(shape)
+                and all(want is None or got == want for got, want in zip(t.shape, shape))
+                and (t.dtype == torch.long if count else t.is_floating_point())
+            )
+            if not fits:
+                bad.append(f"{name} is {describe(t)}, needs {shape} {'int64' if count else 'float'}")
+
+        def vectors(name: str, ts: list[Tensor]) -> None:
+            width = ts[0].shape[1] if ts and isinstance(ts[0], Tensor) and ts[0].dim() == 3 else None
+            for i, t in enumerate(ts):
+                need(f"{name}[{i}]", t, (b, width, e))
+
+        need("mem_valid", state.mem_valid, (b,), count=True)
+        vectors("mems", state.mems)
+        if c.uses_cmem:
+            need("cmem_valid", state.cmem_valid, (b,), count=True)
+            vectors("cmems", state.cmems)
+        if c.uses_ltm:
+            if len(state.ltm_pending) != c.n_layers:
+                bad.append(f"ltm_pending has {len(state.ltm_pending)} layers, needs {c.n_layers}")
+            need("ltm_pending_count", state.ltm_pending_count, (b,), count=True)
+            vectors("ltm_pending", state.ltm_pending)
+            for i, (blk, s) in enumerate(zip(self.layers, state.ltm)):
+                n, d = blk.ltm.config.num_basis, blk.ltm.config.num_bins
+                need(f"ltm[{i}].coeffs (batch, N, e)", s.coeffs, (b, n, e))
+                need(f"ltm[{i}].length", s.length, (b,), count=True)
+                need(f"ltm[{i}].bin_mass (batch, D)", s.bin_mass, (b, d))
         if bad:
             raise ValueError(f"state does not fit this model (batch {b}, e={e}): {'; '.join(bad[:4])}")
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..memory import LTMState
-from ..provenance import decode_fingerprint, encode_fingerprint
+from ..provenance import check_finite, decode_fingerprint, encode_fingerprint
 
 
 @dataclass
@@ -101,6 +101,7 @@ class LMState:
         bad = sorted(str(k) for k, v in d.items() if not isinstance(v, Tensor))
         if bad:
             raise ValueError(f"model state dict has entries that are not tensors: {bad[:5]}")
+        check_finite(d, "the model state dict")
 
         def layers(prefix: str) -> list[Tensor]:
             out, i = [], 0
@@ -112,7 +113,9 @@ class LMState:
         ltm, i = [], 0
         while f"ltm.{i}.coeffs" in d:
             ltm.append(
-                LTMState.from_state_dict({k: d[f"ltm.{i}.{k}"] for k in ("coeffs", "length", "bin_mass")})
+                LTMState.from_state_dict(
+                    {k: d[n] for k in ("coeffs", "length", "bin_mass") if (n := f"ltm.{i}.{k}") in d}
+                )
             )
             i += 1
         return cls(

@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from infinite_former.hf import HFMemoryState, add_memory
 from infinite_former.memory import LTMState
 from infinite_former.models import InfiniteFormerLM, LMState, ModelConfig
-
-SIZES = dict(
-    vocab_size=100,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=1,
-)
+from test_hf_any import base_model
 
 
 def hf_model(family: str = "llama", **memory):
-    torch.manual_seed(0)
-    config = (LlamaConfig if family == "llama" else Qwen2Config)(**SIZES)
     settings = dict(block_size=8, num_basis=16, num_samples=16, num_bins=8, sticky=False) | memory
-    return add_memory(AutoModelForCausalLM.from_config(config), **settings).eval()
+    return add_memory(base_model(family), **settings).eval()
 
 
 def ids(n: int = 12):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.auto.auto_factory import _get_model_class
 
-from ..provenance import check_fingerprint, check_finite, load_safetensors_file
+from ..provenance import check_fingerprint, load_safetensors_file
 from .causal_lm import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -171,7 +171,6 @@ def _load_ltm(ltm: nn.ModuleList, tensors: dict[str, Tensor], source: Any) -> No
     ]
     if shapes:
         raise ValueError(f"memory weights in {source} do not fit the model's shapes: {shapes[:5]}")
-    check_finite(tensors, f"memory weights in {source}")
     ltm.load_state_dict(tensors)
 
 

@@ -115,3 +115,20 @@ def test_stale_temporary_checkpoints_are_removed_and_checkpoints_are_fsynced(tmp
     for name in ("model.safetensors", "trainer.pt", "rank0.pt", "config.json"):
         assert f"{tmp}/{name}" in synced
     assert tmp in synced  # the folder itself
+
+
+def test_an_interrupted_sort_exits_130_on_sigint(tmp_path, monkeypatch):
+    from infinite_former.data.sorting import SortingStream
+    from test_cli import TINY as SORT_TINY
+
+    original = SortingStream.__iter__
+
+    def interrupt(self):
+        for i, seg in enumerate(original(self)):
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield seg
+
+    monkeypatch.setattr(SortingStream, "__iter__", interrupt)
+    argv = ["sort", *SORT_TINY, "--models", "xl", "--jobs", "1", "--out", str(tmp_path), "--name", "s"]
+    assert main(argv) == 128 + signal.SIGINT

@@ -118,6 +118,9 @@ def test_an_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
     assert "--out" in one_line_error(capsys)
     assert main(["lm", "eval", "--run", str(tmp_path), "--seg-len", "0"]) == 2
     assert "--seg-len must be an int >= 1" in one_line_error(capsys)
+    inspect = ["lm", "inspect", "--run", str(tmp_path), "--text", str(tmp_path / "file")]
+    assert main([*inspect, "--seg-len", "0"]) == 2
+    assert "--seg-len must be an int >= 1" in one_line_error(capsys)
 
 
 def test_empty_widths_are_a_widths_error():

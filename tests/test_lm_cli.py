@@ -122,7 +122,7 @@ def test_lm_train_resume_matches_uninterrupted(ref_run, corpus, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(LaneStream, "__iter__", interrupt_after_four)
-        assert run(argv) == 0
+        assert run(argv) == 128 + signal.SIGINT  # 130: interrupted, after saving
     first = json.loads((out / "results.json").read_text())
     assert first["stopped_by_signal"] and first["steps"] == 4 and first["eval"] == {}
     assert run([*argv, "--resume"]) == 0
@@ -200,8 +200,9 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     # a block longer than GPT-2's positions is refused with a clear message
     assert run(["eval", "--hf", str(out / "model"), "--block-size", "64", "--data", str(corpus)]) == 2
     # the checkpoint (weights, optimizer, GPT-2 + memory state, lanes) resumes
-    resume = [a if a != "3" else "4" for a in argv] + ["--no-progress", "--no-tensorboard", "--resume"]
-    assert run(resume + ["--eval-splits"]) == 0
+    resume = [*argv, "--no-progress", "--no-tensorboard", "--resume", "--eval-splits"]
+    assert run([a if a != "3" else "4" for a in resume]) == 2  # other settings: refused (--override)
+    assert run(resume + ["--override", "steps=4"]) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 4
     assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
     # --no-memory: the same recipe for GPT-2 alone (the fair fine-tuned baseline), one learning rate

@@ -111,12 +111,13 @@ def test_parameter_count_and_checkpoint_keys(name):
     ],
 )  # fmt: skip
 def test_state_dict_keys_are_those_of_0_2(name, keys):
-    """Saved memories keep 0.2's flat keys, and load back into the right memory type's state."""
+    """Saved memories keep 0.2's flat keys (plus 0.3's fingerprint of the model that made them), and
+    load back into the right memory type's state."""
     torch.manual_seed(0)
     model = InfiniteFormerLM(tiny(name)).eval()
     _, state = model(torch.randint(0, V, (2, 6)))
     d = state.state_dict()
-    assert list(d) == ["mem_valid", "mems.0", "mems.1", *keys]
+    assert list(d) == ["mem_valid", "fingerprint", "mems.0", "mems.1", *keys]
     back = LMState.from_state_dict(d)
     assert type(back.memory) is type(state.memory)
     assert back.state_dict().keys() == d.keys() and all(torch.equal(back.state_dict()[k], d[k]) for k in d)
@@ -143,10 +144,16 @@ def test_a_state_of_another_memory_type_is_refused():
     infinite = InfiniteFormerLM(tiny("infinite")).eval()
     tokens = torch.randint(0, V, (2, 6))
     _, state = compressive(tokens)
+    _, other = infinite(tokens)
+    with pytest.raises(ValueError, match="made by another model.*memory_type"):  # the fingerprint
+        infinite(tokens, state)
+    with pytest.raises(ValueError, match="made by another model.*memory_type"):
+        compressive(tokens, other)
+    state.fingerprint = other.fingerprint = None  # states saved before fingerprints: the type's check
     with pytest.raises(ValueError, match="no long-term memory"):
         infinite(tokens, state)
     with pytest.raises(ValueError, match="no compressed memory"):
-        compressive(tokens, infinite(tokens)[1])
+        compressive(tokens, other)
     with pytest.raises(ValueError, match="expected no memory beyond the STM"):
         InfiniteFormerLM(tiny("xl"))(tokens, state)
 

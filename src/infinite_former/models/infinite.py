@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..attention import LongTermAttention
 from ..memory import LTMState
-from .memory_type import LayerRead, MemoryType, SegmentPlan, layer_tensors
+from .memory_type import LayerRead, MemoryType, SegmentPlan, layer_tensors, tensor_problem, vector_problems
 
 
 @dataclass
@@ -106,6 +106,21 @@ class InfiniteMemory(MemoryType):
     def check_state(self, memory: Any, n_layers: int) -> None:
         if not isinstance(memory, InfiniteState) or len(memory.ltm) != n_layers:
             raise ValueError(f"state has no long-term memory, expected one for memory_type {self.name!r}")
+
+    def shape_problems(self, memory: InfiniteState, batch: int, e: int, layers: nn.ModuleList) -> list[str]:
+        bad = (
+            []
+            if len(memory.ltm_pending) == len(layers)
+            else [f"ltm_pending has {len(memory.ltm_pending)} layers, needs {len(layers)}"]
+        )
+        bad += tensor_problem("ltm_pending_count", memory.ltm_pending_count, (batch,), count=True)
+        bad += vector_problems("ltm_pending", memory.ltm_pending, batch, e)
+        for i, (blk, s) in enumerate(zip(layers, memory.ltm)):
+            n, d = blk.ltm.config.num_basis, blk.ltm.config.num_bins
+            bad += tensor_problem(f"ltm[{i}].coeffs (batch, N, e)", s.coeffs, (batch, n, e))
+            bad += tensor_problem(f"ltm[{i}].length", s.length, (batch,), count=True)
+            bad += tensor_problem(f"ltm[{i}].bin_mass (batch, D)", s.bin_mass, (batch, d))
+        return bad
 
     def plan(self, memory: InfiniteState, mem_valid: Tensor, mem_width: int, T: int) -> SegmentPlan:
         plan = super().plan(memory, mem_valid, mem_width, T)

@@ -313,9 +313,6 @@ def test_unsupported_models_and_bad_keywords_are_clear_errors():
         model(ids(1, 2), memory=model.init_memory(2))
     with pytest.raises(ValueError, match="memory="):
         model(ids(1, 2), cache=model.init_memory(1))
-    model.gradient_checkpointing_enable()
-    with pytest.raises(ValueError, match="gradient checkpointing"):
-        model.train()(ids(1, 2))
 
 
 def test_load_model_and_the_passkey_probe_take_any_model(tmp_path):

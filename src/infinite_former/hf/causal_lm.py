@@ -18,6 +18,10 @@ this module's forward and generate, by making it an instance of a subclass of it
   states (residual stream) are absorbed into each layer's memory (gate, contraction by τ, M
   samples, refit of B: a cost independent of the tokens read) and its KV cache is dropped.
 
+Gradient checkpointing (``model.gradient_checkpointing_enable()``, non-reentrant) works: a
+checkpointed layer's recomputation repeats its memory read (same output, same graph) without a
+second effect on the state, and the block's KV cache survives it (``_BlockLayer``).
+
 Rows are independent: with left padding (``attention_mask`` zeros) every row has its own block
 length and positions, so a padded batch gives each row what it gets alone. The whole state
 lives in an ``HFMemoryState`` passed in (``memory=``) and returned (``out.memory``).
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention, MemoryProjections
@@ -208,6 +215,27 @@ class MemoryCausalLM:
                 f"memory has block_size {memory.block_size} but the model uses {self.memory_config.block_size}"
             )
 
+    def _check_checkpointing(self) -> None:
+        """Gradient checkpointing with memory needs layers whose replay can repeat the memory read
+        (transformers' GradientCheckpointingLayer) and non-reentrant checkpointing; else a ValueError."""
+        if not (self.training and torch.is_grad_enabled()):
+            return
+        for layer in self.decoder_layout.layers:
+            if not getattr(layer, "gradient_checkpointing", False):
+                continue
+            if not isinstance(layer, GradientCheckpointingLayer):
+                raise ValueError(
+                    f"gradient checkpointing with memory needs decoder layers that are transformers "
+                    f"GradientCheckpointingLayers; {type(layer).__name__} is not, so the backward pass's "
+                    "recomputation would skip the memory read: call model.gradient_checkpointing_disable()"
+                )
+            if getattr(layer._gradient_checkpointing_func, "keywords", {}).get("use_reentrant"):
+                raise ValueError(
+                    "gradient checkpointing with memory needs use_reentrant=False: reentrant checkpointing runs "
+                    "the layer without gradients, which drops those of the memory's KL term; call "
+                    "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
+                )
+
     # ------------------------------------------------------------------ forward
 
     def forward(
@@ -247,13 +275,7 @@ class MemoryCausalLM:
             raise ValueError("inputs_embeds is not supported with memory: pass input_ids")
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
-        if self.training and any(
-            getattr(m, "gradient_checkpointing", False) for m in self.decoder_layout.layers
-        ):
-            raise ValueError(
-                "gradient checkpointing is not supported with memory (its recomputation would run the memory "
-                "hooks twice): call model.gradient_checkpointing_disable()"
-            )
+        self._check_checkpointing()
         batch, total = input_ids.shape
         valid = _new_token_mask(attention_mask, batch, total, input_ids.device)
         if memory is None:
@@ -323,12 +345,21 @@ class MemoryCausalLM:
         new_slots = valid if valid is not None else torch.ones(b, n, dtype=torch.bool, device=ids.device)
         slots = torch.cat([memory.slots, new_slots], dim=1)  # (batch, S + n)
         mask = None if bool(slots.all()) else slots.long()
-        cache = _block_cache(memory.kv)
+        cache = _block_cache(memory.kv, len(self.decoder_layout.layers))
 
         read = _BlockRead(self, memory, valid, need_kl)
-        handles = read.register(
-            self.decoder_layout, self.memory_config.layer_ids(len(self.decoder_layout.layers))
-        )
+        layout = self.decoder_layout
+        handles = read.register(layout, self.memory_config.layer_ids(len(layout.layers)))
+        if any(map(_checkpointing, layout.layers)):
+            # the block's cache is replay-safe (_BlockLayer), so checkpointed layers keep it; a flag of the
+            # model itself (GPT-2's) would only drop the cache, as checkpointing happens in the layers
+            handles += [_SetAttributes(layer, _can_checkpoint_with_cache=True) for layer in layout.layers]
+            handles += [
+                _SetAttributes(m, gradient_checkpointing=False)
+                for m in self.modules()
+                if getattr(m, "gradient_checkpointing", False)
+                and not isinstance(m, GradientCheckpointingLayer)
+            ]
         try:
             out = super().forward(  # the base model's own forward (this class is mixed in front of it)
                 input_ids=ids,
@@ -339,7 +370,8 @@ class MemoryCausalLM:
                 logits_to_keep=logits_to_keep,
             )
         finally:
-            for handle in handles:
+            read.closed = True  # a later call of its hooks is a checkpoint's replay: no new effects
+            for handle in reversed(handles):
                 handle.remove()
         kv = tuple((layer.keys, layer.values) for layer in cache.layers)
         pending = tuple(torch.cat([p, h], dim=1) for p, h in zip(memory.pending, read.inputs, strict=True))
@@ -427,7 +459,13 @@ class MemoryCausalLM:
 
 class _BlockRead:
     """The hooks of one segment's forward: per memory layer, keep the layer input (to absorb
-    later) and add the memory read to the self-attention output. Lives for one call only."""
+    later) and add the memory read to the self-attention output. Lives for one call only.
+
+    A layer under gradient checkpointing gets its read hook inside the checkpointed function,
+    so the backward pass's recomputation repeats the read (same z, same graph); once the
+    forward is over (``closed``) a read changes nothing: the sticky mass, KL and layer input
+    are those of the forward, recorded once per layer.
+    """
 
     def __init__(
         self, model: MemoryCausalLM, memory: HFMemoryState, valid: Tensor | None, need_kl: bool
@@ -439,17 +477,31 @@ class _BlockRead:
         self.projections: list[MemoryProjections | None] = [None] * k
         self.kl_sum: Tensor | float = 0.0
         self.kl_count = 0
+        self.closed = False
 
     def register(self, layout: DecoderLayout, layer_ids: list[int]) -> list:
         handles = []
-        for k, layer in enumerate(layer_ids):
-            handles.append(
-                layout.layers[layer].register_forward_pre_hook(self._keep_input(k), with_kwargs=True)
-            )
-            handles.append(
-                layout.attentions[layer].register_forward_hook(self._add_read(k), with_kwargs=True)
-            )
+        for k, i in enumerate(layer_ids):
+            layer, attention = layout.layers[i], layout.attentions[i]
+            handles.append(layer.register_forward_pre_hook(self._keep_input(k), with_kwargs=True))
+            if _checkpointing(layer):  # the layer's forward runs inside its checkpoint function
+                checkpoint = partial(self._checkpoint, k, attention, layer._gradient_checkpointing_func)
+                handles.append(_SetAttributes(layer, _gradient_checkpointing_func=checkpoint))
+            else:
+                handles.append(attention.register_forward_hook(self._add_read(k), with_kwargs=True))
         return handles
+
+    def _checkpoint(self, k: int, attention: nn.Module, checkpoint: Callable, function: Callable, *args):
+        """The layer's checkpoint function, with the read hook inside what it recomputes."""
+
+        def with_read(*inputs):
+            handle = attention.register_forward_hook(self._add_read(k), with_kwargs=True)
+            try:
+                return function(*inputs)
+            finally:
+                handle.remove()
+
+        return checkpoint(with_read, *args)
 
     def _keep_input(self, k: int):
         def hook(module, args, kwargs):
@@ -474,10 +526,12 @@ class _BlockRead:
             proj = memory.ltm_cache[k]  # (with gradients on, always recompute: they must reach W_V, W_K, W_Q)
         if proj is None:
             proj = ltm.projections(state, x.dtype)
-        self.projections[k] = proj
-        z, self.states[k], kl = ltm.read(
+        z, new_state, kl = ltm.read(
             x, state, proj, query_mask=self.valid, return_kl=self.need_kl, accumulate_mass=True
         )
+        if self.closed:  # a checkpoint's recomputation: same z, no second effect
+            return z
+        self.projections[k], self.states[k] = proj, new_state
         if kl is not None:
             self.kl_sum = self.kl_sum + kl.sum()
             valid_queries = (state.length > 0)[:, None] & (
@@ -487,15 +541,63 @@ class _BlockRead:
         return z
 
 
-def _block_cache(kv: tuple) -> DynamicCache:
-    """A DynamicCache holding the block's keys/values without copying them (the model appends
-    to it by concatenation, so the state's tensors are never changed)."""
+def _checkpointing(layer: nn.Module) -> bool:
+    """Whether transformers will checkpoint this decoder layer's forward in this call."""
+    return bool(
+        getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled()
+    )
+
+
+class _SetAttributes:
+    """Set a module's attributes for one call; remove() restores them (like a hook handle)."""
+
+    def __init__(self, module: nn.Module, **values: Any) -> None:
+        self.module, self.former = module, {name: module.__dict__.get(name, _UNSET) for name in values}
+        for name, value in values.items():
+            setattr(module, name, value)
+
+    def remove(self) -> None:
+        for name, value in self.former.items():
+            if value is _UNSET:
+                delattr(self.module, name)
+            else:
+                setattr(self.module, name, value)
+
+
+_UNSET = object()
+
+
+class _BlockLayer(DynamicLayer):
+    """A cache layer holding the block's keys/values so far (batch, H_kv, S, d), never changed:
+    update returns them with the new ones appended, as a new tensor. Calling update again with
+    the same new keys (a checkpointed layer's recomputation) returns the same result, not the
+    new keys twice."""
+
+    def __init__(self, keys: Tensor | None = None, values: Tensor | None = None) -> None:
+        super().__init__()
+        self.prefix = None if keys is None else (keys, values)
+        if keys is not None:
+            self.lazy_initialization(keys, values)
+            self.keys, self.values = keys, values
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.prefix is None:
+            self.keys, self.values = key_states, value_states
+        else:
+            self.keys = torch.cat([self.prefix[0], key_states], dim=-2)
+            self.values = torch.cat([self.prefix[1], value_states], dim=-2)
+        return self.keys, self.values
+
+
+def _block_cache(kv: tuple, num_layers: int) -> DynamicCache:
+    """A DynamicCache of _BlockLayers holding the block's keys/values without copying them (the
+    state's tensors are never changed)."""
     cache = DynamicCache()
-    for keys, values in kv:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        cache.layers.append(layer)
+    cache.layers = [_BlockLayer(keys, values) for keys, values in kv] or [
+        _BlockLayer() for _ in range(num_layers)
+    ]
     return cache
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from test_hf_any import BLOCK, FAMILIES, ids, memory_model
 
 
@@ -33,7 +34,9 @@ def train_step(family: str, checkpointing: bool, **kwargs):
     y = ids(2, BLOCK, seed=5)
     torch.manual_seed(0)
     first = model(x, labels=x)
-    second = model(y, memory=first.memory, labels=y)  # continues the partial block: its keys come from the cache
+    second = model(
+        y, memory=first.memory, labels=y
+    )  # continues the partial block: its keys come from the cache
     loss = first.loss + second.loss
     forward_reads = reads.calls
     loss.backward()

@@ -203,11 +203,35 @@ class MemoryCausalLM:
             block_size=memory.block_size,
         ).compact()
 
+    def _check_inputs(self, input_ids: Any, inputs_embeds: Any) -> Tensor:
+        """input_ids (batch, T) or inputs_embeds (batch, T, e), exactly one, T >= 1: the one given."""
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("give input_ids or inputs_embeds, not both")
+        if inputs_embeds is not None:
+            e = self.get_input_embeddings().embedding_dim
+            if (
+                not isinstance(inputs_embeds, Tensor)
+                or inputs_embeds.dim() != 3
+                or inputs_embeds.shape[-1] != e
+                or not inputs_embeds.is_floating_point()
+            ):
+                raise ValueError(
+                    f"inputs_embeds must be a (batch, T, {e}) float tensor, got {_describe(inputs_embeds)}"
+                )
+            tokens = inputs_embeds
+        elif not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise ValueError(f"input_ids must be a (batch, T) LongTensor, got {_describe(input_ids)}")
+        else:
+            tokens = input_ids
+        if tokens.shape[1] == 0:
+            raise ValueError("the inputs must hold at least one token")
+        return tokens
+
     def _check_memory(self, memory: Any, batch_size: int) -> None:
         if not isinstance(memory, HFMemoryState):
             raise ValueError(f"memory must be an HFMemoryState or None, got {type(memory).__name__}")
         if memory.batch_size != batch_size:
-            raise ValueError(f"memory has batch size {memory.batch_size} but input_ids has {batch_size}")
+            raise ValueError(f"memory has batch size {memory.batch_size} but the inputs have {batch_size}")
         if len(memory.ltm) != len(self.ltm) or len(memory.kv) not in (0, len(self.decoder_layout.layers)):
             raise ValueError("memory was made for a model with other layers / memory layers")
         if memory.block_size != self.memory_config.block_size:
@@ -250,9 +274,13 @@ class MemoryCausalLM:
         cache: Any = None,
         past_key_values: Any = None,
         use_cache: bool | None = None,
+        inputs_embeds: Tensor | None = None,
         **kwargs: Any,
     ) -> MemoryCausalLMOutput | tuple:
         """Process input_ids (batch, T), any T, after the text already in ``memory``.
+
+        inputs_embeds: (batch, T, e) instead of input_ids (what the model's input embedding
+        gives for ids, or any other vectors, e.g. soft prompts); not both.
 
         labels: (batch, T), shifted inside (as in transformers), -100 ignored; the loss covers
         the T - 1 predictions inside this call. shift_labels: (batch, T), already shifted
@@ -262,29 +290,24 @@ class MemoryCausalLM:
         last T columns are used); 0 marks padding, which is not part of the row's stream.
         The short-term KV cache is part of ``memory``: cache / past_key_values must be None.
         """
-        if input_ids is None or not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a (batch, T) LongTensor, got {_describe(input_ids)}")
-        if input_ids.shape[1] == 0:
-            raise ValueError("input_ids must hold at least one token")
+        tokens = self._check_inputs(input_ids, inputs_embeds)  # (batch, T) ids or (batch, T, e) embeddings
         if past_key_values is not None or cache is not None:
             raise ValueError(
                 f"{type(self).__name__} with memory keeps its short-term KV cache inside `memory`; "
                 "pass memory=, not a cache"
             )
-        if kwargs.get("inputs_embeds") is not None:
-            raise ValueError("inputs_embeds is not supported with memory: pass input_ids")
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
         self._check_checkpointing()
-        batch, total = input_ids.shape
-        valid = _new_token_mask(attention_mask, batch, total, input_ids.device)
+        batch, total = tokens.shape[:2]
+        valid = _new_token_mask(attention_mask, batch, total, tokens.device)
         if memory is None:
-            memory = self.init_memory(batch, input_ids.device)
+            memory = self.init_memory(batch, tokens.device)
         self._check_memory(memory, batch)
         for name, lab in (("labels", labels), ("shift_labels", shift_labels)):
             if lab is not None and (not isinstance(lab, Tensor) or tuple(lab.shape) != (batch, total)):
                 raise ValueError(
-                    f"{name} must have the shape of input_ids {(batch, total)}, got {_describe(lab)}"
+                    f"{name} must be (batch, T) = {(batch, total)} like the inputs, got {_describe(lab)}"
                 )
         if labels is not None and shift_labels is not None:
             raise ValueError("give labels or shift_labels, not both")
@@ -301,7 +324,7 @@ class MemoryCausalLM:
             keep = 0 if not logits_to_keep else min(n, max(0, logits_to_keep - (total - start - n)))
             seg_valid = None if valid is None else valid[:, start : start + n]
             seg_logits, memory, seg_kl, seg_count = self._segment(
-                input_ids[:, start : start + n],
+                tokens[:, start : start + n],
                 seg_valid,
                 memory,
                 (keep or 1) if logits_to_keep else 0,
@@ -333,16 +356,17 @@ class MemoryCausalLM:
         return out if return_dict is not False else out.to_tuple()
 
     def _segment(
-        self, ids: Tensor, valid: Tensor | None, memory: HFMemoryState, logits_to_keep: int, need_kl: bool
+        self, tokens: Tensor, valid: Tensor | None, memory: HFMemoryState, logits_to_keep: int, need_kl: bool
     ) -> tuple[Tensor, HFMemoryState, Tensor | float, int]:
-        """Run n tokens that fit in every row's current block: (logits, memory, KL sum, KL count)."""
-        b, n = ids.shape
+        """Run n tokens (ids (batch, n) or embeddings (batch, n, e)) that fit in every row's current
+        block: (logits, memory, KL sum, KL count)."""
+        b, n = tokens.shape[:2]
         lengths = memory.block_lengths  # (batch,) tokens already in each row's block
         if valid is None:
-            positions = lengths[:, None] + torch.arange(n, device=ids.device)  # (batch, n)
+            positions = lengths[:, None] + torch.arange(n, device=tokens.device)  # (batch, n)
         else:
             positions = (lengths[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
-        new_slots = valid if valid is not None else torch.ones(b, n, dtype=torch.bool, device=ids.device)
+        new_slots = valid if valid is not None else torch.ones(b, n, dtype=torch.bool, device=tokens.device)
         slots = torch.cat([memory.slots, new_slots], dim=1)  # (batch, S + n)
         mask = None if bool(slots.all()) else slots.long()
         cache = _block_cache(memory.kv, len(self.decoder_layout.layers))
@@ -362,7 +386,7 @@ class MemoryCausalLM:
             ]
         try:
             out = super().forward(  # the base model's own forward (this class is mixed in front of it)
-                input_ids=ids,
+                **({"inputs_embeds": tokens} if tokens.is_floating_point() else {"input_ids": tokens}),
                 attention_mask=mask,
                 position_ids=positions,
                 cache=cache,
@@ -405,15 +429,22 @@ class MemoryCausalLM:
         attention_mask: Tensor | None = None,
         memory: HFMemoryState | None = None,
         is_first_iteration: bool | None = False,
+        inputs_embeds: Tensor | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Prefill: the whole prompt (new text after ``memory``); then the newest token(s).
+        """Prefill: the whole prompt (new text after ``memory``; its embeddings if given); then
+        the newest token(s).
 
         generate() carries the state from step to step under the name ``cache``."""
         state = cache if cache is not None else memory
-        ids = input_ids if cache is None else input_ids[:, -(next_sequence_length or 1) :]
-        mask = None if attention_mask is None else attention_mask[:, -ids.shape[1] :]
-        return {"input_ids": ids.contiguous(), "memory": state, "logits_to_keep": 1, "attention_mask": mask}
+        if cache is None and inputs_embeds is not None:
+            inputs = {"inputs_embeds": inputs_embeds}
+        else:
+            ids = input_ids if cache is None else input_ids[:, -(next_sequence_length or 1) :]
+            inputs = {"input_ids": ids.contiguous()}
+        length = next(iter(inputs.values())).shape[1]
+        mask = None if attention_mask is None else attention_mask[:, -length:]
+        return {**inputs, "memory": state, "logits_to_keep": 1, "attention_mask": mask}
 
     def _reorder_cache(self, cache: HFMemoryState, beam_idx: Tensor) -> HFMemoryState:
         """Beam search: the memory rows follow their beams."""
@@ -433,7 +464,8 @@ class MemoryCausalLM:
         """GenerationMixin.generate, continuing after the text in ``memory``.
 
         ``inputs`` is the new prompt (tokens not yet in the memory, at least one per row),
-        optionally left-padded with an ``attention_mask``. Greedy, sampling and beam search
+        optionally left-padded with an ``attention_mask``; or give ``inputs_embeds`` (batch, T, e)
+        (then the returned sequences hold the new tokens only, as in transformers). Greedy, sampling and beam search
         work; beams carry their own memory rows. With return_dict_in_generate=True the output
         also has ``.memory``: the state after the prompt and all generated tokens but the last
         (which was not fed back); under beam search, that of the running beams.
@@ -445,12 +477,14 @@ class MemoryCausalLM:
                 raise ValueError(f"pass memory=, not {name}=: the short-term KV cache lives in the memory")
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         if prompt is None:
+            prompt = kwargs.get("inputs_embeds")
+        if prompt is None:
             raise ValueError("generate needs a prompt of at least one new token (inputs)")
         if memory is not None:
             self._check_memory(memory, prompt.shape[0])
         if isinstance(prompt, Tensor) and kwargs.get("attention_mask") is None:
             # streams are unpadded unless a mask says so: don't guess padding from pad_token_id
-            kwargs["attention_mask"] = torch.ones_like(prompt)
+            kwargs["attention_mask"] = torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)
         out = super().generate(inputs, memory=memory, **kwargs)
         if isinstance(out, ModelOutput):
             out["memory"] = out.get("cache")

@@ -19,10 +19,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .experiments import dialogue, lm, passkey, sort
+from .experiments import dialogue, lm, passkey, probe, sort
 from .training import CheckpointError
 
-COMMANDS = (sort, lm, passkey, dialogue)
+COMMANDS = (sort, lm, passkey, probe, dialogue)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .causal_lm import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MemoryCausalLM, add_memory
 from .configuration import InfiniteGPT2Config
 from .modeling import InfiniteGPT2LMHeadModel
+from .training_free import check_no_weights
 
 
 def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -116,6 +117,8 @@ def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory
 
 
 def _load_ltm(model: MemoryCausalLM, tensors: dict, source: Any) -> None:
+    if model.training_free is not None:
+        check_no_weights(tensors, source)
     expected = set(model.ltm.state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:

@@ -50,6 +50,7 @@ from ..memory import MemoryState
 from .config import MemoryConfig
 from .layout import DecoderLayout, find_layout
 from .memory import HFMemoryState
+from .training_free import Projections, TrainingFreeConfig, TrainingFreeMemory
 
 ADAPTER_WEIGHTS = "memory_adapter.safetensors"
 ADAPTER_CONFIG = "memory_config.json"
@@ -78,16 +79,34 @@ class MemoryCausalLM:
 
     memory_config: MemoryConfig
     ltm: nn.ModuleList
+    training_free: TrainingFreeConfig | None = None
 
     # ------------------------------------------------------------------ attaching
 
-    def attach_memory(self, config: MemoryConfig) -> None:
-        """Build the LongTermAttention modules for this model's decoder layers (zero output)."""
+    def attach_memory(self, config: MemoryConfig, training_free: TrainingFreeConfig | None = None) -> None:
+        """Build the LongTermAttention modules for this model's decoder layers (zero output), or with
+        training_free, the parameter-free memories read through each layer's own attention."""
         layout = self.decoder_layout
         config = config.resolved(len(layout.layers), layout.max_positions)
         ltm_config = config.ltm_config(layout.hidden_size, layout.num_heads)
-        self.memory_config = config
-        self.ltm = nn.ModuleList(LongTermAttention(ltm_config) for _ in config.layer_ids(len(layout.layers)))
+        self.memory_config, self.training_free = config, training_free
+        layer_ids = config.layer_ids(len(layout.layers))
+        if training_free is None:
+            self.ltm = nn.ModuleList(LongTermAttention(ltm_config) for _ in layer_ids)
+        else:
+            text_config = self.config.get_text_config(decoder=True)
+            self.ltm = nn.ModuleList(
+                TrainingFreeMemory(ltm_config, training_free, layout.attentions[i], text_config)
+                for i in layer_ids
+            )
+
+    @property
+    def memory_settings(self) -> dict[str, Any]:
+        """add_memory's keywords that rebuild this memory (config.infinite_memory, memory_config.json)."""
+        settings = self.memory_config.to_dict()
+        if self.training_free is not None:
+            settings["training_free"] = self.training_free.to_dict()
+        return settings
 
     @property
     def decoder_layout(self) -> DecoderLayout:
@@ -140,7 +159,7 @@ class MemoryCausalLM:
             "base_model_name_or_path": getattr(self.config, "_name_or_path", None) or None,
             "base_model_class": type(self).__name__,
             "base_model_type": self.config.model_type,
-            "memory_config": self.memory_config.to_dict(),
+            "memory_config": self.memory_settings,
         }
         (out / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
         return out
@@ -544,12 +563,20 @@ class _BlockRead:
         return hook
 
     def _add_read(self, k: int):
+        ltm = self.model.ltm[k]
+        free = isinstance(ltm, TrainingFreeMemory)
+
         def hook(module, args, kwargs, output):
             x = args[0] if args else kwargs["hidden_states"]  # normalised hidden states: the queries
+            if free and not self.closed:
+                self.inputs[k] = x  # a training-free memory holds what the attention's keys come from
             z = self._read(k, x)
+            first = output[0] if isinstance(output, tuple) else output
+            if free:
+                z = ltm.mix(z, first, self.memory.ltm[k])
             if isinstance(output, tuple):
-                return (output[0] + z.to(output[0].dtype), *output[1:])
-            return output + z.to(output.dtype)
+                return (first + z.to(first.dtype), *output[1:])
+            return first + z.to(first.dtype)
 
         return hook
 
@@ -687,7 +714,9 @@ def memory_class(base: type) -> type:
     return _MEMORY_CLASSES[base]
 
 
-def add_memory(model: nn.Module, **memory_config: Any) -> nn.Module:
+def add_memory(
+    model: nn.Module, training_free: bool | dict | TrainingFreeConfig = False, **memory_config: Any
+) -> nn.Module:
     """Give a transformers causal LM an unbounded ∞-former memory in each decoder layer; returns it.
 
     memory_config: the MemoryConfig keywords (block_size, num_basis, num_samples, tau, widths,
@@ -697,17 +726,25 @@ def add_memory(model: nn.Module, **memory_config: Any) -> nn.Module:
     becomes a subclass of its own with this module's forward/generate, and ``model.ltm`` holds
     the new weights, on the model's device and dtype) and returned. The memory settings are
     written to ``model.config.infinite_memory``, so ``save_pretrained`` keeps them.
+
+    training_free: True (or {"density": "gibbs" | "gaussian", "alpha": α}) adds no weights: each
+    memory layer reads the memory through the layer's own attention projections (training_free.py).
     """
     if isinstance(model, MemoryCausalLM):
         raise ValueError(f"{type(model).__name__} already has a memory")
     config = MemoryConfig.from_dict(memory_config)
-    find_layout(model)  # raises for an unsupported model, before anything is changed
+    free = TrainingFreeConfig.of(training_free)
+    layout = find_layout(model)  # raises for an unsupported model, before anything is changed
+    if free is not None:  # every memory layer's attention must have projections to read with
+        text_config = model.config.get_text_config(decoder=True)
+        for i in config.resolved(len(layout.layers), layout.max_positions).layer_ids(len(layout.layers)):
+            Projections(layout.attentions[i], text_config, type(model).__name__)
     param = next(model.parameters(), None)
     model.__class__ = memory_class(type(model))
-    model.attach_memory(config)
+    model.attach_memory(config, free)
     if param is not None:
         model.ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
-    model.config.infinite_memory = model.memory_config.to_dict()
+    model.config.infinite_memory = model.memory_settings
     return model
 
 

@@ -10,7 +10,7 @@ through the layer's pretrained projections, per head h (keys and values repeated
 
     X̄(t) = Bᵀψ(t), the memory's reconstructed token at t, on M grid points t_g of [0, 1];
     k_h(t) = W_K,h X̄(t), v_h(t) = W_V,h X̄(t) (biases, q/k norms as the layer has them), q_h = W_Q,h x;
-    s(t) = q_h · k_h(t) / √d, p(t) ∝ exp(s(t)) (Gibbs, normalised on the grid): z_h = Σ_g p(t_g) v_h(t_g);
+    s(t) = q_h · k_h(t) / √d (the layer's own scaling), p(t) ∝ exp(s(t)) (Gibbs, normalised on the grid): z_h = Σ_g p(t_g) v_h(t_g);
     or p = 𝒩(μ, σ²), the mean and variance of that Gibbs density (moment-matched Gaussian):
     z_h = E_p[ψ]ᵀ (B W_V,h) + b_V,h in closed form;  m = W_O [z_1 ... z_H] (its bias included).
 
@@ -29,7 +29,6 @@ models' attention kernels do not return.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -119,6 +118,7 @@ class Projections:
         self.q, self.k, self.v = get("q_proj"), get("k_proj"), get("v_proj")
         self.o = next((m for m in map(get, ("o_proj", "c_proj", "dense")) if m is not None), None)
         self.q_norm, self.k_norm = get("q_norm"), get("k_norm")
+        self.scaling = float(getattr(attention, "scaling", None) or self.head_dim**-0.5)  # (Granite: its own)
         if (self.fused is None and None in (self.q, self.k, self.v)) or self.o is None:
             raise ValueError(
                 f"training_free is not supported for {name}: its attention {type(attention).__name__} has no "
@@ -226,7 +226,7 @@ class TrainingFreeMemory(nn.Module):
         with torch.autocast(device_type=queries.device.type, enabled=False):
             work = torch.promote_types(queries.dtype, torch.float32)
             t = self.grid(q.to(work))[0]  # (G,)
-            scores = q.to(work) @ kv.keys.to(work).transpose(-1, -2) / math.sqrt(layer.head_dim)  # s(t_g)
+            scores = q.to(work) @ kv.keys.to(work).transpose(-1, -2) * layer.scaling  # s(t_g), scaled as the layer
             p = torch.softmax(scores, dim=-1)  # the Gibbs density on the grid: (batch, H, q, G)
             mu = p @ t  # (batch, H, q)
             sigma2 = (p @ t.square() - mu.square()).clamp_min(self.config.min_sigma2)

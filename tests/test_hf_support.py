@@ -18,7 +18,7 @@ from test_hf_training_free import (
     test_adds_no_weights_starts_as_the_base_model_and_then_reads_the_memory as free,
 )
 
-LORA_TARGETS = {"phi3": ["qkv_proj"], "gpt2": ["c_attn"]}
+LORA_TARGETS = {"phi3": ["qkv_proj"], "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"]}
 
 
 def lora_step(family: str) -> None:
@@ -45,11 +45,20 @@ FEATURES = {
     "training_free": lambda family: free(family, "gibbs"),
 }
 # cells that are refused, with the reason the error names
-UNSUPPORTED = {("phi3", "training_free"): "no separate q_proj/k_proj/v_proj"}
+UNSUPPORTED = {
+    ("phi3", "training_free"): "no separate q_proj/k_proj/v_proj",
+    ("gpt_neox", "training_free"): "no separate q_proj/k_proj/v_proj",
+}
+# every feature on the new families; on the first five, the cells their own test files leave out
+CELLS = [(family, feature) for family in MORE_FAMILIES for feature in FEATURES] + [
+    *[(family, "beam") for family in ("qwen2", "mistral", "gpt_neox")],
+    *[(family, "padding") for family in ("qwen2", "mistral")],
+    *[(family, "lora") for family in ("qwen2", "mistral", "gpt_neox", "gpt2")],
+    ("gpt_neox", "training_free"),
+]
 
 
-@pytest.mark.parametrize("feature", FEATURES)
-@pytest.mark.parametrize("family", MORE_FAMILIES)
+@pytest.mark.parametrize(("family", "feature"), CELLS)
 def test_feature_on_family(family, feature):
     torch.manual_seed(0)
     if (family, feature) in UNSUPPORTED:

@@ -180,6 +180,20 @@ def test_plain_models_are_refused_beyond_their_positions_naming_the_limit(tokeni
         main(["probe", "vt", "--model", str(folders[0]), "--tokenizer", str(tokenizer[1]), "--no-memory"])
         == 2
     )
+    free = [
+        "probe",
+        "copy",
+        "--model",
+        str(folders[0]),
+        "--training-free",
+        "gaussian:0.3",
+        "--block-size",
+        "16",
+    ]
+    out = folders[0].parent / "free.json"
+    assert main([*free, "--gaps", "100", "--span", "8", "--trials", "1", "--out", str(out)]) == 0  # beyond 64
+    written = json.loads(out.read_text())
+    assert written["memory"] is True and written["training_free"] == "gaussian:0.3"
     plain.config.max_position_embeddings = 512  # rotary positions: the same model takes longer prompts
     result = run_probe(
         plain, ProbeConfig(task="passkey", lengths=(200,), depths=(0.5,), trials=1), encode, decode

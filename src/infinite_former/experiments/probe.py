@@ -329,6 +329,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--block-size", type=int, default=None, help="block size of a memory added to a plain folder"
     )
+    p.add_argument(
+        "--training-free",
+        default=None,
+        metavar="DENSITY:ALPHA",
+        help="add a training-free memory (e.g. gibbs:0.5 or gaussian:0.5) to a plain folder",
+    )
     add_flags(p, PROBE_FLAGS)
     p.add_argument("--out", default=None, help="write the results JSON here")
     p.add_argument("--png", default=None, help="write the heat map (text probes) / NLL plot (copy) here")
@@ -340,7 +346,7 @@ def probe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Run the probe the parsed flags describe; returns the results (also written to --out)."""
     from transformers import AutoModelForCausalLM
 
-    from ..hf import load_model
+    from ..hf import add_memory, load_model
     from .passkey import load_tokenizer
 
     config = ProbeConfig(task=args.task, **overrides(args, PROBE_FLAGS))  # ValueError before loading
@@ -348,13 +354,25 @@ def probe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if config.task != "copy":
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         encode, decode = tokenizer.encode, tokenizer.decode
+    if args.no_memory and args.training_free:
+        raise ValueError("--no-memory and --training-free exclude each other")
+    memory = {} if args.block_size is None else {"block_size": args.block_size}
     if args.no_memory:
         model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
+    elif args.training_free:
+        density, _, alpha = args.training_free.partition(":")
+        free = {"density": density, **({"alpha": float(alpha)} if alpha else {})}
+        plain = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
+        model = add_memory(plain, training_free=free, **memory)
     else:
-        memory = {} if args.block_size is None else {"block_size": args.block_size}
         model = load_model(args.model, local_files_only=True, **memory)
     result = run_probe(model.eval(), config, encode, decode, progress=print)
-    result.update(model=args.model, model_class=type(model).__name__, machine=machine_info())
+    result.update(
+        model=args.model,
+        model_class=type(model).__name__,
+        training_free=args.training_free,
+        machine=machine_info(),
+    )
     if args.out:
         write_json(args.out, result)
     if args.png:

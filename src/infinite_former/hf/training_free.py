@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attention import LTMConfig
+from ..attention import LongTermAttention, LTMConfig
 from ..basis import GaussianBasis
 from ..continuous import NORMALIZERS
-from ..memory import LTMState, bin_mass, update_memory
+from ..memory import LTMState, bin_mass
 
 DENSITIES = ("gibbs", "gaussian")
 
@@ -176,23 +176,14 @@ class TrainingFreeMemory(nn.Module):
         self.normalizer = NORMALIZERS["softmax"](self.basis)
         self.__dict__["projections_of_layer"] = Projections(attention, model_config, type(attention).__name__)
 
-    def init_state(self, batch_size: int, device: Any = None, dtype: torch.dtype = torch.float32) -> LTMState:
-        c = self.config
-        return LTMState.empty(batch_size, c.num_basis, c.d_model, c.num_bins, device, dtype)
+    # absorbing is LongTermAttention's, without the gate (a weight): contraction, M samples, refit of B
+    gate = None
+    init_state = LongTermAttention.init_state
+    update = LongTermAttention.update
 
     def forward(self, queries: None, new_vectors: Tensor, state: LTMState) -> LTMState:
-        """Absorb new_vectors (batch, L, e) (the call form LongTermAttention's update has)."""
-        c = self.config
-        return update_memory(
-            state,
-            new_vectors,
-            self.basis,
-            num_samples=c.num_samples,
-            tau=c.tau,
-            ridge_lambda=c.ridge_lambda,
-            edge_padding=c.edge_padding,
-            sticky=c.sticky,
-        )
+        """Absorb new_vectors (batch, L, e): the call form of LongTermAttention's absorb-only forward."""
+        return self.update(state, new_vectors)
 
     def grid(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """The M grid points t_g (G,) and ψ(t_g) (G, N), in like's dtype and device."""
@@ -226,7 +217,9 @@ class TrainingFreeMemory(nn.Module):
         with torch.autocast(device_type=queries.device.type, enabled=False):
             work = torch.promote_types(queries.dtype, torch.float32)
             t = self.grid(q.to(work))[0]  # (G,)
-            scores = q.to(work) @ kv.keys.to(work).transpose(-1, -2) * layer.scaling  # s(t_g), scaled as the layer
+            scores = (
+                q.to(work) @ kv.keys.to(work).transpose(-1, -2) * layer.scaling
+            )  # s(t_g), scaled as the layer
             p = torch.softmax(scores, dim=-1)  # the Gibbs density on the grid: (batch, H, q, G)
             mu = p @ t  # (batch, H, q)
             sigma2 = (p @ t.square() - mu.square()).clamp_min(self.config.min_sigma2)

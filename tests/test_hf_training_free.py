@@ -114,3 +114,45 @@ def test_bad_training_free_settings_are_clear_errors(tmp_path):
     assert add_lora(
         add_memory(base_model("llama"), training_free=True, **MEMORY), r=2, target_modules=["q_proj"]
     )
+
+
+def test_a_query_reads_the_part_of_the_memory_that_matches_it():
+    """Memory: 8 tokens A then 8 tokens B. With W_Q ∝ W_K = slices of I the score of the reconstructed
+    token at t is ∝ x · X̄(t) per head, so the Gibbs density of a query A sits on the A half: its read is A's value, B's
+    for a query B (α = 1: the attention output is the memory's)."""
+    base = one_layer_llama()
+    attention = base.model.layers[0].self_attn
+    with (
+        torch.no_grad()
+    ):  # each query head h sees x's slice of its key head (h // 2), scaled up: a peaked density
+        attention.k_proj.weight.copy_(torch.eye(32)[:16])
+        attention.q_proj.weight.copy_(
+            4 * torch.eye(32)[:16].view(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32)
+        )
+        attention.q_proj.bias.zero_()
+        attention.k_proj.bias.zero_()
+    model = add_memory(
+        copy.deepcopy(base), training_free={"alpha": 1.0}, block_size=16, num_basis=32, num_samples=64,
+        widths=(0.05, 0.1), ridge_lambda=1e-6, sticky=False,
+    ).eval()  # fmt: skip
+    a, b = 7, 21
+    x = torch.tensor([[a] * 8 + [b] * 8 + [a, b]])
+    got = run(model, x).logits[0, 16:]  # (2, vocab): the queries A and B
+
+    def replaced(token):  # the base model whose attention output is W_O(W_V x_token + b_V)
+        with torch.no_grad():
+            x0 = base.model.layers[0].input_layernorm(base.model.embed_tokens(torch.tensor([[token]])))
+            m = attention.o_proj(attention.v_proj(x0).view(1, 1, 2, 8).repeat_interleave(2, dim=2).flatten(2))
+        hook = attention.register_forward_hook(
+            lambda mod, args, kw, out: (m.expand_as(out[0]), *out[1:]), with_kwargs=True
+        )
+        with torch.no_grad():
+            logits = base(x[:, 16:]).logits[0]
+        hook.remove()
+        return logits
+
+    want_a, want_b = replaced(a), replaced(b)
+    gap = (want_a - want_b).norm(dim=-1)  # (2,)
+    assert float(gap.min()) > 0.1
+    assert (got[0] - want_a[0]).norm() < 0.1 * gap[0]  # the query A reads A
+    assert (got[1] - want_b[1]).norm() < 0.1 * gap[1]  # the query B reads B

@@ -4,6 +4,7 @@ reads the continuous memory through each layer's own attention projections."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from infinite_former.hf import add_memory, from_pretrained, load_memory, save_memory
 from infinite_former.hf.lora import add_lora
 from test_hf_any import BLOCK, MEMORY, base_model, ids, run
+from test_transactional import assert_unchanged, snapshot
 
 FREE = ["llama", "qwen2", "mistral", "gpt2"]
 
@@ -98,22 +100,65 @@ def test_chunks_generate_and_save_load_keep_the_training_free_memory(tmp_path):
 
 
 def test_bad_training_free_settings_are_clear_errors(tmp_path):
+    neox = base_model("gpt_neox")
+    before = snapshot(neox)
     with pytest.raises(ValueError, match="training_free is not supported for GPTNeoXForCausalLM"):
-        add_memory(base_model("gpt_neox"), training_free=True)
+        add_memory(neox, training_free=True)
+    assert_unchanged(neox, before)  # refused before the model was changed
     with pytest.raises(ValueError, match="density"):
         add_memory(base_model("llama"), training_free={"density": "laplace"})
     with pytest.raises(ValueError, match="alpha"):
         add_memory(base_model("llama"), training_free={"alpha": 2.0})
-    trained = add_memory(base_model("llama"), **MEMORY)
-    save_memory(trained, tmp_path / "weights")
     free = add_memory(base_model("llama"), training_free=True, **MEMORY)
-    with pytest.raises(ValueError, match="training_free memory has no weights"):
-        load_memory(free, tmp_path / "weights")
     with pytest.raises(ValueError, match="LoRA cannot target the memory"):
         add_lora(free, r=2, target_modules=["q_proj", "query", "value"])
     assert add_lora(
         add_memory(base_model("llama"), training_free=True, **MEMORY), r=2, target_modules=["q_proj"]
     )
+
+
+def _say_training_free(settings: dict) -> None:
+    settings["training_free"] = {"density": "gibbs", "alpha": 0.5}
+
+
+def test_a_training_free_memory_refuses_weights_and_loading_changes_nothing_then(tmp_path):
+    """Saved settings that say training-free beside memory weights (an adapter or a full folder):
+    refused, and the model given to load_memory is left as it was."""
+    trained = add_memory(base_model("llama"), **MEMORY)
+    save_memory(trained, tmp_path / "adapter")
+    trained.save_pretrained(tmp_path / "full")
+    for path in (tmp_path / "adapter" / "memory_config.json", tmp_path / "full" / "config.json"):
+        info = json.loads(path.read_text())
+        _say_training_free(info["memory_config" if path.name == "memory_config.json" else "infinite_memory"])
+        path.write_text(json.dumps(info))
+    free = add_memory(base_model("llama"), training_free={"alpha": 0.3}, **MEMORY)
+    before = snapshot(free)
+    with pytest.raises(ValueError, match="training_free memory has no weights"):
+        load_memory(free, tmp_path / "adapter")
+    assert_unchanged(free, before)
+    assert free.training_free.alpha == 0.3
+    with pytest.raises(ValueError, match="training_free memory has no weights"):
+        from_pretrained(tmp_path / "full")
+
+
+def test_a_trained_adapter_replaces_a_training_free_memory_and_states_do_not_cross(tmp_path):
+    """load_memory gives a model the adapter's memory in place of its own (issue 20), also a
+    training-free one; a state made in one mode is refused by the other (its fingerprint)."""
+    trained = add_memory(base_model("llama"), **MEMORY).eval()
+    with torch.no_grad():
+        for p in trained.memory_parameters():
+            p.normal_(0.0, 0.5)
+    save_memory(trained, tmp_path / "adapter")
+    free = add_memory(base_model("llama"), training_free=True, **MEMORY).eval()
+    x = ids(1, 2 * BLOCK, seed=4)
+    free_state = run(free, x).memory
+    with pytest.raises(ValueError, match="training_free"):
+        trained(x[:, :3], memory=free_state)
+    loaded = load_memory(free, tmp_path / "adapter")
+    assert loaded.training_free is None and "training_free" not in loaded.config.infinite_memory
+    for a, b in zip(loaded.memory_parameters(), trained.memory_parameters(), strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(run(loaded, x).logits, run(trained, x).logits)
 
 
 def test_a_query_reads_the_part_of_the_memory_that_matches_it():

@@ -8,6 +8,8 @@ import numbers
 import os
 import platform
 import random
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,12 +54,57 @@ def check_int(name: str, value: Any, minimum: int = 1, symbol: str | None = None
 
 
 def config_from_dict(cls: type[T], d: dict[str, Any]) -> T:
-    """Build a config dataclass from a dict, rejecting keys it does not have."""
+    """Build a config dataclass from a dict, rejecting keys it does not have and values whose
+    type is not the field's (a ValueError naming the field, never a TypeError from inside)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} settings must be a dict, got {type(d).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(known)}")
+    check_field_types(cls, d)
     return cls(**d)
+
+
+def check_field_types(cls: type, d: dict[str, Any]) -> None:
+    """ValueError naming the first field of ``d`` whose value does not fit ``cls``'s annotation
+    (JSON lists stand for tuples; an int for a float; never a bool for a number)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        hint = hints.get(name, Any)
+        if not _fits(value, hint):
+            raise ValueError(f"{cls.__name__} field {name!r} must be {_type_name(hint)}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+        return all(_fits(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # other annotations: the config checks them itself
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def seed_everything(seed: int) -> None:
@@ -79,11 +126,30 @@ def describe(x: Any) -> str:
     return type(x).__name__
 
 
+def check_output_path(path: str | os.PathLike | None, name: str, folder: bool = True) -> None:
+    """ValueError naming the flag unless ``path`` can be created or reused as a folder (folder=True)
+    or a file: no existing file where a folder is needed (itself or a parent), no folder where a
+    file is. Checked before any work starts; None (a default chosen later) passes."""
+    if path is None:
+        return
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is an existing file, expected a folder (or a new path)")
+    if not folder and p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is a folder, expected a file path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{name}: {str(p)!r} lies under {str(parent)!r}, which is a file")
+            break
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write text to path atomically (a temporary file, fsync, then rename); creates parent folders.
 
     A reader sees the old file or the new one, never a half-written one."""
     p = Path(path)
+    check_output_path(p, "path", folder=False)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:

@@ -47,10 +47,11 @@ from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention, MemoryProjections
 from ..memory import MemoryState
+from ..provenance import check_fingerprint
 from .config import MemoryConfig
-from .layout import DecoderLayout, find_layout
+from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
-from .training_free import Projections, TrainingFreeConfig, TrainingFreeMemory
+from .training_free import TrainingFreeConfig, TrainingFreeMemory
 
 ADAPTER_WEIGHTS = "memory_adapter.safetensors"
 ADAPTER_CONFIG = "memory_config.json"
@@ -86,19 +87,8 @@ class MemoryCausalLM:
     def attach_memory(self, config: MemoryConfig, training_free: TrainingFreeConfig | None = None) -> None:
         """Build the LongTermAttention modules for this model's decoder layers (zero output), or with
         training_free, the parameter-free memories read through each layer's own attention."""
-        layout = self.decoder_layout
-        config = config.resolved(len(layout.layers), layout.max_positions)
-        ltm_config = config.ltm_config(layout.hidden_size, layout.num_heads)
-        self.memory_config, self.training_free = config, training_free
-        layer_ids = config.layer_ids(len(layout.layers))
-        if training_free is None:
-            self.ltm = nn.ModuleList(LongTermAttention(ltm_config) for _ in layer_ids)
-        else:
-            text_config = self.config.get_text_config(decoder=True)
-            self.ltm = nn.ModuleList(
-                TrainingFreeMemory(ltm_config, training_free, layout.attentions[i], text_config)
-                for i in layer_ids
-            )
+        self.memory_config, self.ltm = _new_memory(self, self.decoder_layout, config, training_free)
+        self.training_free = training_free
 
     @property
     def memory_settings(self) -> dict[str, Any]:
@@ -115,6 +105,22 @@ class MemoryCausalLM:
             layout = find_layout(self, super().forward)
             self.__dict__["_decoder_layout"] = layout
         return layout
+
+    def memory_fingerprint(self) -> dict[str, Any]:
+        """What a memory state must have been made by (provenance.py): the base model (class, type,
+        e, H, layers) and the memory's N, D, memory layers and schedule (L, τ, sticky)."""
+        c, layout = self.memory_config, self.decoder_layout
+        return {
+            **base_fingerprint(self, layout),
+            "num_basis": c.num_basis,
+            "num_bins": c.num_bins,
+            "memory_layers": c.layer_ids(len(layout.layers)),
+            "block_size": c.block_size,
+            "tau": c.tau,
+            "sticky": c.sticky,
+            # a training-free memory holds the attention inputs, read through the layer's own weights
+            "training_free": None if self.training_free is None else self.training_free.to_dict(),
+        }
 
     def memory_parameters(self) -> list[nn.Parameter]:
         """The memory (LTM) weights, e.g. for their own learning rate when fine-tuning."""
@@ -159,6 +165,7 @@ class MemoryCausalLM:
             "base_model_name_or_path": getattr(self.config, "_name_or_path", None) or None,
             "base_model_class": type(self).__name__,
             "base_model_type": self.config.model_type,
+            "base_model": base_fingerprint(self, self.decoder_layout),
             "memory_config": self.memory_settings,
         }
         (out / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
@@ -182,6 +189,7 @@ class MemoryCausalLM:
             slots=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
             num_tokens=torch.zeros(batch_size, dtype=torch.long, device=device),
             block_size=self.memory_config.block_size,
+            fingerprint=self.memory_fingerprint(),
         )
 
     def absorb_blocks(self, memory: HFMemoryState, partial: bool = False) -> HFMemoryState:
@@ -220,6 +228,7 @@ class MemoryCausalLM:
             slots=memory.slots & ~full[:, None],
             num_tokens=memory.num_tokens,
             block_size=memory.block_size,
+            fingerprint=memory.fingerprint,
         ).compact()
 
     def _check_inputs(self, input_ids: Any, inputs_embeds: Any) -> Tensor:
@@ -247,8 +256,10 @@ class MemoryCausalLM:
         return tokens
 
     def _check_memory(self, memory: Any, batch_size: int) -> None:
+        """The state was made by this model (fingerprint) and has its shapes: checked here, not in torch."""
         if not isinstance(memory, HFMemoryState):
             raise ValueError(f"memory must be an HFMemoryState or None, got {type(memory).__name__}")
+        check_fingerprint(memory.fingerprint, self.memory_fingerprint(), "memory")
         if memory.batch_size != batch_size:
             raise ValueError(f"memory has batch size {memory.batch_size} but the inputs have {batch_size}")
         if len(memory.ltm) != len(self.ltm) or len(memory.kv) not in (0, len(self.decoder_layout.layers)):
@@ -257,6 +268,35 @@ class MemoryCausalLM:
             raise ValueError(
                 f"memory has block_size {memory.block_size} but the model uses {self.memory_config.block_size}"
             )
+        b, s, e = batch_size, memory.slots.shape[-1], self.decoder_layout.hidden_size
+        n, d = self.memory_config.num_basis, self.memory_config.num_bins
+        expected = [("slots", memory.slots, (b, s)), ("num_tokens", memory.num_tokens, (b,))]
+        for i, (state, pending) in enumerate(zip(memory.ltm, memory.pending, strict=True)):
+            expected += [
+                (f"ltm[{i}].coeffs (batch, N, e)", state.coeffs, (b, n, e)),
+                (f"ltm[{i}].length", state.length, (b,)),
+                (f"ltm[{i}].bin_mass (batch, D)", state.bin_mass, (b, d)),
+                (f"pending[{i}] (batch, S, e)", pending, (b, s, e)),
+            ]
+        text = self.config.get_text_config(decoder=True)
+        h_kv = getattr(text, "num_key_value_heads", None) or self.decoder_layout.num_heads
+        d_head = getattr(text, "head_dim", None) or e // self.decoder_layout.num_heads
+        for i, (k, v) in enumerate(memory.kv):
+            expected += [
+                (f"kv[{i}].keys", k, (b, h_kv, s, d_head)),
+                (f"kv[{i}].values", v, (b, h_kv, s, d_head)),
+            ]
+        for name, tensor, shape in expected:
+            if tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"memory {name} has shape {tuple(tensor.shape)}, this model needs {shape}: "
+                    "it was made by a model with other memory settings"
+                )
+            dtype = {"slots": torch.bool, "num_tokens": torch.long}.get(
+                name, torch.long if name.endswith(".length") else None
+            )
+            if tensor.dtype != dtype if dtype is not None else not tensor.is_floating_point():
+                raise ValueError(f"memory {name} has dtype {tensor.dtype}: not a state made by this model")
 
     def _check_checkpointing(self) -> None:
         """Gradient checkpointing with memory needs layers whose replay can repeat the memory read
@@ -431,6 +471,7 @@ class MemoryCausalLM:
             # keep the projections for the next tokens of this block only at inference:
             # with gradients on, the weights may change before the next call
             ltm_cache=tuple(read.projections) if not torch.is_grad_enabled() else None,
+            fingerprint=memory.fingerprint,
         ).compact()
         return out.logits, new, read.kl_sum, read.kl_count
 
@@ -732,20 +773,73 @@ def add_memory(
     """
     if isinstance(model, MemoryCausalLM):
         raise ValueError(f"{type(model).__name__} already has a memory")
-    config = MemoryConfig.from_dict(memory_config)
-    free = TrainingFreeConfig.of(training_free)
-    layout = find_layout(model)  # raises for an unsupported model, before anything is changed
-    if free is not None:  # every memory layer's attention must have projections to read with
-        text_config = model.config.get_text_config(decoder=True)
-        for i in config.resolved(len(layout.layers), layout.max_positions).layer_ids(len(layout.layers)):
-            Projections(layout.attentions[i], text_config, type(model).__name__)
-    param = next(model.parameters(), None)
-    model.__class__ = memory_class(type(model))
-    model.attach_memory(config, free)
-    if param is not None:
-        model.ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
-    model.config.infinite_memory = model.memory_settings
+    config, free = MemoryConfig.from_dict(memory_config), TrainingFreeConfig.of(training_free)
+    config, ltm = build_memory(model, config, free)  # every check, before the model is changed
+    install_memory(model, config, ltm, free)
     return model
 
 
-__all__ = ["MemoryCausalLM", "MemoryCausalLMOutput", "add_memory", "memory_class"]
+def memory_settings_of(settings: dict[str, Any]) -> tuple[MemoryConfig, TrainingFreeConfig | None]:
+    """add_memory's keywords (as saved: config.infinite_memory, memory_config.json) as
+    (MemoryConfig, TrainingFreeConfig or None); ValueError for unknown or bad ones."""
+    settings = dict(settings)
+    free = TrainingFreeConfig.of(settings.pop("training_free", None))
+    return MemoryConfig.from_dict(settings), free
+
+
+def build_memory(
+    model: nn.Module, config: MemoryConfig, training_free: TrainingFreeConfig | None = None
+) -> tuple[MemoryConfig, nn.ModuleList]:
+    """The resolved settings and new memory modules for ``model`` (on its device and dtype),
+    checked against its layout, positions and layers (and, training_free, its attention's
+    projections); ``model`` itself is not changed."""
+    layout = model.decoder_layout if isinstance(model, MemoryCausalLM) else find_layout(model)
+    config, ltm = _new_memory(model, layout, config, training_free)
+    param = next(model.parameters(), None)
+    if param is not None:
+        ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
+    return config, ltm
+
+
+def _new_memory(
+    model: nn.Module, layout: DecoderLayout, config: MemoryConfig, training_free: TrainingFreeConfig | None
+) -> tuple[MemoryConfig, nn.ModuleList]:
+    """(resolved config, one new LongTermAttention or TrainingFreeMemory per memory layer)."""
+    config = config.resolved(len(layout.layers), layout.max_positions)
+    ltm_config = config.ltm_config(layout.hidden_size, layout.num_heads)
+    layer_ids = config.layer_ids(len(layout.layers))
+    if training_free is None:
+        return config, nn.ModuleList(LongTermAttention(ltm_config) for _ in layer_ids)
+    text_config = model.config.get_text_config(decoder=True)
+    # raises for an attention without projections to read with (TrainingFreeMemory's Projections)
+    return config, nn.ModuleList(
+        TrainingFreeMemory(ltm_config, training_free, layout.attentions[i], text_config, type(model).__name__)
+        for i in layer_ids
+    )
+
+
+def install_memory(
+    model: nn.Module,
+    config: MemoryConfig,
+    ltm: nn.ModuleList,
+    training_free: TrainingFreeConfig | None = None,
+) -> None:
+    """Give ``model`` the memory made by build_memory (after every check has passed): its class
+    becomes the memory class, ``model.ltm`` / ``model.memory_config`` / ``model.training_free`` /
+    ``config.infinite_memory`` are set (replacing a memory it had)."""
+    model.__class__ = memory_class(type(model))
+    model.memory_config = config
+    model.ltm = ltm
+    model.training_free = training_free
+    model.config.infinite_memory = model.memory_settings
+
+
+__all__ = [
+    "MemoryCausalLM",
+    "MemoryCausalLMOutput",
+    "add_memory",
+    "build_memory",
+    "install_memory",
+    "memory_class",
+    "memory_settings_of",
+]

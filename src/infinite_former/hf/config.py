@@ -56,7 +56,9 @@ class MemoryConfig:
             self.memory_layers = tuple(sorted(int(i) for i in self.memory_layers))
         if not (self.kl_weight >= 0) or not math.isfinite(self.kl_weight):
             raise ValueError(f"kl_weight must be a finite number >= 0, got {self.kl_weight!r}")
-        self.ltm_config(d_model=2 * len(self.widths), n_heads=1)  # validates N, M, τ, widths, λ, D, ...
+        self.ltm_config(
+            d_model=2 * max(len(self.widths), 1), n_heads=1
+        )  # validates N, M, τ, widths, λ, D, ...
 
     # ------------------------------------------------------------------ model-dependent checks
 
@@ -110,7 +112,7 @@ class MemoryConfig:
     def from_dict(cls, d: dict[str, Any]) -> MemoryConfig:
         """Build from a dict; unknown keys raise a ValueError naming them."""
         d = dict(d)
-        if d.get("memory_layers") is not None:
+        if isinstance(d.get("memory_layers"), list):
             d["memory_layers"] = tuple(d["memory_layers"])
         return config_from_dict(cls, d)
 

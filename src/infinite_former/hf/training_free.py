@@ -168,13 +168,20 @@ class TrainingFreeMemory(nn.Module):
     absorbs_attention_input = True
 
     def __init__(
-        self, config: LTMConfig, free: TrainingFreeConfig, attention: nn.Module, model_config: Any
+        self,
+        config: LTMConfig,
+        free: TrainingFreeConfig,
+        attention: nn.Module,
+        model_config: Any,
+        name: str | None = None,
     ) -> None:
+        """name: the model's class, for the error if ``attention`` has no projections to read with."""
         super().__init__()
         self.config, self.free = config, free
         self.basis = GaussianBasis(config.num_basis, config.widths)
         self.normalizer = NORMALIZERS["softmax"](self.basis)
-        self.__dict__["projections_of_layer"] = Projections(attention, model_config, type(attention).__name__)
+        projections = Projections(attention, model_config, name or type(attention).__name__)
+        self.__dict__["projections_of_layer"] = projections
 
     # absorbing is LongTermAttention's, without the gate (a weight): contraction, M samples, refit of B
     gate = None

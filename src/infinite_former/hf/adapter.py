@@ -28,11 +28,12 @@ from .causal_lm import (
     add_memory,
     build_memory,
     install_memory,
+    memory_settings_of,
 )
-from .config import MemoryConfig
 from .configuration import InfiniteGPT2Config
 from .layout import base_fingerprint, find_layout
 from .modeling import InfiniteGPT2LMHeadModel
+from .training_free import TrainingFreeMemory, check_no_weights
 
 
 def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -68,16 +69,16 @@ def load_memory(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             f"the memory adapter in {directory} was saved from a {saved_class} "
             f"({info.get('base_model_name_or_path')}), not a {type(model).__name__}"
         )
-    config = MemoryConfig.from_dict(info["memory_config"])
+    config, free = memory_settings_of(info["memory_config"])
     layout = model.decoder_layout if isinstance(model, MemoryCausalLM) else find_layout(model)
     if info.get("base_model") is not None:
         check_fingerprint(
             info["base_model"], base_fingerprint(model, layout), f"the memory adapter in {directory}"
         )
     tensors = load_safetensors_file(Path(directory) / ADAPTER_WEIGHTS, "memory adapter")
-    config, ltm = build_memory(model, config)
+    config, ltm = build_memory(model, config, free)
     _load_ltm(ltm, {k.removeprefix("ltm."): v for k, v in tensors.items()}, directory)
-    install_memory(model, config, ltm)
+    install_memory(model, config, ltm, free)
     return model
 
 
@@ -97,7 +98,7 @@ def _from_pretrained(path: str | os.PathLike, overrides: dict[str, Any] | None, 
     settings = getattr(config, "infinite_memory", None)
     if not isinstance(settings, dict):
         raise ValueError(f"{path} has no memory settings (config.infinite_memory): not saved from add_memory")
-    memory_config = MemoryConfig.from_dict({**settings, **(overrides or {})})
+    memory_config, free = memory_settings_of({**settings, **(overrides or {})})
     tensors = {}
     for file in sorted(Path(path).glob("*.safetensors")):  # read and checked before the base model loads
         tensors.update(
@@ -109,9 +110,9 @@ def _from_pretrained(path: str | os.PathLike, overrides: dict[str, Any] | None, 
         )
     model = _base_class(config).from_pretrained(path, **kwargs)
     model.__class__ = model.__class__.__bases__[0]  # the base class (the loader only ignores ltm.*)
-    memory_config, ltm = build_memory(model, memory_config)
+    memory_config, ltm = build_memory(model, memory_config, free)
     _load_ltm(ltm, tensors, path)
-    install_memory(model, memory_config, ltm)
+    install_memory(model, memory_config, ltm, free)
     return model
 
 
@@ -134,7 +135,7 @@ def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory
     An ``infinite-gpt2`` folder or a plain GPT-2 one loads as InfiniteGPT2LMHeadModel; a folder
     saved from ``add_memory`` (GPT-2 included) loads with its memory (``from_pretrained``), where memory_overrides
     may change block_size and kl_weight only; any other causal LM gets a fresh memory
-    (``add_memory``). memory_overrides: MemoryConfig keywords (block_size, ...), checked before
+    (``add_memory``). memory_overrides: add_memory keywords (block_size, ..., training_free), checked before
     any weights are read.
     """
     local = {"local_files_only": local_files_only}
@@ -152,12 +153,15 @@ def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory
         if fixed:
             raise ValueError(f"{path} already has a memory; these settings cannot be overridden: {fixed}")
         return _from_pretrained(path, memory_overrides, local)
-    MemoryConfig.from_dict(memory_overrides)  # bad keywords fail before the weights load
+    memory_settings_of(memory_overrides)  # bad keywords fail before the weights load
     return add_memory(AutoModelForCausalLM.from_pretrained(path, **local), **memory_overrides)
 
 
 def _load_ltm(ltm: nn.ModuleList, tensors: dict[str, Tensor], source: Any) -> None:
-    """Load ``tensors`` into new memory modules, after checking names and shapes (ValueError)."""
+    """Load ``tensors`` into new memory modules, after checking names and shapes (ValueError);
+    a training-free memory takes none."""
+    if any(isinstance(m, TrainingFreeMemory) for m in ltm):
+        check_no_weights(tensors, source)
     expected = ltm.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -8,6 +8,8 @@ import numbers
 import os
 import platform
 import random
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +60,88 @@ def config_from_dict(cls: type[T], d: dict[str, Any]) -> T:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(known)}")
     return cls(**d)
+
+
+# The format of saved configs: ``format_version`` in each saved config dict. 0.2 (no version) wrote
+# the memory settings flat; 0.3 nests them under ``ltm``. A reader converts 0.2 explicitly.
+FORMAT_VERSION = "0.3"
+LEGACY_FORMAT = "0.2"
+
+
+def saved_format(d: Any, what: str) -> str:
+    """The format version of a saved config dict (0.2 when it has none); refuses unknown versions."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    version = d.get("format_version", LEGACY_FORMAT)
+    if version not in (LEGACY_FORMAT, FORMAT_VERSION):
+        raise ValueError(
+            f"{what} has format_version {version!r}, which this version of infinite-former cannot read "
+            f"(it reads {LEGACY_FORMAT} and {FORMAT_VERSION})"
+        )
+    return version
+
+
+def require_fields(d: dict[str, Any], names: list[str] | tuple[str, ...], what: str) -> None:
+    """Raise ValueError naming the fields of ``names`` that ``d`` lacks (a saved config must hold them all)."""
+    missing = [n for n in names if n not in d]
+    if missing:
+        raise ValueError(f"{what} lacks the field(s) {missing}; a saved config must hold every field")
+
+
+def check_field_types(config: Any) -> None:
+    """Raise ValueError naming the first dataclass field whose value does not have its annotated type.
+
+    Understands int, float (an int is accepted and made a float), bool, str, ``X | None`` and
+    ``tuple[X, ...]`` (a list is accepted and made a tuple); other annotations are not checked.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        ok, converted = _typed(value, hints[f.name])
+        if not ok:
+            raise ValueError(
+                f"{type(config).__name__}.{f.name} must be {_type_name(hints[f.name])}, got {value!r}"
+            )
+        if converted is not value:
+            object.__setattr__(config, f.name, converted)
+
+
+def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            ok, v = _typed(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return ok, float(value) if ok and not isinstance(value, float) else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (tuple, list)):
+            return False, value
+        items = [_typed(v, args[0]) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, value
+        return True, tuple(v for _, v in items)
+    return True, value
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_type_name(args[0])}"
+    return "None" if hint is type(None) else f"a {getattr(hint, '__name__', hint)}"
 
 
 def seed_everything(seed: int) -> None:

@@ -53,7 +53,16 @@ from ..hf.memory import InfiniteGPT2Memory
 from ..hf.training import HFMemoryLM
 from ..training import Trainer
 from ..utils import machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, eval_splits, overrides, resolve_device, set_threads
+from .flags import (
+    Flag,
+    add_flags,
+    eval_splits,
+    flat_memory,
+    memory_flags,
+    overrides,
+    resolve_device,
+    set_threads,
+)
 from .lm import FINETUNE_FLAGS, TRAIN_FLAGS, _common_args, _load_hf_memory_model, _train_config
 
 CONFIG_FILE = "dialogue_config.json"
@@ -340,10 +349,7 @@ def dialogue_tokenizer(args: argparse.Namespace, train: Sequence[Dialogue]) -> T
 # flag -> InfiniteGPT2Config field: the memory (also when loading --model) ...
 MEMORY_FLAGS: list[Flag] = [
     Flag("--block-size", "block_size", int, "L: tokens per block", default=512),
-    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer (0 = off)", default=1e-6),
-    Flag("--num-basis", "num_basis", int, "N (default: the config's, 512)"),
-    Flag("--num-samples", "num_samples", int, "M (default: the config's, 512)"),
-    Flag("--tau", "tau", float, "τ (default: the config's, 0.5)"),
+    *memory_flags(),  # default: the model's memory settings, or the Hugging Face preset
 ]
 # ... and the size of a GPT-2 trained from scratch (no --model)
 SCRATCH_FLAGS: list[Flag] = [
@@ -354,8 +360,10 @@ SCRATCH_FLAGS: list[Flag] = [
 
 
 def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """InfiniteGPT2Config fields from the memory flags, --uniform and --no-memory."""
-    out = {**overrides(args, MEMORY_FLAGS), "sticky": not args.uniform}
+    """add_memory's keywords from the memory flags, --uniform and --no-memory."""
+    out = flat_memory(overrides(args, MEMORY_FLAGS))
+    if args.uniform:
+        out["sticky"] = False
     if args.no_memory:
         out["memory_layers"] = []
     return out
@@ -459,7 +467,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "base_model": args.model or "scratch",
         "memory": memory,
-        "sticky": bool(model.config.sticky) if memory else None,
+        "sticky": bool(model.config.ltm["sticky"]) if memory else None,
         "block_size": block,
         "parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(examples),
@@ -614,7 +622,7 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the memory weights")
     add_flags(t, MEMORY_FLAGS)
     add_flags(t, SCRATCH_FLAGS)
-    t.add_argument("--uniform", action="store_true", help="uniform sampling instead of sticky memories")
+    t.add_argument("--uniform", action="store_true", help="the same as --sampling uniform")
     t.add_argument(
         "--no-memory", action="store_true", help="the same model without memory (reply's block only)"
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .causal_lm import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MemoryCausalLM, add_memory
-from .configuration import InfiniteGPT2Config
+from .gpt2_config import InfiniteGPT2Config
+from .layout import find_layout
+from .memory_config import MemoryConfig
 from .modeling import InfiniteGPT2LMHeadModel
 
 
@@ -35,20 +36,39 @@ def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The settings saved by save_memory (ValueError naming the file if it is missing or bad)."""
+    """The settings saved by save_memory, ``memory_config`` read as a MemoryConfig (format 0.3, or
+    0.2 converted). ValueError naming the file and the field if it is missing, bad or mistyped."""
     path = Path(directory) / ADAPTER_CONFIG
     try:
         info = json.loads(path.read_text())
-        info["memory_config"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError) as err:
         raise ValueError(f"{path} is not a memory adapter config written by save_memory: {err}") from err
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a memory adapter config written by save_memory: not a JSON object")
+    for key in ("base_model_class", "memory_config"):
+        if key not in info:
+            raise ValueError(
+                f"{path} lacks the field {key!r}: not a memory adapter config written by save_memory"
+            )
+    if not isinstance(info["base_model_class"], str):
+        raise ValueError(f"{path}: base_model_class must be a string, got {info['base_model_class']!r}")
+    info["memory_config"] = MemoryConfig.from_dict(info["memory_config"], f"{path}: memory_config")
+    host = info.get("memory_host")  # d_model, n_heads of the memory's host (absent in 0.2 adapters)
+    if host is not None and (
+        not isinstance(host, dict)
+        or sorted(host) != ["d_model", "n_heads"]
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in host.values())
+    ):
+        raise ValueError(f"{path}: memory_host must be {{'d_model': int, 'n_heads': int}}, got {host!r}")
     return info
 
 
 def load_memory(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Give ``model`` (a base causal LM) the memory saved in ``directory``; returns it.
 
-    The base model's class must be the one the adapter was saved from.
+    The base model's class must be the one the adapter was saved from, and its width and heads
+    those the memory was trained with. A model that already has a memory takes the adapter's
+    weights only if its settings are the adapter's; otherwise it is refused (never a mix).
     """
     info = read_adapter_config(directory)
     if type(model).__name__ != info["base_model_class"]:
@@ -56,8 +76,29 @@ def load_memory(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             f"the memory adapter in {directory} was saved from a {info['base_model_class']} "
             f"({info.get('base_model_name_or_path')}), not a {type(model).__name__}"
         )
-    if not isinstance(model, MemoryCausalLM):
-        model = add_memory(model, **info["memory_config"])
+    saved: MemoryConfig = info["memory_config"]
+    host = info.get("memory_host")
+    if host is not None:
+        layout = find_layout(model) if not isinstance(model, MemoryCausalLM) else model.decoder_layout
+        here = {"d_model": layout.hidden_size, "n_heads": layout.num_heads}
+        if here != host:
+            raise ValueError(
+                f"the memory adapter in {directory} was trained on a model with {host}, "
+                f"this {type(model).__name__} has {here}"
+            )
+    if isinstance(model, MemoryCausalLM):
+        layout = model.decoder_layout
+        wanted = saved.resolved(len(layout.layers), layout.max_positions)
+        differ = config_differences(model.memory_config, wanted)
+        if differ:
+            raise ValueError(
+                f"the model already has a memory whose settings differ from the adapter's in {directory}: "
+                f"{differ}; load the adapter onto the base model (without a memory)"
+            )
+    else:
+        model = add_memory(
+            model, block_size=saved.block_size, memory_layers=saved.memory_layers, ltm=saved.ltm
+        )
     tensors = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
     _load_ltm(model, {k.removeprefix("ltm."): v for k, v in tensors.items()}, directory)
     return model
@@ -74,7 +115,9 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     settings = getattr(config, "infinite_memory", None)
     if not isinstance(settings, dict):
         raise ValueError(f"{path} has no memory settings (config.infinite_memory): not saved from add_memory")
-    model = add_memory(AutoModelForCausalLM.from_pretrained(path, **kwargs), **settings)
+    saved = MemoryConfig.from_dict(settings, f"{path}: config.json infinite_memory")
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = add_memory(model, block_size=saved.block_size, memory_layers=saved.memory_layers, ltm=saved.ltm)
     tensors = {}
     for file in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
@@ -100,19 +143,36 @@ def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory
     if plain_gpt2 or config.model_type == InfiniteGPT2Config.model_type:
         return InfiniteGPT2LMHeadModel.from_pretrained(path, **local, **memory_overrides)
     if isinstance(settings, dict):
+        saved = MemoryConfig.from_dict(settings, f"{path}: config.json infinite_memory")
+        wanted = MemoryConfig.from_keywords(**{**_keywords(saved), **memory_overrides})
         fixed = sorted(
-            k
-            for k, v in memory_overrides.items()
-            if k not in ("block_size", "kl_weight") and settings.get(k) != v
+            k for k in config_differences(saved, wanted) if k not in ("block_size", "ltm.kl_weight")
         )
         if fixed:
-            raise ValueError(f"{path} already has a memory; these settings cannot be overridden: {fixed}")
+            names = [k.removeprefix("ltm.") for k in fixed]
+            raise ValueError(f"{path} already has a memory; these settings cannot be overridden: {names}")
         model = from_pretrained(path, **local)
         layout = model.decoder_layout
-        new = replace(model.memory_config, **memory_overrides)
-        model.memory_config = new.resolved(len(layout.layers), layout.max_positions)
+        model.memory_config = wanted.resolved(len(layout.layers), layout.max_positions)
         return model
     return add_memory(AutoModelForCausalLM.from_pretrained(path, **local), **memory_overrides)
+
+
+def _keywords(config: MemoryConfig) -> dict[str, Any]:
+    """add_memory's keywords of a MemoryConfig."""
+    return {"block_size": config.block_size, "memory_layers": config.memory_layers, **config.ltm.settings()}
+
+
+def config_differences(a: MemoryConfig, b: MemoryConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (a's, b's)} where two memory configs differ (the settings as ``ltm.<name>``)."""
+    flat = [
+        {
+            **{k: v for k, v in c.to_dict().items() if k != "ltm"},
+            **{f"ltm.{k}": v for k, v in c.ltm.settings().items()},
+        }
+        for c in (a, b)
+    ]
+    return {k: (flat[0][k], flat[1][k]) for k in flat[0] if flat[0][k] != flat[1][k]}
 
 
 def _load_ltm(model: MemoryCausalLM, tensors: dict, source: Any) -> None:

@@ -40,9 +40,9 @@ from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention, MemoryProjections
 from ..memory import MemoryState
-from .config import MemoryConfig
 from .layout import DecoderLayout, find_layout
 from .memory import HFMemoryState
+from .memory_config import MemoryConfig
 
 ADAPTER_WEIGHTS = "memory_adapter.safetensors"
 ADAPTER_CONFIG = "memory_config.json"
@@ -134,6 +134,11 @@ class MemoryCausalLM:
             "base_model_class": type(self).__name__,
             "base_model_type": self.config.model_type,
             "memory_config": self.memory_config.to_dict(),
+            # the host's sizes the memory was trained with (the weights alone do not show the heads)
+            "memory_host": {
+                "d_model": self.decoder_layout.hidden_size,
+                "n_heads": self.decoder_layout.num_heads,
+            },
         }
         (out / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
         return out
@@ -303,8 +308,8 @@ class MemoryCausalLM:
                 ignore_index=-100,
             )
             loss = lm_loss
-            if self.training and self.memory_config.kl_weight > 0 and len(self.ltm):
-                loss = lm_loss + self.memory_config.kl_weight * kl
+            if self.training and self.memory_config.ltm.kl_weight > 0 and len(self.ltm):
+                loss = lm_loss + self.memory_config.ltm.kl_weight * kl
         out = MemoryCausalLMOutput(
             loss=loss, logits=logits, memory=memory, cache=memory, lm_loss=lm_loss, kl=kl
         )
@@ -554,9 +559,9 @@ def memory_class(base: type) -> type:
 def add_memory(model: nn.Module, **memory_config: Any) -> nn.Module:
     """Give a transformers causal LM an unbounded ∞-former memory in each decoder layer; returns it.
 
-    memory_config: the MemoryConfig keywords (block_size, num_basis, num_samples, tau, widths,
-    ridge_lambda, num_bins, sticky, gate, normalizer, min_sigma2, kl_sigma0, kl_weight,
-    memory_layers); unknown keywords raise a ValueError naming them. A model whose layout is not
+    memory_config: block_size, memory_layers, and the memory's settings flat (any LTMConfig
+    setting: num_basis, num_samples, tau, widths, ...) or as ``ltm`` (``MemoryConfig.from_keywords``);
+    unknown keywords raise a ValueError naming them. A model whose layout is not
     supported raises a ValueError naming its class. The model is changed in place (its class
     becomes a subclass of its own with this module's forward/generate, and ``model.ltm`` holds
     the new weights, on the model's device and dtype) and returned. The memory settings are
@@ -564,7 +569,7 @@ def add_memory(model: nn.Module, **memory_config: Any) -> nn.Module:
     """
     if isinstance(model, MemoryCausalLM):
         raise ValueError(f"{type(model).__name__} already has a memory")
-    config = MemoryConfig.from_dict(memory_config)
+    config = MemoryConfig.from_keywords(**memory_config)
     find_layout(model)  # raises for an unsupported model, before anything is changed
     param = next(model.parameters(), None)
     model.__class__ = memory_class(type(model))

@@ -305,7 +305,7 @@ class InfiniteFormerLM(nn.Module):
         c = self.config
         extras: dict[str, Any] = {}
         if kls:
-            aux = c.kl_weight * torch.stack(kls).sum()
+            aux = c.ltm.kl_weight * torch.stack(kls).sum()
             extras["kl"] = torch.stack(kls).detach()
             extras["ltm_length"] = new.ltm[0].length
         elif recons:

@@ -17,7 +17,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import GPT2Config
 
 from ..attention import SETTINGS, LTMConfig, split_settings
-from ..utils import FORMAT_VERSION, LEGACY_FORMAT, saved_format
+from ..utils import FORMAT_VERSION, LEGACY_FORMAT, require_fields, saved_format
 from .memory_config import DEFAULTS_02, LEGACY_02, LTM_PRESET, MemoryConfig
 
 _MEMORY_KEYS = ("block_size", "memory_layers", "ltm")
@@ -65,8 +65,17 @@ class InfiniteGPT2Config(GPT2Config):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> InfiniteGPT2Config:
-        """transformers' from_dict; memory keywords (``from_pretrained(path, num_basis=16)``) are
+        """transformers' from_dict, for a saved config.json: an ``infinite-gpt2`` one must hold every
+        memory field of its format (0.3: block_size, memory_layers, ltm; 0.2: those flat), a plain
+        GPT-2 one gets a fresh memory. Memory keywords (``from_pretrained(path, num_basis=16)``) are
         applied to the memory (``with_memory``), not set as stray attributes."""
+        if config_dict.get("model_type") == cls.model_type:
+            version = saved_format(
+                {"format_version": config_dict.get("memory_format_version", LEGACY_FORMAT)}, "config.json"
+            )
+            own = ["block_size", "memory_layers"]
+            need = [*own, "ltm"] if version == FORMAT_VERSION else [*own, *LEGACY_02]
+            require_fields(config_dict, need, f"config.json (memory format {version})")
         settings, kwargs = split_settings(kwargs)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in ("block_size", "memory_layers")}
         out = super().from_dict(config_dict, **kwargs)

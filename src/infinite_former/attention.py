@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .basis import GaussianBasis
+from .basis import GaussianBasis, check_layout
 from .continuous import NORMALIZERS
-from .memory import LTMState, bin_mass, update_memory
+from .memory import LTMState, bin_mass, check_tau, update_memory
 from .utils import (
     LEGACY_FORMAT,
     check_field_types,
@@ -86,18 +86,11 @@ class LTMConfig:
                 check_int(name, getattr(self, name))
         if self.bound and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        check_int("num_basis", self.num_basis, minimum=2, symbol="N")
+        check_layout(self.num_basis, self.widths)  # N, widths: the checks of the RBF layout itself
         if self.num_samples is not None:
             check_int("num_samples", self.num_samples, symbol="M")
         check_int("num_bins", self.num_bins, symbol="D")
-        if not (0.0 < self.tau < 1.0):
-            raise ValueError(f"tau (τ) must be in (0, 1), got {self.tau!r}")
-        if not self.widths or any(not (w > 0) or not math.isfinite(w) for w in self.widths):
-            raise ValueError(f"widths must be positive finite numbers, got {self.widths!r}")
-        if self.num_basis % len(self.widths):
-            raise ValueError(
-                f"num_basis (N={self.num_basis}) must be a multiple of len(widths)={len(self.widths)}"
-            )
+        check_tau(self.tau)
         for name in ("ridge_lambda", "min_sigma2", "kl_sigma0"):
             value = getattr(self, name)
             if not (value > 0) or not math.isfinite(value):
@@ -157,6 +150,27 @@ def split_settings(kw: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any]
 # settings) holds the memory's settings in one field, ``ltm``, and adds only its own fields. Saved, it
 # is {"format_version": "0.3", <its own fields>, "ltm": {<every LTMConfig setting>}}; 0.2 files held
 # the settings flat, each host under its own names, which its ``legacy`` table maps to LTMConfig's.
+
+
+# LTMConfig's 0.2 defaults (0.2 had no kl_weight in it: every host had one, default 1e-6). A host's
+# 0.2 defaults are these with its own presets; they fill what a 0.2 file or 0.2 keywords leave out.
+LTM_DEFAULTS_02: dict[str, Any] = {
+    "num_basis": 512,
+    "num_samples": 512,
+    "tau": 0.5,
+    "widths": (0.005, 0.01),
+    "ridge_lambda": 0.5,
+    "edge_padding": False,
+    "sticky": True,
+    "num_bins": 128,
+    "normalizer": "softmax",
+    "min_sigma2": 1e-4,
+    "kl_sigma0": 0.05,
+    "kl_weight": 1e-6,
+    "gate": True,
+    "zero_init_output": False,
+    "check_finite": True,
+}
 
 
 def host_ltm(value: LTMConfig | dict[str, Any] | None, preset: dict[str, Any], what: str) -> LTMConfig:

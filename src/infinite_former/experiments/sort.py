@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..attention import LTMConfig, host_ltm, legacy_keywords, read_host_dict
+from ..attention import LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
 from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..training import TrainConfig, Trainer, find_checkpoint
@@ -48,20 +48,7 @@ LTM_PRESET: dict[str, Any] = {"num_basis": 32, "tau": 0.75, "widths": (0.01, 0.0
 LEGACY_02: dict[str, str] = {
     k: k for k in ("num_basis", "num_samples", "tau", "widths", "ridge_lambda", "num_bins", "kl_weight")
 }
-DEFAULTS_02: dict[str, Any] = {
-    **LTM_PRESET,
-    "num_samples": None,
-    "edge_padding": False,
-    "sticky": True,
-    "num_bins": 128,
-    "normalizer": "softmax",
-    "min_sigma2": 1e-4,
-    "kl_sigma0": 0.05,
-    "kl_weight": 1e-6,
-    "gate": True,
-    "zero_init_output": False,
-    "check_finite": True,
-}
+DEFAULTS_02: dict[str, Any] = {**LTM_DEFAULTS_02, **LTM_PRESET, "num_samples": None}
 
 
 @legacy_keywords(LEGACY_02, DEFAULTS_02)

@@ -51,7 +51,7 @@ class InfiniteGPT2Config(GPT2Config):
             settings = LTMConfig.from_dict(self.ltm, "config.ltm").settings()  # complete: as it is
         else:  # built from keywords, a plain GPT-2 config, or a 0.2 config.json (flat, defaults omitted)
             legacy = {LEGACY_02[k]: flat.pop(k) for k in list(flat) if k in LEGACY_02}
-            base = DEFAULTS_02 if legacy else {**DEFAULTS_02, **LTM_PRESET}
+            base = DEFAULTS_02 if legacy else LTMConfig(**LTM_PRESET).settings()
             settings = LTMConfig(**{**base, **(self.ltm or {}), **legacy, **flat}).settings()
         self.ltm = settings
         self.memory_format_version = FORMAT_VERSION

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..attention import LTMConfig, host_ltm, legacy_keywords, read_host_dict, split_settings
+from ..attention import LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict, split_settings
 from ..utils import FORMAT_VERSION, check_int
 
 # The Hugging Face preset of the memory's settings: the model starts as the base model (W_O = 0).
@@ -34,23 +34,7 @@ LEGACY_02: dict[str, str] = {
         "kl_weight",
     )
 }
-DEFAULTS_02: dict[str, Any] = {
-    "num_basis": 512,
-    "num_samples": 512,
-    "tau": 0.5,
-    "widths": (0.005, 0.01),
-    "ridge_lambda": 0.5,
-    "edge_padding": False,
-    "sticky": True,
-    "num_bins": 128,
-    "normalizer": "softmax",
-    "min_sigma2": 1e-4,
-    "kl_sigma0": 0.05,
-    "kl_weight": 1e-6,
-    "gate": True,
-    "zero_init_output": True,
-    "check_finite": False,
-}
+DEFAULTS_02: dict[str, Any] = {**LTM_DEFAULTS_02, **LTM_PRESET}
 
 
 @legacy_keywords(LEGACY_02, DEFAULTS_02)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..attention import LTMConfig, host_ltm, legacy_keywords, read_host_dict
+from ..attention import LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
 from ..utils import FORMAT_VERSION, check_field_types, check_int, config_from_dict, saved_format
 
 MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
@@ -31,23 +31,7 @@ LEGACY_02: dict[str, str] = {
     "kl_sigma0": "kl_sigma0",
     "ltm_min_sigma2": "min_sigma2",
 }
-DEFAULTS_02: dict[str, Any] = {
-    "num_basis": 128,
-    "num_samples": 128,
-    "tau": 0.5,
-    "widths": (0.01, 0.05),
-    "ridge_lambda": 1.0,
-    "edge_padding": False,
-    "sticky": True,
-    "num_bins": 128,
-    "normalizer": "softmax",
-    "min_sigma2": 1e-4,
-    "kl_sigma0": 0.05,
-    "kl_weight": 1e-6,
-    "gate": True,
-    "zero_init_output": False,
-    "check_finite": True,
-}
+DEFAULTS_02: dict[str, Any] = {**LTM_DEFAULTS_02, **LTM_PRESET, "num_samples": 128}
 
 
 # ----------------------------------------------------------------------------- config

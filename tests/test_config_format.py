@@ -20,6 +20,7 @@ import torch
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
 from infinite_former import LTMConfig
+from infinite_former.attention import FORMAT_VERSION
 from infinite_former.experiments.flags import MEMORY_FLAG_SPELLING, memory_flags, overrides, parse_set
 from infinite_former.experiments.sort import SortSettings
 from infinite_former.hf import (
@@ -133,6 +134,17 @@ def test_ltm_config_reads_every_setting_and_names_a_missing_or_mistyped_one():
         LongTermAttention(LTMConfig())  # host-independent: needs bind(d_model, n_heads)
 
 
+def test_a_setting_added_later_takes_its_default_in_older_files(monkeypatch):
+    """A setting declared with since="0.4" is required in 0.4 files and defaulted in 0.3 ones."""
+    import infinite_former.attention as attention
+
+    monkeypatch.setitem(attention.SINCE, "gate", "0.4")
+    saved = {k: v for k, v in LTMConfig(gate=False).settings().items() if k != "gate"}
+    assert LTMConfig.from_dict(saved, version="0.3").gate is True  # the default: the behaviour before it
+    with pytest.raises(ValueError, match="gate"):
+        LTMConfig.from_dict(saved, version="0.4")
+
+
 # ------------------------------------------------------------------------------ ModelConfig
 
 
@@ -143,7 +155,7 @@ def test_model_config_0_2_converts_and_0_3_round_trips():
     )  # sticky: memory_type "infinite"
     assert (cfg.vocab_size, cfg.d_model, cfg.mem_len, cfg.memory_type) == (11, 16, 4, "infinite")
     saved = cfg.to_dict()
-    assert saved["format_version"] == "0.3" and saved["ltm"]["num_samples"] == 4
+    assert saved["format_version"] == FORMAT_VERSION and saved["ltm"]["num_samples"] == 4
     assert not any(k.startswith("ltm_") or k in ("kl_weight", "kl_sigma0") for k in saved)  # one place only
     assert ModelConfig.from_dict(json.loads(json.dumps(saved))) == cfg
 
@@ -227,7 +239,7 @@ def test_a_0_2_adapter_and_full_folder_load_as_saved(tmp_path):
     model.save_pretrained(tmp_path / "full")
     config = json.loads((tmp_path / "full" / "config.json").read_text())
     assert (
-        config["infinite_memory"]["format_version"] == "0.3"
+        config["infinite_memory"]["format_version"] == FORMAT_VERSION
         and "num_basis" in config["infinite_memory"]["ltm"]
     )
     (tmp_path / "full" / "config.json").write_text(
@@ -275,7 +287,7 @@ def test_infinite_gpt2_config_0_2_converts_and_0_3_saves_nested(tmp_path):
     model = InfiniteGPT2LMHeadModel(config)
     model.save_pretrained(tmp_path / "new")
     saved = json.loads((tmp_path / "new" / "config.json").read_text())
-    assert saved["memory_format_version"] == "0.3" and saved["ltm"] == config.ltm
+    assert saved["memory_format_version"] == FORMAT_VERSION and saved["ltm"] == config.ltm
     assert "num_basis" not in saved and "tau" not in saved  # one form, nested
     again = InfiniteGPT2Config.from_pretrained(tmp_path / "new")
     assert again.ltm == config.ltm and again.block_size == 8

@@ -28,21 +28,26 @@ from torch import Tensor, nn
 from .basis import GaussianBasis, check_layout
 from .continuous import NORMALIZERS
 from .memory import LTMState, bin_mass, check_tau, update_memory
-from .utils import (
-    LEGACY_FORMAT,
-    check_field_types,
-    check_int,
-    config_from_dict,
-    describe,
-    require_fields,
-    saved_format,
-)
+from .utils import check_field_types, check_int, config_from_dict, describe, require_fields
+
+# Saved configs carry ``format_version``. 0.2 (no version) held the memory's settings flat; from 0.3 they
+# are nested under ``ltm``. A setting added later names the format it arrives in (``since``): the
+# format version is the newest of them, a file of an older version is read with that setting at its
+# default (which must be the behaviour before it existed), and a newer or unknown version is refused.
+LEGACY_FORMAT = "0.2"
+FIRST_FORMAT = "0.3"
 
 
-def _setting(default: Any, doc: str, symbol: str | None = None, cli: bool = True) -> Any:
-    """A memory setting: its default, its documentation (CLI help, docs) and its paper symbol.
-    cli=False: no command-line flag is generated for it (experiments/flags.py)."""
-    return field(default=default, metadata={"doc": doc, "symbol": symbol, "cli": cli})
+def _setting(
+    default: Any, doc: str, symbol: str | None = None, cli: bool = True, since: str = FIRST_FORMAT
+) -> Any:
+    """A memory setting: its default, its documentation (CLI help, docs), its paper symbol and the
+    saved-config format it arrived in. cli=False: no command-line flag is generated for it."""
+    return field(default=default, metadata={"doc": doc, "symbol": symbol, "cli": cli, "since": since})
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
 
 
 @dataclass
@@ -126,17 +131,35 @@ class LTMConfig:
         return {**host, **self.settings()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], what: str = "ltm") -> LTMConfig:
-        """Read a saved LTMConfig: every setting must be there (d_model, n_heads may be), no other key;
-        a missing, unknown or mistyped field is a ValueError naming it."""
+    def from_dict(cls, d: dict[str, Any], what: str = "ltm", version: str | None = None) -> LTMConfig:
+        """Read a saved LTMConfig of format ``version`` (default: the current one): every setting that
+        version defines must be there (d_model, n_heads may be), no other key; a missing, unknown or
+        mistyped field is a ValueError naming it. Settings added after ``version`` take their defaults."""
         if not isinstance(d, dict):
             raise ValueError(f"{what} must be a JSON object of LTMConfig fields, got {d!r}")
-        require_fields(d, SETTINGS, what)
+        version = version or FORMAT_VERSION
+        require_fields(d, [s for s in SETTINGS if _version(SINCE[s]) <= _version(version)], what)
         return config_from_dict(cls, d)
 
 
 HOST_FIELDS = tuple(f.name for f in fields(LTMConfig) if f.metadata.get("host"))
 SETTINGS = tuple(f.name for f in fields(LTMConfig) if not f.metadata.get("host"))
+SINCE = {f.name: f.metadata["since"] for f in fields(LTMConfig) if not f.metadata.get("host")}
+FORMAT_VERSION = max([FIRST_FORMAT, *SINCE.values()], key=_version)
+FORMATS = (LEGACY_FORMAT, *sorted({FIRST_FORMAT, *SINCE.values()}, key=_version))
+
+
+def saved_format(d: Any, what: str) -> str:
+    """The format version of a saved config dict (0.2 when it has none); refuses unknown versions."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    version = d.get("format_version", LEGACY_FORMAT)
+    if version not in FORMATS:
+        raise ValueError(
+            f"{what} has format_version {version!r}, which this version of infinite-former cannot read "
+            f"(it reads {', '.join(FORMATS)})"
+        )
+    return version
 
 
 def split_settings(kw: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -250,9 +273,11 @@ def read_host_dict(
         missing = sorted(set(legacy) - set(d))
         if missing and complete_02:
             raise ValueError(f"{what} (format 0.2) lacks the field(s) {missing}")
-        d["ltm"] = {**defaults_02, **{legacy[k]: d.pop(k) for k in legacy if k in d}}
+        defaults = {f.name: f.default for f in fields(LTMConfig) if f.name in SETTINGS}  # settings after 0.2
+        d["ltm"] = {**defaults, **defaults_02, **{legacy[k]: d.pop(k) for k in legacy if k in d}}
+        version = FORMAT_VERSION  # converted: complete
     require_fields(d, list(own_fields), what)
-    d["ltm"] = LTMConfig.from_dict(d["ltm"], f"{what}.ltm")
+    d["ltm"] = LTMConfig.from_dict(d["ltm"], f"{what}.ltm", version)
     return d
 
 

@@ -62,25 +62,6 @@ def config_from_dict(cls: type[T], d: dict[str, Any]) -> T:
     return cls(**d)
 
 
-# The format of saved configs: ``format_version`` in each saved config dict. 0.2 (no version) wrote
-# the memory settings flat; 0.3 nests them under ``ltm``. A reader converts 0.2 explicitly.
-FORMAT_VERSION = "0.3"
-LEGACY_FORMAT = "0.2"
-
-
-def saved_format(d: Any, what: str) -> str:
-    """The format version of a saved config dict (0.2 when it has none); refuses unknown versions."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
-    version = d.get("format_version", LEGACY_FORMAT)
-    if version not in (LEGACY_FORMAT, FORMAT_VERSION):
-        raise ValueError(
-            f"{what} has format_version {version!r}, which this version of infinite-former cannot read "
-            f"(it reads {LEGACY_FORMAT} and {FORMAT_VERSION})"
-        )
-    return version
-
-
 def require_fields(d: dict[str, Any], names: list[str] | tuple[str, ...], what: str) -> None:
     """Raise ValueError naming the fields of ``names`` that ``d`` lacks (a saved config must hold them all)."""
     missing = [n for n in names if n not in d]

@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 
-from ..attention import LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
+from ..attention import FORMAT_VERSION, LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
 from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..training import TrainConfig, Trainer, find_checkpoint
 from ..utils import (
-    FORMAT_VERSION,
     check_int,
     config_from_dict,
     is_main_process,

@@ -16,8 +16,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import GPT2Config
 
-from ..attention import SETTINGS, LTMConfig, split_settings
-from ..utils import FORMAT_VERSION, LEGACY_FORMAT, require_fields, saved_format
+from ..attention import FORMAT_VERSION, LEGACY_FORMAT, SETTINGS, LTMConfig, saved_format, split_settings
+from ..utils import require_fields
 from .memory_config import DEFAULTS_02, LEGACY_02, LTM_PRESET, MemoryConfig
 
 _MEMORY_KEYS = ("block_size", "memory_layers", "ltm")
@@ -43,10 +43,10 @@ class InfiniteGPT2Config(GPT2Config):
     def __post_init__(self, **kwargs: Any) -> None:
         flat, kwargs = split_settings(kwargs)
         version = saved_format({"format_version": self.memory_format_version or LEGACY_FORMAT}, "config")
-        if version == FORMAT_VERSION:  # a saved 0.3 config: every setting must be there, none flat
+        if version != LEGACY_FORMAT:  # a saved 0.3+ config: every setting of its version, none flat
             if flat:
                 raise ValueError(f"config (memory format {version}) has flat memory fields {sorted(flat)}")
-            settings = LTMConfig.from_dict(self.ltm, "config.ltm").settings()
+            settings = LTMConfig.from_dict(self.ltm, "config.ltm", version).settings()
         elif self.ltm is not None and not flat and set(self.ltm) == set(SETTINGS):
             settings = LTMConfig.from_dict(self.ltm, "config.ltm").settings()  # complete: as it is
         else:  # built from keywords, a plain GPT-2 config, or a 0.2 config.json (flat, defaults omitted)
@@ -74,7 +74,7 @@ class InfiniteGPT2Config(GPT2Config):
                 {"format_version": config_dict.get("memory_format_version", LEGACY_FORMAT)}, "config.json"
             )
             own = ["block_size", "memory_layers"]
-            need = [*own, "ltm"] if version == FORMAT_VERSION else [*own, *LEGACY_02]
+            need = [*own, *LEGACY_02] if version == LEGACY_FORMAT else [*own, "ltm"]
             require_fields(config_dict, need, f"config.json (memory format {version})")
         settings, kwargs = split_settings(kwargs)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in ("block_size", "memory_layers")}

@@ -11,8 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..attention import LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict, split_settings
-from ..utils import FORMAT_VERSION, check_int
+from ..attention import (
+    FORMAT_VERSION,
+    LTM_DEFAULTS_02,
+    LTMConfig,
+    host_ltm,
+    legacy_keywords,
+    read_host_dict,
+    split_settings,
+)
+from ..utils import check_int
 
 # The Hugging Face preset of the memory's settings: the model starts as the base model (W_O = 0).
 LTM_PRESET: dict[str, Any] = {"num_samples": 512, "zero_init_output": True, "check_finite": False}

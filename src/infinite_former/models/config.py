@@ -10,8 +10,17 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..attention import LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
-from ..utils import FORMAT_VERSION, check_field_types, check_int, config_from_dict, saved_format
+from ..attention import (
+    FORMAT_VERSION,
+    LEGACY_FORMAT,
+    LTM_DEFAULTS_02,
+    LTMConfig,
+    host_ltm,
+    legacy_keywords,
+    read_host_dict,
+    saved_format,
+)
+from ..utils import check_field_types, check_int, config_from_dict
 
 MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
 
@@ -121,7 +130,7 @@ class ModelConfig:
         """Read a saved ModelConfig (format 0.3, or 0.2 converted); every field must be there."""
         version = saved_format(d, "ModelConfig")
         d = read_host_dict(d, [f.name for f in fields(cls)], LEGACY_02, DEFAULTS_02, "ModelConfig")
-        if version == FORMAT_VERSION and d["ltm"].sticky != (d.get("memory_type") == "infinite_sticky"):
+        if version != LEGACY_FORMAT and d["ltm"].sticky != (d.get("memory_type") == "infinite_sticky"):
             raise ValueError(
                 f"ModelConfig: ltm.sticky={d['ltm'].sticky} contradicts memory_type={d.get('memory_type')!r} "
                 "(sticky iff infinite_sticky)"

@@ -235,6 +235,16 @@ def test_a_0_2_adapter_and_full_folder_load_as_saved(tmp_path):
     again = load_memory(llama(), tmp_path / "adapter")
     assert again.memory_config == model.memory_config
     torch.testing.assert_close(again(IDS).logits, ref, atol=0, rtol=0)
+    adapter = tmp_path / "adapter" / "memory_config.json"
+    for bad, name in [
+        ({k: v for k, v in ADAPTER_02.items() if k != "base_model_class"}, "base_model_class"),
+        ({**ADAPTER_02, "memory_config": {**ADAPTER_02["memory_config"], "tau": "0.5"}}, "tau"),
+    ]:
+        adapter.write_text(json.dumps(bad))
+        base = llama()
+        with pytest.raises(ValueError, match=name):
+            load_memory(base, tmp_path / "adapter")
+        assert not hasattr(base, "ltm")  # refused before the model changed
 
     model.save_pretrained(tmp_path / "full")
     config = json.loads((tmp_path / "full" / "config.json").read_text())

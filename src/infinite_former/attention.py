@@ -65,7 +65,7 @@ class LTMConfig:
     d_model: int | None = field(default=None, metadata={"doc": "e: the host model's width", "host": True})
     n_heads: int | None = field(default=None, metadata={"doc": "H: the host model's heads", "host": True})
     num_basis: int = _setting(512, "basis functions of the long-term memory", "N")
-    num_samples: int | None = _setting(None, "samples of the old signal per update (None: N)", "M")
+    num_samples: int | None = _setting(None, "samples of the old signal per update (None or absent: N)", "M")
     tau: float = _setting(0.5, "share of [0, 1] given to the contracted old memory", "τ")
     widths: tuple[float, ...] = _setting((0.005, 0.01), "widths σ_k of the Gaussian RBFs, comma-separated")
     ridge_lambda: float = _setting(0.5, "ridge penalty of the fit of B", "λ")
@@ -76,7 +76,7 @@ class LTMConfig:
     num_bins: int = _setting(128, "bins of the sticky memories' attention histogram", "D")
     normalizer: str = _setting("softmax", "continuous softmax (Gaussian densities) or sparsemax")
     min_sigma2: float = _setting(1e-4, "floor of the densities' variance σ²")
-    kl_sigma0: float = _setting(0.05, "σ₀ of the regularizer KL(𝒩(μ, σ²) ‖ 𝒩(μ, σ₀²))", "σ₀")
+    kl_sigma0: float = _setting(0.05, "width of the regularizer's target: KL(𝒩(μ, σ²) ‖ 𝒩(μ, σ₀²))", "σ₀")
     kl_weight: float = _setting(1e-6, "weight of the KL regularizer in the training loss (0: off)")
     gate: bool = _setting(True, "gate the new vectors: k ⊙ sigmoid(Conv1d(k)) (on | off)")
     zero_init_output: bool = _setting(

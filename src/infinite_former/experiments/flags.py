@@ -40,6 +40,7 @@ class Flag:
     nargs: str | None = None
     dest: str | None = None
     choices: tuple[Any, ...] | None = None
+    metavar: str | None = None
 
     @property
     def attr(self) -> str:
@@ -53,6 +54,8 @@ def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> None:
             kw["nargs"] = f.nargs
         if f.choices:
             kw["choices"] = f.choices
+        if f.metavar:
+            kw["metavar"] = f.metavar
         parser.add_argument(f.flag, **kw)
 
 
@@ -144,7 +147,8 @@ def memory_flags(exclude: Iterable[str] = ()) -> list[Flag]:
             f.name, ("--" + f.name.replace("_", "-"), _parser_for(hints[f.name]), f.metadata["doc"])
         )
         help = f"{symbol}: {doc}" if symbol else doc
-        out.append(Flag(flag, f"ltm.{f.name}", parse, help, dest=f"ltm_{f.name}"))
+        metavar = flag.removeprefix("--").replace("-", "_").upper()
+        out.append(Flag(flag, f"ltm.{f.name}", parse, help, dest=f"ltm_{f.name}", metavar=metavar))
     return out
 
 

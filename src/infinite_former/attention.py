@@ -256,12 +256,10 @@ def read_host_dict(
     legacy: dict[str, str],
     defaults_02: dict[str, Any],
     what: str,
-    complete_02: bool = True,
 ) -> dict[str, Any]:
     """A saved host config as constructor keywords, ``ltm`` an LTMConfig: checks the format version,
     converts 0.2 (flat settings under the host's legacy names, over the 0.2 defaults), and requires
-    every field the format defines (a missing one is a ValueError naming it). complete_02=False: the
-    0.2 file may omit settings equal to the 0.2 defaults (transformers' ``use_diff`` config.json)."""
+    every field the format defines (a missing one is a ValueError naming it)."""
     version = saved_format(d, what)
     d = dict(d)
     d.pop("format_version", None)
@@ -271,7 +269,7 @@ def read_host_dict(
                 f"{what} has an 'ltm' field but no format_version: not a 0.2 file, nor a 0.3 one"
             )
         missing = sorted(set(legacy) - set(d))
-        if missing and complete_02:
+        if missing:
             raise ValueError(f"{what} (format 0.2) lacks the field(s) {missing}")
         defaults = {f.name: f.default for f in fields(LTMConfig) if f.name in SETTINGS}  # settings after 0.2
         d["ltm"] = {**defaults, **defaults_02, **{legacy[k]: d.pop(k) for k in legacy if k in d}}

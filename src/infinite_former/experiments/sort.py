@@ -59,6 +59,8 @@ class SortSettings:
     128/256/512, segments of 32, STM 32 + N = 32 (XL: 64 memories), a 2-layer d=64 model, 800
     steps of batch 16 on batches cycling through the lengths, both models trained at once (one
     process and one thread per model). paper_settings() holds the paper's configuration.
+    ltm: the memory's settings (an LTMConfig, or a dict of its settings over LTM_PRESET); each
+    model's memory type decides its ``sticky``.
     """
 
     models: tuple[str, ...] = ("infinite_sticky", "xl")
@@ -67,9 +69,9 @@ class SortSettings:
     num_symbols: int = 4
     segment_len: int = 32
     mem_len: int = 32
-    ltm: LTMConfig = field(default_factory=lambda: LTMConfig(**LTM_PRESET))  # N = 32, τ = 0.75, ...
-    xl_mem_len: int | None = None  # None: mem_len + num_basis (equal budget)
-    cmem_len: int | None = None  # None: num_basis
+    ltm: LTMConfig = field(default_factory=lambda: LTMConfig(**LTM_PRESET))
+    xl_mem_len: int | None = None  # None: mem_len + N (equal budget)
+    cmem_len: int | None = None  # None: N
     compression_rate: int = 2
     d_model: int = 64
     n_layers: int = 2

@@ -147,6 +147,15 @@ class InfiniteGPT2Config(GPT2Config):
         """The GPT-2 layers that get a long-term memory, in order."""
         return self.memory.layer_ids(self.n_layer)
 
+    def memory_fields(self) -> dict[str, Any]:
+        """Deprecated since 0.3 (use ``config.memory``): the memory settings as add_memory keywords."""
+        warnings.warn(
+            "InfiniteGPT2Config.memory_fields() is deprecated since 0.3: use config.memory (a MemoryConfig)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return {"block_size": self.block_size, "memory_layers": self.memory_layers, **self.ltm}
+
     def ltm_config(self) -> LTMConfig:
         """The LTMConfig of each layer's LongTermAttention."""
         return self.memory.ltm_config(self.n_embd, self.n_head)

@@ -14,6 +14,7 @@ from typing import Any
 from ..attention import (
     FORMAT_VERSION,
     LTM_DEFAULTS_02,
+    SETTINGS,
     LTMConfig,
     host_ltm,
     legacy_keywords,
@@ -81,9 +82,7 @@ class MemoryConfig:
         settings, own = split_settings(keywords)
         unknown = sorted(set(own) - {f.name for f in fields(cls)})
         if unknown:
-            known = sorted(
-                {f.name for f in fields(cls)} | set(settings) | set(LTMConfig.__dataclass_fields__)
-            )
+            known = sorted({f.name for f in fields(cls)} | set(SETTINGS))
             raise ValueError(f"unknown memory settings {unknown}; known: {known}")
         ltm = own.pop("ltm", None)
         base = ltm.settings() if isinstance(ltm, LTMConfig) else {**LTM_PRESET, **(ltm or {})}

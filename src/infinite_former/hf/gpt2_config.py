@@ -77,7 +77,7 @@ class InfiniteGPT2Config(GPT2Config):
             need = [*own, *LEGACY_02] if version == LEGACY_FORMAT else [*own, "ltm"]
             require_fields(config_dict, need, f"config.json (memory format {version})")
         settings, kwargs = split_settings(kwargs)
-        own = {k: kwargs.pop(k) for k in list(kwargs) if k in ("block_size", "memory_layers")}
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _MEMORY_KEYS}
         out = super().from_dict(config_dict, **kwargs)
         config, unused = out if isinstance(out, tuple) else (out, None)
         if settings or own:
@@ -85,13 +85,15 @@ class InfiniteGPT2Config(GPT2Config):
         return (config, unused) if isinstance(out, tuple) else config
 
     def with_memory(self, **keywords: Any) -> InfiniteGPT2Config:
-        """This config with memory keywords (add_memory's: block_size, memory_layers, LTMConfig
-        settings) changed, checked; returns self."""
+        """This config with memory keywords (add_memory's: block_size, memory_layers, ltm (a partial
+        dict or an LTMConfig) and LTMConfig settings) changed, checked; returns self."""
         settings, own = split_settings(keywords)
-        unknown = sorted(set(own) - {"block_size", "memory_layers"})
+        unknown = sorted(set(own) - set(_MEMORY_KEYS))
         if unknown:
             raise ValueError(f"unknown memory settings {unknown}")
-        ltm = LTMConfig(**{**self.ltm, **settings}).settings()
+        given = own.pop("ltm", None) or {}
+        given = given.settings() if isinstance(given, LTMConfig) else given
+        ltm = LTMConfig(**{**self.ltm, **given, **settings}).settings()
         if "memory_layers" in own and own["memory_layers"] is not None:
             own["memory_layers"] = [int(i) for i in own["memory_layers"]]
         for key, value in {**own, "ltm": ltm}.items():

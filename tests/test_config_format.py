@@ -301,6 +301,8 @@ def test_infinite_gpt2_config_0_2_converts_and_0_3_saves_nested(tmp_path):
     assert "num_basis" not in saved and "tau" not in saved  # one form, nested
     again = InfiniteGPT2Config.from_pretrained(tmp_path / "new")
     assert again.ltm == config.ltm and again.block_size == 8
+    changed = InfiniteGPT2Config.from_pretrained(tmp_path / "new", ltm={"tau": 0.6}, num_samples=4)
+    assert changed.ltm == {**config.ltm, "tau": 0.6, "num_samples": 4}  # merged, not replaced
     for drop in ("tau", "block_size"):
         (tmp_path / "old" / "config.json").write_text(
             json.dumps({k: v for k, v in GPT2_02.items() if k != drop})

@@ -144,7 +144,9 @@ class LTMConfig:
 
 HOST_FIELDS = tuple(f.name for f in fields(LTMConfig) if f.metadata.get("host"))
 SETTINGS = tuple(f.name for f in fields(LTMConfig) if not f.metadata.get("host"))
-SINCE = {f.name: f.metadata["since"] for f in fields(LTMConfig) if not f.metadata.get("host")}
+SINCE = {
+    f.name: f.metadata.get("since", FIRST_FORMAT) for f in fields(LTMConfig) if not f.metadata.get("host")
+}
 FORMAT_VERSION = max([FIRST_FORMAT, *SINCE.values()], key=_version)
 FORMATS = (LEGACY_FORMAT, *sorted({FIRST_FORMAT, *SINCE.values()}, key=_version))
 

@@ -144,7 +144,8 @@ def memory_flags(exclude: Iterable[str] = ()) -> list[Flag]:
             continue
         symbol = f.metadata.get("symbol")
         flag, parse, doc = MEMORY_FLAG_SPELLING.get(
-            f.name, ("--" + f.name.replace("_", "-"), _parser_for(hints[f.name]), f.metadata["doc"])
+            f.name,
+            ("--" + f.name.replace("_", "-"), _parser_for(hints[f.name]), f.metadata.get("doc", f.name)),
         )
         help = f"{symbol}: {doc}" if symbol else doc
         metavar = flag.removeprefix("--").replace("-", "_").upper()

@@ -129,7 +129,9 @@ def _parser_for(hint: Any) -> Callable[[str], Any]:
         return parsers[0] if len(parsers) == 1 else first
     if typing.get_origin(hint) is tuple:
         return float_list if args[0] is float else int_list
-    return {bool: on_off, int: int, float: float, str: str}[hint]
+    return {bool: on_off, int: int, float: float}.get(
+        hint, str
+    )  # anything else: as text, the config checks it
 
 
 def memory_flags(exclude: Iterable[str] = ()) -> list[Flag]:

@@ -43,7 +43,7 @@ from infinite_former.data.sorting import (
     symbol_counts,
 )
 from infinite_former.experiments.sort import DEFAULTS_02, LEGACY_02, SortSettings, train_and_test
-from infinite_former.models import InfiniteFormerLM, ModelConfig
+from infinite_former.models import InfiniteFormerLM, ModelConfig, memory_labels
 from infinite_former.plots import plot_accuracy
 from infinite_former.stats import paired_comparison, seeds_won
 from infinite_former.training import load_checkpoint
@@ -134,11 +134,12 @@ def per_sequence_accuracy(
                 state = state.reset(seg.reset)
                 if wipe_ltm and k == len(segments) - 1:
                     everyone = torch.ones(b, dtype=torch.bool)
-                    state = dataclasses.replace(
-                        state,
+                    memory = dataclasses.replace(
+                        state.memory,
                         ltm=[m.reset(everyone) for m in state.ltm],
                         ltm_pending_count=torch.zeros_like(state.ltm_pending_count),
                     )
+                    state = dataclasses.replace(state, memory=memory)
                 out, state = model(seg.tokens, state)
                 if seg.targets is None or seg.loss_mask is None:
                     continue
@@ -348,6 +349,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         OUT.with_suffix(".png"),
         title=f"sorting, {s.num_symbols} symbols, {s.steps} steps, mean ± std over seeds ({seed_counts})",
         errors={m: {int(n): v["std"] for n, v in d["accuracy"].items()} for m, d in models.items()},
+        labels=memory_labels(),
     )
     for p in pairs:
         if p["length"] == int(lengths[-1]):

@@ -64,7 +64,7 @@ def test_compressed_memory_changes_the_outputs():
         _, state = model(seg, state)
     with_cmem, _ = model(tokens[:, 20:], state)
     emptied = state.reset(torch.zeros(2, dtype=torch.bool))
-    emptied.cmem_valid = torch.zeros_like(state.cmem_valid)
+    emptied.memory.cmem_valid = torch.zeros_like(state.cmem_valid)
     without, _ = model(tokens[:, 20:], emptied)
     assert (with_cmem.logits - without.logits).abs().max() > 1e-4
 

@@ -281,6 +281,12 @@ def test_load_memory_onto_a_model_with_memory_never_mixes_settings(tmp_path):
 def test_an_adapter_trained_with_other_heads_is_refused(tmp_path):
     save_memory(memory_llama(), tmp_path / "adapter")  # 4 heads of width 4
     eight = llama(heads=8)  # the same weight shapes (hidden 16), 8 heads of width 2
+    with pytest.raises(ValueError, match=r"num_heads: 4 != 8"):  # the base model's fingerprint
+        load_memory(eight, tmp_path / "adapter")
+    assert not hasattr(eight, "ltm")
+    info = json.loads((tmp_path / "adapter" / "memory_config.json").read_text())
+    del info["base_model"]  # an adapter saved before the fingerprint: memory_host still refuses it
+    (tmp_path / "adapter" / "memory_config.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"'n_heads': 4.*'n_heads': 8"):
         load_memory(eight, tmp_path / "adapter")
     assert not hasattr(eight, "ltm")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hf_testing import save_tiny_gpt2
 from infinite_former.cli import main
 from infinite_former.data.text import LaneStream
 from infinite_former.hf.training import HFMemoryLM
@@ -120,7 +122,7 @@ def test_lm_train_resume_matches_uninterrupted(ref_run, corpus, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(LaneStream, "__iter__", interrupt_after_four)
-        assert run(argv) == 0
+        assert run(argv) == 128 + signal.SIGINT  # 130: interrupted, after saving
     first = json.loads((out / "results.json").read_text())
     assert first["stopped_by_signal"] and first["steps"] == 4 and first["eval"] == {}
     assert run([*argv, "--resume"]) == 0
@@ -134,24 +136,9 @@ def test_lm_train_resume_matches_uninterrupted(ref_run, corpus, monkeypatch):
 
 
 def tiny_gpt2(folder: Path, corpus: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
     from infinite_former.data.text import load_documents
-    from infinite_former.data.tokenizer import train_bpe_tokenizer
 
-    bpe = train_bpe_tokenizer([d.text for d in load_documents(corpus / "train")], vocab_size=300)
-    vocab = folder / "vocab"
-    vocab.mkdir(parents=True)
-    bpe.backend.model.save(str(vocab))
-    tok = GPT2TokenizerFast(vocab=str(vocab / "vocab.json"), merges=str(vocab / "merges.txt"))
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=2, n_head=2,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    GPT2LMHeadModel(cfg).save_pretrained(folder / "gpt2")
-    tok.save_pretrained(folder / "gpt2")
-    return folder / "gpt2"
+    return save_tiny_gpt2(folder, [d.text for d in load_documents(corpus / "train")])
 
 
 def test_lm_finetune_and_hf_eval_end_to_end(corpus):
@@ -215,8 +202,9 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     # a block longer than GPT-2's positions is refused with a clear message
     assert run(["eval", "--hf", str(out / "model"), "--block-size", "64", "--data", str(corpus)]) == 2
     # the checkpoint (weights, optimizer, GPT-2 + memory state, lanes) resumes
-    resume = [a if a != "3" else "4" for a in argv] + ["--no-progress", "--no-tensorboard", "--resume"]
-    assert run(resume + ["--eval-splits"]) == 0
+    resume = [*argv, "--no-progress", "--no-tensorboard", "--resume", "--eval-splits"]
+    assert run([a if a != "3" else "4" for a in resume]) == 2  # other settings: refused (--override)
+    assert run(resume + ["--override", "steps=4"]) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 4
     assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
     # --no-memory: the same recipe for GPT-2 alone (the fair fine-tuned baseline), one learning rate
@@ -263,8 +251,8 @@ def test_ltm_zero_init_output_starts_as_transformer_xl():
         _, state = model(x, None)
         _, state = model(x, state)  # tokens have left the STM: the LTM is non-empty
         assert int(state.ltm[0].length.min()) > 0
-        without_ltm = dict(state.__dict__, ltm=[s.reset(torch.ones(2, dtype=torch.bool)) for s in state.ltm])
-        empty = type(state)(**without_ltm)
+        without_ltm = [s.reset(torch.ones(2, dtype=torch.bool)) for s in state.ltm]
+        empty = dataclasses.replace(state, memory=dataclasses.replace(state.memory, ltm=without_ltm))
         before = model(x, state)[0].logits
         assert not torch.allclose(
             before, model(x, empty)[0].logits, atol=1e-4

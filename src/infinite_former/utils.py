@@ -54,11 +54,15 @@ def check_int(name: str, value: Any, minimum: int = 1, symbol: str | None = None
 
 
 def config_from_dict(cls: type[T], d: dict[str, Any]) -> T:
-    """Build a config dataclass from a dict, rejecting keys it does not have."""
+    """Build a config dataclass from a dict, rejecting keys it does not have and values whose
+    type is not the field's (a ValueError naming the field, never a TypeError from inside)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} settings must be a dict, got {type(d).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(known)}")
+    _check_dict_types(cls, d)
     return cls(**d)
 
 
@@ -72,8 +76,9 @@ def require_fields(d: dict[str, Any], names: list[str] | tuple[str, ...], what: 
 def check_field_types(config: Any) -> None:
     """Raise ValueError naming the first dataclass field whose value does not have its annotated type.
 
-    Understands int, float (an int is accepted and made a float), bool, str, ``X | None`` and
-    ``tuple[X, ...]`` (a list is accepted and made a tuple); other annotations are not checked.
+    Understands int, float (an int is accepted and made a float), bool (never for a number), str,
+    ``X | None``, tuples (a list is accepted and made a tuple), lists and dicts; other annotations
+    are left to the config's own checks. config_from_dict runs the same check on a dict.
     """
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
@@ -87,8 +92,19 @@ def check_field_types(config: Any) -> None:
             object.__setattr__(config, f.name, converted)
 
 
+def _check_dict_types(cls: type, d: dict[str, Any]) -> None:
+    """check_field_types on the values of a dict of cls's fields, before cls is built."""
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        if not _typed(value, hints.get(name, Any))[0]:
+            raise ValueError(f"{cls.__name__}.{name} must be {_type_name(hints[name])}, got {value!r}")
+
+
 def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(value fits hint, value converted: an int made a float, a list made a tuple)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
     if origin in (typing.Union, types.UnionType):
         for a in args:
             ok, v = _typed(value, a)
@@ -106,14 +122,22 @@ def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
         return ok, float(value) if ok and not isinstance(value, float) else value
     if hint is str:
         return isinstance(value, str), value
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+    if origin in (tuple, list):
         if not isinstance(value, (tuple, list)):
             return False, value
-        items = [_typed(v, args[0]) for v in value]
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                return False, value
+            items = [_typed(v, a) for v, a in zip(value, args, strict=True)]
+        else:
+            items = [_typed(v, args[0]) for v in value] if args else [(True, v) for v in value]
         if not all(ok for ok, _ in items):
             return False, value
-        return True, tuple(v for _, v in items)
-    return True, value
+        converted = [v for _, v in items]
+        return True, tuple(converted) if origin is tuple else converted
+    if origin is dict or hint is dict:
+        return isinstance(value, dict), value
+    return True, value  # other annotations: the config checks them itself
 
 
 def _type_name(hint: Any) -> str:
@@ -121,7 +145,7 @@ def _type_name(hint: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if origin is tuple:
-        return f"a list of {_type_name(args[0])}"
+        return f"a list of {_type_name(args[0])}" if args else "a list"
     return "None" if hint is type(None) else f"a {getattr(hint, '__name__', hint)}"
 
 
@@ -144,11 +168,30 @@ def describe(x: Any) -> str:
     return type(x).__name__
 
 
+def check_output_path(path: str | os.PathLike | None, name: str, folder: bool = True) -> None:
+    """ValueError naming the flag unless ``path`` can be created or reused as a folder (folder=True)
+    or a file: no existing file where a folder is needed (itself or a parent), no folder where a
+    file is. Checked before any work starts; None (a default chosen later) passes."""
+    if path is None:
+        return
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is an existing file, expected a folder (or a new path)")
+    if not folder and p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is a folder, expected a file path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{name}: {str(p)!r} lies under {str(parent)!r}, which is a file")
+            break
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write text to path atomically (a temporary file, fsync, then rename); creates parent folders.
 
     A reader sees the old file or the new one, never a half-written one."""
     p = Path(path)
+    check_output_path(p, "path", folder=False)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..utils import check_int, config_from_dict, machine_info, write_json
+from ..utils import check_int, check_output_path, config_from_dict, machine_info, write_json
 from .flags import Flag, add_flags, overrides
 
 INTRO = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it."
@@ -203,5 +203,6 @@ def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_passkey_command(args: argparse.Namespace) -> int:
+    check_output_path(args.out, "--out", folder=False)
     passkey_from_args(args)
     return 0

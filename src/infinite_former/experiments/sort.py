@@ -29,10 +29,12 @@ import torch
 
 from ..attention import FORMAT_VERSION, LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
 from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
-from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig, memory_labels
 from ..training import TrainConfig, Trainer, find_checkpoint
+from ..training.checkpoints import exit_status
 from ..utils import (
     check_int,
+    check_output_path,
     config_from_dict,
     is_main_process,
     machine_info,
@@ -137,20 +139,18 @@ class SortSettings:
         return self.num_symbols + 2
 
     def memory_budget(self) -> dict[str, Any]:
-        """Vectors per layer each memory type may keep (the equal-budget rule)."""
-        n = self.ltm.num_basis
-        return {
-            "rule": "xl: mem_len + N; compressive: mem_len + cmem_len; infinite: mem_len STM + N basis",
-            "xl": {"mem_len": self.xl_mem_len or self.mem_len + n},
-            "compressive": {
-                "mem_len": self.mem_len,
-                "cmem_len": self.cmem_len or n,
-                "compression_rate": self.compression_rate,
-            },
-            "infinite": {"mem_len": self.mem_len, "num_basis": n, "num_samples": self.ltm.samples},
-        }
+        """Vectors per layer each memory type may keep (the equal-budget rule, each type's own)."""
+        rules = dict.fromkeys(kind.budget_rule for kind in MEMORY_TYPES.values())  # in order, once each
+        record = {"rule": "; ".join(rules)}
+        for name, kind in MEMORY_TYPES.items():
+            record[name] = kind.budget_record(self.model_fields(name))
+        return record
 
     def model_config(self, memory_type: str) -> ModelConfig:
+        return ModelConfig(**self.model_fields(memory_type))
+
+    def model_fields(self, memory_type: str) -> dict[str, Any]:
+        """The ModelConfig fields of memory_type's model (not validated: see model_config)."""
         kw: dict[str, Any] = dict(
             vocab_size=self.vocab_size,
             d_model=self.d_model,
@@ -164,9 +164,14 @@ class SortSettings:
             compression_rate=self.compression_rate,
             ltm=self.ltm,  # sticky: ModelConfig sets it from the memory type
         )
-        if memory_type == "xl":
-            kw["mem_len"] = self.xl_mem_len or self.mem_len + self.ltm.num_basis
-        return ModelConfig(**kw)
+        kw.update(
+            MEMORY_TYPES[memory_type].equal_budget(self.mem_len, self.ltm.num_basis)
+        )  # mem_len + N each
+        if self.cmem_len:  # explicit sizes win over the rule
+            kw["cmem_len"] = self.cmem_len
+        if memory_type == "xl" and self.xl_mem_len:
+            kw["mem_len"] = self.xl_mem_len
+        return kw
 
     def train_config(self, run: str) -> TrainConfig:
         return TrainConfig(
@@ -287,6 +292,7 @@ def train_and_test(
         "train_lengths": list(train_lengths),
         "steps": res.step,
         "stopped_by_signal": res.stopped_by_signal,
+        "stop_signal": res.stop_signal,
         "train_seconds": res.train_seconds,
         "tokens_per_s": res.tokens_per_s,
         "final_train_loss": res.losses[-1] if res.losses else None,
@@ -312,17 +318,18 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
     t0 = time.perf_counter()
     jobs = s.effective_jobs()
     if jobs > 1:
-        runs, interrupted = _train_in_parallel(s, resume, jobs, log)
+        runs, stop_signal = _train_in_parallel(s, resume, jobs, log)
     else:
         if s.threads:
             torch.set_num_threads(s.threads)
-        runs, interrupted = {}, False
+        runs, stop_signal = {}, None
         for run, memory_type, train_lengths in s.runs():
             log(f"[sort] training {run} ({memory_type}, lengths {list(train_lengths)}, {s.steps} steps)")
             runs[run] = train_and_test(s, run, memory_type, train_lengths, resume)
             if runs[run]["stopped_by_signal"]:
-                interrupted = True
+                stop_signal = runs[run]["stop_signal"] or signal.SIGTERM.value
                 break
+    interrupted = stop_signal is not None
     accuracy: dict[str, dict[str, float | None]] = {m: {} for m in s.models}
     for r in runs.values():
         for n, v in r["test"].items():
@@ -336,6 +343,7 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
         "accuracy": accuracy,
         "runs": runs,
         "interrupted": interrupted,
+        "stop_signal": stop_signal,
         "total_seconds": time.perf_counter() - t0,
     }
     if is_main_process():
@@ -348,6 +356,7 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
                 os.path.join(root, "accuracy.png"),
                 title=f"sorting, {s.num_symbols} symbols ({s.steps} steps, batch {s.batch_size})",
                 chance=None,
+                labels=memory_labels(),
             )
     return results
 
@@ -357,8 +366,9 @@ def _worker(s: SortSettings, run: str, memory_type: str, lengths: tuple[int, ...
     return train_and_test(s, run, memory_type, lengths, resume)
 
 
-def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[dict[str, Any], bool]:
+def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[dict[str, Any], int | None]:
     """Train the runs in `jobs` spawned processes (one thread each unless --threads says otherwise).
+    Returns the runs and the signal that stopped them (None: all finished).
 
     SIGTERM to this process is forwarded to the workers; SIGINT (Ctrl-C) reaches them from the
     terminal. Each worker then checkpoints at its next step boundary; runs not yet started are
@@ -368,7 +378,7 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
     from concurrent.futures import ProcessPoolExecutor
 
     worker_settings = replace(s, progress=False)
-    stop = {"raised": False}
+    stop: dict[str, int | None] = {"raised": None}  # the signal this process received
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for run, memory_type, lengths in s.runs():
@@ -378,7 +388,7 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
             futures[run] = pool.submit(_worker, worker_settings, run, memory_type, lengths, resume)
 
         def handle(signum, frame):
-            stop["raised"] = True
+            stop["raised"] = int(signum)
             for f in futures.values():
                 f.cancel()
             if signum == signal.SIGTERM:
@@ -399,10 +409,12 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
-    interrupted = (
-        stop["raised"] or any(r["stopped_by_signal"] for r in runs.values()) or len(runs) < len(futures)
-    )
-    return runs, interrupted
+    stopped = [r.get("stop_signal") or signal.SIGTERM.value for r in runs.values() if r["stopped_by_signal"]]
+    if stop["raised"] is not None:
+        return runs, stop["raised"]
+    if stopped or len(runs) < len(futures):
+        return runs, stopped[0] if stopped else signal.SIGTERM.value
+    return runs, None
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -522,15 +534,16 @@ def sort_settings_from_args(args: argparse.Namespace) -> SortSettings:
 
 def run_sort(args: argparse.Namespace) -> int:
     settings = sort_settings_from_args(args)  # ValueError on bad settings: before any training
+    check_output_path(os.path.join(settings.out, settings.name), "--out")
     main_process = is_main_process()  # under torchrun only rank 0 reports
     log = (lambda m: print(m, flush=True)) if main_process else (lambda m: None)
     results = run_sort_experiment(settings, resume=args.resume, log=log)
     root = f"{settings.out}/{settings.name}"
     if not main_process:
-        return 128 + signal.SIGTERM.value if results["interrupted"] else 0
+        return exit_status(results["stop_signal"])
     if results["interrupted"]:
         print(f"interrupted: checkpoints saved; continue with the same flags plus --resume ({root})")
-        return 128 + signal.SIGTERM.value
+        return exit_status(results["stop_signal"])  # 130 on SIGINT, 143 on SIGTERM
     print()
     print(format_table(results))
     print(f"\n{results['total_seconds']:.0f} s; results: {root}/results.json, plot: {root}/accuracy.png")

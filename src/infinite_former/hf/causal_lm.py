@@ -40,7 +40,8 @@ from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention, MemoryProjections
 from ..memory import MemoryState
-from .layout import DecoderLayout, find_layout
+from ..provenance import check_fingerprint
+from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
 from .memory_config import MemoryConfig
 
@@ -90,6 +91,20 @@ class MemoryCausalLM:
             self.__dict__["_decoder_layout"] = layout
         return layout
 
+    def memory_fingerprint(self) -> dict[str, Any]:
+        """What a memory state must have been made by (provenance.py): the base model (class, type,
+        e, H, layers) and the memory's N, D, memory layers and schedule (L, τ, sticky)."""
+        c, layout = self.memory_config, self.decoder_layout
+        return {
+            **base_fingerprint(self, layout),
+            "num_basis": c.ltm.num_basis,
+            "num_bins": c.ltm.num_bins,
+            "memory_layers": c.layer_ids(len(layout.layers)),
+            "block_size": c.block_size,
+            "tau": c.ltm.tau,
+            "sticky": c.ltm.sticky,
+        }
+
     def memory_parameters(self) -> list[nn.Parameter]:
         """The memory (LTM) weights, e.g. for their own learning rate when fine-tuning."""
         return list(self.ltm.parameters())
@@ -133,6 +148,7 @@ class MemoryCausalLM:
             "base_model_name_or_path": getattr(self.config, "_name_or_path", None) or None,
             "base_model_class": type(self).__name__,
             "base_model_type": self.config.model_type,
+            "base_model": base_fingerprint(self, self.decoder_layout),
             "memory_config": self.memory_config.to_dict(),
             # the host's sizes the memory was trained with (the weights alone do not show the heads)
             "memory_host": {
@@ -161,6 +177,7 @@ class MemoryCausalLM:
             slots=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
             num_tokens=torch.zeros(batch_size, dtype=torch.long, device=device),
             block_size=self.memory_config.block_size,
+            fingerprint=self.memory_fingerprint(),
         )
 
     def absorb_blocks(self, memory: HFMemoryState, partial: bool = False) -> HFMemoryState:
@@ -199,11 +216,14 @@ class MemoryCausalLM:
             slots=memory.slots & ~full[:, None],
             num_tokens=memory.num_tokens,
             block_size=memory.block_size,
+            fingerprint=memory.fingerprint,
         ).compact()
 
     def _check_memory(self, memory: Any, batch_size: int) -> None:
+        """The state was made by this model (fingerprint) and has its shapes: checked here, not in torch."""
         if not isinstance(memory, HFMemoryState):
             raise ValueError(f"memory must be an HFMemoryState or None, got {type(memory).__name__}")
+        check_fingerprint(memory.fingerprint, self.memory_fingerprint(), "memory")
         if memory.batch_size != batch_size:
             raise ValueError(f"memory has batch size {memory.batch_size} but input_ids has {batch_size}")
         if len(memory.ltm) != len(self.ltm) or len(memory.kv) not in (0, len(self.decoder_layout.layers)):
@@ -212,6 +232,35 @@ class MemoryCausalLM:
             raise ValueError(
                 f"memory has block_size {memory.block_size} but the model uses {self.memory_config.block_size}"
             )
+        b, s, e = batch_size, memory.slots.shape[-1], self.decoder_layout.hidden_size
+        n, d = self.memory_config.ltm.num_basis, self.memory_config.ltm.num_bins
+        expected = [("slots", memory.slots, (b, s)), ("num_tokens", memory.num_tokens, (b,))]
+        for i, (state, pending) in enumerate(zip(memory.ltm, memory.pending, strict=True)):
+            expected += [
+                (f"ltm[{i}].coeffs (batch, N, e)", state.coeffs, (b, n, e)),
+                (f"ltm[{i}].length", state.length, (b,)),
+                (f"ltm[{i}].bin_mass (batch, D)", state.bin_mass, (b, d)),
+                (f"pending[{i}] (batch, S, e)", pending, (b, s, e)),
+            ]
+        text = self.config.get_text_config(decoder=True)
+        h_kv = getattr(text, "num_key_value_heads", None) or self.decoder_layout.num_heads
+        d_head = getattr(text, "head_dim", None) or e // self.decoder_layout.num_heads
+        for i, (k, v) in enumerate(memory.kv):
+            expected += [
+                (f"kv[{i}].keys", k, (b, h_kv, s, d_head)),
+                (f"kv[{i}].values", v, (b, h_kv, s, d_head)),
+            ]
+        for name, tensor, shape in expected:
+            if tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"memory {name} has shape {tuple(tensor.shape)}, this model needs {shape}: "
+                    "it was made by a model with other memory settings"
+                )
+            dtype = {"slots": torch.bool, "num_tokens": torch.long}.get(
+                name, torch.long if name.endswith(".length") else None
+            )
+            if tensor.dtype != dtype if dtype is not None else not tensor.is_floating_point():
+                raise ValueError(f"memory {name} has dtype {tensor.dtype}: not a state made by this model")
 
     # ------------------------------------------------------------------ forward
 
@@ -361,6 +410,7 @@ class MemoryCausalLM:
             # keep the projections for the next tokens of this block only at inference:
             # with gradients on, the weights may change before the next call
             ltm_cache=tuple(read.projections) if not torch.is_grad_enabled() else None,
+            fingerprint=memory.fingerprint,
         ).compact()
         return out.logits, new, read.kl_sum, read.kl_count
 
@@ -569,15 +619,39 @@ def add_memory(model: nn.Module, **memory_config: Any) -> nn.Module:
     """
     if isinstance(model, MemoryCausalLM):
         raise ValueError(f"{type(model).__name__} already has a memory")
-    config = MemoryConfig.from_keywords(**memory_config)
-    find_layout(model)  # raises for an unsupported model, before anything is changed
-    param = next(model.parameters(), None)
-    model.__class__ = memory_class(type(model))
-    model.attach_memory(config)
-    if param is not None:
-        model.ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
-    model.config.infinite_memory = model.memory_config.to_dict()
+    config, ltm = build_memory(model, MemoryConfig.from_keywords(**memory_config))
+    install_memory(model, config, ltm)
     return model
 
 
-__all__ = ["MemoryCausalLM", "MemoryCausalLMOutput", "add_memory", "memory_class"]
+def build_memory(model: nn.Module, config: MemoryConfig) -> tuple[MemoryConfig, nn.ModuleList]:
+    """The resolved settings and new LongTermAttention modules for ``model`` (on its device and
+    dtype), checked against its layout, positions and layers; ``model`` itself is not changed."""
+    layout = model.decoder_layout if isinstance(model, MemoryCausalLM) else find_layout(model)
+    config = config.resolved(len(layout.layers), layout.max_positions)
+    ltm_config = config.ltm_config(layout.hidden_size, layout.num_heads)
+    ltm = nn.ModuleList(LongTermAttention(ltm_config) for _ in config.layer_ids(len(layout.layers)))
+    param = next(model.parameters(), None)
+    if param is not None:
+        ltm.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
+    return config, ltm
+
+
+def install_memory(model: nn.Module, config: MemoryConfig, ltm: nn.ModuleList) -> None:
+    """Give ``model`` the memory made by build_memory (after every check has passed): its class
+    becomes the memory class, ``model.ltm`` / ``model.memory_config`` / ``config.infinite_memory``
+    are set (replacing a memory it had)."""
+    model.__class__ = memory_class(type(model))
+    model.memory_config = config
+    model.ltm = ltm
+    model.config.infinite_memory = config.to_dict()
+
+
+__all__ = [
+    "MemoryCausalLM",
+    "MemoryCausalLMOutput",
+    "add_memory",
+    "build_memory",
+    "install_memory",
+    "memory_class",
+]

@@ -1,4 +1,4 @@
-"""ModelConfig: the language model's hyperparameters, validated once, and the memory types.
+"""ModelConfig: the language model's hyperparameters, validated once (the memory type checks its own).
 
 The memory's settings are one field, ``ltm`` (an LTMConfig, attention.py); ModelConfig adds the LM's
 own: sizes, the short-term memory, the memory type and the compressive baseline's settings.
@@ -21,8 +21,7 @@ from ..attention import (
     saved_format,
 )
 from ..utils import check_field_types, check_int, config_from_dict
-
-MEMORY_TYPES = ("xl", "compressive", "infinite", "infinite_sticky")
+from .registry import memory_type_class
 
 # The LM's preset of the memory's settings (LTMConfig's defaults are the GPT-2 recipe's).
 LTM_PRESET: dict[str, Any] = {"num_basis": 128, "widths": (0.01, 0.05), "ridge_lambda": 1.0}
@@ -82,18 +81,10 @@ class ModelConfig:
         if not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
         check_int("mem_len", self.mem_len, 0)
-        if self.memory_type not in MEMORY_TYPES:
-            raise ValueError(f"memory_type must be one of {list(MEMORY_TYPES)}, got {self.memory_type!r}")
+        kind = memory_type_class(self.memory_type)
         check_int("cmem_len", self.cmem_len, 0)
         check_int("compression_rate", self.compression_rate, 1)
-        if self.memory_type == "compressive":
-            if self.cmem_len < 1:
-                raise ValueError(f"cmem_len must be >= 1 for memory_type 'compressive', got {self.cmem_len}")
-            if self.mem_len < self.compression_rate:
-                raise ValueError(
-                    f"mem_len ({self.mem_len}) must be >= compression_rate ({self.compression_rate}) "
-                    "for memory_type 'compressive' (the STM must hold a full group of c vectors)"
-                )
+        kind.check_config(self)  # the memory type's own requirements
         if (
             not isinstance(self.recon_weight, (int, float))
             or not (self.recon_weight >= 0)

@@ -62,7 +62,7 @@ def recorded_config(settings: dict, name: str, vocab_size: int) -> ModelConfig:
     if name == "compressive":
         memory |= {"cmem_len": mem["cmem_len"], "compression_rate": mem["compression_rate"]}
     elif name.startswith("infinite"):
-        memory |= {"ltm_num_basis": mem["num_basis"], "ltm_num_samples": mem["num_samples"]}
+        memory |= {"ltm": {"num_basis": mem["num_basis"], "num_samples": mem["num_samples"]}}
     dims = {k: c[k] for k in ("d_model", "n_layers", "n_heads", "d_inner", "dropout")}
     return ModelConfig(vocab_size=vocab_size, memory_type=name, **dims, **memory)
 

@@ -38,7 +38,9 @@ from infinite_former.utils import machine_info
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "sorting_budget_cpu.json"
 # the first benchmark's settings (SortSettings' CPU defaults with M = 32 and 128 test sequences)
-FIRST = dict(num_samples=32, eval_sequences=128, valid_sequences=128, eval_every=100, seed=0, progress=False)
+FIRST = dict(
+    ltm=dict(num_samples=32), eval_sequences=128, valid_sequences=128, eval_every=100, seed=0, progress=False
+)
 
 
 def validation_curve(run_dir: str, length: int) -> list[list[float]]:

@@ -390,7 +390,7 @@ def test_train_then_eval_end_to_end(trained, tmp_path: Path) -> None:
     assert 1 < test["overall"]["reply_ppl"] < 10 * 300
     assert (run / "model" / "config.json").is_file() and (run / "checkpoints" / "latest").is_file()
     config = json.loads((run / "model" / "config.json").read_text())
-    assert config["vocab_size"] == 300 + 6 and config["num_basis"] == 8
+    assert config["vocab_size"] == 300 + 6 and config["ltm"]["num_basis"] == 8  # the 0.3 nested form
 
     # eval: same seed -> same replies; its own JSON
     out = tmp_path / "eval.json"

@@ -63,10 +63,10 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=6,
 )
-CONFIGS = [
-    (MemoryConfig, {}),
-    (ModelConfig, {"vocab_size": 11, "d_model": 16, "n_heads": 2, "d_inner": 16}),
-    (LTMConfig, {"d_model": 8, "n_heads": 2}),
+CONFIGS = [  # each over a complete saved form (saved configs are read strictly: every field)
+    (MemoryConfig, MemoryConfig().to_dict()),
+    (ModelConfig, ModelConfig(vocab_size=11, d_model=16, n_heads=2, d_inner=16).to_dict()),
+    (LTMConfig, LTMConfig(d_model=8, n_heads=2).to_dict()),
     (TrainConfig, {"device": "cpu"}),
 ]
 
@@ -255,9 +255,7 @@ def lm():
             n_heads=2,
             d_inner=16,
             mem_len=4,
-            ltm_num_basis=4,
-            ltm_num_samples=4,
-            ltm_num_bins=4,
+            ltm={"num_basis": 4, "num_samples": 4, "num_bins": 4},
         )
     ).eval()
 

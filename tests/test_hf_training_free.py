@@ -131,9 +131,14 @@ def test_a_training_free_memory_refuses_weights_and_loading_changes_nothing_then
         info = json.loads(path.read_text())
         _say_training_free(info["memory_config" if path.name == "memory_config.json" else "infinite_memory"])
         path.write_text(json.dumps(info))
+    base = base_model("llama")
+    before = snapshot(base)
+    with pytest.raises(ValueError, match="training_free memory has no weights"):
+        load_memory(base, tmp_path / "adapter")
+    assert_unchanged(base, before)
     free = add_memory(base_model("llama"), training_free={"alpha": 0.3}, **MEMORY)
     before = snapshot(free)
-    with pytest.raises(ValueError, match="training_free memory has no weights"):
+    with pytest.raises(ValueError, match="training_free"):  # its settings differ: refused before the weights
         load_memory(free, tmp_path / "adapter")
     assert_unchanged(free, before)
     assert free.training_free.alpha == 0.3
@@ -141,9 +146,10 @@ def test_a_training_free_memory_refuses_weights_and_loading_changes_nothing_then
         from_pretrained(tmp_path / "full")
 
 
-def test_a_trained_adapter_replaces_a_training_free_memory_and_states_do_not_cross(tmp_path):
-    """load_memory gives a model the adapter's memory in place of its own (issue 20), also a
-    training-free one; a state made in one mode is refused by the other (its fingerprint)."""
+def test_a_trained_adapter_is_refused_by_a_training_free_memory_and_states_do_not_cross(tmp_path):
+    """load_memory onto a model whose memory differs from the adapter's refuses, naming the
+    difference (issue 20: never a silent mix), and changes nothing; onto the base model it loads.
+    A state made in one mode is refused by the other (its fingerprint)."""
     trained = add_memory(base_model("llama"), **MEMORY).eval()
     with torch.no_grad():
         for p in trained.memory_parameters():
@@ -154,7 +160,12 @@ def test_a_trained_adapter_replaces_a_training_free_memory_and_states_do_not_cro
     free_state = run(free, x).memory
     with pytest.raises(ValueError, match="training_free"):
         trained(x[:, :3], memory=free_state)
-    loaded = load_memory(free, tmp_path / "adapter")
+    before = {k: v.clone() for k, v in free.state_dict().items()}
+    with pytest.raises(ValueError, match="settings differ.*training_free"):
+        load_memory(free, tmp_path / "adapter")
+    assert free.training_free is not None and free.state_dict().keys() == before.keys()
+    assert all(torch.equal(free.state_dict()[k], v) for k, v in before.items())
+    loaded = load_memory(base_model("llama"), tmp_path / "adapter")
     assert loaded.training_free is None and "training_free" not in loaded.config.infinite_memory
     for a, b in zip(loaded.memory_parameters(), trained.memory_parameters(), strict=True):
         assert torch.equal(a, b)

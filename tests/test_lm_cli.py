@@ -35,7 +35,7 @@ def write_corpus(root: Path) -> Path:
 
 TINY = (
     "--seg-len 8 --batch-size 2 --steps 6 --warmup 1 --d-model 16 --n-heads 2 --d-inner 32 --mem-len 8 "
-    "--num-basis 8 --set ltm_num_bins=8 --no-progress --no-tensorboard --log-every 1 --eval-segments 2 "
+    "--num-basis 8 --num-bins 8 --no-progress --no-tensorboard --log-every 1 --eval-segments 2 "
     "--device cpu"  # exact comparisons: CPU fp32 on every machine (CUDA: tests/test_cuda.py)
 ).split()
 
@@ -187,7 +187,9 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     from infinite_former.hf import InfiniteGPT2LMHeadModel
 
     ft = InfiniteGPT2LMHeadModel.from_pretrained(out / "model")
-    assert ft.config.block_size == 8 and ft.config.num_basis == 8 and ft.config.kl_weight == 1e-6
+    assert (
+        ft.config.block_size == 8 and ft.config.ltm["num_basis"] == 8 and ft.config.ltm["kl_weight"] == 1e-6
+    )
     # lm eval --hf on the saved model reproduces the fine-tune's own evaluation (save/load round trip)
     assert (
         run(["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2", "--device", "cpu"])
@@ -241,7 +243,7 @@ def test_ltm_zero_init_output_starts_as_transformer_xl():
     torch.manual_seed(0)
     cfg = ModelConfig(
         vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_inner=32, dropout=0.0, mem_len=4,
-        memory_type="infinite_sticky", ltm_num_basis=8, ltm_num_samples=8, ltm_num_bins=8,
+        memory_type="infinite_sticky", ltm=dict(num_basis=8, num_samples=8, num_bins=8),
     )  # fmt: skip
     model = InfiniteFormerLM(cfg).eval()
     x = torch.randint(0, 50, (2, 8))
@@ -338,7 +340,7 @@ def test_lm_finetune_takes_any_supported_model(corpus):
 
     ft = load_model(out / "model")  # saved with its memory: loads back with it
     assert type(ft).__name__ == "LlamaForCausalLM" and len(ft.ltm) == 2 and ft.memory_config.block_size == 8
-    assert ft.memory_config.sticky is False  # saved with uniform sampling
+    assert ft.memory_config.ltm.sticky is False  # saved with uniform sampling
     assert hf_tokenizer(out / "model").eos_id == hf_tokenizer(llama).eos_id
     eval_out = out / "eval.json"
     argv = ["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2", "--device", "cpu"]

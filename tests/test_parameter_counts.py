@@ -37,7 +37,7 @@ def test_lm_counts_split_base_and_memory(memory_type):
         memory_type=memory_type,
         mem_len=6,
         compression_rate=c,
-        ltm_num_basis=n,
+        ltm={"num_basis": n},
     )
     # tied embedding; per layer: 2 LayerNorms, qkv, W_R, W_O, u, v, the FFN; the final LayerNorm
     attention = 3 * e * e + e * e + e * e + 2 * e  # qkv, W_R, W_O, u and v (H × d each)
@@ -66,7 +66,9 @@ def test_sorting_budget_counts_split_base_and_memory():
     from infinite_former.experiments.sort import SortSettings
 
     bench = load_benchmark("sorting_budget")
-    s = SortSettings(num_symbols=4, d_model=16, n_layers=2, n_heads=2, d_inner=24, num_basis=8, mem_len=8)
+    s = SortSettings(
+        num_symbols=4, d_model=16, n_layers=2, n_heads=2, d_inner=24, ltm={"num_basis": 8}, mem_len=8
+    )
     xl, inf = bench.num_parameters(s, "xl"), bench.num_parameters(s, "infinite")
     assert xl["memory"] == 0 and xl["total"] == xl["base"] == inf["base"]
     assert inf["memory"] == 2 * ltm_weights(16, 8) and inf["total"] == inf["base"] + inf["memory"]

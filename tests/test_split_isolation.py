@@ -85,7 +85,7 @@ def test_sorting_trains_on_train_sequences_and_tests_on_held_out_ones(tmp_path):
         num_symbols=4,
         segment_len=16,
         mem_len=8,
-        num_basis=8,
+        ltm={"num_basis": 8},
         d_model=16,
         n_layers=1,
         n_heads=2,
@@ -150,7 +150,7 @@ def test_lm_train_evaluates_the_test_split(tmp_path):
     argv = ["lm", "train", "--data", str(corpus), "--run-dir", str(tmp_path / "run"), "--tokenizer", "bytes"]
     argv += "--seg-len 8 --batch-size 2 --steps 4 --warmup 1 --d-model 16 --n-heads 2 --d-inner 32".split()
     argv += (
-        "--mem-len 8 --num-basis 8 --set ltm_num_bins=8 --no-progress --no-tensorboard --device cpu".split()
+        "--mem-len 8 --num-basis 8 --set ltm.num_bins=8 --no-progress --no-tensorboard --device cpu".split()
     )
     argv += "--valid-split valid --eval-every 2 --eval-segments 2 --eval-splits test".split()
     with embedded_rows() as rows:

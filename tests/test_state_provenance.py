@@ -80,8 +80,8 @@ def test_unreadable_state_files_are_one_line_naming_the_file(tmp_path, how, cls)
 def lm(**kw):
     torch.manual_seed(0)
     base = dict(vocab_size=13, d_model=32, n_layers=2, n_heads=4, d_inner=64, dropout=0.0, mem_len=6)
-    ltm = dict(ltm_num_basis=16, ltm_num_samples=16, ltm_num_bins=16)
-    return InfiniteFormerLM(ModelConfig(**(base | ltm | kw))).eval()
+    ltm = dict(num_basis=16, num_samples=16, num_bins=16) | kw.pop("ltm", {})
+    return InfiniteFormerLM(ModelConfig(**base, ltm=ltm, **kw)).eval()
 
 
 def test_an_lm_state_knows_its_model(tmp_path):
@@ -93,7 +93,7 @@ def test_an_lm_state_knows_its_model(tmp_path):
     assert loaded.fingerprint == model.memory_fingerprint()
     torch.testing.assert_close(model(tokens, loaded)[0].logits, model(tokens, state)[0].logits)
     with pytest.raises(ValueError, match="tau: 0.5 != 0.75"):
-        lm(ltm_tau=0.75)(tokens, loaded)
+        lm(ltm={"tau": 0.75})(tokens, loaded)
     with pytest.raises(ValueError, match="memory_type"):
         lm(memory_type="xl")(tokens, loaded)
     loaded.fingerprint = None  # a state saved before fingerprints: the shapes are checked
@@ -101,4 +101,4 @@ def test_an_lm_state_knows_its_model(tmp_path):
         ValueError,
         match=r"state does not fit this model.*ltm\[0\]\.coeffs.*\(2, 16, 32\).*needs \(2, 8, 32\)",
     ):
-        lm(ltm_num_basis=8, ltm_num_samples=8)(tokens, loaded)
+        lm(ltm={"num_basis": 8, "num_samples": 8})(tokens, loaded)

@@ -132,7 +132,7 @@ def test_load_memory_of_a_bad_file_changes_nothing(adapter, how, onto):
 def test_load_memory_onto_another_shape_is_refused_and_changes_nothing(adapter, other, old_format):
     if old_format:  # an adapter written before the base model's shape was recorded
         info = json.loads((adapter / "memory_config.json").read_text())
-        del info["base_model"]
+        del info["base_model"], info["memory_host"]
         (adapter / "memory_config.json").write_text(json.dumps(info))
     model = llama(**other)
     before = snapshot(model)
@@ -145,11 +145,16 @@ def test_load_memory_onto_another_shape_is_refused_and_changes_nothing(adapter, 
     assert_unchanged(model, before)
 
 
-def test_load_memory_onto_a_model_with_memory_takes_the_adapter_settings(adapter):
+def test_load_memory_onto_a_model_with_memory_takes_its_weights_or_refuses_and_changes_nothing(adapter):
     saved = load_memory(llama(), adapter)
-    model = with_memory(seed=7, tau=0.75, sticky=False)
+    other = with_memory(seed=7, tau=0.75, sticky=False)  # other settings: refused, never a mix
+    before = snapshot(other)
+    with pytest.raises(ValueError, match=r"differ.*ltm\.tau.*ltm\.sticky"):
+        load_memory(other, adapter)
+    assert_unchanged(other, before)
+    model = with_memory(seed=7)  # the adapter's settings, other weights: takes the adapter's weights
     assert load_memory(model, adapter) is model
-    assert model.memory_config == saved.memory_config and model.memory_config.tau == 0.5
+    assert model.memory_config == saved.memory_config
     assert model.config.infinite_memory == saved.memory_config.to_dict()
     torch.testing.assert_close(logits(model), logits(saved), atol=0, rtol=0)
 

@@ -338,7 +338,7 @@ def inspect_document(
         seg_len=seg_len,
         memory_type=c.memory_type,
         num_basis=ltm_cfg.num_basis,
-        num_samples=ltm_cfg.num_samples,
+        num_samples=ltm_cfg.samples,
         tau=ltm_cfg.tau,
         num_bins=ltm_cfg.num_bins,
         mem_len=c.mem_len,
@@ -383,8 +383,8 @@ def sample_positions(
         return None
     c, work = ltm.config, old.coeffs.dtype
     if not c.sticky:
-        return uniform_positions(c.num_samples, old.coeffs.device, work)
-    return sticky_positions(old.bin_mass.to(work), c.num_samples, generator)[0]
+        return uniform_positions(c.samples, old.coeffs.device, work)
+    return sticky_positions(old.bin_mass.to(work), c.samples, generator)[0]
 
 
 def record_absorption(

@@ -268,10 +268,15 @@ def update_memory(
     return LTMState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
 
 
-def _check_update_args(state: LTMState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau) -> None:
-    check_int("num_samples", num_samples, 1, symbol="M")
+def check_tau(tau: float) -> None:
+    """Raise ValueError unless τ (the old memory's share of [0, 1]) is in (0, 1)."""
     if not (0.0 < tau < 1.0):
         raise ValueError(f"tau (τ) must be in (0, 1), got {tau!r}")
+
+
+def _check_update_args(state: LTMState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau) -> None:
+    check_int("num_samples", num_samples, 1, symbol="M")
+    check_tau(tau)
     batch, n, e = state.coeffs.shape
     if n != basis.num_basis:
         raise ValueError(f"state.coeffs has N = {n} basis coefficients but the basis has {basis.num_basis}")

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 Fingerprint = dict[str, Any]  # JSON values only: str, int, float, bool, None, lists of them
@@ -82,6 +81,8 @@ def load_torch_file(
 def load_safetensors_file(path: str | os.PathLike, what: str = "weights") -> dict[str, Tensor]:
     """The tensors of a safetensors file, all finite; else one ValueError naming the file."""
     try:
+        from safetensors.torch import load_file  # the core needs torch alone; safetensors only here
+
         tensors = load_file(os.fspath(path), device="cpu")
     except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...: one clear line
         raise ValueError(f"cannot read {what} file {os.fspath(path)}: {_first_line(err)}") from None

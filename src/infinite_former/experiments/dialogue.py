@@ -55,7 +55,16 @@ from ..hf.training import HFMemoryLM
 from ..training import Trainer
 from ..training.checkpoints import check_resume, exit_status, parse_overrides
 from ..utils import check_output_path, machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, eval_splits, overrides, resolve_device, set_threads
+from .flags import (
+    Flag,
+    add_flags,
+    eval_splits,
+    flat_memory,
+    memory_flags,
+    overrides,
+    resolve_device,
+    set_threads,
+)
 from .lm import (
     FINETUNE_FLAGS,
     TRAIN_FLAGS,
@@ -349,10 +358,7 @@ def dialogue_tokenizer(args: argparse.Namespace, train: Sequence[Dialogue]) -> T
 # flag -> InfiniteGPT2Config field: the memory (also when loading --model) ...
 MEMORY_FLAGS: list[Flag] = [
     Flag("--block-size", "block_size", int, "L: tokens per block", default=512),
-    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer (0 = off)", default=1e-6),
-    Flag("--num-basis", "num_basis", int, "N (default: the config's, 512)"),
-    Flag("--num-samples", "num_samples", int, "M (default: the config's, 512)"),
-    Flag("--tau", "tau", float, "τ (default: the config's, 0.5)"),
+    *memory_flags(),  # default: the model's memory settings, or the Hugging Face preset
 ]
 # ... and the size of a GPT-2 trained from scratch (no --model)
 SCRATCH_FLAGS: list[Flag] = [
@@ -363,8 +369,10 @@ SCRATCH_FLAGS: list[Flag] = [
 
 
 def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """InfiniteGPT2Config fields from the memory flags, --uniform and --no-memory."""
-    out = {**overrides(args, MEMORY_FLAGS), "sticky": not args.uniform}
+    """add_memory's keywords from the memory flags, --uniform and --no-memory."""
+    out = flat_memory(overrides(args, MEMORY_FLAGS))
+    if args.uniform:
+        out["sticky"] = False
     if args.no_memory:
         out["memory_layers"] = []
     return out
@@ -441,7 +449,9 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `dialogue train` run)")
         saved = json.loads((run / CONFIG_FILE).read_text())
         fixed = {**_memory_overrides(args), **(overrides(args, SCRATCH_FLAGS) if not args.model else {})}
-        check_resume(run, {k: saved["model"].get(k) for k in fixed}, fixed, changes)  # memory, model: fixed
+        config = InfiniteGPT2Config.from_dict(saved["model"])  # 0.2 runs converted: settings in config.ltm
+        given = {**config.to_dict(), **config.ltm}  # the model's fields and the memory's settings, flat
+        check_resume(run, {k: given.get(k) for k in fixed}, fixed, changes)  # memory, model: fixed
     train = _split(args, args.train_split)
     for split in eval_splits(args):
         _split(args, split)  # every split is read (and checked) before training
@@ -500,7 +510,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "base_model": args.model or "scratch",
         "memory": memory,
-        "sticky": bool(model.config.sticky) if memory else None,
+        "sticky": bool(model.config.ltm["sticky"]) if memory else None,
         "block_size": block,
         "parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(examples),
@@ -661,7 +671,7 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the memory weights")
     add_flags(t, MEMORY_FLAGS)
     add_flags(t, SCRATCH_FLAGS)
-    t.add_argument("--uniform", action="store_true", help="uniform sampling instead of sticky memories")
+    t.add_argument("--uniform", action="store_true", help="the same as --sampling uniform")
     t.add_argument(
         "--no-memory", action="store_true", help="the same model without memory (reply's block only)"
     )

@@ -40,6 +40,7 @@ from ..data.text import (
 )
 from ..data.tokenizer import TextTokenizer, build_tokenizer, hf_tokenizer
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from ..models.config import LEGACY_02 as MODEL_LEGACY_02
 from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
 from ..training.checkpoints import (
@@ -50,7 +51,18 @@ from ..training.checkpoints import (
     parse_overrides,
 )
 from ..utils import check_int, check_output_path, machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, eval_splits, overrides, parse_set, resolve_device, set_threads
+from .flags import (
+    Flag,
+    add_flags,
+    eval_splits,
+    flat_memory,
+    memory_flags,
+    merge,
+    overrides,
+    parse_set,
+    resolve_device,
+    set_threads,
+)
 from .introspect import add_inspect_parser
 
 CONFIG_FILE = "lm_config.json"
@@ -87,6 +99,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `lm train` run to continue)")
     if args.resume:
         saved = json.loads(config_path.read_text())
+        saved["model"] = ModelConfig.from_dict(saved["model"]).to_dict()  # a 0.2 run: its settings nested
         tok = TextTokenizer.load(run / "tokenizer")
         mcfg = _model_config(args, tok.vocab_size)
     else:
@@ -316,18 +329,13 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {args.steps}")
     # numeric flags before any data is read (steps from --epochs is known only after tokenizing)
     _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=args.steps or max(args.warmup, 1))
-    overrides: dict[str, Any] = {"block_size": args.block_size, "kl_weight": args.kl_weight}
-    for name in ("num_basis", "num_samples", "tau"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.sampling is not None:
-        overrides["sticky"] = args.sampling == "sticky"
+    memory = flat_memory({"block_size": args.block_size, **overrides(args, memory_flags())})
     if args.no_memory:
-        overrides["memory_layers"] = []
+        memory["memory_layers"] = []
     settings: dict[str, Any] = {
         "task": "lm_finetune",
         "base_model": str(args.model),
-        "overrides": overrides,
+        "overrides": memory,
         "ltm_lr": args.ltm_lr,
         "data": {"source": str(args.data), "train_split": args.train_split, "block_size": args.block_size},
     }
@@ -343,7 +351,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
     check_splits(args.data, [args.train_split, *eval_splits(args)])
     tok = _hf_tokenizer(args.model, local)
     seed_everything(args.seed)
-    hf_model = _load_hf_memory_model(args.model, overrides, local)
+    hf_model = _load_hf_memory_model(args.model, memory, local)
     check_segment_length(args.block_size, _max_positions(hf_model), name="block_size")
     cache = args.cache_dir or str(run / "cache")
     train_corpus = _load_split(args.data, args.train_split, tok, cache)
@@ -395,8 +403,8 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "block_size": args.block_size,
         "lr": args.lr,
         "ltm_lr": args.ltm_lr,
-        "kl_weight": args.kl_weight,
-        "sticky": None if args.no_memory else bool(hf_model.memory_config.sticky),
+        "kl_weight": hf_model.memory_config.ltm.kl_weight,
+        "sticky": None if args.no_memory else bool(hf_model.memory_config.ltm.sticky),
         **result.summary(),
         "eval": {},
     }
@@ -454,13 +462,7 @@ MODEL_FLAGS: list[Flag] = [
     Flag("--mem-len", "mem_len", int, "short-term memory length", default=128),
     Flag("--cmem-len", "cmem_len", int, "compressive: compressed memory slots", default=64),
     Flag("--compression-rate", "compression_rate", int, "compressive: compression rate c", default=2),
-    Flag(
-        "--num-basis", "ltm_num_basis", int, "N: basis functions of the ∞-former's LTM", 128, dest="num_basis"
-    ),
-    Flag(
-        "--num-samples", "ltm_num_samples", int, "M: samples of the old signal (0 = N)", 0, dest="num_samples"
-    ),
-    Flag("--tau", "ltm_tau", float, "τ: share of [0, 1] for the contracted old memory", 0.5, dest="tau"),
+    *memory_flags(exclude=("sticky",)),  # the memory type decides sticky
 ]
 
 
@@ -483,9 +485,8 @@ def _apply_overrides(args: argparse.Namespace, changes: dict[str, Any], flags: l
 def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
     """ModelConfig from lm train's flags and --set overrides (which take precedence)."""
     given = overrides(args, MODEL_FLAGS)
-    if not given["ltm_num_samples"]:
-        given["ltm_num_samples"] = given["ltm_num_basis"]  # M = N by default
-    return ModelConfig(**{"vocab_size": vocab_size, **given, **parse_set(args.set, ModelConfig)})
+    aliases = {old: f"ltm.{new}" for old, new in MODEL_LEGACY_02.items()}  # 0.2's --set ltm_num_bins=8
+    return ModelConfig(**merge({"vocab_size": vocab_size}, given, parse_set(args.set, ModelConfig, aliases)))
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -565,16 +566,7 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--block-size", type=int, default=512, help="L: tokens per sequential block")
     f.add_argument("--epochs", type=float, default=1.0, help="used when --steps is 0")
     f.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the new LTM weights")
-    f.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL regularizer (0 = off)")
-    f.add_argument("--num-basis", type=int, default=None, help="N (default: the config's, 512)")
-    f.add_argument("--num-samples", type=int, default=None, help="M (default: the config's, 512)")
-    f.add_argument("--tau", type=float, default=None)
-    f.add_argument(
-        "--sampling",
-        choices=("sticky", "uniform"),
-        default=None,
-        help="where the M points of the old signal are sampled (default: the model's, sticky)",
-    )
+    add_flags(f, memory_flags())  # default: the model's memory settings, or the Hugging Face preset
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
     f.set_defaults(lm_func=lm_finetune)
     add_inspect_parser(  # lm inspect: what the long-term memory holds

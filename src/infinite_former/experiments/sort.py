@@ -22,11 +22,12 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 
+from ..attention import FORMAT_VERSION, LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
 from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig, memory_labels
 from ..training import TrainConfig, Trainer, find_checkpoint
@@ -40,9 +41,18 @@ from ..utils import (
     seed_everything,
     write_json,
 )
-from .flags import Flag, add_flags, float_list, int_list, overrides
+from .flags import Flag, add_flags, int_list, memory_flags, merge, overrides
+
+# The sort preset of the memory's settings (the CPU demo: N = 32, M = N, τ = 0.75); 0.2 held seven
+# of them flat under these names, the rest were LTMConfig's 0.2 defaults.
+LTM_PRESET: dict[str, Any] = {"num_basis": 32, "tau": 0.75, "widths": (0.01, 0.05), "ridge_lambda": 1.0}
+LEGACY_02: dict[str, str] = {
+    k: k for k in ("num_basis", "num_samples", "tau", "widths", "ridge_lambda", "num_bins", "kl_weight")
+}
+DEFAULTS_02: dict[str, Any] = {**LTM_DEFAULTS_02, **LTM_PRESET, "num_samples": None}
 
 
+@legacy_keywords(LEGACY_02, DEFAULTS_02)
 @dataclass
 class SortSettings:
     """Everything the sorting experiment needs; validated once (ValueError names the field).
@@ -51,6 +61,8 @@ class SortSettings:
     128/256/512, segments of 32, STM 32 + N = 32 (XL: 64 memories), a 2-layer d=64 model, 800
     steps of batch 16 on batches cycling through the lengths, both models trained at once (one
     process and one thread per model). paper_settings() holds the paper's configuration.
+    ltm: the memory's settings (an LTMConfig, or a dict of its settings over LTM_PRESET); each
+    model's memory type decides its ``sticky``.
     """
 
     models: tuple[str, ...] = ("infinite_sticky", "xl")
@@ -59,15 +71,9 @@ class SortSettings:
     num_symbols: int = 4
     segment_len: int = 32
     mem_len: int = 32
-    num_basis: int = 32  # N
-    num_samples: int | None = None  # M (None: N)
-    tau: float = 0.75
-    widths: tuple[float, ...] = (0.01, 0.05)
-    ridge_lambda: float = 1.0
-    num_bins: int = 128
-    kl_weight: float = 1e-6
-    xl_mem_len: int | None = None  # None: mem_len + num_basis (equal budget)
-    cmem_len: int | None = None  # None: num_basis
+    ltm: LTMConfig = field(default_factory=lambda: LTMConfig(**LTM_PRESET))
+    xl_mem_len: int | None = None  # None: mem_len + N (equal budget)
+    cmem_len: int | None = None  # None: N
     compression_rate: int = 2
     d_model: int = 64
     n_layers: int = 2
@@ -94,9 +100,9 @@ class SortSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.ltm = host_ltm(self.ltm, LTM_PRESET, "ltm")
         self.models = tuple(self.models)
         self.lengths = tuple(self.lengths)
-        self.widths = tuple(float(w) for w in self.widths)
         if not self.models:
             raise ValueError("models must name at least one memory type")
         bad = [m for m in self.models if m not in MEMORY_TYPES]
@@ -154,17 +160,13 @@ class SortSettings:
             dropout=self.dropout,
             memory_type=memory_type,
             mem_len=self.mem_len,
-            cmem_len=self.cmem_len or self.num_basis,
+            cmem_len=self.cmem_len or self.ltm.num_basis,
             compression_rate=self.compression_rate,
-            ltm_num_basis=self.num_basis,
-            ltm_num_samples=self.num_samples or self.num_basis,
-            ltm_tau=self.tau,
-            ltm_widths=self.widths,
-            ltm_ridge_lambda=self.ridge_lambda,
-            ltm_num_bins=self.num_bins,
-            kl_weight=self.kl_weight,
+            ltm=self.ltm,  # sticky: ModelConfig sets it from the memory type
         )
-        kw.update(MEMORY_TYPES[memory_type].equal_budget(self.mem_len, self.num_basis))  # mem_len + N each
+        kw.update(
+            MEMORY_TYPES[memory_type].equal_budget(self.mem_len, self.ltm.num_basis)
+        )  # mem_len + N each
         if self.cmem_len:  # explicit sizes win over the rule
             kw["cmem_len"] = self.cmem_len
         if memory_type == "xl" and self.xl_mem_len:
@@ -204,13 +206,15 @@ class SortSettings:
         return [(f"{m}-L{n}", m, (n,)) for m in self.models for n in self.lengths]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("models", "lengths", "widths"):
-            d[k] = list(d[k])
-        return d
+        """The saved form: the format version, the settings, the memory's nested under ``ltm``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ltm"}
+        d["models"], d["lengths"] = list(self.models), list(self.lengths)
+        return {"format_version": FORMAT_VERSION, **d, "ltm": self.ltm.settings()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SortSettings:
+        """Read saved settings (format 0.3, or 0.2 converted); every field must be there."""
+        d = read_host_dict(d, [f.name for f in fields(cls)], LEGACY_02, DEFAULTS_02, "SortSettings")
         return config_from_dict(cls, d)
 
 
@@ -224,9 +228,7 @@ def paper_settings(**overrides: Any) -> SortSettings:
         num_symbols=20,
         segment_len=1024,
         mem_len=1024,
-        num_basis=512,
-        num_samples=512,
-        tau=0.75,
+        ltm=dict(num_basis=512, num_samples=512),
         d_model=300,
         n_layers=3,
         n_heads=6,
@@ -241,8 +243,7 @@ def paper_settings(**overrides: Any) -> SortSettings:
         ckpt_every=1000,
         name="sort-paper",
     )
-    base.update(overrides)
-    return SortSettings(**base)
+    return SortSettings(**merge(base, overrides))
 
 
 # ------------------------------------------------------------------------- running
@@ -468,13 +469,7 @@ SORT_FLAGS: list[Flag] = [
     Flag(
         "--mem-len", "mem_len", int, "short-term memory (Transformer-XL mems) of the ∞-former / compressive"
     ),
-    Flag("--num-basis", "num_basis", int, "N, basis functions of the ∞-former's long-term memory"),
-    Flag("--num-samples", "num_samples", int, "M, samples of the old signal per update (default N)"),
-    Flag("--tau", "tau", float, "τ, contraction factor of the long-term memory"),
-    Flag("--widths", "widths", float_list, "RBF widths, comma-separated"),
-    Flag("--ridge-lambda", "ridge_lambda", float, "λ of the ridge regression"),
-    Flag("--num-bins", "num_bins", int, "D, bins of the sticky-memory density"),
-    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer"),
+    *memory_flags(exclude=("sticky",)),  # the memory type decides sticky
     Flag(
         "--xl-mem-len", "xl_mem_len", int, "Transformer-XL memory (default mem_len + num_basis: equal budget)"
     ),

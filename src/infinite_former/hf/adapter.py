@@ -30,10 +30,11 @@ from .causal_lm import (
     install_memory,
     memory_settings_of,
 )
-from .configuration import InfiniteGPT2Config
+from .gpt2_config import InfiniteGPT2Config
 from .layout import base_fingerprint, find_layout
+from .memory_config import MemoryConfig
 from .modeling import InfiniteGPT2LMHeadModel
-from .training_free import TrainingFreeMemory, check_no_weights
+from .training_free import TrainingFreeConfig, TrainingFreeMemory, check_no_weights
 
 
 def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -44,13 +45,32 @@ def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The settings saved by save_memory (ValueError naming the file if it is missing or bad)."""
+    """The settings saved by save_memory, ``memory_config`` read as a MemoryConfig (format 0.3, or
+    0.2 converted). ValueError naming the file and the field if it is missing, bad or mistyped."""
     path = Path(directory) / ADAPTER_CONFIG
     try:
         info = json.loads(path.read_text())
-        info["memory_config"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError) as err:
         raise ValueError(f"{path} is not a memory adapter config written by save_memory: {err}") from err
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a memory adapter config written by save_memory: not a JSON object")
+    for key in ("base_model_class", "memory_config"):
+        if key not in info:
+            raise ValueError(
+                f"{path} lacks the field {key!r}: not a memory adapter config written by save_memory"
+            )
+    if not isinstance(info["base_model_class"], str):
+        raise ValueError(f"{path}: base_model_class must be a string, got {info['base_model_class']!r}")
+    info["memory_config"], info["training_free"] = memory_settings_of(
+        info["memory_config"], f"{path}: memory_config"
+    )
+    host = info.get("memory_host")  # d_model, n_heads of the memory's host (absent in 0.2 adapters)
+    if host is not None and (
+        not isinstance(host, dict)
+        or sorted(host) != ["d_model", "n_heads"]
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in host.values())
+    ):
+        raise ValueError(f"{path}: memory_host must be {{'d_model': int, 'n_heads': int}}, got {host!r}")
     return info
 
 
@@ -58,9 +78,9 @@ def load_memory(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Give ``model`` (a causal LM) the memory saved in ``directory``; returns it.
 
     The base model's class and shape (hidden size, heads, layers) must be those the adapter was
-    saved from. A model that already has a memory gets the adapter's settings and weights in
-    place of its own. Everything (settings, the file, shapes, finite values) is checked before
-    the model is changed: on any error it is exactly as it was.
+    saved from. A model that already has a memory takes the adapter's weights only if its settings
+    are the adapter's; otherwise it is refused (never a mix). Everything (settings, the file,
+    shapes, finite values) is checked before the model is changed: on any error it is exactly as it was.
     """
     info = read_adapter_config(directory)
     saved_class = info.get("base_model_class")
@@ -69,14 +89,34 @@ def load_memory(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             f"the memory adapter in {directory} was saved from a {saved_class} "
             f"({info.get('base_model_name_or_path')}), not a {type(model).__name__}"
         )
-    config, free = memory_settings_of(info["memory_config"])
+    saved: MemoryConfig = info["memory_config"]
+    free = info["training_free"]
     layout = model.decoder_layout if isinstance(model, MemoryCausalLM) else find_layout(model)
+    what = f"the memory adapter in {directory}"
     if info.get("base_model") is not None:
-        check_fingerprint(
-            info["base_model"], base_fingerprint(model, layout), f"the memory adapter in {directory}"
-        )
+        check_fingerprint(info["base_model"], base_fingerprint(model, layout), what)
+    elif info.get("memory_host") is not None:  # adapters saved before the base model's fingerprint
+        here = {"d_model": layout.hidden_size, "n_heads": layout.num_heads}
+        if here != info["memory_host"]:
+            raise ValueError(
+                f"{what} was trained on a model with {info['memory_host']}, "
+                f"this {type(model).__name__} has {here}"
+            )
     tensors = load_safetensors_file(Path(directory) / ADAPTER_WEIGHTS, "memory adapter")
-    config, ltm = build_memory(model, config, free)
+    if isinstance(model, MemoryCausalLM):
+        differ = config_differences(
+            model.memory_config, saved.resolved(len(layout.layers), layout.max_positions)
+        )
+        has = None if model.training_free is None else model.training_free.to_dict()
+        wants = None if free is None else free.to_dict()
+        if has != wants:
+            differ["training_free"] = (has, wants)
+        if differ:
+            raise ValueError(
+                f"the model already has a memory whose settings differ from the adapter's in {directory}: "
+                f"{differ}; load the adapter onto the base model (without a memory)"
+            )
+    config, ltm = build_memory(model, saved, free)
     _load_ltm(ltm, {k.removeprefix("ltm."): v for k, v in tensors.items()}, directory)
     install_memory(model, config, ltm, free)
     return model
@@ -93,12 +133,14 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     return _from_pretrained(path, None, kwargs)
 
 
-def _from_pretrained(path: str | os.PathLike, overrides: dict[str, Any] | None, kwargs: dict[str, Any]):
+def _from_pretrained(path: str | os.PathLike, overrides: MemoryConfig | None, kwargs: dict[str, Any]):
+    """from_pretrained; ``overrides``: the memory settings to use in place of the saved ones."""
     config = AutoConfig.from_pretrained(path, **_hub_kwargs(kwargs))
     settings = getattr(config, "infinite_memory", None)
     if not isinstance(settings, dict):
         raise ValueError(f"{path} has no memory settings (config.infinite_memory): not saved from add_memory")
-    memory_config, free = memory_settings_of({**settings, **(overrides or {})})
+    saved, free = memory_settings_of(settings, f"{path}: config.json infinite_memory")
+    memory_config = overrides or saved
     tensors = {}
     for file in sorted(Path(path).glob("*.safetensors")):  # read and checked before the base model loads
         tensors.update(
@@ -144,17 +186,41 @@ def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory
     plain_gpt2 = config.model_type == "gpt2" and not isinstance(settings, dict)  # (not from add_memory)
     if plain_gpt2 or config.model_type == InfiniteGPT2Config.model_type:
         return InfiniteGPT2LMHeadModel.from_pretrained(path, **local, **memory_overrides)
+    overrides = dict(memory_overrides)
+    free = TrainingFreeConfig.of(overrides.pop("training_free", False))
     if isinstance(settings, dict):
+        saved, saved_free = memory_settings_of(settings, f"{path}: config.json infinite_memory")
+        wanted = MemoryConfig.from_keywords(**{**_keywords(saved), **overrides})
         fixed = sorted(
-            k
-            for k, v in memory_overrides.items()
-            if k not in ("block_size", "kl_weight") and settings.get(k) != v
+            k for k in config_differences(saved, wanted) if k not in ("block_size", "ltm.kl_weight")
         )
+        if "training_free" in memory_overrides and free != saved_free:
+            fixed.append("training_free")
         if fixed:
-            raise ValueError(f"{path} already has a memory; these settings cannot be overridden: {fixed}")
-        return _from_pretrained(path, memory_overrides, local)
-    memory_settings_of(memory_overrides)  # bad keywords fail before the weights load
-    return add_memory(AutoModelForCausalLM.from_pretrained(path, **local), **memory_overrides)
+            names = [k.removeprefix("ltm.") for k in fixed]
+            raise ValueError(f"{path} already has a memory; these settings cannot be overridden: {names}")
+        return _from_pretrained(path, wanted, local)
+    MemoryConfig.from_keywords(**overrides)  # bad keywords fail before the weights load
+    return add_memory(
+        AutoModelForCausalLM.from_pretrained(path, **local), training_free=free or False, **overrides
+    )
+
+
+def _keywords(config: MemoryConfig) -> dict[str, Any]:
+    """add_memory's keywords of a MemoryConfig."""
+    return {"block_size": config.block_size, "memory_layers": config.memory_layers, **config.ltm.settings()}
+
+
+def config_differences(a: MemoryConfig, b: MemoryConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (a's, b's)} where two memory configs differ (the settings as ``ltm.<name>``)."""
+    flat = [
+        {
+            **{k: v for k, v in c.to_dict().items() if k != "ltm"},
+            **{f"ltm.{k}": v for k, v in c.ltm.settings().items()},
+        }
+        for c in (a, b)
+    ]
+    return {k: (flat[0][k], flat[1][k]) for k in flat[0] if flat[0][k] != flat[1][k]}
 
 
 def _load_ltm(ltm: nn.ModuleList, tensors: dict[str, Tensor], source: Any) -> None:

@@ -48,9 +48,9 @@ from transformers.utils import ModelOutput
 from ..attention import LongTermAttention, MemoryProjections
 from ..memory import MemoryState
 from ..provenance import check_fingerprint
-from .config import MemoryConfig
 from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
+from .memory_config import MemoryConfig
 from .training_free import TrainingFreeConfig, TrainingFreeMemory
 
 ADAPTER_WEIGHTS = "memory_adapter.safetensors"
@@ -112,12 +112,12 @@ class MemoryCausalLM:
         c, layout = self.memory_config, self.decoder_layout
         return {
             **base_fingerprint(self, layout),
-            "num_basis": c.num_basis,
-            "num_bins": c.num_bins,
+            "num_basis": c.ltm.num_basis,
+            "num_bins": c.ltm.num_bins,
             "memory_layers": c.layer_ids(len(layout.layers)),
             "block_size": c.block_size,
-            "tau": c.tau,
-            "sticky": c.sticky,
+            "tau": c.ltm.tau,
+            "sticky": c.ltm.sticky,
             # a training-free memory holds the attention inputs, read through the layer's own weights
             "training_free": None if self.training_free is None else self.training_free.to_dict(),
         }
@@ -167,6 +167,11 @@ class MemoryCausalLM:
             "base_model_type": self.config.model_type,
             "base_model": base_fingerprint(self, self.decoder_layout),
             "memory_config": self.memory_settings,
+            # the host's sizes the memory was trained with (the weights alone do not show the heads)
+            "memory_host": {
+                "d_model": self.decoder_layout.hidden_size,
+                "n_heads": self.decoder_layout.num_heads,
+            },
         }
         (out / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
         return out
@@ -269,7 +274,7 @@ class MemoryCausalLM:
                 f"memory has block_size {memory.block_size} but the model uses {self.memory_config.block_size}"
             )
         b, s, e = batch_size, memory.slots.shape[-1], self.decoder_layout.hidden_size
-        n, d = self.memory_config.num_basis, self.memory_config.num_bins
+        n, d = self.memory_config.ltm.num_basis, self.memory_config.ltm.num_bins
         expected = [("slots", memory.slots, (b, s)), ("num_tokens", memory.num_tokens, (b,))]
         for i, (state, pending) in enumerate(zip(memory.ltm, memory.pending, strict=True)):
             expected += [
@@ -407,8 +412,8 @@ class MemoryCausalLM:
                 ignore_index=-100,
             )
             loss = lm_loss
-            if self.training and self.memory_config.kl_weight > 0 and len(self.ltm):
-                loss = lm_loss + self.memory_config.kl_weight * kl
+            if self.training and self.memory_config.ltm.kl_weight > 0 and len(self.ltm):
+                loss = lm_loss + self.memory_config.ltm.kl_weight * kl
         out = MemoryCausalLMOutput(
             loss=loss, logits=logits, memory=memory, cache=memory, lm_loss=lm_loss, kl=kl
         )
@@ -760,9 +765,9 @@ def add_memory(
 ) -> nn.Module:
     """Give a transformers causal LM an unbounded ∞-former memory in each decoder layer; returns it.
 
-    memory_config: the MemoryConfig keywords (block_size, num_basis, num_samples, tau, widths,
-    ridge_lambda, num_bins, sticky, gate, normalizer, min_sigma2, kl_sigma0, kl_weight,
-    memory_layers); unknown keywords raise a ValueError naming them. A model whose layout is not
+    memory_config: block_size, memory_layers, and the memory's settings flat (any LTMConfig
+    setting: num_basis, num_samples, tau, widths, ...) or as ``ltm`` (``MemoryConfig.from_keywords``);
+    unknown keywords raise a ValueError naming them. A model whose layout is not
     supported raises a ValueError naming its class. The model is changed in place (its class
     becomes a subclass of its own with this module's forward/generate, and ``model.ltm`` holds
     the new weights, on the model's device and dtype) and returned. The memory settings are
@@ -773,18 +778,23 @@ def add_memory(
     """
     if isinstance(model, MemoryCausalLM):
         raise ValueError(f"{type(model).__name__} already has a memory")
-    config, free = MemoryConfig.from_dict(memory_config), TrainingFreeConfig.of(training_free)
+    config, free = MemoryConfig.from_keywords(**memory_config), TrainingFreeConfig.of(training_free)
     config, ltm = build_memory(model, config, free)  # every check, before the model is changed
     install_memory(model, config, ltm, free)
     return model
 
 
-def memory_settings_of(settings: dict[str, Any]) -> tuple[MemoryConfig, TrainingFreeConfig | None]:
-    """add_memory's keywords (as saved: config.infinite_memory, memory_config.json) as
-    (MemoryConfig, TrainingFreeConfig or None); ValueError for unknown or bad ones."""
+def memory_settings_of(
+    settings: Any, source: str = "the memory settings"
+) -> tuple[MemoryConfig, TrainingFreeConfig | None]:
+    """Saved memory settings (config.infinite_memory, memory_config.json: ``memory_settings``, or
+    0.2's flat form) as (MemoryConfig, TrainingFreeConfig or None); ValueError naming ``source``
+    for unknown, missing or bad fields."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"{source} must be a JSON object, got {type(settings).__name__}")
     settings = dict(settings)
     free = TrainingFreeConfig.of(settings.pop("training_free", None))
-    return MemoryConfig.from_dict(settings), free
+    return MemoryConfig.from_dict(settings, source), free
 
 
 def build_memory(

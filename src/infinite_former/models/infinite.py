@@ -81,15 +81,15 @@ class InfiniteMemory(MemoryType):
 
     @classmethod
     def equal_budget(cls, mem_len: int, num_basis: int) -> dict[str, int]:
-        return {"mem_len": mem_len}  # + the LTM's N basis functions (ltm_num_basis)
+        return {"mem_len": mem_len}  # + the LTM's N basis functions (ltm.num_basis)
 
     @classmethod
     def budget_record(cls, fields: Mapping[str, Any]) -> dict[str, Any]:
-        f = fields
-        return {"mem_len": f["mem_len"], "num_basis": f["ltm_num_basis"], "num_samples": f["ltm_num_samples"]}
+        ltm = fields["ltm"]  # an LTMConfig (M = N when its num_samples is None)
+        return {"mem_len": fields["mem_len"], "num_basis": ltm.num_basis, "num_samples": ltm.samples}
 
     def state_size(self) -> int:
-        return self.config.mem_len + self.config.ltm_num_basis
+        return self.config.mem_len + self.config.ltm.num_basis
 
     def layer_module(self) -> nn.Module:
         return LongTermAttention(replace(self.config.ltm_config(), sticky=self.sticky))
@@ -188,7 +188,7 @@ class InfiniteMemory(MemoryType):
         if reads[0].record:  # return_densities
             extras["ltm_mu"] = [r.record["ltm_mu"] for r in reads]
             extras["ltm_sigma2"] = [r.record["ltm_sigma2"] for r in reads]
-        return state, self.config.kl_weight * kls.sum(), extras
+        return state, self.config.ltm.kl_weight * kls.sum(), extras
 
 
 class StickyInfiniteMemory(InfiniteMemory):

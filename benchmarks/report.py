@@ -32,6 +32,13 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
 
 
+def _params(n: dict | int) -> str:
+    """A parameter count: total, and what the memory adds where it adds weights."""
+    if isinstance(n, int):
+        return f"{n:,}"
+    return f"{n['total']:,}" + (f" ({n['memory']:,} memory)" if n["memory"] else "")
+
+
 def _machine(m: dict) -> str:
     threads = m.get("torch_threads")
     where = m.get("gpu") or m.get("cpu_model") or m.get("processor", "?")
@@ -278,7 +285,7 @@ def lm_shakespeare() -> str:
         + _machine(runs[0]["machine"])
         + ".",
         "",
-        f"| model | parameters | test perplexity, seed {seeds} | bits per byte, seed {seeds} "
+        f"| model | parameters (memory part) | test perplexity, seed {seeds} | bits per byte, seed {seeds} "
         "| perplexity, only the last 128 states kept (seed 0) |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -286,9 +293,8 @@ def lm_shakespeare() -> str:
         ppl = " / ".join(f"{r['models'][m]['test_ppl']:.2f}" for r in runs)
         bpb = " / ".join(f"{r['models'][m]['test_bpb']:.3f}" for r in runs)
         short = use.get(m, {}).get("test_ppl_short_term_only")
-        lines.append(
-            f"| {LABELS[m]} | {runs[0]['models'][m]['parameters']:,} | {ppl} | {bpb} | {_fmt(short, 2)} |"
-        )
+        params = _params(use.get(m, {}).get("num_parameters") or runs[0]["models"][m]["parameters"])
+        lines.append(f"| {LABELS[m]} | {params} | {ppl} | {bpb} | {_fmt(short, 2)} |")
     lines += [
         "",
         f"Paired by seed and play (`python benchmarks/lm_pairs.py`): difference in log perplexity, nats per "
@@ -450,12 +456,15 @@ def gpt2_finetune() -> str:
         + _machine(d["machine"])
         + ".",
         "",
-        "| model | test perplexity (mean) | per seed | bits per byte |",
-        "|---|---:|---|---:|",
+        "| model | parameters (memory part) | test perplexity (mean) | per seed | bits per byte |",
+        "|---|---:|---:|---|---:|",
     ]
     for name, m in d["models"].items():
         per = ", ".join(f"{x['test_ppl']:.2f}" for x in m.get("seeds", [])) or "–"
-        lines.append(f"| {GPT2_LABELS[name]} | {m['test_ppl']:.2f} | {per} | {m['test_bpb']:.3f} |")
+        params = _params(m["num_parameters"])
+        lines.append(
+            f"| {GPT2_LABELS[name]} | {params} | {m['test_ppl']:.2f} | {per} | {m['test_bpb']:.3f} |"
+        )
     lines += [
         "",
         "| comparison (log perplexity, nats/token, paired by seed and test play) | difference [95% CI] | verdict |",

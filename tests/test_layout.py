@@ -12,7 +12,7 @@ import infinite_former
 
 PACKAGE = Path(infinite_former.__file__).parent
 ROOT = "infinite_former"
-CORE = {"basis", "ridge", "continuous", "memory", "attention", "utils"}
+CORE = {"basis", "ridge", "continuous", "memory", "attention", "utils", "provenance"}
 TOOLS = {
     "stats",
     "plots",

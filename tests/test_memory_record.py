@@ -131,7 +131,7 @@ def tiny_lm(memory_type: str) -> InfiniteFormerLM:
     torch.manual_seed(0)
     cfg = dict(
         vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_inner=32, dropout=0.0, mem_len=8,
-        memory_type=memory_type, ltm_num_basis=16, ltm_num_samples=16, ltm_num_bins=8,
+        memory_type=memory_type, ltm=dict(num_basis=16, num_samples=16, num_bins=8),
     )  # fmt: skip
     model = InfiniteFormerLM(ModelConfig(**cfg)).eval()
     with torch.no_grad():  # a memory whose output is not negligible

@@ -29,8 +29,8 @@ V = 11
 def tiny(memory_type: str, **kw) -> ModelConfig:
     base = dict(
         vocab_size=V, d_model=16, n_layers=2, n_heads=2, d_inner=32, dropout=0.0, mem_len=4,
-        memory_type=memory_type, cmem_len=4, compression_rate=2, ltm_num_basis=8, ltm_num_samples=8,
-        ltm_num_bins=8,
+        memory_type=memory_type, cmem_len=4, compression_rate=2,
+        ltm={"num_basis": 8, "num_samples": 8, "num_bins": 8},
     )  # fmt: skip
     base.update(kw)
     return ModelConfig(**base)
@@ -44,12 +44,14 @@ def test_every_memory_type_spends_the_equal_budget(name):
     """equal_budget(m, N) gives each type a memory of m + N vectors per layer (its state_size)."""
     kind = memory_type_class(name)
     for mem_len, n in [(4, 8), (6, 16)]:
-        cfg = tiny(name, ltm_num_basis=n, ltm_num_samples=n, **kind.equal_budget(mem_len, n))
+        cfg = tiny(
+            name, ltm={"num_basis": n, "num_samples": n, "num_bins": 8}, **kind.equal_budget(mem_len, n)
+        )
         assert kind(cfg).state_size() == mem_len + n
 
 
 def test_sort_settings_give_every_type_the_same_budget():
-    s = SortSettings(models=tuple(MEMORY_TYPES), mem_len=8, num_basis=16, steps=1, eval_sequences=1)
+    s = SortSettings(models=tuple(MEMORY_TYPES), mem_len=8, ltm={"num_basis": 16}, steps=1, eval_sequences=1)
     sizes = {name: memory_type_class(name)(s.model_config(name)).state_size() for name in MEMORY_TYPES}
     assert sizes == dict.fromkeys(MEMORY_TYPES, 8 + 16)
     budget = s.memory_budget()
@@ -57,7 +59,7 @@ def test_sort_settings_give_every_type_the_same_budget():
     assert budget["xl"] == {"mem_len": 24} and budget["compressive"]["cmem_len"] == 16
     assert budget["infinite"] == {"mem_len": 8, "num_basis": 16, "num_samples": 16}
     # explicit sizes win over the rule
-    s = SortSettings(mem_len=8, num_basis=16, xl_mem_len=10, cmem_len=5, steps=1, eval_sequences=1)
+    s = SortSettings(mem_len=8, ltm={"num_basis": 16}, xl_mem_len=10, cmem_len=5, steps=1, eval_sequences=1)
     assert s.model_config("xl").mem_len == 10 and s.model_config("compressive").cmem_len == 5
 
 
@@ -111,12 +113,13 @@ def test_parameter_count_and_checkpoint_keys(name):
     ],
 )  # fmt: skip
 def test_state_dict_keys_are_those_of_0_2(name, keys):
-    """Saved memories keep 0.2's flat keys, and load back into the right memory type's state."""
+    """Saved memories keep 0.2's flat keys (plus 0.3's fingerprint of the model that made them), and
+    load back into the right memory type's state."""
     torch.manual_seed(0)
     model = InfiniteFormerLM(tiny(name)).eval()
     _, state = model(torch.randint(0, V, (2, 6)))
     d = state.state_dict()
-    assert list(d) == ["mem_valid", "mems.0", "mems.1", *keys]
+    assert list(d) == ["mem_valid", "fingerprint", "mems.0", "mems.1", *keys]
     back = LMState.from_state_dict(d)
     assert type(back.memory) is type(state.memory)
     assert back.state_dict().keys() == d.keys() and all(torch.equal(back.state_dict()[k], d[k]) for k in d)
@@ -143,10 +146,16 @@ def test_a_state_of_another_memory_type_is_refused():
     infinite = InfiniteFormerLM(tiny("infinite")).eval()
     tokens = torch.randint(0, V, (2, 6))
     _, state = compressive(tokens)
+    _, other = infinite(tokens)
+    with pytest.raises(ValueError, match="made by another model.*memory_type"):  # the fingerprint
+        infinite(tokens, state)
+    with pytest.raises(ValueError, match="made by another model.*memory_type"):
+        compressive(tokens, other)
+    state.fingerprint = other.fingerprint = None  # states saved before fingerprints: the type's check
     with pytest.raises(ValueError, match="no long-term memory"):
         infinite(tokens, state)
     with pytest.raises(ValueError, match="no compressed memory"):
-        compressive(tokens, infinite(tokens)[1])
+        compressive(tokens, other)
     with pytest.raises(ValueError, match="expected no memory beyond the STM"):
         InfiniteFormerLM(tiny("xl"))(tokens, state)
 

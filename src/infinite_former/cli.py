@@ -1,4 +1,4 @@
-"""The ``infinite-former`` command line: ``sort | lm | passkey | dialogue``.
+"""The ``infinite-former`` command line: ``sort | lm | passkey | probe | dialogue``.
 
     infinite-former sort                      # ∞-former (sticky) vs Transformer-XL, CPU, a few minutes
     infinite-former sort --preset paper       # the paper's sorting setup (GPU)
@@ -6,6 +6,7 @@
     infinite-former sort --name mine --resume # continue an interrupted run
     infinite-former lm train | eval | finetune | inspect ...
     infinite-former passkey --model DIR --distances 512 2048
+    infinite-former probe passkey | niah | vt | copy --model DIR ...
     infinite-former dialogue train | eval | chat ...
 
 Every subcommand lives in ``experiments/`` and registers itself with ``add_parser(subparsers)``,
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sort": ("sort", "the sorting task: ∞-former vs Transformer-XL / Compressive at an equal memory budget"),
     "lm": ("lm", "long-document language modeling (from scratch, or GPT-2 + memory)"),
     "passkey": ("passkey", "passkey retrieval: a model with memory reads a long prompt, answers a number"),
+    "probe": ("probe", "offline long-context probes (passkey, niah, vt, copy) for any causal LM"),
     "dialogue": ("dialogue", "document-grounded dialogue (CMU-DoG): GPT-2 + memory"),
 }
 

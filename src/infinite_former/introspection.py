@@ -344,7 +344,7 @@ def inspect_document(
         seg_len=seg_len,
         memory_type=c.memory_type,
         num_basis=ltm_cfg.num_basis,
-        num_samples=ltm_cfg.num_samples,
+        num_samples=ltm_cfg.samples,
         tau=ltm_cfg.tau,
         num_bins=ltm_cfg.num_bins,
         mem_len=c.mem_len,

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .memory_type import LayerRead, MemoryType, SegmentPlan, layer_tensors
+from .memory_type import LayerRead, MemoryType, SegmentPlan, layer_tensors, tensor_problem, vector_problems
 
 
 class Compressor(nn.Module):
@@ -221,6 +221,13 @@ class CompressiveMemory(MemoryType):
     def check_state(self, memory: Any, n_layers: int) -> None:
         if not isinstance(memory, CompressiveState) or len(memory.cmems) != n_layers:
             raise ValueError("state has no compressed memory, expected one for memory_type 'compressive'")
+
+    def shape_problems(
+        self, memory: CompressiveState, batch: int, e: int, layers: nn.ModuleList
+    ) -> list[str]:
+        return tensor_problem("cmem_valid", memory.cmem_valid, (batch,), count=True) + vector_problems(
+            "cmems", memory.cmems, batch, e
+        )
 
     def plan(self, memory: CompressiveState, mem_valid: Tensor, mem_width: int, T: int) -> SegmentPlan:
         c = self.config

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..attention import LongTermAttention, LTMRecord
 from ..memory import LTMState, UpdateRecord
-from .memory_type import LayerRead, MemoryType, SegmentPlan, layer_tensors
+from .memory_type import LayerRead, MemoryType, SegmentPlan, layer_tensors, tensor_problem, vector_problems
 
 
 @dataclass
@@ -81,15 +81,15 @@ class InfiniteMemory(MemoryType):
 
     @classmethod
     def equal_budget(cls, mem_len: int, num_basis: int) -> dict[str, int]:
-        return {"mem_len": mem_len}  # + the LTM's N basis functions (ltm_num_basis)
+        return {"mem_len": mem_len}  # + the LTM's N basis functions (ltm.num_basis)
 
     @classmethod
     def budget_record(cls, fields: Mapping[str, Any]) -> dict[str, Any]:
-        f = fields
-        return {"mem_len": f["mem_len"], "num_basis": f["ltm_num_basis"], "num_samples": f["ltm_num_samples"]}
+        ltm = fields["ltm"]  # an LTMConfig (M = N when its num_samples is None)
+        return {"mem_len": fields["mem_len"], "num_basis": ltm.num_basis, "num_samples": ltm.samples}
 
     def state_size(self) -> int:
-        return self.config.mem_len + self.config.ltm_num_basis
+        return self.config.mem_len + self.config.ltm.num_basis
 
     def layer_module(self) -> nn.Module:
         return LongTermAttention(replace(self.config.ltm_config(), sticky=self.sticky))
@@ -106,6 +106,21 @@ class InfiniteMemory(MemoryType):
     def check_state(self, memory: Any, n_layers: int) -> None:
         if not isinstance(memory, InfiniteState) or len(memory.ltm) != n_layers:
             raise ValueError(f"state has no long-term memory, expected one for memory_type {self.name!r}")
+
+    def shape_problems(self, memory: InfiniteState, batch: int, e: int, layers: nn.ModuleList) -> list[str]:
+        bad = (
+            []
+            if len(memory.ltm_pending) == len(layers)
+            else [f"ltm_pending has {len(memory.ltm_pending)} layers, needs {len(layers)}"]
+        )
+        bad += tensor_problem("ltm_pending_count", memory.ltm_pending_count, (batch,), count=True)
+        bad += vector_problems("ltm_pending", memory.ltm_pending, batch, e)
+        for i, (blk, s) in enumerate(zip(layers, memory.ltm)):
+            n, d = blk.ltm.config.num_basis, blk.ltm.config.num_bins
+            bad += tensor_problem(f"ltm[{i}].coeffs (batch, N, e)", s.coeffs, (batch, n, e))
+            bad += tensor_problem(f"ltm[{i}].length", s.length, (batch,), count=True)
+            bad += tensor_problem(f"ltm[{i}].bin_mass (batch, D)", s.bin_mass, (batch, d))
+        return bad
 
     def plan(self, memory: InfiniteState, mem_valid: Tensor, mem_width: int, T: int) -> SegmentPlan:
         plan = super().plan(memory, mem_valid, mem_width, T)
@@ -184,7 +199,7 @@ class InfiniteMemory(MemoryType):
         if reads[0].record is not None:  # recorded: the densities of the reads, per layer (b, H, T)
             extras["ltm_mu"] = [r.record.read.mu for r in reads]
             extras["ltm_sigma2"] = [r.record.read.sigma2 for r in reads]
-        return state, self.config.kl_weight * kls.sum(), extras
+        return state, self.config.ltm.kl_weight * kls.sum(), extras
 
 
 class StickyInfiniteMemory(InfiniteMemory):

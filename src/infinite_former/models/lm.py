@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..provenance import check_fingerprint
 from ..utils import check_int, describe
 from .config import ModelConfig
 from .layers import Block, sinusoid
-from .memory_type import SegmentPlan
+from .memory_type import SegmentPlan, tensor_problem, vector_problems
 from .registry import memory_type_class
 from .state import LMState
 
@@ -98,6 +99,22 @@ class InfiniteFormerLM(nn.Module):
 
     # -------------------------------------------------------------------------- state
 
+    def memory_fingerprint(self) -> dict[str, Any]:
+        """What a state must have been made by (provenance.py): memory type, e, H, layers and,
+        with a long-term memory, its N, D and schedule (τ, sticky)."""
+        c = self.config
+        fp: dict[str, Any] = {
+            "architecture": type(self).__name__,
+            "memory_type": c.memory_type,
+            "hidden_size": c.d_model,
+            "num_heads": c.n_heads,
+            "num_layers": c.n_layers,
+        }
+        ltm = next((blk.ltm.config for blk in self.layers if getattr(blk, "ltm", None) is not None), None)
+        if ltm is not None:
+            fp.update(num_basis=ltm.num_basis, num_bins=ltm.num_bins, tau=ltm.tau, sticky=ltm.sticky)
+        return fp
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LMState:
         """Empty memories for batch_size streams."""
         c = self.config
@@ -108,6 +125,7 @@ class InfiniteFormerLM(nn.Module):
             mems=[empty.clone() for _ in range(c.n_layers)],
             mem_valid=count,
             memory=self.memory.init_state(batch_size, self.layers, empty, count),
+            fingerprint=self.memory_fingerprint(),
         )
 
     # ------------------------------------------------------------------------ forward
@@ -160,7 +178,7 @@ class InfiniteFormerLM(nn.Module):
         loss = None
         if targets is not None:
             loss, extras["nll_sum"], extras["n_targets"] = self._loss(logits, targets, loss_mask)
-        new = LMState(mems=mems, mem_valid=plan.keep, memory=new_memory)
+        new = LMState(mems=mems, mem_valid=plan.keep, memory=new_memory, fingerprint=state.fingerprint)
         records = [read.record for read in reads] if return_record else None
         return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras, record=records), new
 
@@ -222,6 +240,7 @@ class InfiniteFormerLM(nn.Module):
         if state is not None:
             if not isinstance(state, LMState):
                 raise ValueError(f"state must be a LMState or None, got {type(state).__name__}")
+            check_fingerprint(state.fingerprint, self.memory_fingerprint(), "state")
             if state.batch_size != b:
                 raise ValueError(f"state has batch size {state.batch_size} but tokens have {b}")
             if len(state.mems) != c.n_layers:
@@ -229,6 +248,13 @@ class InfiniteFormerLM(nn.Module):
                     f"state has {len(state.mems)} layers of mems, expected n_layers={c.n_layers}"
                 )
             self.memory.check_state(state.memory, c.n_layers)
+            bad = tensor_problem("mem_valid", state.mem_valid, (b,), count=True)
+            bad += vector_problems("mems", state.mems, b, c.d_model)
+            bad += self.memory.shape_problems(state.memory, b, c.d_model, self.layers)
+            if bad:
+                raise ValueError(
+                    f"state does not fit this model (batch {b}, e={c.d_model}): {'; '.join(bad[:4])}"
+                )
         return b, T
 
 

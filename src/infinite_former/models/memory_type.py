@@ -30,7 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+
+from ..utils import describe
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,12 @@ class MemoryType:
                 f"for memory_type {self.name!r}"
             )
 
+    def shape_problems(self, memory: Any, batch: int, e: int, layers: nn.ModuleList) -> list[str]:
+        """What in the memory's state does not fit this model (after check_state): one line per
+        tensor, naming it and the shape it needs (``tensor_problem``). Checked before any torch
+        op sees the state, so a state from another model fails here and not inside a matmul."""
+        return []
+
     # ------------------------------------------------------------------ one call
 
     def plan(self, memory: Any, mem_valid: Tensor, mem_width: int, T: int) -> SegmentPlan:
@@ -176,3 +185,21 @@ def layer_tensors(d: dict[str, Tensor], prefix: str) -> list[Tensor]:
     while f"{prefix}.{len(out)}" in d:
         out.append(d[f"{prefix}.{len(out)}"])
     return out
+
+
+def tensor_problem(name: str, t: Any, shape: tuple[int | None, ...], count: bool = False) -> list[str]:
+    """[] if t is a tensor of that shape (None: any size) and kind (count: int64, else floating),
+    else one line saying what it is and what it needs."""
+    fits = (
+        isinstance(t, Tensor)
+        and t.dim() == len(shape)
+        and all(want is None or got == want for got, want in zip(t.shape, shape))
+        and (t.dtype == torch.long if count else t.is_floating_point())
+    )
+    return [] if fits else [f"{name} is {describe(t)}, needs {shape} {'int64' if count else 'float'}"]
+
+
+def vector_problems(name: str, ts: list[Tensor], batch: int, e: int) -> list[str]:
+    """Per-layer (batch, width, e) vectors with one width shared by the layers."""
+    width = ts[0].shape[1] if ts and isinstance(ts[0], Tensor) and ts[0].dim() == 3 else None
+    return [p for i, t in enumerate(ts) for p in tensor_problem(f"{name}[{i}]", t, (batch, width, e))]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..provenance import check_finite, decode_fingerprint, encode_fingerprint
 from .memory_type import layer_tensors
 from .registry import MEMORY_TYPES
 
@@ -25,6 +26,8 @@ class LMState:
                ``CompressiveState`` (cmems, cmem_valid) or ``InfiniteState`` (ltm, ltm_pending,
                ltm_pending_count). Its fields also read as attributes: ``state.ltm`` is
                ``state.memory.ltm``.
+    fingerprint: the model that made the state (InfiniteFormerLM.memory_fingerprint, provenance.py);
+               saved with it, checked by the model it is fed to. None: saved before fingerprints.
 
     The 0.2 flat keywords (``LMState(..., ltm=..., ltm_pending_count=...)``, also through
     dataclasses.replace) still work, with a DeprecationWarning: they go to the memory's state.
@@ -33,11 +36,20 @@ class LMState:
     mems: list[Tensor]
     mem_valid: Tensor
     memory: Any = None
+    fingerprint: dict[str, Any] | None = None
 
-    def __init__(self, mems: list[Tensor], mem_valid: Tensor, memory: Any = None, **legacy: Any) -> None:
+    def __init__(
+        self,
+        mems: list[Tensor],
+        mem_valid: Tensor,
+        memory: Any = None,
+        fingerprint: dict[str, Any] | None = None,
+        **legacy: Any,
+    ) -> None:
         self.mems = mems
         self.mem_valid = mem_valid
         self.memory = _legacy_memory(memory, legacy) if legacy else memory
+        self.fingerprint = fingerprint
 
     def __getattr__(self, name: str) -> Any:
         # only called for names that are not LMState's own: read them from the memory's state
@@ -66,6 +78,7 @@ class LMState:
             mems=[fn(t) for t in self.mems],
             mem_valid=fn(self.mem_valid),
             memory=None if self.memory is None else self.memory.map(fn),
+            fingerprint=self.fingerprint,
         )
 
     def detach(self) -> LMState:
@@ -89,8 +102,11 @@ class LMState:
         return self.map(lambda t: t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype))
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Flat dict of tensors (for checkpoints): mem_valid, mems.<layer>, then the memory's keys."""
+        """Flat dict of tensors (for checkpoints): mem_valid, the fingerprint (a uint8 tensor of its
+        JSON), mems.<layer>, then the memory's keys."""
         d: dict[str, Tensor] = {"mem_valid": self.mem_valid}
+        if self.fingerprint is not None:
+            d["fingerprint"] = encode_fingerprint(self.fingerprint)
         for i, t in enumerate(self.mems):
             d[f"mems.{i}"] = t
         if self.memory is not None:
@@ -98,16 +114,28 @@ class LMState:
         return d
 
     @classmethod
-    def from_state_dict(cls, d: dict[str, Tensor]) -> LMState:
+    def from_state_dict(cls, d: dict[str, Any]) -> LMState:
         """Inverse of state_dict; the memory's state class is the one whose MARKER key d holds."""
-        if "mem_valid" not in d:
+        if not isinstance(d, dict) or "mem_valid" not in d:
             raise ValueError("model state dict is missing 'mem_valid'")
+        bad = sorted(str(k) for k, v in d.items() if not isinstance(v, Tensor))
+        if bad:
+            raise ValueError(f"model state dict has entries that are not tensors: {bad[:5]}")
+        check_finite(d, "the model state dict")
         found = {k.state_class for k in MEMORY_TYPES.values() if k.state_class is not None}
         found = [s for s in found if s.MARKER in d]
         if len(found) > 1:
             raise ValueError(f"model state dict holds the states of several memory types: {found}")
-        memory = found[0].from_state_dict(d) if found else None
-        return cls(mems=layer_tensors(d, "mems"), mem_valid=d["mem_valid"], memory=memory)
+        try:
+            memory = found[0].from_state_dict(d) if found else None
+        except KeyError as e:
+            raise ValueError(f"model state dict is missing {e.args[0]!r} ({found[0].__name__})") from None
+        return cls(
+            mems=layer_tensors(d, "mems"),
+            mem_valid=d["mem_valid"],
+            memory=memory,
+            fingerprint=decode_fingerprint(d.get("fingerprint")),
+        )
 
 
 _FIELDS = frozenset(f.name for f in fields(LMState))

@@ -219,14 +219,14 @@ def test_lm_records_the_draws_and_densities_the_forward_used(memory_type, monkey
 # ------------------------------------------------------------------------------ Hugging Face model
 
 
-def tiny_hf(sticky: bool = True):
+def tiny_hf(sticky: bool = True, training_free: dict | None = None):
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
     )  # fmt: skip
     memory = dict(block_size=BLOCK, num_basis=16, num_samples=8, num_bins=8, widths=(0.05,), sticky=sticky)
-    model = add_memory(AutoModelForCausalLM.from_config(config), **memory).eval()
+    model = add_memory(AutoModelForCausalLM.from_config(config), training_free=training_free, **memory).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.memory_parameters():
@@ -306,3 +306,68 @@ def test_hf_records_the_densities_of_the_layer_queries(sticky):
     for hook in hooks:
         hook.remove()
     assert checked == 4 * 2
+
+
+@pytest.mark.parametrize("sticky", [True, False])
+def test_hf_training_free_memory_records_its_absorptions_and_reads(sticky):
+    """A training-free memory (no weights, read through the layer's own attention): the same logits
+    and memory with the record on; each block absorbed once, in order; the read's Gibbs moments lie
+    in [0, 1], valid once the memory holds tokens, and (sticky) give the bin mass the state kept."""
+    model = tiny_hf(sticky, training_free={"alpha": 0.5})
+    ids = torch.randint(2, 100, (1, 4 * BLOCK), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for record in (False, True):
+        torch.manual_seed(5)
+        memory, outs = None, []
+        with torch.no_grad():
+            for s in range(0, ids.shape[1], BLOCK):
+                outs.append(model(ids[:, s : s + BLOCK], memory=memory, return_record=record))
+                memory = outs[-1].memory
+        runs.append(outs)
+    absorbed = []
+    for s, (plain, out) in enumerate(zip(*runs, strict=True)):
+        assert plain.record is None and torch.equal(plain.logits, out.logits)
+        for a, b in zip(plain.memory.ltm, out.memory.ltm, strict=True):
+            assert torch.equal(a.coeffs, b.coeffs) and torch.equal(a.bin_mass, b.bin_mass)
+        (segment,) = out.record
+        assert len(segment.layers) == 2
+        absorbed += [(int(u.first[0]), u.count) for u in segment.layers[0].updates if u.absorbed[0]]
+        for ltm, layer, state in zip(model.ltm, segment.layers, out.memory.ltm, strict=True):
+            read = layer.read
+            assert read.mu.shape == read.sigma2.shape == (1, 2, BLOCK)
+            assert read.valid.all() == (s > 0)
+            assert bool(((read.mu >= 0) & (read.mu <= 1)).all())
+            assert bool((read.sigma2 >= ltm.config.min_sigma2).all())
+            if sticky and s > 0:
+                mass = bin_mass(ltm.normalizer.cdf, read.mu, read.sigma2, 8)
+                torch.testing.assert_close(mass, state.bin_mass)
+    assert absorbed == [(0, BLOCK), (BLOCK, BLOCK), (2 * BLOCK, BLOCK)]
+
+
+def test_hf_record_under_gradient_checkpointing_is_the_forward_one():
+    """Training with gradient checkpointing (the backward pass recomputes each memory read): the
+    records equal those of the same step without checkpointing, and the backward leaves them so."""
+    runs = []
+    for checkpointing in (False, True):
+        model = tiny_hf(sticky=True).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        ids = torch.randint(2, 100, (2, 3 * BLOCK + 3), generator=torch.Generator().manual_seed(0))
+        torch.manual_seed(5)
+        out = model(ids, labels=ids, return_record=True)
+        out.loss.backward()
+        runs.append(out.record)
+    plain, checkpointed = runs
+    assert [(s.start, s.length) for s in plain] == [(s.start, s.length) for s in checkpointed]
+    assert len(plain) == 4
+    for a, b in zip(plain, checkpointed, strict=True):
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            torch.testing.assert_close(lb.read.mu, la.read.mu, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(lb.read.sigma2, la.read.sigma2, atol=1e-6, rtol=1e-6)
+            assert torch.equal(la.read.valid, lb.read.valid)
+            assert len(la.updates) == len(lb.updates)
+            for ua, ub in zip(la.updates, lb.updates, strict=True):
+                assert torch.equal(ua.absorbed, ub.absorbed) and torch.equal(
+                    ua.samples.isnan(), ub.samples.isnan()
+                )
+                torch.testing.assert_close(ub.vectors, ua.vectors, atol=1e-6, rtol=1e-6)

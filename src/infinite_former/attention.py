@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .basis import GaussianBasis, check_layout
 from .continuous import NORMALIZERS
-from .memory import LTMState, bin_mass, check_tau, update_memory
+from .memory import LTMState, UpdateRecord, bin_mass, check_tau, update_memory
 from .utils import check_field_types, check_int, config_from_dict, describe, require_fields
 
 # Saved configs carry ``format_version``. 0.2 (no version) held the memory's settings flat; from 0.3 they
@@ -305,6 +305,30 @@ class MemoryProjections:
         return MemoryProjections(self.values.to(*args, **kwargs), self.score_weights.to(*args, **kwargs))
 
 
+@dataclass(frozen=True)
+class ReadRecord:
+    """What one memory read did (``return_record=True``): each query's density 𝒩(μ, σ²) (or the
+    sparsemax parabola with these moments) over [0, 1].
+
+    mu, sigma2: (batch, H, q) the μ, σ² the read used, detached, in >= float32; valid: (batch, q)
+    bool, the queries that counted (the row's memory is not empty, and query_mask).
+    """
+
+    mu: Tensor
+    sigma2: Tensor
+    valid: Tensor
+
+
+@dataclass
+class LTMRecord:
+    """What one layer's long-term memory did in one call, in order: its absorptions (an
+    :class:`~infinite_former.memory.UpdateRecord` each; ``absorbed`` says which rows took it), then
+    its read (None: not read)."""
+
+    updates: list[UpdateRecord] = field(default_factory=list)
+    read: ReadRecord | None = None
+
+
 def gaussian_kl(sigma2: Tensor, sigma0: float) -> Tensor:
     """KL(𝒩(μ, σ²) ‖ 𝒩(μ, σ₀²)) = ½(σ²/σ₀² - log(σ²/σ₀²) - 1), elementwise."""
     ratio = sigma2 / sigma0**2
@@ -346,9 +370,15 @@ class LongTermAttention(nn.Module):
         return LTMState.empty(batch_size, c.num_basis, c.d_model, c.num_bins, device, dtype)
 
     def update(
-        self, state: LTMState, new_vectors: Tensor, generator: torch.Generator | None = None
-    ) -> LTMState:
-        """Gate (optional) and absorb new_vectors (batch, L, e) into the memory."""
+        self,
+        state: LTMState,
+        new_vectors: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        return_record: bool = False,
+    ) -> LTMState | tuple[LTMState, UpdateRecord]:
+        """Gate (optional) and absorb new_vectors (batch, L, e) into the memory; with return_record,
+        also the UpdateRecord of the absorption (its vectors: the gated ones, as fit)."""
         x = new_vectors
         if self.gate is not None and x.shape[1] > 0:
             x = x * torch.sigmoid(self.gate_logits(x))
@@ -363,6 +393,7 @@ class LongTermAttention(nn.Module):
             edge_padding=c.edge_padding,
             sticky=c.sticky,
             generator=generator,
+            return_record=return_record,
         )
 
     def gate_logits(self, x: Tensor) -> Tensor:
@@ -434,8 +465,10 @@ class LongTermAttention(nn.Module):
         return_kl: bool = True,
         sticky_stats: bool | None = None,
         accumulate_mass: bool = False,
-    ) -> tuple[Tensor, LTMState, Tensor | None]:
-        """Read the memory: (out (batch, q, e), state with the new bin mass, KL (batch, H, q) or None).
+        return_record: bool = False,
+    ) -> tuple[Tensor, LTMState, Tensor | None] | tuple[Tensor, LTMState, Tensor | None, ReadRecord]:
+        """Read the memory: (out (batch, q, e), state with the new bin mass, KL (batch, H, q) or None),
+        and with return_record the ReadRecord of the densities it used.
 
         projections: ``self.projections(state, queries.dtype)``, computed here if None; pass it to
             reuse it for every read of the same state (token-by-token decoding).
@@ -470,6 +503,8 @@ class LongTermAttention(nn.Module):
             mass = bin_mass(self.normalizer.cdf, mu.detach(), sigma2.detach(), self.config.num_bins, weight)
             mass = mass.to(state.bin_mass.dtype)
             state = replace(state, bin_mass=state.bin_mass + mass if accumulate_mass else mass)
+        if return_record:
+            return out, state, kl, ReadRecord(mu.detach(), sigma2.detach(), valid.expand(b, q))
         return out, state, kl
 
     def attend(self, queries: Tensor, state: LTMState) -> tuple[Tensor, LTMState, Tensor]:
@@ -484,34 +519,57 @@ class LongTermAttention(nn.Module):
         *,
         return_kl: bool = False,
         generator: torch.Generator | None = None,
+        return_record: bool = False,
     ):
         """Absorb new_vectors, then attend with queries.
 
         queries: (batch, q, e) of the current segment; new_vectors: (batch, L, e)
         entering the memory (None or L = 0: no update); state: None for an
         empty memory. Returns (out (batch, q, e), state), plus the mean KL
-        regularizer over rows with memory, heads and queries if return_kl.
+        regularizer over rows with memory, heads and queries if return_kl, plus
+        the LTMRecord of the absorption and the read if return_record (last).
         Rows whose memory is empty get out = 0.
 
-        queries None: only absorb new_vectors and return the new state. This is
-        ``update`` as a module call, which FSDP's hooks see (hf/fsdp.py).
+        queries None: only absorb new_vectors and return the new state (and the
+        LTMRecord). This is ``update`` as a module call, which FSDP's hooks see (hf/fsdp.py).
         """
+        record = LTMRecord() if return_record else None
         if queries is None:
             if new_vectors is None or return_kl:
                 raise ValueError("queries=None (absorb only) needs new_vectors and return_kl=False")
             self._check_inputs(new_vectors, None, state, name="new_vectors")
             state = state if state is not None else self.init_state(new_vectors.shape[0], new_vectors.device)
-            return self.update(state, new_vectors, generator) if new_vectors.shape[1] > 0 else state
+            if new_vectors.shape[1] > 0:
+                state = self._update(state, new_vectors, generator, record)
+            return state if record is None else (state, record)
         self._check_inputs(queries, new_vectors, state)
         if state is None:
             state = self.init_state(queries.shape[0], queries.device, queries.dtype)
         if new_vectors is not None and new_vectors.shape[1] > 0:
-            state = self.update(state, new_vectors, generator)
-        out, state, kl = self.attend(queries, state)
-        if not return_kl:
-            return out, state
-        rows = (state.length > 0).sum().clamp_min(1)
-        return out, state, kl.sum() / (rows * kl.shape[1] * kl.shape[2])
+            state = self._update(state, new_vectors, generator, record)
+        out, state, kl, *read = self.read(queries, state, return_record=record is not None)
+        outputs = (out, state)
+        if return_kl:
+            rows = (state.length > 0).sum().clamp_min(1)
+            outputs += (kl.sum() / (rows * kl.shape[1] * kl.shape[2]),)
+        if record is not None:
+            record.read = read[0]
+            outputs += (record,)
+        return outputs
+
+    def _update(
+        self,
+        state: LTMState,
+        new_vectors: Tensor,
+        generator: torch.Generator | None,
+        record: LTMRecord | None,
+    ) -> LTMState:
+        """``update``, appending its UpdateRecord to ``record`` (if not None)."""
+        if record is None:
+            return self.update(state, new_vectors, generator)
+        state, done = self.update(state, new_vectors, generator, return_record=True)
+        record.updates.append(done)
+        return state
 
     # ---------------------------------------------------------------- checks
 

@@ -33,12 +33,12 @@ Three questions, one figure each:
    ‖X̄(t*) − x‖ / ‖x‖ is measured at t* = pos⁻¹(token), against the token's age. 1 is the error
    of remembering nothing (X̄ = 0).
 
-For an InfiniteFormerLM, the reading is the model's own forward, with one change: each segment's absorption (the vectors
-that left the short-term memory) is done here, with the same ``LongTermAttention.update``, before
-the model is called with no pending vectors, so the sample positions can be recorded. The result
-is the model's computation; only sticky sampling's random draws come from this module's seeded
-generator instead of the global RNG. (The Hugging Face reading changes nothing: see
-hf/introspection.py.)
+The reading is the model's own forward with ``return_record=True``: the model says what its
+memory did (attention.LTMRecord per layer: each absorption's UpdateRecord, with the sample
+positions and the τ it used and the vectors it fit, and each read's μ, σ²), and this module only
+reads that record; nothing is recomputed. Recording changes no number of the forward. The whole
+reading runs inside a fork of the global RNG seeded with ``InspectConfig.seed`` (sticky sampling
+draws from it), so the caller's random state is untouched and a seed gives the same report.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attention import LongTermAttention
-from .memory import LTMState, sticky_positions, uniform_positions
+from .attention import LongTermAttention, ReadRecord
+from .memory import LTMState, UpdateRecord
 from .plots import AgeCurve, plot_by_age, plot_sample_histograms
 from .ridge import midpoints, reconstruct
-from .utils import check_int, machine_info, write_json
+from .utils import check_int, machine_info, seeded_rng, write_json
 
 RECONSTRUCTION_AGES = (1_000, 10_000, 100_000)
 
@@ -104,6 +104,14 @@ class AgeMap:
         old = np.interp(s, t, self.pos)
         new = start + (t - tau) / (1.0 - tau) * count
         return replace(self, pos=np.where(t < tau, old, new))
+
+    def follow(self, update: UpdateRecord, row: int = 0) -> AgeMap:
+        """The map after the absorption ``update`` recorded (row ``row``), from the τ and the sample
+        positions the update used, so it follows whatever contraction the update made."""
+        contracted = bool(update.contracted[row])
+        samples = update.samples[row].double().cpu().numpy() if contracted else None
+        tau = float(update.tau[row])
+        return self.absorb(int(update.first[row]), update.count, tau, samples)
 
     def locate(self, coords: np.ndarray) -> np.ndarray:
         """t where the content of token coordinates ``coords`` sits now (inverse of pos)."""
@@ -308,28 +316,26 @@ def inspect_document(
     ]
     maps = [AgeMap.empty(cfg.grid_points) for _ in model.layers]
     cells = torch.linspace(0, 1, cfg.grid_points + 1, device=device, dtype=torch.float64)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     nll_sum, n_targets = 0.0, 0
     was_training = model.training
     model.eval()
     try:
-        state = model.init_state(1, device)
-        for start in range(0, n, seg_len):
-            state = _absorb_pending(model, state, maps, layers, gen, stride)
-            seg = ids[start : start + seg_len][None]
-            tgt = ids[start + 1 : start + seg_len + 1]
-            tgt = torch.cat([tgt, tgt.new_full((seg.shape[1] - tgt.numel(),), -1)])[None]  # -1: no target
-            out, state = model(seg, state, targets=tgt, return_densities=True)
-            nll_sum += float(out.extras["nll_sum"])
-            n_targets += int(out.extras["n_targets"])
-            for layer, blk in enumerate(model.layers):
-                if state.ltm[layer].length[0] == 0:
-                    continue
-                mu = out.extras["ltm_mu"][layer][0].double()  # (H, T)
-                sigma2 = out.extras["ltm_sigma2"][layer][0].double()
-                add_attention(
-                    layers[layer], maps[layer], blk.ltm.normalizer.cdf, mu, sigma2, start, cells, edges
-                )
+        with seeded_rng(cfg.seed, device):
+            state = model.init_state(1, device)
+            for start in range(0, n, seg_len):
+                seg = ids[start : start + seg_len][None]
+                tgt = ids[start + 1 : start + seg_len + 1]
+                tgt = torch.cat([tgt, tgt.new_full((seg.shape[1] - tgt.numel(),), -1)])[None]  # -1: no target
+                out, state = model(seg, state, targets=tgt, return_record=True)
+                nll_sum += float(out.extras["nll_sum"])
+                n_targets += int(out.extras["n_targets"])
+                for layer, (blk, record) in enumerate(zip(model.layers, out.record, strict=True)):
+                    for update in record.updates:
+                        maps[layer] = record_absorption(
+                            layers[layer], maps[layer], update, stride, ltm_cfg.num_bins
+                        )
+                    cdf = blk.ltm.normalizer.cdf
+                    add_read(layers[layer], maps[layer], cdf, record.read, start, cells, edges)
         measure_reconstruction([blk.ltm for blk in model.layers], state.ltm, maps, layers, n)
     finally:
         model.train(was_training)
@@ -353,64 +359,40 @@ def inspect_document(
     )
 
 
-def _absorb_pending(model, state, maps, layers, gen, stride):
-    """Absorb the vectors that left the STM (as the model would at the start of its next call),
-    recording the sample positions and the stored vectors; returns the state with nothing pending."""
-    if state.ltm_pending_count is None or int(state.ltm_pending_count[0]) == 0:
-        return state
-    count = int(state.ltm_pending_count[0])
-    new_ltm = []
-    for layer, blk in enumerate(model.layers):
-        old: LTMState = state.ltm[layer]
-        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteMemory._absorb
-        replay = torch.Generator(device=gen.device)
-        replay.set_state(gen.get_state())  # update_memory's first random draw is sticky_positions'
-        samples = sample_positions(blk.ltm, old, replay)
-        new_ltm.append(blk.ltm.update(old, x, generator=gen))
-        maps[layer] = record_absorption(layers[layer], maps[layer], blk.ltm, old, x, samples, stride)
-    nothing_pending = torch.zeros_like(state.ltm_pending_count)
-    return replace(state, memory=replace(state.memory, ltm=new_ltm, ltm_pending_count=nothing_pending))
-
-
-def sample_positions(
-    ltm: LongTermAttention, old: LTMState, generator: torch.Generator | None = None
-) -> Tensor | None:
-    """The M sorted positions s_m (M,) at which ``ltm.update(old, ...)`` samples row 0's old signal,
-    or None for an empty memory (a fresh fit). Sticky memories draw them like the update does,
-    from ``generator`` (the device's global RNG when None): the caller hands in a copy of the
-    generator state the update will use, so the same numbers are drawn."""
-    if int(old.length[0]) == 0:
-        return None
-    c, work = ltm.config, old.coeffs.dtype
-    if not c.sticky:
-        return uniform_positions(c.samples, old.coeffs.device, work)
-    return sticky_positions(old.bin_mass.to(work), c.samples, generator)[0]
-
-
 def record_absorption(
-    report: LayerReport,
-    age_map: AgeMap,
-    ltm: LongTermAttention,
-    old: LTMState,
-    x: Tensor,
-    samples: Tensor | None,
-    stride: int,
+    report: LayerReport, age_map: AgeMap, update: UpdateRecord, stride: int, num_bins: int
 ) -> AgeMap:
-    """Record one absorption of x (1, L, e) into row 0 of ``old`` (tokens [first, first + L), first =
-    the tokens already absorbed): the sticky histogram of ``samples`` (from :func:`sample_positions`),
-    the stored (gated) vectors of the tracked tokens (every ``stride``-th); returns the new age map."""
-    c = ltm.config
-    first, count = int(old.length[0]), x.shape[1]
-    if samples is not None and c.sticky:
-        report.sticky_histograms.append(
-            torch.histc(samples.float().cpu(), bins=c.num_bins, min=0, max=1).numpy()
-        )
+    """Record one absorption of row 0 as ``update`` recorded it (tokens [first, first + L), first =
+    the tokens already absorbed): the histogram of its sticky sample positions over num_bins (D)
+    bins, the stored (gated) vectors of the tracked tokens (every ``stride``-th); returns the new
+    age map. If row 0 did not take the update (``update.absorbed[0]`` False), nothing changes."""
+    if not bool(update.absorbed[0]):
+        return age_map
+    first, count = int(update.first[0]), update.count
+    if update.sticky and bool(update.contracted[0]):
+        samples = update.samples[0].float().cpu()
+        report.sticky_histograms.append(torch.histc(samples, bins=num_bins, min=0, max=1).numpy())
     report.absorptions += 1
-    stored = x * torch.sigmoid(ltm.gate_logits(x)) if ltm.gate is not None else x  # as ltm.update gates
+    stored = update.vectors[0]  # (L, e) as fit
     for j in range(-(-first // stride) * stride, first + count, stride):
         report.tracked_positions.append(j)
-        report.tracked_vectors.append(stored[0, j - first].float().cpu())
-    return age_map.absorb(first, count, c.tau, None if samples is None else samples.double().cpu().numpy())
+        report.tracked_vectors.append(stored[j - first].float().cpu())
+    return age_map.follow(update)
+
+
+def add_read(
+    report: LayerReport,
+    age_map: AgeMap,
+    cdf: Any,
+    read: ReadRecord,
+    start: int,
+    cells: Tensor,
+    edges: np.ndarray,
+) -> None:
+    """:func:`add_attention` for row 0 of a recorded read whose queries sit at token positions
+    start, start + 1, ...; nothing if row 0's memory was empty (no query counted)."""
+    if bool(read.valid[0].any()):
+        add_attention(report, age_map, cdf, read.mu[0].double(), read.sigma2[0].double(), start, cells, edges)
 
 
 def add_attention(

@@ -199,6 +199,48 @@ def bin_mass(cdf, mu: Tensor, sigma2: Tensor, num_bins: int, weight: Tensor | No
 # --------------------------------------------------------------------------- update
 
 
+@dataclass
+class UpdateRecord:
+    """What one ``update_memory`` call did (``return_record=True``): where each vector went in [0, 1].
+
+    Row b's memory held first[b] tokens, and the update absorbed its tokens first[b] .. first[b] + L - 1.
+    Rows with contracted[b] (non-empty memory): the old signal was sampled at samples[b] (s_1..s_M,
+    sorted: the bin midpoints, or sticky sampling's draws), sample m moved to τ_b(m + ½)/M, and new
+    vector j to τ_b + (1 - τ_b)(j + ½)/L (τ_b = tau[b]). Other rows (empty memory): a fresh fit on
+    [0, 1], vector j at (j + ½)/L. These are the positions the fit used, so the map from t to the
+    token whose content sits there follows any contraction (introspection.AgeMap.follow).
+
+    first: (batch,) int64; tau: (batch,) float64; samples: (batch, M), the working dtype (NaN in
+    rows that were not contracted); contracted: (batch,) bool; vectors: (batch, L, e) the vectors
+    fit (after the caller's gate), detached; sticky: how the samples were chosen; absorbed:
+    (batch,) bool, the rows whose state took this update (all, unless a caller kept some rows' old
+    state: ``only``).
+    """
+
+    first: Tensor
+    tau: Tensor
+    samples: Tensor
+    contracted: Tensor
+    vectors: Tensor
+    sticky: bool
+    absorbed: Tensor
+
+    @property
+    def count(self) -> int:
+        """L, the vectors absorbed per row."""
+        return self.vectors.shape[1]
+
+    def only(self, rows: Tensor) -> UpdateRecord:
+        """The record of a caller that kept the update only in ``rows`` ((batch,) bool)."""
+        return replace(self, absorbed=self.absorbed & rows)
+
+    def new_positions(self) -> Tensor:
+        """Where the fit put each new vector: (batch, L) float64 points of [0, 1]."""
+        u = ridge.midpoints(self.count).to(self.tau.device)  # (L,) (j + ½)/L
+        tau = torch.where(self.contracted, self.tau, 0.0)[:, None]  # a fresh fit spans [0, 1]
+        return tau + (1.0 - tau) * u
+
+
 def update_memory(
     state: LTMState,
     new_vectors: Tensor,
@@ -210,8 +252,10 @@ def update_memory(
     edge_padding: bool = False,
     sticky: bool = False,
     generator: torch.Generator | None = None,
-) -> LTMState:
-    """Absorb L new vectors (batch, L, e) into the memory; returns the new state.
+    return_record: bool = False,
+) -> LTMState | tuple[LTMState, UpdateRecord]:
+    """Absorb L new vectors (batch, L, e) into the memory; returns the new state, and with
+    return_record=True also the :class:`UpdateRecord` of what it did (nothing more is computed).
 
     Non-empty rows: contract the old signal to [0, τ] with M samples (uniform or
     sticky), put the new vectors on [τ, 1], refit. Empty rows: fit the new
@@ -225,7 +269,10 @@ def update_memory(
     x = new_vectors.to(work)
     num_new = x.shape[1]
     if num_new == 0:
-        return state
+        if not return_record:
+            return state
+        nothing = torch.zeros_like(state.length, dtype=torch.bool)
+        return state, _record(state, x, None, num_samples, tau, nothing, sticky, absorbed=False)
     common = dict(
         num_basis=basis.num_basis,
         widths=basis.widths,
@@ -236,6 +283,7 @@ def update_memory(
         dtype=work,
     )
     has_memory = state.length > 0  # (batch,)
+    positions = None  # (batch, M): the sample positions s_m, where drawn
     need_contract = need_fresh = True
     if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
         need_contract = bool(has_memory.any())
@@ -265,7 +313,39 @@ def update_memory(
         new_coeffs = contracted
     else:
         new_coeffs = torch.where(has_memory[:, None, None], contracted, fresh)
-    return LTMState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
+    new = LTMState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
+    if not return_record:
+        return new
+    if positions is None and not sticky:
+        positions = uniform_positions(num_samples, coeffs.device, work).expand(coeffs.shape[0], -1)
+    return new, _record(state, x, positions, num_samples, tau, has_memory, sticky)
+
+
+def _record(
+    state: LTMState,
+    x: Tensor,
+    positions: Tensor | None,
+    num_samples: int,
+    tau: float | Tensor,
+    contracted: Tensor,
+    sticky: bool,
+    absorbed: bool = True,
+) -> UpdateRecord:
+    """The UpdateRecord of an update of ``state`` with x (batch, L, e); positions: the (batch, M)
+    sample positions, None where no row was contracted; tau: the τ the contraction used, one for
+    all rows or (batch,) one per row."""
+    batch = x.shape[0]
+    if positions is None:
+        positions = x.new_full((batch, num_samples), torch.nan)
+    return UpdateRecord(
+        first=state.length.clone(),
+        tau=torch.as_tensor(tau, dtype=torch.float64, device=x.device).expand(batch).clone(),
+        samples=torch.where(contracted[:, None], positions.detach(), torch.nan),
+        contracted=contracted,
+        vectors=x.detach(),
+        sticky=sticky,
+        absorbed=torch.full((batch,), absorbed, dtype=torch.bool, device=x.device),
+    )
 
 
 def check_tau(tau: float) -> None:

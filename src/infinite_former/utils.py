@@ -10,6 +10,8 @@ import platform
 import random
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,6 +161,20 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed % 2**32)
     except ImportError:  # numpy is optional for the core
         pass
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Run the block with torch's global RNG (CPU, and ``device``'s if CUDA), from which sticky
+    sampling draws, seeded with ``seed``; the caller's RNG state is restored afterwards."""
+    dev = torch.device(device)
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if dev.type == "cuda":
+            with torch.cuda.device(dev):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def describe(x: Any) -> str:

@@ -45,8 +45,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from ..attention import LongTermAttention, MemoryProjections
-from ..memory import MemoryState
+from ..attention import LongTermAttention, LTMRecord, MemoryProjections, ReadRecord
+from ..memory import MemoryState, UpdateRecord
 from ..provenance import check_fingerprint
 from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
@@ -58,10 +58,26 @@ ADAPTER_CONFIG = "memory_config.json"
 
 
 @dataclass
+class SegmentRecord:
+    """What the memory did for one segment of a forward call (``return_record=True``): the tokens
+    start .. start + length - 1 of the call, which fit in every row's current block.
+
+    layers: per memory layer, an LTMRecord: the absorption of the finished blocks just before the
+    segment (its UpdateRecord, ``absorbed``: the rows whose block was absorbed; none if no row's
+    block was full) and the read of the segment's queries (μ, σ² (batch, H, length)).
+    """
+
+    start: int
+    length: int
+    layers: tuple[LTMRecord, ...]
+
+
+@dataclass
 class MemoryCausalLMOutput(ModelOutput):
     """loss = lm_loss + kl_weight · kl (KL only in training mode); logits (batch, T or
     logits_to_keep, vocab); memory: the state after these tokens (also as ``cache``, the name
-    generate() carries between steps); kl is None when no gradients are computed."""
+    generate() carries between steps); kl is None when no gradients are computed; record: with
+    return_record=True, what the memory did, one SegmentRecord per segment, in order (else None)."""
 
     loss: Tensor | None = None
     logits: Tensor | None = None
@@ -69,6 +85,7 @@ class MemoryCausalLMOutput(ModelOutput):
     cache: HFMemoryState | None = None
     lm_loss: Tensor | None = None
     kl: Tensor | None = None
+    record: list[SegmentRecord] | None = None
 
 
 class MemoryCausalLM:
@@ -197,7 +214,9 @@ class MemoryCausalLM:
             fingerprint=self.memory_fingerprint(),
         )
 
-    def absorb_blocks(self, memory: HFMemoryState, partial: bool = False) -> HFMemoryState:
+    def absorb_blocks(
+        self, memory: HFMemoryState, partial: bool = False, *, return_record: bool = False
+    ) -> HFMemoryState | tuple[HFMemoryState, tuple[UpdateRecord, ...]]:
         """Absorb every complete block (rows with block_size tokens) into each layer's LTM.
 
         Called when tokens arrive after a complete block. Sticky sampling uses the attention
@@ -205,12 +224,13 @@ class MemoryCausalLM:
         The update is computed for all rows and kept for the full ones, so the random draws
         of sticky sampling do not depend on which rows are full. partial=True also absorbs
         shorter blocks (every row holding tokens; those rows must hold equally many), e.g. to
-        end a block at a document or turn boundary.
+        end a block at a document or turn boundary. return_record: also the UpdateRecord of each
+        memory layer's absorption (``absorbed``: the rows absorbed), () when nothing was absorbed.
         """
         lengths = memory.block_lengths
         full = lengths > 0 if partial else lengths >= memory.block_size  # (batch,)
         if not bool(full.any()):
-            return memory
+            return (memory, ()) if return_record else memory
         n = int(lengths[full].max()) if partial else memory.block_size
         if partial and bool((lengths[full] != n).any()):
             raise ValueError(
@@ -219,14 +239,18 @@ class MemoryCausalLM:
         all_full = bool(full.all())
         # the slots of each row's block, in order (an absorbed row has exactly n of them)
         order = torch.argsort((~memory.slots).to(torch.int8), dim=1, stable=True)[:, :n]
-        states = []
+        states, updates = [], []
         for ltm, state, pending in zip(self.ltm, memory.ltm, memory.pending, strict=True):
             block = pending.gather(1, order[..., None].expand(-1, -1, pending.shape[-1]))  # (batch, L, e)
-            new = ltm(None, block, state)  # update as a module call: FSDP gathers its weights (hf/fsdp.py)
+            # the update as a module call: FSDP gathers its weights (hf/fsdp.py)
+            new = ltm(None, block, state, return_record=return_record)
+            if return_record:
+                new, record = new
+                updates.append(record.updates[0].only(full))
             if not all_full:
                 new = _where_rows(full, new, state)
             states.append(MemoryState(new.coeffs, new.length, state.bin_mass * ~full[:, None]))
-        return HFMemoryState(
+        absorbed = HFMemoryState(
             ltm=tuple(states),
             pending=memory.pending,
             kv=memory.kv,
@@ -235,6 +259,7 @@ class MemoryCausalLM:
             block_size=memory.block_size,
             fingerprint=memory.fingerprint,
         ).compact()
+        return (absorbed, tuple(updates)) if return_record else absorbed
 
     def _check_inputs(self, input_ids: Any, inputs_embeds: Any) -> Tensor:
         """input_ids (batch, T) or inputs_embeds (batch, T, e), exactly one, T >= 1: the one given."""
@@ -339,12 +364,16 @@ class MemoryCausalLM:
         past_key_values: Any = None,
         use_cache: bool | None = None,
         inputs_embeds: Tensor | None = None,
+        return_record: bool = False,
         **kwargs: Any,
     ) -> MemoryCausalLMOutput | tuple:
         """Process input_ids (batch, T), any T, after the text already in ``memory``.
 
         inputs_embeds: (batch, T, e) instead of input_ids (what the model's input embedding
         gives for ids, or any other vectors, e.g. soft prompts); not both.
+
+        return_record: out.record says what the memory did (SegmentRecord per segment: each
+        absorption's sample positions and vectors, each read's densities); same logits and memory.
 
         labels: (batch, T), shifted inside (as in transformers), -100 ignored; the loss covers
         the T - 1 predictions inside this call. shift_labels: (batch, T), already shifted
@@ -380,20 +409,29 @@ class MemoryCausalLM:
 
         need_kl = self.training or torch.is_grad_enabled()  # the KL regularizer is a training term
         logits, kl_sum, kl_count = [], 0.0, 0
+        records: list[SegmentRecord] | None = [] if return_record else None
         start = 0
         while start < total:
-            memory = self.absorb_blocks(memory)
+            updates: tuple[UpdateRecord, ...] = ()
+            if records is None:
+                memory = self.absorb_blocks(memory)
+            else:
+                memory, updates = self.absorb_blocks(memory, return_record=True)
             room = memory.block_size - memory.block_lengths  # (batch,) >= 1 after absorbing
             n = min(total - start, int(room.min()))
             keep = 0 if not logits_to_keep else min(n, max(0, logits_to_keep - (total - start - n)))
             seg_valid = None if valid is None else valid[:, start : start + n]
-            seg_logits, memory, seg_kl, seg_count = self._segment(
+            seg_logits, memory, seg_kl, seg_count, reads = self._segment(
                 tokens[:, start : start + n],
                 seg_valid,
                 memory,
                 (keep or 1) if logits_to_keep else 0,
                 need_kl,
+                record=records is not None,
             )
+            if records is not None:
+                layers = tuple(LTMRecord(list(updates[k : k + 1]), read) for k, read in enumerate(reads))
+                records.append(SegmentRecord(start, n, layers))
             if keep or not logits_to_keep:
                 logits.append(seg_logits)
             kl_sum, kl_count = kl_sum + seg_kl, kl_count + seg_count
@@ -415,15 +453,22 @@ class MemoryCausalLM:
             if self.training and self.memory_config.ltm.kl_weight > 0 and len(self.ltm):
                 loss = lm_loss + self.memory_config.ltm.kl_weight * kl
         out = MemoryCausalLMOutput(
-            loss=loss, logits=logits, memory=memory, cache=memory, lm_loss=lm_loss, kl=kl
+            loss=loss, logits=logits, memory=memory, cache=memory, lm_loss=lm_loss, kl=kl, record=records
         )
         return out if return_dict is not False else out.to_tuple()
 
     def _segment(
-        self, tokens: Tensor, valid: Tensor | None, memory: HFMemoryState, logits_to_keep: int, need_kl: bool
-    ) -> tuple[Tensor, HFMemoryState, Tensor | float, int]:
+        self,
+        tokens: Tensor,
+        valid: Tensor | None,
+        memory: HFMemoryState,
+        logits_to_keep: int,
+        need_kl: bool,
+        record: bool = False,
+    ) -> tuple[Tensor, HFMemoryState, Tensor | float, int, list[ReadRecord | None]]:
         """Run n tokens (ids (batch, n) or embeddings (batch, n, e)) that fit in every row's current
-        block: (logits, memory, KL sum, KL count)."""
+        block: (logits, memory, KL sum, KL count, per memory layer the ReadRecord of its read if
+        ``record``, else None)."""
         b, n = tokens.shape[:2]
         lengths = memory.block_lengths  # (batch,) tokens already in each row's block
         if valid is None:
@@ -435,7 +480,7 @@ class MemoryCausalLM:
         mask = None if bool(slots.all()) else slots.long()
         cache = _block_cache(memory.kv, len(self.decoder_layout.layers))
 
-        read = _BlockRead(self, memory, valid, need_kl)
+        read = _BlockRead(self, memory, valid, need_kl, record)
         layout = self.decoder_layout
         handles = read.register(layout, self.memory_config.layer_ids(len(layout.layers)))
         if any(map(_checkpointing, layout.layers)):
@@ -478,7 +523,7 @@ class MemoryCausalLM:
             ltm_cache=tuple(read.projections) if not torch.is_grad_enabled() else None,
             fingerprint=memory.fingerprint,
         ).compact()
-        return out.logits, new, read.kl_sum, read.kl_count
+        return out.logits, new, read.kl_sum, read.kl_count, read.records
 
     # ------------------------------------------------------------------ generate
 
@@ -567,10 +612,11 @@ class _BlockRead:
     """
 
     def __init__(
-        self, model: MemoryCausalLM, memory: HFMemoryState, valid: Tensor | None, need_kl: bool
+        self, model: MemoryCausalLM, memory: HFMemoryState, valid: Tensor | None, need_kl: bool, record: bool
     ) -> None:
-        self.model, self.memory, self.valid, self.need_kl = model, memory, valid, need_kl
+        self.model, self.memory, self.valid, self.need_kl, self.record = model, memory, valid, need_kl, record
         k = len(memory.ltm)
+        self.records: list[ReadRecord | None] = [None] * k  # with record: what each layer's read did
         self.inputs: list[Tensor | None] = [None] * k
         self.states: list[MemoryState | None] = list(memory.ltm)
         self.projections: list[MemoryProjections | None] = [None] * k
@@ -633,12 +679,20 @@ class _BlockRead:
             proj = memory.ltm_cache[k]  # (with gradients on, always recompute: they must reach W_V, W_K, W_Q)
         if proj is None:
             proj = ltm.projections(state, x.dtype)
-        z, new_state, kl = ltm.read(
-            x, state, proj, query_mask=self.valid, return_kl=self.need_kl, accumulate_mass=True
+        z, new_state, kl, *read = ltm.read(
+            x,
+            state,
+            proj,
+            query_mask=self.valid,
+            return_kl=self.need_kl,
+            accumulate_mass=True,
+            return_record=self.record,
         )
         if self.closed:  # a checkpoint's recomputation: same z, no second effect
             return z
         self.projections[k], self.states[k] = proj, new_state
+        if self.record:
+            self.records[k] = read[0]
         if kl is not None:
             self.kl_sum = self.kl_sum + kl.sum()
             valid_queries = (state.length > 0)[:, None] & (
@@ -847,6 +901,7 @@ def install_memory(
 __all__ = [
     "MemoryCausalLM",
     "MemoryCausalLMOutput",
+    "SegmentRecord",
     "add_memory",
     "build_memory",
     "install_memory",

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attention import LongTermAttention, LTMConfig
+from ..attention import LongTermAttention, LTMConfig, LTMRecord, ReadRecord
 from ..basis import GaussianBasis
 from ..continuous import NORMALIZERS
 from ..memory import LTMState, bin_mass
@@ -188,9 +188,15 @@ class TrainingFreeMemory(nn.Module):
     init_state = LongTermAttention.init_state
     update = LongTermAttention.update
 
-    def forward(self, queries: None, new_vectors: Tensor, state: LTMState) -> LTMState:
-        """Absorb new_vectors (batch, L, e): the call form of LongTermAttention's absorb-only forward."""
-        return self.update(state, new_vectors)
+    def forward(
+        self, queries: None, new_vectors: Tensor, state: LTMState, *, return_record: bool = False
+    ) -> LTMState | tuple[LTMState, LTMRecord]:
+        """Absorb new_vectors (batch, L, e): the call form of LongTermAttention's absorb-only forward
+        (with return_record, also the LTMRecord of the absorption)."""
+        if not return_record:
+            return self.update(state, new_vectors)
+        state, done = self.update(state, new_vectors, return_record=True)
+        return state, LTMRecord([done])
 
     def grid(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """The M grid points t_g (G,) and ψ(t_g) (G, N), in like's dtype and device."""
@@ -216,8 +222,10 @@ class TrainingFreeMemory(nn.Module):
         query_mask: Tensor | None = None,
         return_kl: bool = False,
         accumulate_mass: bool = False,
-    ) -> tuple[Tensor, LTMState, None]:
-        """(m (batch, q, e), state with the sticky bin mass, None): the memory's output for queries x."""
+        return_record: bool = False,
+    ) -> tuple[Tensor, LTMState, None] | tuple[Tensor, LTMState, None, ReadRecord]:
+        """(m (batch, q, e), state with the sticky bin mass, None): the memory's output for queries x;
+        with return_record also the ReadRecord of the moments μ, σ² of the Gibbs density on the grid."""
         layer = self.projections_of_layer
         kv = projections if projections is not None else self.projections(state, queries.dtype)
         q = layer.queries(queries)  # (batch, H, q, d)
@@ -244,6 +252,8 @@ class TrainingFreeMemory(nn.Module):
             mass = bin_mass(self.normalizer.cdf, mu.detach(), sigma2.detach(), self.config.num_bins, weight)
             mass = mass.to(state.bin_mass.dtype)
             state = replace(state, bin_mass=state.bin_mass + mass if accumulate_mass else mass)
+        if return_record:
+            return out, state, None, ReadRecord(mu.detach(), sigma2.detach(), valid.expand(-1, q.shape[2]))
         return out, state, None
 
     def mix(self, memory_output: Tensor, attention_output: Tensor, state: LTMState) -> Tensor:

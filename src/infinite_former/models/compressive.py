@@ -277,7 +277,7 @@ class CompressiveMemory(MemoryType):
         block: Tensor,
         h: Tensor,
         plan: SegmentPlan,
-        return_densities: bool,
+        record: bool,
     ) -> LayerRead:
         """Compress the vectors leaving the mems into new slots; nothing is added to Z_STM."""
         p: CompressionPlan = plan.extra

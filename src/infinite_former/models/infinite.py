@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..attention import LongTermAttention
-from ..memory import LTMState
+from ..attention import LongTermAttention, LTMRecord
+from ..memory import LTMState, UpdateRecord
 from .memory_type import LayerRead, MemoryType, SegmentPlan, layer_tensors, tensor_problem, vector_problems
 
 
@@ -139,29 +139,34 @@ class InfiniteMemory(MemoryType):
         block: Tensor,
         h: Tensor,
         plan: SegmentPlan,
-        return_densities: bool,
+        record: bool,
     ) -> LayerRead:
-        """Absorb the pending vectors, then read the LTM with the segment's normalised inputs."""
+        """Absorb the pending vectors, then read the LTM with the segment's normalised inputs.
+        record: LayerRead.record is the layer's LTMRecord (its absorptions and its read)."""
         ltm: LongTermAttention = blk.ltm
         queries = x[:, x.shape[1] - h.shape[1] :]  # (b, T, e)
         counts = plan.extra.absorb_counts
+        updates: list[UpdateRecord] | None = [] if record else None
         state = self._absorb(
-            blk, memory.ltm[layer], memory.ltm_pending[layer], memory.ltm_pending_count, counts
+            blk, memory.ltm[layer], memory.ltm_pending[layer], memory.ltm_pending_count, counts, updates
         )
-        record = {}
-        if return_densities:
-            mu, sigma2, _ = ltm.densities(queries, state)
-            record = {"ltm_mu": mu, "ltm_sigma2": sigma2}  # (b, H, T) each
-        z, state, kl = ltm(queries, None, state, return_kl=True)  # the long-term read Z_LTM
+        z, state, kl, *read = ltm(queries, None, state, return_kl=True, return_record=record)  # Z_LTM
         idle = list(ltm.gate.parameters()) if not counts and ltm.gate is not None else []
         pending = block[:, : plan.leaving].detach()  # absorbed next call
-        return LayerRead(z=z, state=(state, pending), aux=kl, idle=idle, record=record)
+        done = LTMRecord(updates, read[0].read) if record else None
+        return LayerRead(z=z, state=(state, pending), aux=kl, idle=idle, record=done)
 
     @staticmethod
     def _absorb(
-        blk: nn.Module, state: LTMState, pending: Tensor, count: Tensor, counts: list[int]
+        blk: nn.Module,
+        state: LTMState,
+        pending: Tensor,
+        count: Tensor,
+        counts: list[int],
+        updates: list[UpdateRecord] | None = None,
     ) -> LTMState:
-        """Absorb each row's pending vectors (its last count[i]) into the LTM.
+        """Absorb each row's pending vectors (its last count[i]) into the LTM; appends the
+        UpdateRecord of each update to ``updates`` (if not None).
 
         Rows usually share one count; otherwise one batched update per distinct count (not per
         row), each row taking the result of its own count, so every row gets exactly the fit a
@@ -172,7 +177,13 @@ class InfiniteMemory(MemoryType):
         x = blk.ln1(pending)
         out = state
         for n in counts:
-            out = out.merge(blk.ltm.update(state, x[:, width - n :]), count == n)
+            rows = count == n
+            if updates is None:
+                new = blk.ltm.update(state, x[:, width - n :])
+            else:
+                new, done = blk.ltm.update(state, x[:, width - n :], return_record=True)
+                updates.append(done.only(rows))
+            out = out.merge(new, rows)
         return out
 
     def finish(
@@ -185,9 +196,9 @@ class InfiniteMemory(MemoryType):
             ltm_pending_count=plan.extra.pending_count,
         )
         extras: dict[str, Any] = {"kl": kls.detach(), "ltm_length": state.ltm[0].length}
-        if reads[0].record:  # return_densities
-            extras["ltm_mu"] = [r.record["ltm_mu"] for r in reads]
-            extras["ltm_sigma2"] = [r.record["ltm_sigma2"] for r in reads]
+        if reads[0].record is not None:  # recorded: the densities of the reads, per layer (b, H, T)
+            extras["ltm_mu"] = [r.record.read.mu for r in reads]
+            extras["ltm_sigma2"] = [r.record.read.sigma2 for r in reads]
         return state, self.config.ltm.kl_weight * kls.sum(), extras
 
 

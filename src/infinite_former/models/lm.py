@@ -54,13 +54,18 @@ class LMOutput:
 
     extras: "nll_sum" and "n_targets" (sum / count behind loss), "kl" and "recon" per layer
     (unweighted, (n_layers,)), "ltm_length" (batch,) tokens absorbed by the LTM (layer 0),
-    and with return_densities=True "ltm_mu"/"ltm_sigma2": per layer (batch, H, T).
+    and with return_densities=True (or return_record) "ltm_mu"/"ltm_sigma2": per layer (batch, H, T).
+
+    record: with return_record=True, per layer what its memory did in this call (the memory type's
+    record: for infinite* an attention.LTMRecord, the absorptions with their sample positions and
+    the read's densities; None for types that record nothing); else None.
     """
 
     logits: Tensor
     loss: Tensor | None
     aux_loss: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
+    record: list[Any] | None = None
 
 
 class InfiniteFormerLM(nn.Module):
@@ -133,10 +138,12 @@ class InfiniteFormerLM(nn.Module):
         loss_mask: Tensor | None = None,
         *,
         return_densities: bool = False,
+        return_record: bool = False,
     ) -> tuple[LMOutput, LMState]:
         """tokens (batch, T) -> (LMOutput, new state). The new mems are detached; the returned
         state is not (LTM coefficients carry the gate's graph): call state.detach() between
-        truncated-backprop windows. Targets < 0 are ignored in the loss, like loss_mask False."""
+        truncated-backprop windows. Targets < 0 are ignored in the loss, like loss_mask False.
+        return_record: LMOutput.record says what each layer's memory did (same logits and state)."""
         b, T = self._check_inputs(tokens, state, targets, loss_mask)
         if state is None:
             state = self.init_state(b, tokens.device)
@@ -145,13 +152,14 @@ class InfiniteFormerLM(nn.Module):
         plan = memory.plan(state.memory, state.mem_valid, state.mems[0].shape[1], T)  # same for every layer
         pos, mask = self._positions(plan, T, h)
 
+        record = return_densities or return_record
         mems, reads = [], []
         for layer, blk in enumerate(self.layers):
             block = torch.cat([state.mems[layer], h], dim=1)  # (b, S, e) right-aligned [mem; segment]
             window = memory.window(state.memory, layer, block, h, state.mem_valid, plan)  # (b, window + T, e)
             x = blk.ln1(window)
             z = blk.attn(x, T, pos, mask)  # short-term attention Z_STM, after W_O
-            read = memory.read(blk, state.memory, layer, x, block, h, plan, return_densities)
+            read = memory.read(blk, state.memory, layer, x, block, h, plan, record)
             if read.z is not None:
                 z = z + read.z  # e.g. Z = Z_STM + Z_LTM, before the residual
             reads.append(read)
@@ -171,7 +179,8 @@ class InfiniteFormerLM(nn.Module):
         if targets is not None:
             loss, extras["nll_sum"], extras["n_targets"] = self._loss(logits, targets, loss_mask)
         new = LMState(mems=mems, mem_valid=plan.keep, memory=new_memory, fingerprint=state.fingerprint)
-        return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras), new
+        records = [read.record for read in reads] if return_record else None
+        return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras, record=records), new
 
     # ----------------------------------------------------------------------- steps
 

@@ -10,6 +10,8 @@ happens around it, and nothing else in the LM branches on the type:
 - ``read``: per layer, after the short-term attention: absorb what left the STM, read the memory
   (an output added to Z_STM, or none) and return the layer's new memory state and aux-loss term;
 - ``finish``: collect the layers into the new memory state, the weighted aux loss and the extras;
+- records: ``read(..., record=True)`` returns in ``LayerRead.record`` what the memory did in the
+  layer (the ∞-former: its absorptions and its read), which the LM's ``return_record`` hands out;
 - ``init_state`` / ``state_class``: the memory's own state (None when the STM is all it keeps),
   a dataclass with ``map``, ``state_dict`` and ``from_state_dict``, passed in and returned;
 - ``layer_module``: the per-layer module (registered on the Block under ``module_name``, which
@@ -56,13 +58,14 @@ class SegmentPlan:
 class LayerRead:
     """What a memory type returns for one layer: z (b, T, e) added to the short-term attention's
     output (None: nothing), the layer's new memory state, its aux-loss term (unweighted), the
-    parameters it did not use in this call, and per-layer records (e.g. densities)."""
+    parameters it did not use in this call, and, when asked to record, the type's record of what
+    it did in this layer (None: nothing recorded; the ∞-former's: an attention.LTMRecord)."""
 
     z: Tensor | None = None
     state: Any = None
     aux: Tensor | None = None
     idle: list[nn.Parameter] = field(default_factory=list)
-    record: dict[str, Tensor] = field(default_factory=dict)
+    record: Any = None
 
 
 class MemoryType:
@@ -162,10 +165,11 @@ class MemoryType:
         block: Tensor,
         h: Tensor,
         plan: SegmentPlan,
-        return_densities: bool,
+        record: bool,
     ) -> LayerRead:
         """After the short-term attention of layer `layer`: x (b, window + T, e) the normalised window,
-        block (b, S, e) = [mem; segment] before LN₁, h (b, T, e) the segment's layer inputs."""
+        block (b, S, e) = [mem; segment] before LN₁, h (b, T, e) the segment's layer inputs;
+        record: put the type's record of what it did in LayerRead.record."""
         return LayerRead()
 
     def finish(

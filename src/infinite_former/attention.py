@@ -24,8 +24,18 @@ from torch import Tensor, nn
 
 from .basis import GaussianBasis
 from .continuous import NORMALIZERS
-from .memory import LTMState, bin_mass, update_memory
+from .memory import SCHEDULES, LTMState, bin_mass, update_memory
 from .utils import check_int, config_from_dict, describe
+
+AUTO_WIDTHS = (1.0, 2.5)  # widths="auto": σ = c / N for each c (rule from benchmarks/reach.py)
+
+
+def auto_widths(num_basis: int) -> tuple[float, float]:
+    """RBF widths that scale with N: σ ∈ {1/N, 2.5/N}, i.e. about ½ and 1¼ of the spacing 2/N of
+    the N/2 centres per width (the paper's fixed {0.01, 0.05} are wider than the spacing for
+    N >~ 200, so neighbouring functions overlap and capacity is wasted; benchmarks/reach.py)."""
+    check_int("num_basis", num_basis, minimum=2, symbol="N")
+    return tuple(c / num_basis for c in AUTO_WIDTHS)
 
 
 @dataclass
@@ -34,6 +44,14 @@ class LTMConfig:
 
     Defaults follow the official GPT-2 configuration: N = M = 512, τ = 0.5,
     widths {0.005, 0.01}, λ = 0.5, D = 128 bins, σ² >= 1e-4, σ₀ = 0.05.
+
+    Beyond the paper (its behaviour is the default):
+    schedule: how τ is chosen at each update, ``fixed`` (the paper's τ), ``uniform_time``
+        (τ_k = n_old / (n_old + L): every absorbed token keeps an equal share of [0, 1]) or
+        ``power`` (τ_k = (n_old / (n_old + L))^power); exact positions in memory.contraction_tau.
+    power: the exponent p of the ``power`` schedule (> 0; 1 is ``uniform_time``).
+    widths: the RBF widths σ_k, or ``"auto"`` for widths that scale with N: (1/N, 2.5/N)
+        (see ``auto_widths``; {0.002, 0.005} at N = 512).
     """
 
     d_model: int  # e
@@ -41,7 +59,7 @@ class LTMConfig:
     num_basis: int = 512  # N
     num_samples: int = 512  # M
     tau: float = 0.5  # τ
-    widths: tuple[float, ...] = (0.005, 0.01)  # σ_k of the RBFs
+    widths: tuple[float, ...] | str = (0.005, 0.01)  # σ_k of the RBFs, or "auto"
     ridge_lambda: float = 0.5  # λ
     edge_padding: bool = False
     sticky: bool = True
@@ -52,9 +70,15 @@ class LTMConfig:
     gate: bool = True
     zero_init_output: bool = False  # start with out == 0 (e.g. to extend a pretrained model)
     check_finite: bool = True
+    schedule: str = "fixed"  # contraction schedule: fixed (paper), uniform_time, power
+    power: float = 2.0  # p of the power schedule
 
     def __post_init__(self) -> None:
-        self.widths = tuple(float(w) for w in self.widths)
+        if isinstance(self.widths, str):
+            if self.widths != "auto":
+                raise ValueError(f"widths must be a sequence of floats or 'auto', got {self.widths!r}")
+        else:
+            self.widths = tuple(float(w) for w in self.widths)
         check_int("d_model", self.d_model)
         check_int("n_heads", self.n_heads)
         if self.d_model % self.n_heads:
@@ -64,11 +88,18 @@ class LTMConfig:
         check_int("num_bins", self.num_bins, symbol="D")
         if not (0.0 < self.tau < 1.0):
             raise ValueError(f"tau (τ) must be in (0, 1), got {self.tau!r}")
-        if not self.widths or any(not (w > 0) or not math.isfinite(w) for w in self.widths):
+        widths = self.basis_widths
+        if not widths or any(not (w > 0) or not math.isfinite(w) for w in widths):
             raise ValueError(f"widths must be positive finite numbers, got {self.widths!r}")
-        if self.num_basis % len(self.widths):
+        if self.num_basis % len(widths):
             raise ValueError(
-                f"num_basis (N={self.num_basis}) must be a multiple of len(widths)={len(self.widths)}"
+                f"num_basis (N={self.num_basis}) must be a multiple of len(widths)={len(widths)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not isinstance(self.power, (int, float)) or not (0 < self.power < math.inf):
+            raise ValueError(
+                f"power (exponent of the 'power' schedule) must be > 0 and finite, got {self.power!r}"
             )
         for name in ("ridge_lambda", "min_sigma2", "kl_sigma0"):
             value = getattr(self, name)
@@ -76,6 +107,11 @@ class LTMConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if self.normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer must be one of {sorted(NORMALIZERS)}, got {self.normalizer!r}")
+
+    @property
+    def basis_widths(self) -> tuple[float, ...]:
+        """The RBF widths σ_k in use: ``widths``, or ``auto_widths(N)`` for ``"auto"``."""
+        return auto_widths(self.num_basis) if self.widths == "auto" else self.widths
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +159,7 @@ class LongTermAttention(nn.Module):
         self.config = config
         e, n = config.d_model, config.num_basis
         self.head_dim = e // config.n_heads
-        self.basis = GaussianBasis(n, config.widths)
+        self.basis = GaussianBasis(n, config.basis_widths)
         self.normalizer = NORMALIZERS[config.normalizer](self.basis)
         self.query = nn.Linear(e, e, bias=False)
         self.key = nn.Linear(e, e, bias=False)
@@ -163,6 +199,8 @@ class LongTermAttention(nn.Module):
             edge_padding=c.edge_padding,
             sticky=c.sticky,
             generator=generator,
+            schedule=c.schedule,
+            power=c.power,
         )
 
     def gate_logits(self, x: Tensor) -> Tensor:

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from .attention import LongTermAttention
-from .memory import LTMState, sticky_positions, uniform_positions
+from .memory import LTMState, contraction_tau, sticky_positions, uniform_positions
 from .ridge import midpoints, reconstruct
 from .utils import check_int, machine_info, write_json
 
@@ -408,7 +408,8 @@ def record_absorption(
     for j in range(-(-first // stride) * stride, first + count, stride):
         report.tracked_positions.append(j)
         report.tracked_vectors.append(stored[0, j - first].float().cpu())
-    return age_map.absorb(first, count, c.tau, None if samples is None else samples.double().cpu().numpy())
+    tau = float(contraction_tau(old.length[:1], count, c.schedule, c.tau, c.power)[0])  # τ_k of this update
+    return age_map.absorb(first, count, tau, None if samples is None else samples.double().cpu().numpy())
 
 
 def add_attention(

@@ -31,7 +31,7 @@ class MemoryConfig:
     num_basis: int = 512
     num_samples: int = 512
     tau: float = 0.5
-    widths: tuple[float, ...] = (0.005, 0.01)
+    widths: tuple[float, ...] | str = (0.005, 0.01)  # or "auto"
     ridge_lambda: float = 0.5
     num_bins: int = 128
     sticky: bool = True
@@ -41,11 +41,14 @@ class MemoryConfig:
     kl_sigma0: float = 0.05
     kl_weight: float = 1e-6
     memory_layers: tuple[int, ...] | None = None
+    schedule: str = "fixed"  # LTMConfig.schedule
+    power: float = 2.0  # LTMConfig.power
 
     def __post_init__(self) -> None:
         if self.block_size is not None:
             check_int("block_size", self.block_size, symbol="L")
-        self.widths = tuple(float(w) for w in self.widths)
+        if not isinstance(self.widths, str):
+            self.widths = tuple(float(w) for w in self.widths)
         if self.memory_layers is not None:
             for i in self.memory_layers:
                 check_int("memory_layers", i, minimum=0)
@@ -56,7 +59,7 @@ class MemoryConfig:
             self.memory_layers = tuple(sorted(int(i) for i in self.memory_layers))
         if not (self.kl_weight >= 0) or not math.isfinite(self.kl_weight):
             raise ValueError(f"kl_weight must be a finite number >= 0, got {self.kl_weight!r}")
-        self.ltm_config(d_model=2 * len(self.widths), n_heads=1)  # validates N, M, τ, widths, λ, D, ...
+        self.ltm_config(d_model=2, n_heads=1)  # validates N, M, τ, widths, λ, D, ...
 
     # ------------------------------------------------------------------ model-dependent checks
 
@@ -96,13 +99,16 @@ class MemoryConfig:
             gate=self.gate,
             zero_init_output=True,
             check_finite=False,
+            schedule=self.schedule,
+            power=self.power,
         )
 
     # ------------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["widths"] = list(self.widths)
+        if not isinstance(self.widths, str):
+            d["widths"] = list(self.widths)
         d["memory_layers"] = None if self.memory_layers is None else list(self.memory_layers)
         return d
 

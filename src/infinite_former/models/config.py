@@ -34,7 +34,7 @@ class ModelConfig:
     ltm_num_basis: int = 128
     ltm_num_samples: int = 128
     ltm_tau: float = 0.5
-    ltm_widths: tuple[float, ...] = (0.01, 0.05)
+    ltm_widths: tuple[float, ...] | str = (0.01, 0.05)  # or "auto" (LTMConfig)
     ltm_ridge_lambda: float = 1.0
     ltm_num_bins: int = 128
     ltm_normalizer: str = "softmax"
@@ -44,9 +44,12 @@ class ModelConfig:
     ltm_min_sigma2: float = 1e-4
     tie_weights: bool = True
     max_segment_len: int | None = None
+    ltm_schedule: str = "fixed"  # LTMConfig.schedule
+    ltm_power: float = 2.0  # LTMConfig.power
 
     def __post_init__(self) -> None:
-        self.ltm_widths = tuple(float(w) for w in self.ltm_widths)
+        if not isinstance(self.ltm_widths, str):
+            self.ltm_widths = tuple(float(w) for w in self.ltm_widths)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_inner"):
             check_int(name, getattr(self, name), 1)
         if self.d_model % self.n_heads:
@@ -108,11 +111,14 @@ class ModelConfig:
             min_sigma2=self.ltm_min_sigma2,
             kl_sigma0=self.kl_sigma0,
             gate=self.ltm_gate,
+            schedule=self.ltm_schedule,
+            power=self.ltm_power,
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["ltm_widths"] = list(self.ltm_widths)
+        if not isinstance(self.ltm_widths, str):
+            d["ltm_widths"] = list(self.ltm_widths)
         return d
 
     @classmethod

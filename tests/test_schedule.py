@@ -162,3 +162,30 @@ def test_config_validation_and_auto_widths():
         ModelConfig(vocab_size=5, ltm_schedule="nope")
     with pytest.raises(ValueError, match="schedule must be one of"):
         contraction_tau(torch.ones(1), 4, "nope")
+
+
+def test_add_memory_and_the_gpt2_config_take_the_new_options(tmp_path):
+    """add_memory(schedule=, widths="auto") builds memories that follow the schedule (the memory after
+    3 blocks differs from the paper's τ), and InfiniteGPT2Config saves and reloads the options."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from infinite_former.hf import InfiniteGPT2Config, add_memory
+
+    base = dict(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=50, bos_token_id=0, eos_token_id=1)
+    memory = dict(block_size=8, num_basis=16, num_samples=16, num_bins=8, sticky=False)
+    x = torch.randint(0, 50, (1, 32), generator=torch.Generator().manual_seed(0))
+    coeffs = {}
+    for schedule in ("fixed", "uniform_time"):
+        torch.manual_seed(0)
+        model = add_memory(AutoModelForCausalLM.from_config(GPT2Config(**base)), schedule=schedule,
+                           widths="auto", **memory).eval()  # fmt: skip
+        ltm = model.ltm[0]
+        assert ltm.config.schedule == schedule and ltm.basis.widths == auto_widths(16)
+        with torch.no_grad():
+            coeffs[schedule] = model(x).memory.ltm[0].coeffs
+    assert not torch.allclose(coeffs["fixed"], coeffs["uniform_time"])
+    cfg = InfiniteGPT2Config(**base, **memory, schedule="power", power=3.0, widths="auto")
+    cfg.save_pretrained(tmp_path)
+    again = InfiniteGPT2Config.from_pretrained(tmp_path)
+    assert (again.schedule, again.power, again.widths) == ("power", 3.0, "auto")
+    assert again.ltm_config().basis_widths == auto_widths(16)

@@ -35,7 +35,7 @@ class InfiniteGPT2Config(GPT2Config):
     num_basis: int = 512
     num_samples: int = 512
     tau: float = 0.5
-    widths: list[float] | tuple[float, ...] = (0.005, 0.01)
+    widths: list[float] | tuple[float, ...] | str = (0.005, 0.01)  # or "auto"
     ridge_lambda: float = 0.5
     num_bins: int = 128
     sticky: bool = True
@@ -46,11 +46,14 @@ class InfiniteGPT2Config(GPT2Config):
     kl_weight: float = 1e-6
     block_size: int | None = None
     memory_layers: list[int] | None = None
+    schedule: str = "fixed"  # LTMConfig.schedule
+    power: float = 2.0  # LTMConfig.power
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.block_size is None:
             self.block_size = min(512, self.n_positions)
-        self.widths = [float(w) for w in self.widths]
+        if not isinstance(self.widths, str):
+            self.widths = [float(w) for w in self.widths]
         if self.memory_layers is not None:
             self.memory_layers = [int(i) for i in self.memory_layers]
         kwargs.pop("model_type", None)  # a plain GPT-2 config.json says "gpt2": this one is "infinite-gpt2"

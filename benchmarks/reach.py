@@ -31,6 +31,7 @@ around those points. With a real model the pattern follows the queries.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -265,12 +266,45 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+BANDS = ((0, "last block"), (512, "512-1k"), (1024, "1-2k"), (2048, "2-8k"), (8192, "8-16k"))
+
+
+def table(result: dict, sampling: str = "uniform") -> str:
+    """Mean relative error per age band (the last block: ages below N), one row per setting."""
+    edges = np.array(result["age_bin_edges"])
+    lines = ["| N | signal | schedule | widths | " + " | ".join(b for _, b in BANDS) + " |"]
+    lines.append("|" + "---|" * (4 + len(BANDS)))
+    for r in result["rows"]:
+        if r["sampling"] != sampling:
+            continue
+        err = np.array([np.nan if v is None else v for v in r["error_by_age"]])
+        cells = []
+        for i, (lo, _) in enumerate(BANDS):
+            lo, hi = (
+                (0, r["num_basis"]) if i == 0 else (lo, BANDS[i + 1][0] if i + 1 < len(BANDS) else np.inf)
+            )
+            sel = (edges[:-1] >= lo) & (edges[1:] <= hi)
+            cells.append(f"{np.nanmean(err[sel]):.2f}" if sel.any() else "-")
+        lines.append(
+            f"| {r['num_basis']} | {r['signal']} | {r['schedule']} | {r['widths']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (seconds)")
     parser.add_argument("--out", default=None, help="output stem (default results/reach_cpu or reach_quick)")
+    parser.add_argument(
+        "--table", choices=("uniform", "sticky"), help="print the age-band table of the results"
+    )
     args = parser.parse_args()
     stem = Path(args.out) if args.out else ROOT / "results" / ("reach_quick" if args.quick else "reach_cpu")
+    if args.table:
+        print(table(json.loads(stem.with_suffix(".json").read_text()), args.table))
+        return
     result = run(args.quick)
     write_json(stem.with_suffix(".json"), result)
     plot(result, stem.with_suffix(".png"))

@@ -14,12 +14,13 @@ from infinite_former.attention import auto_widths
 from infinite_former.basis import gaussian_pdf, rbf_layout
 from infinite_former.hf.config import MemoryConfig
 from infinite_former.introspection import AgeMap, LayerReport, record_absorption, sample_positions
-from infinite_former.memory import LTMState, contraction_tau, update_memory
+from infinite_former.memory import LTMState, contraction_tau, sticky_positions, update_memory
 from infinite_former.models import InfiniteFormerLM, ModelConfig
 
 
-def reference_update(coeffs, length, x, n, widths, m, lam, schedule, tau, power):
-    """One row, float64, straight from the definitions: B_new = argmin Σ‖Bᵀψ(t_i) − y_i‖² + λ‖B‖²."""
+def reference_update(coeffs, length, x, n, widths, m, lam, schedule, tau, power, samples=None):
+    """One row, float64, straight from the definitions: B_new = argmin Σ‖Bᵀψ(t_i) − y_i‖² + λ‖B‖².
+    samples: the M positions s_m of the old signal (None: uniform midpoints)."""
     mu, sigma = rbf_layout(n, widths)
     psi = lambda t: gaussian_pdf(t[:, None], mu, sigma**2)  # noqa: E731  (T, N)
     num_new = x.shape[0]
@@ -28,22 +29,26 @@ def reference_update(coeffs, length, x, n, widths, m, lam, schedule, tau, power)
     else:
         frac = length / (length + num_new)
         t_k = {"fixed": tau, "uniform_time": frac, "power": frac**power}[schedule]
-        s = (torch.arange(m, dtype=torch.float64) + 0.5) / m  # uniform samples of the old signal
-        old = psi(s) @ coeffs  # (M, e)
+        s = (torch.arange(m, dtype=torch.float64) + 0.5) / m if samples is None else samples
+        old = psi(s) @ coeffs  # X̄_old(s_m): (M, e), placed evenly on [0, τ_k] whatever the s_m
+        even = (torch.arange(m, dtype=torch.float64) + 0.5) / m
         pos = torch.cat(
-            [s * t_k, t_k + (torch.arange(num_new, dtype=torch.float64) + 0.5) / num_new * (1 - t_k)]
+            [even * t_k, t_k + (torch.arange(num_new, dtype=torch.float64) + 0.5) / num_new * (1 - t_k)]
         )
         ys = torch.cat([old, x])
     f = psi(pos)  # (M + L, N)
     return torch.linalg.solve(f.T @ f + lam * torch.eye(n, dtype=torch.float64), f.T @ ys)
 
 
+@pytest.mark.parametrize("sticky", [False, True])
 @pytest.mark.parametrize("schedule", ["fixed", "uniform_time", "power"])
-def test_update_matches_float64_reference_with_rows_of_different_lengths(schedule):
-    """Rows whose memories hold different token counts (one reset, one empty) get their own τ_k."""
+def test_update_matches_float64_reference_with_rows_of_different_lengths(schedule, sticky):
+    """Rows whose memories hold different token counts (one reset, one empty) get their own τ_k;
+    sticky: the old signal is sampled where the bin mass says (the same draws as the update's)."""
     torch.manual_seed(0)
     n, m, e, lam = 16, 12, 3, 0.3
-    cfg = dict(num_samples=m, tau=0.6, ridge_lambda=lam, schedule=schedule, power=1.7)
+    gen = torch.Generator().manual_seed(3)
+    cfg = dict(num_samples=m, tau=0.6, ridge_lambda=lam, schedule=schedule, power=1.7, sticky=sticky)
     basis = LongTermAttention(LTMConfig(d_model=e, n_heads=1, num_basis=n, widths="auto", gate=False)).basis
     state = LTMState.empty(3, n, e, 4, dtype=torch.float64)
     ref, lengths = [torch.zeros(n, e, dtype=torch.float64)] * 3, [0, 0, 0]
@@ -52,9 +57,14 @@ def test_update_matches_float64_reference_with_rows_of_different_lengths(schedul
             state = state.reset(torch.arange(3) == step)
             ref[step], lengths[step] = torch.zeros(n, e, dtype=torch.float64), 0
         x = torch.randn(3, size, e, dtype=torch.float64)
-        state = update_memory(state, x, basis, **cfg)
+        state.bin_mass = torch.rand(3, 4, dtype=torch.float64) ** 3  # uneven mass over D = 4 bins
+        samples = sticky_positions(state.bin_mass, m, torch.Generator().set_state(gen.get_state()))
+        state = update_memory(state, x, basis, generator=gen, **cfg)
         for r in range(3):
-            ref[r] = reference_update(ref[r], lengths[r], x[r], n, basis.widths, m, lam, schedule, 0.6, 1.7)
+            s_r = samples[r] if sticky else None
+            ref[r] = reference_update(
+                ref[r], lengths[r], x[r], n, basis.widths, m, lam, schedule, 0.6, 1.7, s_r
+            )
             lengths[r] += size
     torch.testing.assert_close(state.length, torch.tensor(lengths))
     torch.testing.assert_close(state.coeffs, torch.stack(ref), rtol=1e-9, atol=1e-9)

@@ -46,6 +46,7 @@ from infinite_former.stats import paired_comparison, seeds_won
 from infinite_former.training import Trainer
 from infinite_former.training.records import RunRecords, finished_run, settings_hash
 from infinite_former.utils import machine_info, seed_everything
+from reach import cpu_flags  # benchmarks/reach.py (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "results" / "recall_cpu_runs"
@@ -150,7 +151,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     recs = RunRecords(RECORDS, settings_key()).load(names)
     s = base_settings(0, "")
     tasks: dict[str, dict] = {}
-    pairs, table = [], []
+    pairs, table, accuracy_table = [], [], []
     for task in TASKS:
         done = {v: sorted(recs[f"{task}-{v}"]) for v in VARIANTS if recs[f"{task}-{v}"]}
         if not done:
@@ -198,9 +199,20 @@ def cmd_summarize(args: argparse.Namespace) -> None:
                 p = paired_comparison(x, np.full_like(x, chance), names=(v, "chance"))
                 above.append({"model": v, "distance": d, **p})
         tasks[task] = {"chance_accuracy": chance, "models": models, "vs_chance": above}
+        accuracy_table.append(
+            f"| {task} (chance {chance:.3f}) | " + " | ".join(f"D={d}" for d in TEST_DISTANCES) + " |"
+        )
+        accuracy_table.append("|---|" + "---|" * len(TEST_DISTANCES))
+        for v in done:
+            cells = []
+            for d in TEST_DISTANCES:
+                p = next(x for x in above if x["model"] == v and x["distance"] == d)
+                mark = {"within noise": "", f"{v} better": " ↑", "chance better": " ↓"}[p["verdict"]]
+                cells.append(f"{models[v]['accuracy'][str(d)]['mean']:.3f}{mark}")
+            accuracy_table.append(f"| {v} ({len(done[v])} seeds) | " + " | ".join(cells) + " |")
     first = next(iter(recs[n][k] for n in names for k in recs[n]), None)
     result = {
-        "machine": first["machine"] if first else machine_info(),
+        "machine": {**(first["machine"] if first else machine_info()), "cpu_flags": cpu_flags()},
         "config": {
             "settings": {
                 k: v for k, v in s.to_dict().items() if k not in ("seed", "out", "name", "models", "lengths")
@@ -221,6 +233,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         "complete": all(len(recs[n]) >= 3 for n in names),
         "tasks": tasks,
         "pairs": pairs,
+        "accuracy_table": accuracy_table,  # ↑ / ↓: the 95% CI of (accuracy − chance) excludes 0
         "table": [
             "| task | D | pair | mean diff | 95% CI | seeds | verdict |",
             "|---|---|---|---|---|---|---|",
@@ -229,7 +242,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     }
     OUT.write_text(json.dumps(result, indent=1))
     plot(result, OUT.with_suffix(".png"))
-    print("\n".join(result["table"]))
+    print("\n".join(accuracy_table + [""] + result["table"]))
 
 
 def plot(result: dict, path: Path) -> None:

@@ -16,7 +16,9 @@ defaults: 2 layers, d 64, segments of 32, STM 32 + N = 32):
                    widths {0.01, 0.05}, uniform samples),
   infinite_sticky  the same with sticky samples,
   infinite_reach   the same LTM with the options of benchmarks/reach.py: schedule uniform_time,
-                   widths "auto", uniform samples (see BEST).
+                   widths "auto", uniform samples (see BEST);
+  ablations (gist only, --variants): infinite_auto_widths (widths "auto" alone) and
+                   infinite_uniform_time (the schedule alone).
 Every model of a (task, seed) trains on the same batches, cycling through the training distances
 (32: the content is (mostly) inside the short-term windows, a control that the task is learnt; 256: only a
 long-term state can hold it), then is tested on the same held-out sequences (split "test", items never seen in training) at every
@@ -53,6 +55,13 @@ RECORDS = ROOT / "results" / "recall_cpu_runs"
 OUT = ROOT / "results" / "recall_cpu.json"
 VARIANTS = ("xl", "compressive", "infinite", "infinite_sticky", "infinite_reach")
 BEST = dict(ltm_schedule="uniform_time", ltm_widths="auto")  # infinite_reach, from benchmarks/reach.py
+# the two halves of BEST alone (--variants ...): which of them makes the difference
+ABLATIONS = ("infinite_auto_widths", "infinite_uniform_time")
+LTM_OPTIONS = {
+    "infinite_reach": BEST,
+    "infinite_auto_widths": dict(ltm_widths="auto"),
+    "infinite_uniform_time": dict(ltm_schedule="uniform_time"),
+}
 # D = 32 puts the content inside XL's 96-token window and mostly inside the others' 64-token short-term
 # window (all but its first few tokens): the control that shows a model learnt the task; D = 256 needs the long-term state. Longer distances
 # are tests of the same models (CPU time).
@@ -74,9 +83,9 @@ def settings_key() -> str:
 
 
 def model_config(s: SortSettings, variant: str) -> ModelConfig:
-    memory_type = "infinite" if variant == "infinite_reach" else variant
+    memory_type = "infinite" if variant in LTM_OPTIONS else variant
     cfg = dataclasses.replace(s.model_config(memory_type), vocab_size=RecallConfig("gist", 0).vocab_size)
-    return dataclasses.replace(cfg, **BEST) if variant == "infinite_reach" else cfg
+    return dataclasses.replace(cfg, **LTM_OPTIONS.get(variant, {}))
 
 
 def stream(task: str, distances: tuple[int, ...], split: str, seed: int, segment_len: int, batch: int):
@@ -147,13 +156,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    names = [f"{t}-{v}" for t in TASKS for v in VARIANTS]
+    names = [f"{t}-{v}" for t in TASKS for v in VARIANTS + ABLATIONS]
     recs = RunRecords(RECORDS, settings_key()).load(names)
     s = base_settings(0, "")
     tasks: dict[str, dict] = {}
     pairs, table, accuracy_table = [], [], []
     for task in TASKS:
-        done = {v: sorted(recs[f"{task}-{v}"]) for v in VARIANTS if recs[f"{task}-{v}"]}
+        done = {v: sorted(recs[f"{task}-{v}"]) for v in VARIANTS + ABLATIONS if recs[f"{task}-{v}"]}
         if not done:
             continue
         models = {}
@@ -175,9 +184,10 @@ def cmd_summarize(args: argparse.Namespace) -> None:
                 },
             }
         chance = RecallConfig(task, 0).chance_accuracy
-        for a, b in [("infinite_reach", x) for x in VARIANTS if x != "infinite_reach"] + [
+        for a, b in [("infinite_reach", x) for x in VARIANTS + ABLATIONS if x != "infinite_reach"] + [
             ("infinite", "xl"),
             ("infinite_sticky", "xl"),
+            *((x, "infinite") for x in ABLATIONS),
         ]:
             common = sorted(set(done.get(a, [])) & set(done.get(b, [])))
             if not common:
@@ -220,7 +230,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
             "train_distances": list(TRAIN_DISTANCES),
             "test_distances": list(TEST_DISTANCES),
             "variants": list(VARIANTS),
-            "infinite_reach": BEST,
+            "ablations": list(ABLATIONS),
+            "ltm_options": LTM_OPTIONS,
             "memory_budget": s.memory_budget(),
             "metric": "answer-token accuracy per held-out test sequence (teacher forcing); the same "
             f"{s.eval_sequences} test sequences per distance for every model of a seed",
@@ -230,7 +241,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
                 "python benchmarks/recall.py summarize",
             ],
         },
-        "complete": all(len(recs[n]) >= 3 for n in names),
+        "complete": all(len(recs[f"{t}-{v}"]) >= 3 for t in TASKS for v in VARIANTS),
         "tasks": tasks,
         "pairs": pairs,
         "accuracy_table": accuracy_table,  # ↑ / ↓: the 95% CI of (accuracy − chance) excludes 0
@@ -279,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train and test variants for some seeds (skips finished records)")
     r.add_argument("--task", choices=TASKS, required=True)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + ABLATIONS)
     r.add_argument("--runs-dir", default="runs/bench-recall")
     sub.add_parser("summarize", help="write results/recall_cpu.json and .png from the records")
     args = p.parse_args(argv)

@@ -168,6 +168,9 @@ def test_config_validation_and_auto_widths():
         LTMConfig(d_model=4, n_heads=1, schedule="power", power=0.0)
     with pytest.raises(ValueError, match="'auto'"):
         LTMConfig(d_model=4, n_heads=1, widths="wide")
+    with pytest.raises(ValueError, match="needs RBF widths >= 1/N"):  # diverges: benchmarks/reach.py
+        LTMConfig(d_model=4, n_heads=1, num_basis=32, widths=(0.01, 0.05), schedule="uniform_time")
+    assert LTMConfig(d_model=4, n_heads=1, num_basis=32, widths=(0.01, 0.05)).schedule == "fixed"
     with pytest.raises(ValueError, match="invalid ltm_"):
         ModelConfig(vocab_size=5, ltm_schedule="nope")
     with pytest.raises(ValueError, match="schedule must be one of"):

@@ -59,8 +59,8 @@ class LTMConfig:
         ``power`` (τ_k = (n_old / (n_old + L))^power); exact positions in memory.contraction_tau.
     power: the exponent p of the ``power`` schedule (> 0; 1 is ``uniform_time``).
     widths: the RBF widths σ_k, or ``"auto"`` for widths that scale with N: (1/N, 2.5/N)
-        (see ``auto_widths``; {0.002, 0.005} at N = 512). With ``uniform_time`` / ``power``, keep
-        every width >= about 1/N: narrower ones make the repeated refits unstable.
+        (see ``auto_widths``; {0.002, 0.005} at N = 512). ``uniform_time`` / ``power`` refuse widths
+        below 1/N: narrower ones make their repeated refits diverge (to NaN in training).
     """
 
     d_model: int  # e
@@ -106,6 +106,12 @@ class LTMConfig:
             )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule != "fixed" and min(widths) * self.num_basis < 1 - 1e-9:
+            raise ValueError(
+                f"schedule {self.schedule!r} needs RBF widths >= 1/N = {1 / self.num_basis:.4g}, got "
+                f"{min(widths):.4g}: narrower widths make its repeated refits diverge "
+                "(benchmarks/reach.py); use widths='auto'"
+            )
         if not isinstance(self.power, (int, float)) or not (0 < self.power < math.inf):
             raise ValueError(
                 f"power (exponent of the 'power' schedule) must be > 0 and finite, got {self.power!r}"

@@ -54,14 +54,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "results" / "recall_cpu_runs"
 OUT = ROOT / "results" / "recall_cpu.json"
 VARIANTS = ("xl", "compressive", "infinite", "infinite_sticky", "infinite_reach")
-BEST = dict(ltm_schedule="uniform_time", ltm_widths="auto")  # infinite_reach, from benchmarks/reach.py
+BEST = dict(schedule="uniform_time", widths="auto")  # infinite_reach's LTMConfig, from benchmarks/reach.py
 # the two halves of BEST alone (--variants ...): which of them makes the difference. The schedule alone
 # (infinite_uniform_time, the paper's widths 0.01 < 1/N at N = 32) trained, then its memory diverged to
 # NaN in the longer test streams; LTMConfig now refuses that combination, so only the widths are ablated.
 ABLATIONS = ("infinite_auto_widths",)
 LTM_OPTIONS = {
     "infinite_reach": BEST,
-    "infinite_auto_widths": dict(ltm_widths="auto"),
+    "infinite_auto_widths": dict(widths="auto"),
 }
 # D = 32 puts the content inside XL's 96-token window and mostly inside the others' 64-token short-term
 # window (all but its first few tokens): the control that shows a model learnt the task; D = 256 needs the long-term state. Longer distances
@@ -85,8 +85,9 @@ def settings_key() -> str:
 
 def model_config(s: SortSettings, variant: str) -> ModelConfig:
     memory_type = "infinite" if variant in LTM_OPTIONS else variant
-    cfg = dataclasses.replace(s.model_config(memory_type), vocab_size=RecallConfig("gist", 0).vocab_size)
-    return dataclasses.replace(cfg, **LTM_OPTIONS.get(variant, {}))
+    cfg = s.model_config(memory_type)
+    ltm = dataclasses.replace(cfg.ltm, **LTM_OPTIONS.get(variant, {}))
+    return dataclasses.replace(cfg, vocab_size=RecallConfig("gist", 0).vocab_size, ltm=ltm)
 
 
 def stream(task: str, distances: tuple[int, ...], split: str, seed: int, segment_len: int, batch: int):

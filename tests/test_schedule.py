@@ -12,7 +12,7 @@ import torch
 from infinite_former import LongTermAttention, LTMConfig
 from infinite_former.attention import auto_widths
 from infinite_former.basis import gaussian_pdf, rbf_layout
-from infinite_former.hf.config import MemoryConfig
+from infinite_former.hf.memory_config import MemoryConfig
 from infinite_former.introspection import AgeMap, LayerReport, record_absorption, sample_positions
 from infinite_former.memory import LTMState, contraction_tau, sticky_positions, update_memory
 from infinite_former.models import InfiniteFormerLM, ModelConfig
@@ -118,8 +118,8 @@ def test_lm_with_uniform_time_sticky_and_auto_widths_saves_and_loads(tmp_path):
     round-trips through save/load and the next segment gives the same outputs."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=30, d_model=16, n_layers=1, n_heads=2, d_inner=32, dropout=0.0, mem_len=8,
-                      memory_type="infinite_sticky", ltm_num_basis=16, ltm_num_samples=16, ltm_num_bins=8,
-                      ltm_widths="auto", ltm_schedule="uniform_time")  # fmt: skip
+                      memory_type="infinite_sticky", ltm=dict(num_basis=16, num_samples=16, num_bins=8,
+                      widths="auto", schedule="uniform_time"))  # fmt: skip
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     model = InfiniteFormerLM(cfg).eval()
     assert model.layers[0].ltm.basis.widths == auto_widths(16)
@@ -161,7 +161,10 @@ def test_introspection_age_map_follows_the_schedule():
 def test_config_validation_and_auto_widths():
     assert auto_widths(512) == (1 / 512, 2.5 / 512)
     assert LTMConfig(d_model=4, n_heads=1, num_basis=8, widths="auto").basis_widths == auto_widths(8)
-    assert MemoryConfig(widths="auto", schedule="power", power=3.0).ltm_config(4, 1).schedule == "power"
+    assert (
+        MemoryConfig(ltm=dict(widths="auto", schedule="power", power=3.0)).ltm_config(4, 1).schedule
+        == "power"
+    )
     with pytest.raises(ValueError, match="schedule must be one of"):
         LTMConfig(d_model=4, n_heads=1, schedule="linear")
     with pytest.raises(ValueError, match="power"):
@@ -171,8 +174,8 @@ def test_config_validation_and_auto_widths():
     with pytest.raises(ValueError, match="needs RBF widths >= 1/N"):  # diverges: benchmarks/reach.py
         LTMConfig(d_model=4, n_heads=1, num_basis=32, widths=(0.01, 0.05), schedule="uniform_time")
     assert LTMConfig(d_model=4, n_heads=1, num_basis=32, widths=(0.01, 0.05)).schedule == "fixed"
-    with pytest.raises(ValueError, match="invalid ltm_"):
-        ModelConfig(vocab_size=5, ltm_schedule="nope")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        ModelConfig(vocab_size=5, ltm={"schedule": "nope"})
     with pytest.raises(ValueError, match="schedule must be one of"):
         contraction_tau(torch.ones(1), 4, "nope")
 
@@ -200,5 +203,64 @@ def test_add_memory_and_the_gpt2_config_take_the_new_options(tmp_path):
     cfg = InfiniteGPT2Config(**base, **memory, schedule="power", power=3.0, widths="auto")
     cfg.save_pretrained(tmp_path)
     again = InfiniteGPT2Config.from_pretrained(tmp_path)
-    assert (again.schedule, again.power, again.widths) == ("power", 3.0, "auto")
+    assert (again.ltm["schedule"], again.ltm["power"], again.ltm["widths"]) == ("power", 3.0, "auto")
     assert again.ltm_config().basis_widths == auto_widths(16)
+
+
+def test_generated_cli_flags_set_the_schedule_power_and_auto_widths():
+    """--schedule, --power and --widths auto are generated from the LTMConfig fields (experiments/flags.py)
+    and reach the memory's settings; a bad schedule is refused before training."""
+    from infinite_former.cli import build_parser
+    from infinite_former.experiments.sort import sort_settings_from_args
+
+    parser = build_parser(["sort"])
+    flags = ["sort", "--num-basis", "16", "--schedule", "power", "--power", "3", "--widths", "auto"]
+    s = sort_settings_from_args(parser.parse_args(flags))
+    assert (s.ltm.schedule, s.ltm.power, s.ltm.widths) == ("power", 3.0, "auto")
+    assert s.ltm.basis_widths == auto_widths(16)
+    assert sort_settings_from_args(parser.parse_args(["sort", "--widths", "0.1,0.2"])).ltm.widths == (
+        0.1,
+        0.2,
+    )
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        sort_settings_from_args(parser.parse_args(["sort", "--schedule", "linear"]))
+
+
+def test_configs_saved_before_the_schedule_load_with_the_papers_behaviour():
+    """schedule and power arrive in format 0.4: a 0.3 file (without them) loads with the paper's fixed τ,
+    a 0.4 file must have them, and the saved form round-trips "auto"."""
+    cfg = ModelConfig(vocab_size=30, ltm=dict(num_basis=16, widths="auto", schedule="power", power=3.0))
+    saved = cfg.to_dict()
+    assert saved["format_version"] == "0.4" and saved["ltm"]["widths"] == "auto"
+    assert ModelConfig.from_dict(saved) == cfg
+    old = {
+        **saved,
+        "format_version": "0.3",
+        "ltm": {k: v for k, v in saved["ltm"].items() if k not in ("schedule", "power")},
+    }
+    loaded = ModelConfig.from_dict(old)
+    assert (loaded.ltm.schedule, loaded.ltm.power, loaded.ltm.basis_widths) == ("fixed", 2.0, auto_widths(16))
+    with pytest.raises(ValueError, match="schedule"):
+        ModelConfig.from_dict({**old, "format_version": "0.4"})
+
+
+def test_state_fingerprint_records_the_schedule():
+    """A memory state made under one schedule is refused by a model with another (same weights, sizes)."""
+    from infinite_former.provenance import check_fingerprint
+
+    kw = dict(vocab_size=30, d_model=16, n_layers=1, n_heads=2, d_inner=32, mem_len=8, memory_type="infinite")
+    ltm = dict(num_basis=16, num_samples=16, widths="auto")
+    fps = {
+        name: InfiniteFormerLM(ModelConfig(**kw, ltm={**ltm, **extra})).memory_fingerprint()
+        for name, extra in [
+            ("fixed", {}),
+            ("uniform", {"schedule": "uniform_time"}),
+            ("p3", {"schedule": "power", "power": 3.0}),
+            ("p2", {"schedule": "power"}),
+        ]
+    }
+    check_fingerprint(fps["fixed"], fps["fixed"])
+    with pytest.raises(ValueError, match="schedule: 'uniform_time' != 'fixed'"):
+        check_fingerprint(fps["uniform"], fps["fixed"])
+    with pytest.raises(ValueError, match="power: 3.0 != 2.0"):
+        check_fingerprint(fps["p3"], fps["p2"])

@@ -56,6 +56,7 @@ from torch import Tensor
 
 from .attention import LongTermAttention
 from .memory import LTMState, contraction_tau, sticky_positions, uniform_positions
+from .plots import AgeCurve, plot_by_age, plot_sample_histograms
 from .ridge import midpoints, reconstruct
 from .utils import check_int, machine_info, write_json
 
@@ -337,7 +338,7 @@ def inspect_document(
         seg_len=seg_len,
         memory_type=c.memory_type,
         num_basis=ltm_cfg.num_basis,
-        num_samples=ltm_cfg.num_samples,
+        num_samples=ltm_cfg.samples,
         tau=ltm_cfg.tau,
         num_bins=ltm_cfg.num_bins,
         mem_len=c.mem_len,
@@ -361,13 +362,14 @@ def _absorb_pending(model, state, maps, layers, gen, stride):
     new_ltm = []
     for layer, blk in enumerate(model.layers):
         old: LTMState = state.ltm[layer]
-        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteFormerLM._absorb
+        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteMemory._absorb
         replay = torch.Generator(device=gen.device)
         replay.set_state(gen.get_state())  # update_memory's first random draw is sticky_positions'
         samples = sample_positions(blk.ltm, old, replay)
         new_ltm.append(blk.ltm.update(old, x, generator=gen))
         maps[layer] = record_absorption(layers[layer], maps[layer], blk.ltm, old, x, samples, stride)
-    return replace(state, ltm=new_ltm, ltm_pending_count=torch.zeros_like(state.ltm_pending_count))
+    nothing_pending = torch.zeros_like(state.ltm_pending_count)
+    return replace(state, memory=replace(state.memory, ltm=new_ltm, ltm_pending_count=nothing_pending))
 
 
 def sample_positions(
@@ -381,8 +383,8 @@ def sample_positions(
         return None
     c, work = ltm.config, old.coeffs.dtype
     if not c.sticky:
-        return uniform_positions(c.num_samples, old.coeffs.device, work)
-    return sticky_positions(old.bin_mass.to(work), c.num_samples, generator)[0]
+        return uniform_positions(c.samples, old.coeffs.device, work)
+    return sticky_positions(old.bin_mass.to(work), c.samples, generator)[0]
 
 
 def record_absorption(
@@ -468,7 +470,8 @@ def measure_reconstruction(
 
 
 def write_report(report: MemoryReport, out_dir: str | os.PathLike, title: str = "") -> dict[str, str]:
-    """Write inspect.json and the figures into out_dir; returns {name: file name}."""
+    """Write inspect.json and the figures (drawn by :mod:`infinite_former.plots`) into out_dir;
+    returns {name: file name}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
@@ -476,118 +479,63 @@ def write_report(report: MemoryReport, out_dir: str | os.PathLike, title: str = 
         "attention_age": "attention_age.png",
         "reconstruction": "reconstruction_age.png",
     }
-    plot_attention_age(report, out / files["attention_age"], title)
-    plot_reconstruction(report, out / files["reconstruction"], title)
+    plot_by_age(
+        attention_curves(report),
+        out / files["attention_age"],
+        ylabel="share of the attention density\n(per half-octave of age)",
+        title=title or f"Where the long-term memory is read ({report.tokens:,} tokens)",
+        mem_len=report.mem_len,
+    )
+    plot_by_age(
+        reconstruction_curves(report),
+        out / files["reconstruction"],
+        ylabel="relative error ‖X̄(t) − x‖ / ‖x‖",
+        title=title or f"What can still be recovered, by age (end of {report.tokens:,} tokens)",
+        mem_len=report.mem_len,
+        level=(1.0, "remembering nothing (X̄ = 0)"),
+        ylim_bottom=0.0,
+    )
     if any(r.sticky_histograms for r in report.layers):
         files["sticky"] = "sticky_samples.png"
-        plot_sticky(report, out / files["sticky"], title)
+        plot_sample_histograms(
+            [
+                (f"layer {report.layer_id(i)}", np.asarray(r.sticky_histograms))
+                for i, r in enumerate(report.layers)
+            ],
+            out / files["sticky"],
+            num_samples=report.num_samples,
+            title=title or "Where sticky sampling took the old signal's samples",
+        )
     data = {"machine": machine_info(), **report.to_dict(), "files": files}
     write_json(out / "inspect.json", data)
     return files
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _age_axis(ax, report: MemoryReport) -> None:
-    from matplotlib import ticker
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("age of the remembered content (tokens ago)")
-    if report.mem_len:
-        ax.axvline(report.mem_len, color="grey", ls=":", lw=1)
-        ax.annotate(
-            "short-term memory ends", (report.mem_len, 1), xycoords=("data", "axes fraction"),
-            xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey",
-        )  # fmt: skip
-    ax.grid(alpha=0.3)
-
-
-def plot_attention_age(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
-    """Share of the long-term memory's attention density per age bin, one line per layer."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+def attention_curves(report: MemoryReport) -> list[AgeCurve]:
+    """Share of the long-term memory's attention density per age bin, one curve per layer."""
     centres = np.sqrt(report.age_edges[:-1] * report.age_edges[1:])
-    for i in range(len(report.layers)):
+    curves = []
+    for i, r in enumerate(report.layers):
         share = report.attention_share(i)
-        r = report.layers[i]
-        out_share = r.outside_mass.sum() / max(r.queries * r.attention_mass.shape[0], 1)
+        outside = r.outside_mass.sum() / max(r.queries * r.attention_mass.shape[0], 1)
         keep = share > 0
-        ax.plot(
-            centres[keep],
-            share[keep],
-            marker="o",
-            ms=3,
-            label=f"layer {report.layer_id(i)} ({out_share:.0%} outside [0, 1])",
-        )
-    _age_axis(ax, report)
-    ax.set_ylabel("share of the attention density\n(per half-octave of age)")
-    ax.set_title(title or f"Where the long-term memory is read ({report.tokens:,} tokens)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        label = f"layer {report.layer_id(i)} ({outside:.0%} outside [0, 1])"
+        curves.append(AgeCurve(label, centres[keep], share[keep]))
+    return curves
 
 
-def plot_reconstruction(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
-    """Relative error of the stored vectors recovered from the signal, against their age."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
-    for i in range(len(report.layers)):
+def reconstruction_curves(report: MemoryReport) -> list[AgeCurve]:
+    """Relative error of the stored vectors recovered from the signal against their age, one curve
+    per layer, each with the error of the mean stored vector as its reference."""
+    curves = []
+    for i, r in enumerate(report.layers):
         centres, err, count = report.reconstruction_by_age(i)
         keep = count > 0
-        (line,) = ax.plot(centres[keep], err[keep], marker="o", ms=3, label=f"layer {report.layer_id(i)}")
-        base = report.layers[i].recon_baseline
-        if base is not None:
-            ax.axhline(
-                base,
-                color=line.get_color(),
-                ls=":",
-                lw=1,
-                label=f"layer {report.layer_id(i)}: the mean vector, any age",
-            )
-    ax.axhline(1.0, color="black", ls="--", lw=0.8, label="remembering nothing (X̄ = 0)")
-    _age_axis(ax, report)
-    ax.set_ylabel("relative error ‖X̄(t) − x‖ / ‖x‖")
-    ax.set_ylim(bottom=0)
-    ax.set_title(
-        title or f"What can still be recovered, by age (end of {report.tokens:,} tokens)", fontsize=10
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_sticky(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
-    """Where sticky sampling took its M samples of the old signal, at every absorption (one panel per layer)."""
-    plt = _pyplot()
-    n = len(report.layers)
-    fig, axes = plt.subplots(n, 1, figsize=(6, 1.0 + 2.2 * n), dpi=120, squeeze=False, sharex=True)
-    for i, ax in enumerate(axes[:, 0]):
-        hist = np.asarray(report.layers[i].sticky_histograms)
-        if not len(hist):
-            ax.set_visible(False)
-            continue
-        im = ax.imshow(
-            hist, aspect="auto", origin="lower", extent=(0, 1, 0.5, len(hist) + 0.5), cmap="viridis",
-            interpolation="nearest",
-        )  # fmt: skip
-        ax.set_ylabel(f"layer {report.layer_id(i)}\nabsorption #")
-        fig.colorbar(im, ax=ax, label=f"samples per bin (of M = {report.num_samples})")
-    axes[-1, 0].set_xlabel("position t of the sample on the old signal (0 = oldest, 1 = newest)")
-    axes[0, 0].set_title(title or "Where sticky sampling took the old signal's samples", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        name = f"layer {report.layer_id(i)}"
+        curves.append(
+            AgeCurve(name, centres[keep], err[keep], r.recon_baseline, f"{name}: the mean vector, any age")
+        )
+    return curves
 
 
 __all__ = [
@@ -596,6 +544,8 @@ __all__ = [
     "LayerReport",
     "MemoryReport",
     "age_bin_edges",
+    "attention_curves",
     "inspect_document",
+    "reconstruction_curves",
     "write_report",
 ]

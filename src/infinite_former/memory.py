@@ -26,6 +26,7 @@ from torch import Tensor
 
 from . import ridge
 from .basis import GaussianBasis
+from .provenance import check_finite, load_torch_file
 from .utils import check_int
 
 
@@ -114,9 +115,22 @@ class LTMState:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> LTMState:
+        """Inverse of state_dict; ValueError unless it holds coeffs (batch, N, e), length (batch,)
+        and bin_mass (batch, D) tensors."""
+        if not isinstance(state, dict):
+            raise ValueError(f"memory state must be a dict of tensors, got {type(state).__name__}")
         missing = {f.name for f in fields(cls)} - set(state)
         if missing:
             raise ValueError(f"memory state is missing {sorted(missing)}")
+        dims = {"coeffs": 3, "length": 1, "bin_mass": 2}
+        for name, dim in dims.items():
+            t = state[name]
+            if not isinstance(t, Tensor) or t.dim() != dim or t.shape[0] != state["coeffs"].shape[0]:
+                raise ValueError(
+                    f"memory state {name} must be a tensor with {dim} dims and the batch first, got "
+                    f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+                )
+        check_finite(state, "memory state")
         return cls(**{f.name: state[f.name] for f in fields(cls)})
 
     def save(self, path: str | os.PathLike) -> None:
@@ -124,7 +138,12 @@ class LTMState:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: torch.device | str | None = None) -> LTMState:
-        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+        """A state saved by ``save``; an unreadable or malformed file is one ValueError naming it."""
+        d = load_torch_file(path, map_location, "memory state")
+        try:
+            return cls.from_state_dict(d)
+        except ValueError as err:
+            raise ValueError(f"{os.fspath(path)}: {err}") from None
 
 
 MemoryState = LTMState  # the 0.1 name; kept for one release (README: "Moved in 0.2")
@@ -312,10 +331,15 @@ def update_memory(
     return LTMState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
 
 
-def _check_update_args(state: LTMState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau) -> None:
-    check_int("num_samples", num_samples, 1, symbol="M")
+def check_tau(tau: float) -> None:
+    """Raise ValueError unless τ (the old memory's share of [0, 1]) is in (0, 1)."""
     if not (0.0 < tau < 1.0):
         raise ValueError(f"tau (τ) must be in (0, 1), got {tau!r}")
+
+
+def _check_update_args(state: LTMState, new_vectors: Tensor, basis: GaussianBasis, num_samples, tau) -> None:
+    check_int("num_samples", num_samples, 1, symbol="M")
+    check_tau(tau)
     batch, n, e = state.coeffs.shape
     if n != basis.num_basis:
         raise ValueError(f"state.coeffs has N = {n} basis coefficients but the basis has {basis.num_basis}")

@@ -130,7 +130,7 @@ def inspect_hf_document(
         seg_len=block,
         memory_type="infinite_sticky" if c.sticky else "infinite",
         num_basis=c.num_basis,
-        num_samples=c.num_samples,
+        num_samples=c.samples,
         tau=c.tau,
         num_bins=c.num_bins,
         mem_len=block,  # the short-term block: a query sees 1 .. L tokens of it

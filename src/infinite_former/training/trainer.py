@@ -48,8 +48,11 @@ from .checkpoints import (
     CKPT_SUBDIR,
     LATEST,
     CheckpointError,
+    fsync_dir,
+    fsync_tree,
     load_checkpoint,
     load_weights,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
     to_cpu,
@@ -195,6 +198,7 @@ class TrainResult:
     train_seconds: float
     eval_metrics: dict[str, float]
     checkpoint: str | None
+    stop_signal: int | None = None  # SIGINT / SIGTERM number when stopped by a signal
 
     def summary(self) -> dict[str, Any]:
         """The fields every command's results.json reports about its training."""
@@ -205,6 +209,7 @@ class TrainResult:
             "tokens_per_s": self.tokens_per_s,
             "checkpoint": self.checkpoint,
             "stopped_by_signal": self.stopped_by_signal,
+            "stop_signal": self.stop_signal,
         }
 
 
@@ -327,6 +332,8 @@ class Trainer:
                 )
         else:
             seed_everything(cfg.seed + acc.process_index)
+        if acc.is_main_process:
+            remove_stale_temporaries(cfg.out_dir)  # left by a run killed while saving
 
         model = self.model
         if ckpt is not None:
@@ -430,6 +437,7 @@ class Trainer:
             if stop:
                 acc.print(f"stopping on signal; checkpoint saved at step {step}: {last_saved}")
                 result.stopped_by_signal = True
+                result.stop_signal = int(flag.raised or signal.SIGTERM)  # (another rank's signal: TERM)
                 break
         if bar is not None:
             bar.close()
@@ -494,6 +502,7 @@ class Trainer:
             )
         acc.wait_for_everyone()
         if acc.is_main_process:
+            fsync_tree(tmp)  # the files and folder are on disk before the rename makes them the checkpoint
             previous = None
             latest = os.path.join(root, LATEST)
             if os.path.isfile(latest):
@@ -502,6 +511,7 @@ class Trainer:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            fsync_dir(root)
             write_text_atomic(latest, name)
             if previous and previous != name:
                 shutil.rmtree(os.path.join(root, previous), ignore_errors=True)

@@ -520,6 +520,71 @@ def inspect_memory() -> str:
     return "\n".join(lines)
 
 
+REACH_AGES = (0, 4, 8, 10, 12, 13)  # age bins shown: 0-2, 16-32, 256-512, 1k-2k, 4k-8k, 8k-16k tokens ago
+
+
+def reach() -> str:
+    d = _load("reach_cpu.json")
+    edges = d["age_bin_edges"]
+    rows = [
+        r
+        for r in d["rows"]
+        if r["num_basis"] == 512 and r["sampling"] == "uniform" and r["widths"].endswith("(auto)")
+    ]
+    ages = [f"{edges[i]:,.0f}–{edges[i + 1]:,.0f}" for i in REACH_AGES]
+    lines = [
+        f'N = M = L = 512, widths {{1, 2.5}}/N (`widths="auto"`), uniform samples; {d["num_tokens"]:,} '
+        f"tokens absorbed. Mean relative error of a token read back, by age (tokens ago); 1 = giving "
+        f"back zero. Machine: {_machine(d['machine'])}.",
+        "",
+        "| signal | schedule | " + " | ".join(ages) + " |",
+        "|---|---|" + "---:|" * len(ages),
+    ]
+    for r in rows:
+        cells = " | ".join(f"{r['error_by_age'][i]:.2f}" for i in REACH_AGES)
+        lines.append(f"| {r['signal']} | {r['schedule']} | {cells} |")
+    return "\n".join(lines)
+
+
+def recall() -> str:
+    d = _load("recall_cpu.json")
+    c = d["config"]
+    models = [*c["variants"], *c["ablations"]]
+    lines = [
+        f"Trained on D ∈ {{{', '.join(map(str, c['train_distances']))}}}, tested at D = "
+        f"{', '.join(f'{x:,}' for x in c['test_distances'])}; {c['settings']['steps']} steps, "
+        f"{len(d['tasks'][next(iter(d['tasks']))]['models']['xl']['seeds'])} seeds. Answer accuracy on held-out "
+        f"sequences, mean over seeds; ↑ / ↓: the 95% CI of (accuracy − chance) is above / below 0. "
+        f"Machine: {_machine(d['machine'])}.",
+        "",
+        "| task | model | " + " | ".join(f"D = {x:,}" for x in c["test_distances"]) + " |",
+        "|---|---|" + "---:|" * len(c["test_distances"]),
+    ]
+    for task, t in d["tasks"].items():
+        for v in models:
+            if v not in t["models"]:
+                continue
+            cells = []
+            for dist in c["test_distances"]:
+                p = next(x for x in t["vs_chance"] if x["model"] == v and x["distance"] == dist)
+                mark = {f"{v} better": " ↑", "chance better": " ↓"}.get(p["verdict"], "")
+                cells.append(f"{t['models'][v]['accuracy'][str(dist)]['mean']:.3f}{mark}")
+            lines.append(f"| {task} (chance {t['chance_accuracy']:.3f}) | {v} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        'Paired by seed (gist): the ∞-former with `schedule="uniform_time"`, `widths="auto"` '
+        "(infinite_reach) against each other model, and auto widths alone against the paper's ∞-former.",
+        "",
+        "| D | pair | difference [95% CI] | verdict |",
+        "|---:|---|---|---|",
+    ]
+    shown = [p for p in d["pairs"] if p["task"] == "gist" and p["distance"] in (256, 1024)]
+    for p in shown:
+        if p["a"] == "infinite_reach" or (p["a"], p["b"]) == ("infinite_auto_widths", "infinite"):
+            lines.append(f"| {p['distance']:,} | {p['a']} − {p['b']} | {_ci(p)} | {p['verdict']} |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
@@ -534,6 +599,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "dialogue": dialogue,
     "inspect_memory": inspect_memory,
     "gpt2_finetune": gpt2_finetune,
+    "reach": reach,
+    "recall": recall,
 }
 
 

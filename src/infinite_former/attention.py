@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .basis import GaussianBasis, check_layout
 from .continuous import NORMALIZERS
-from .memory import LTMState, UpdateRecord, bin_mass, check_tau, update_memory
+from .memory import SCHEDULES, LTMState, UpdateRecord, bin_mass, check_tau, update_memory
 from .utils import check_field_types, check_int, config_from_dict, describe, require_fields
 
 # Saved configs carry ``format_version``. 0.2 (no version) held the memory's settings flat; from 0.3 they
@@ -50,6 +50,25 @@ def _version(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
 
+AUTO_WIDTHS = (1.0, 2.5)  # widths="auto": σ = c / N for each c (rule from benchmarks/reach.py)
+
+
+def auto_widths(num_basis: int) -> tuple[float, float]:
+    """RBF widths that scale with N: σ ∈ {1/N, 2.5/N} (about ½ and 1¼ of the spacing 2/N of the N/2
+    centres per width; {0.002, 0.005} at N = 512).
+
+    The rule is benchmarks/reach.py's (results/reach_cpu.json, uniform samples): among
+    c·{1, 2.5}/N for c = ½, 1, 2 and the paper's fixed {0.01, 0.05} and {0.005, 0.01}, c = 1 gives
+    the lowest or near-lowest error at every age for smooth signals under every schedule at
+    N = 128 and 512. Narrower widths (c = ½, or the GPT-2 {0.005, 0.01} at N = 128) leave gaps
+    between the centres, and under the ``uniform_time`` / ``power`` schedules, whose many
+    near-identity contractions (τ_k → 1) compound the refit's error, the signal blows up
+    (relative errors of 10³ and more); c = 1 stays stable.
+    """
+    check_int("num_basis", num_basis, minimum=2, symbol="N")
+    return tuple(c / num_basis for c in AUTO_WIDTHS)
+
+
 @dataclass
 class LTMConfig:
     """The hyperparameters of the long-term memory: the one place each is declared, validated and
@@ -60,6 +79,12 @@ class LTMConfig:
     LTMConfig (both None) in their ``ltm`` field and ``bind`` it to their sizes.
     LongTermAttention needs both set. Defaults follow the official GPT-2 configuration:
     N = M = 512, τ = 0.5, widths {0.005, 0.01}, λ = 0.5, D = 128 bins, σ² >= 1e-4, σ₀ = 0.05.
+
+    Beyond the paper (its behaviour is the default): ``schedule`` chooses τ at each update
+    (``fixed``: the paper's τ; ``uniform_time``: τ_k = n_old / (n_old + L), every absorbed token keeps
+    an equal share of [0, 1]; ``power``: τ_k = (n_old / (n_old + L))^p; see memory.contraction_tau),
+    ``power`` is p, and ``widths="auto"`` scales the RBF widths with N (``auto_widths``). The two
+    non-fixed schedules refuse widths below 1/N: narrower ones make their repeated refits diverge.
     """
 
     d_model: int | None = field(default=None, metadata={"doc": "e: the host model's width", "host": True})
@@ -67,7 +92,9 @@ class LTMConfig:
     num_basis: int = _setting(512, "basis functions of the long-term memory", "N")
     num_samples: int | None = _setting(None, "samples of the old signal per update (None or absent: N)", "M")
     tau: float = _setting(0.5, "share of [0, 1] given to the contracted old memory", "τ")
-    widths: tuple[float, ...] = _setting((0.005, 0.01), "widths σ_k of the Gaussian RBFs, comma-separated")
+    widths: tuple[float, ...] | str = _setting(
+        (0.005, 0.01), "widths σ_k of the Gaussian RBFs, comma-separated, or 'auto' (1/N, 2.5/N)"
+    )
     ridge_lambda: float = _setting(0.5, "ridge penalty of the fit of B", "λ")
     edge_padding: bool = _setting(False, "pad the signal's ends before the fit (on | off)")
     sticky: bool = _setting(
@@ -83,6 +110,13 @@ class LTMConfig:
         False, "start W_O at 0, so that the memory adds nothing at first", cli=False
     )
     check_finite: bool = _setting(True, "reject NaN / Inf inputs with a ValueError", cli=False)
+    schedule: str = _setting(
+        "fixed",
+        "contraction schedule: fixed (the paper's τ), uniform_time (τ_k = n_old / (n_old + L)) or "
+        "power (τ_k = (n_old / (n_old + L))^p)",
+        since="0.4",
+    )
+    power: float = _setting(2.0, "exponent of the power schedule (> 0; 1 is uniform_time)", "p", since="0.4")
 
     def __post_init__(self) -> None:
         check_field_types(self)  # a wrong type is a ValueError naming the field, before any check below
@@ -91,11 +125,25 @@ class LTMConfig:
                 check_int(name, getattr(self, name))
         if self.bound and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        check_layout(self.num_basis, self.widths)  # N, widths: the checks of the RBF layout itself
+        if isinstance(self.widths, str) and self.widths != "auto":
+            raise ValueError(f"widths must be a sequence of floats or 'auto', got {self.widths!r}")
+        widths = check_layout(self.num_basis, self.basis_widths)  # N, widths: the RBF layout's checks
         if self.num_samples is not None:
             check_int("num_samples", self.num_samples, symbol="M")
         check_int("num_bins", self.num_bins, symbol="D")
         check_tau(self.tau)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule != "fixed" and min(widths) * self.num_basis < 1 - 1e-9:
+            raise ValueError(
+                f"schedule {self.schedule!r} needs RBF widths >= 1/N = {1 / self.num_basis:.4g}, got "
+                f"{min(widths):.4g}: narrower widths make its repeated refits diverge "
+                "(benchmarks/reach.py); use widths='auto'"
+            )
+        if not (0 < self.power < math.inf):
+            raise ValueError(
+                f"power (exponent p of the 'power' schedule) must be > 0 and finite, got {self.power!r}"
+            )
         for name in ("ridge_lambda", "min_sigma2", "kl_sigma0"):
             value = getattr(self, name)
             if not (value > 0) or not math.isfinite(value):
@@ -104,6 +152,11 @@ class LTMConfig:
             raise ValueError(f"kl_weight must be a finite number >= 0, got {self.kl_weight!r}")
         if self.normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer must be one of {sorted(NORMALIZERS)}, got {self.normalizer!r}")
+
+    @property
+    def basis_widths(self) -> tuple[float, ...]:
+        """The RBF widths σ_k in use: ``widths``, or ``auto_widths(N)`` for ``"auto"``."""
+        return auto_widths(self.num_basis) if self.widths == "auto" else self.widths
 
     @property
     def bound(self) -> bool:
@@ -122,7 +175,8 @@ class LTMConfig:
     def settings(self) -> dict[str, Any]:
         """The host-independent settings (every field but d_model, n_heads): the saved ``ltm`` form."""
         d = {name: getattr(self, name) for name in SETTINGS}
-        d["widths"] = list(self.widths)
+        if not isinstance(self.widths, str):
+            d["widths"] = list(self.widths)
         return d
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,7 +401,7 @@ class LongTermAttention(nn.Module):
         self.config = config
         e, n = config.d_model, config.num_basis
         self.head_dim = e // config.n_heads
-        self.basis = GaussianBasis(n, config.widths)
+        self.basis = GaussianBasis(n, config.basis_widths)
         self.normalizer = NORMALIZERS[config.normalizer](self.basis)
         self.query = nn.Linear(e, e, bias=False)
         self.key = nn.Linear(e, e, bias=False)
@@ -393,6 +447,8 @@ class LongTermAttention(nn.Module):
             edge_padding=c.edge_padding,
             sticky=c.sticky,
             generator=generator,
+            schedule=c.schedule,
+            power=c.power,
             return_record=return_record,
         )
 

@@ -4,6 +4,8 @@ When L new vectors arrive, the old signal X̄_old is contracted to [0, τ]: it
 is evaluated at M sample positions s_1..s_M ∈ [0, 1], the samples are placed
 evenly on [0, τ], the new vectors evenly on [τ, 1], and B is refit on the
 M + L points. The old B is detached, so no gradient reaches past segments.
+The contraction schedule chooses τ at each update (``contraction_tau``): the
+paper's fixed τ, or a τ_k that follows the count of absorbed tokens.
 
 Sample positions are either uniform (bin midpoints of [0, 1]) or **sticky**:
 the previous step's attention densities, integrated over D equal bins, form
@@ -14,6 +16,7 @@ more room in the new signal. Everything is batched: no loop over rows.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -196,6 +199,58 @@ def bin_mass(cdf, mu: Tensor, sigma2: Tensor, num_bins: int, weight: Tensor | No
     return (c[:, 1:] - c[:, :-1]).clamp_min(0)
 
 
+# ------------------------------------------------------------------ contraction schedule
+
+SCHEDULES = ("fixed", "uniform_time", "power")
+
+
+def contraction_tau(
+    length: Tensor, num_new: int, schedule: str = "fixed", tau: float = 0.5, power: float = 1.0
+) -> Tensor:
+    """τ_k of the update that absorbs L = num_new tokens into memories holding ``length`` (batch,).
+
+    Returns (batch,) float64. Write n for the tokens absorbed after the update; a token is "born at
+    j" if j tokens were absorbed before it (0 <= j < n). Where a token sits in [0, 1] after that:
+
+    - ``fixed`` (the paper): τ_k = τ. The block absorbed k updates ago (k = 0 the newest) occupies
+      [τ^{k+1}, τ^k], its tokens evenly spread inside; the first block occupies [0, τ^{k}]. A block's
+      share shrinks by τ per update, so content older than about log(N)/log(1/τ) blocks falls
+      below the resolution of N basis functions.
+    - ``uniform_time``: τ_k = n_old / (n_old + L). A token born at j sits at (j + ½)/n exactly:
+      every absorbed token keeps the equal share 1/n of [0, 1], whatever the block sizes.
+    - ``power`` (exponent p = ``power`` > 0): τ_k = (n_old / (n_old + L))^p. The products telescope:
+      a block of tokens born at j..j'-1 occupies [(j/n)^p, (j'/n)^p], its tokens evenly spread
+      inside. p = 1 is ``uniform_time``; p > 1 leaves the newest block about p·L/n of [0, 1] and
+      squeezes the oldest (the share of the oldest fraction f of tokens is f^p).
+
+    Rows with an empty memory (length 0) get the τ of the longest row (their update is a fresh fit
+    that ignores τ).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if schedule == "power" and not (isinstance(power, (int, float)) and 0 < power < math.inf):
+        raise ValueError(
+            f"power (the exponent p of the 'power' schedule) must be > 0 and finite, got {power!r}"
+        )
+    length = length.detach().to(torch.float64)
+    if schedule == "fixed":
+        return torch.full_like(length, tau)
+    old = torch.where(length > 0, length, length.max())
+    frac = old / (old + num_new)  # (batch,)
+    return frac if schedule == "uniform_time" else frac**power
+
+
+def _layouts(
+    state: LTMState, num_new: int, schedule: str, tau: float, power: float
+) -> tuple[list[float], Tensor | None]:
+    """The distinct τ of this update (python floats) and each row's index among them (None if one)."""
+    if schedule == "fixed":
+        return [tau], None
+    taus = contraction_tau(state.length, num_new, schedule, tau, power)  # (batch,)
+    values, which = torch.unique(taus, return_inverse=True)
+    return [float(t) for t in values.tolist()], (which if len(values) > 1 else None)
+
+
 # --------------------------------------------------------------------------- update
 
 
@@ -252,16 +307,20 @@ def update_memory(
     edge_padding: bool = False,
     sticky: bool = False,
     generator: torch.Generator | None = None,
+    schedule: str = "fixed",
+    power: float = 1.0,
     return_record: bool = False,
 ) -> LTMState | tuple[LTMState, UpdateRecord]:
     """Absorb L new vectors (batch, L, e) into the memory; returns the new state, and with
     return_record=True also the :class:`UpdateRecord` of what it did (nothing more is computed).
 
-    Non-empty rows: contract the old signal to [0, τ] with M samples (uniform or
-    sticky), put the new vectors on [τ, 1], refit. Empty rows: fit the new
-    vectors alone on [0, 1]. The result is chosen per row with torch.where, so
-    the update is branch-free (and compilable); on CPU in eager mode the branch
-    that no row needs is skipped (same result, less work).
+    Non-empty rows: contract the old signal to [0, τ_k] with M samples (uniform or
+    sticky), put the new vectors on [τ_k, 1], refit; τ_k = ``contraction_tau(state.length,
+    L, schedule, tau, power)`` (τ_k = τ for the paper's ``fixed`` schedule). Empty rows: fit
+    the new vectors alone on [0, 1]. The result is chosen per row with torch.where, so
+    the update is branch-free (and compilable for ``fixed``); on CPU in eager mode the branch
+    that no row needs is skipped (same result, less work). Rows whose τ_k differ (memories of
+    different lengths) use their own cached operators, gathered per row.
     """
     _check_update_args(state, new_vectors, basis, num_samples, tau)
     coeffs = state.coeffs.detach()
@@ -278,7 +337,6 @@ def update_memory(
         widths=basis.widths,
         ridge_lambda=ridge_lambda,
         edge_padding=edge_padding,
-        tau=tau,
         device=coeffs.device,
         dtype=work,
     )
@@ -291,22 +349,27 @@ def update_memory(
 
     contracted = fresh = None
     if need_contract:
-        g_new = ridge.cached_operator("contract_new", (num_samples, num_new), **common)  # (L, N)
+        taus, which = _layouts(state, num_new, schedule, tau, power)
+
+        def operator(kind: str) -> Tensor:  # (rows, cols), or (batch, rows, cols) when rows' τ differ
+            ops = [ridge.cached_operator(kind, (num_samples, num_new), tau=t, **common) for t in taus]
+            return ops[0] if which is None else torch.stack(ops)[which]
+
+        g_new = operator("contract_new")  # (L, N)
         if sticky:
-            g_old = ridge.cached_operator("contract_old", (num_samples, num_new), **common)  # (M, N)
+            g_old = operator("contract_old")  # (M, N)
             positions = sticky_positions(
                 state.bin_mass.detach().to(work), num_samples, generator
             )  # (batch, M)
             old_samples = ridge.reconstruct(coeffs, basis(positions))  # X̄_old(s_m): (batch, M, e)
-            contracted = ridge.fit(old_samples, g_old)
+            contracted = torch.matmul(g_old.mT, old_samples)  # B = Gᵀ X
         else:
             # Uniform samples: fitting X̄_old(s) is linear in B, B' = (G_oldᵀ ψ(s)) B, with the N × N
             # product cached.
-            p_old = ridge.cached_operator("contract_uniform", (num_samples, num_new), **common)
-            contracted = torch.matmul(p_old, coeffs)
-        contracted = contracted + ridge.fit(x, g_new)
+            contracted = torch.matmul(operator("contract_uniform"), coeffs)
+        contracted = contracted + torch.matmul(g_new.mT, x)
     if need_fresh:
-        fresh = ridge.fit(x, ridge.cached_operator("fresh", (num_new,), **common))
+        fresh = ridge.fit(x, ridge.cached_operator("fresh", (num_new,), tau=tau, **common))
     if contracted is None:
         new_coeffs = fresh
     elif fresh is None:
@@ -318,7 +381,8 @@ def update_memory(
         return new
     if positions is None and not sticky:
         positions = uniform_positions(num_samples, coeffs.device, work).expand(coeffs.shape[0], -1)
-    return new, _record(state, x, positions, num_samples, tau, has_memory, sticky)
+    taus = contraction_tau(state.length, num_new, schedule, tau, power)  # (batch,) τ_k per row
+    return new, _record(state, x, positions, num_samples, taus, has_memory, sticky)
 
 
 def _record(

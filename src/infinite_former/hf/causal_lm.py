@@ -125,7 +125,8 @@ class MemoryCausalLM:
 
     def memory_fingerprint(self) -> dict[str, Any]:
         """What a memory state must have been made by (provenance.py): the base model (class, type,
-        e, H, layers) and the memory's N, D, memory layers and schedule (L, τ, sticky)."""
+        e, H, layers) and the memory's N, D, memory layers and schedule (L, τ, contraction schedule
+        and p, sticky)."""
         c, layout = self.memory_config, self.decoder_layout
         return {
             **base_fingerprint(self, layout),
@@ -134,6 +135,8 @@ class MemoryCausalLM:
             "memory_layers": c.layer_ids(len(layout.layers)),
             "block_size": c.block_size,
             "tau": c.ltm.tau,
+            "schedule": c.ltm.schedule,
+            "power": c.ltm.power,
             "sticky": c.ltm.sticky,
             # a training-free memory holds the attention inputs, read through the layer's own weights
             "training_free": None if self.training_free is None else self.training_free.to_dict(),

@@ -178,7 +178,7 @@ class TrainingFreeMemory(nn.Module):
         """name: the model's class, for the error if ``attention`` has no projections to read with."""
         super().__init__()
         self.config, self.free = config, free
-        self.basis = GaussianBasis(config.num_basis, config.widths)
+        self.basis = GaussianBasis(config.num_basis, config.basis_widths)
         self.normalizer = NORMALIZERS["softmax"](self.basis)
         projections = Projections(attention, model_config, name or type(attention).__name__)
         self.__dict__["projections_of_layer"] = projections

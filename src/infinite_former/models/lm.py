@@ -101,7 +101,7 @@ class InfiniteFormerLM(nn.Module):
 
     def memory_fingerprint(self) -> dict[str, Any]:
         """What a state must have been made by (provenance.py): memory type, e, H, layers and,
-        with a long-term memory, its N, D and schedule (τ, sticky)."""
+        with a long-term memory, its N, D and schedule (τ, contraction schedule and p, sticky)."""
         c = self.config
         fp: dict[str, Any] = {
             "architecture": type(self).__name__,
@@ -112,7 +112,14 @@ class InfiniteFormerLM(nn.Module):
         }
         ltm = next((blk.ltm.config for blk in self.layers if getattr(blk, "ltm", None) is not None), None)
         if ltm is not None:
-            fp.update(num_basis=ltm.num_basis, num_bins=ltm.num_bins, tau=ltm.tau, sticky=ltm.sticky)
+            fp.update(
+                num_basis=ltm.num_basis,
+                num_bins=ltm.num_bins,
+                tau=ltm.tau,
+                schedule=ltm.schedule,
+                power=ltm.power,
+                sticky=ltm.sticky,
+            )
         return fp
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LMState:

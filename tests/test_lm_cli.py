@@ -361,3 +361,29 @@ def test_empty_eval_splits_mean_none():
     assert eval_splits(p.parse_args(["--eval-splits", ""])) == []
     assert eval_splits(p.parse_args(["--eval-splits"])) == []
     assert eval_splits(p.parse_args(["--eval-splits", "test", ""])) == ["test"]
+
+
+def test_lm_settings_are_the_flags_mapped_once(tmp_path):
+    """The parser only maps flags onto LMTrainSettings / LMFinetuneSettings (defaults from there);
+    bad settings are refused when the settings are built, named as the flag."""
+    from infinite_former.cli import build_parser
+    from infinite_former.experiments.lm import LMFinetuneSettings, LMTrainSettings
+    from infinite_former.experiments.runs import settings_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["lm", "train", "--data", "d", "--seg-len", "16", "--num-basis", "8"])
+    assert settings_from_args(args.lm_settings, args) == LMTrainSettings(
+        data="d", seg_len=16, ltm={"num_basis": 8}
+    )
+    args = parser.parse_args(["lm", "finetune", "--data", "d", "--no-memory", "--eval-splits", "test"])
+    direct = LMFinetuneSettings(data="d", no_memory=True, eval_splits=("test",))
+    assert settings_from_args(args.lm_settings, args) == direct
+    assert direct.memory() == {"block_size": 512, "memory_layers": []}
+    with pytest.raises(ValueError, match="--seg-len must be an int >= 1"):
+        LMTrainSettings(data="d", seg_len=0)
+    with pytest.raises(ValueError, match="'sticky' is decided by --memory-type"):
+        LMTrainSettings(data="d", ltm={"sticky": False})
+    with pytest.raises(ValueError, match="--override changes a resumed run"):
+        LMFinetuneSettings(data="d", override=("steps=3",))
+    with pytest.raises(ValueError, match="--epochs must be a number > 0"):
+        LMFinetuneSettings(data="d", epochs=0.0)

@@ -169,4 +169,25 @@ def _max_positions(config: Any) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
-__all__ = ["HFMemoryLM", "evaluate_hf_pair", "evaluate_window"]
+def load_memory_model(path: str, overrides: dict[str, Any], local_files_only: bool) -> nn.Module:
+    """Any supported causal LM with memory (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX, a saved model with
+    memory); ``overrides``: add_memory's keywords. A folder that holds no model is a ValueError."""
+    from . import load_model
+
+    try:
+        return load_model(path, local_files_only=local_files_only, **overrides)
+    except OSError as e:
+        raise ValueError(f"model: cannot load a causal LM from {path!r}: {e}") from e
+
+
+def load_plain_model(path: str, local_files_only: bool) -> nn.Module:
+    """The base model without memory (the baseline of ``lm eval --hf`` / ``lm finetune``)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=local_files_only)
+    except OSError as e:
+        raise ValueError(f"cannot load the plain model from {path!r}: {e}") from e
+
+
+__all__ = ["HFMemoryLM", "evaluate_hf_pair", "evaluate_window", "load_memory_model", "load_plain_model"]

@@ -49,8 +49,8 @@ from ..data.dialogue import (
 from ..data.segments import Segment
 from ..data.text import read_text_file
 from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
-from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
-from ..hf.memory import InfiniteGPT2Memory
+from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, MemoryStream
+from ..hf.memory import HFMemoryState
 from ..hf.training import HFMemoryLM, load_memory_model
 from ..training import Trainer
 from ..training.checkpoints import check_resume, exit_status
@@ -77,7 +77,7 @@ class DialogueState:
     may be shorter than L (they are cut from the end), so the pending block is absorbed when the
     next block starts, and a reset of every row empties the memory wherever the block stands."""
 
-    memory: InfiniteGPT2Memory
+    memory: HFMemoryState
 
     def reset(self, rows: Tensor) -> DialogueState:
         if not bool(rows.any()):
@@ -97,7 +97,7 @@ class DialogueState:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> DialogueState:
-        return cls(InfiniteGPT2Memory.from_state_dict(d))
+        return cls(HFMemoryState.from_state_dict(d))
 
 
 class DialogueLM(HFMemoryLM):
@@ -126,9 +126,7 @@ def uses_memory(model: nn.Module) -> bool:
     return len(model.ltm) > 0
 
 
-def read_blocks(
-    model: nn.Module, blocks: Sequence[Sequence[int]], device: torch.device
-) -> InfiniteGPT2Memory:
+def read_blocks(model: nn.Module, blocks: Sequence[Sequence[int]], device: torch.device) -> HFMemoryState:
     """A fresh memory after reading ``blocks`` (the context before the reply's block), each absorbed
     into the long-term memory when it ends, as in training."""
     memory = model.init_memory(1, device)
@@ -676,7 +674,7 @@ def chat(
     """Read ``document`` into the memory, then answer each line of ``lines`` (until EOF or an empty
     line) on ``out``; the memory keeps the document and every turn. Returns the stream."""
     ids = SpecialIds.of(tok)
-    stream = InfiniteGPT2Stream(model)
+    stream = MemoryStream(model)
     stream.read([ids.bos, ids.doc, *tok.encode(document)])
     torch.manual_seed(seed)
     for line in lines:

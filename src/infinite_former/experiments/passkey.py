@@ -6,7 +6,7 @@
 ``distance`` is the number of filler tokens between the end of the passkey
 sentence and the start of the question. The model reads the prompt through a
 streaming API (``reset()``, ``read(ids)``, ``generate(max_new_tokens=...)``, e.g.
-InfiniteGPT2Stream or GPT2WindowStream), decodes greedily, and is right when
+MemoryStream or GPT2WindowStream), decodes greedily, and is right when
 the first number in its answer is the passkey. Accuracy is reported per
 distance.
 
@@ -199,13 +199,13 @@ def passkey_probe(
     to ``out``)."""
     from transformers import AutoModelForCausalLM
 
-    from ..hf import GPT2WindowStream, InfiniteGPT2Stream, load_model
+    from ..hf import GPT2WindowStream, MemoryStream, load_model
 
     tok = load_tokenizer(tokenizer or model)
     if window:
         stream: Stream = GPT2WindowStream(AutoModelForCausalLM.from_pretrained(model).eval())
     else:
-        stream = InfiniteGPT2Stream(load_model(model).eval())  # any supported causal LM
+        stream = MemoryStream(load_model(model).eval())  # any supported causal LM
     result = run_passkey(stream, tok.encode, tok.decode, config, progress=print)
     result.update(machine=machine_info(), model=model, stream=type(stream).__name__)
     if out:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..data.text import TokenizedCorpus
 from ..training.evaluation import evaluate_documents
-from .memory import InfiniteGPT2Memory
+from .memory import HFMemoryState
 
 
 @dataclass
@@ -40,16 +40,16 @@ class HFMemoryLM(nn.Module):
         super().__init__()
         self.hf = hf_model
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> InfiniteGPT2Memory:
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> HFMemoryState:
         return self.hf.init_memory(batch_size, device)
 
     def forward(
         self,
         tokens: Tensor,
-        state: InfiniteGPT2Memory | None = None,
+        state: HFMemoryState | None = None,
         targets: Tensor | None = None,
         loss_mask: Tensor | None = None,
-    ) -> tuple[_LMOut, InfiniteGPT2Memory]:
+    ) -> tuple[_LMOut, HFMemoryState]:
         out = self.hf(tokens, memory=state)
         loss = None
         if targets is not None:
@@ -96,7 +96,7 @@ def evaluate_hf_pair(
             )
         wrapped = HFMemoryLM(memory_model)
 
-        def step(t: Tensor, s: InfiniteGPT2Memory) -> tuple[Tensor, InfiniteGPT2Memory]:
+        def step(t: Tensor, s: HFMemoryState) -> tuple[Tensor, HFMemoryState]:
             out, s = wrapped(t, s)
             return out.logits, s
 

@@ -130,7 +130,10 @@ def run_one(name: str, seed: int, root: Path, base: Path) -> dict:
     t0 = time.perf_counter()
     res = lm_cli.lm_finetune(finetune_settings(name, seed, run_dir, base))
     test = res["eval"]["test"]
-    tuned = test["gpt2_finetuned" if name == "no_memory" else "gpt2_memory"]
+    from infinite_former.hf.training import pair_result
+
+    tuned = pair_result(test, "finetuned" if name == "no_memory" else "memory")
+    base = pair_result(test, "base")
     return {
         "flags": FLAGS[name],
         "sticky": res["sticky"],
@@ -138,9 +141,9 @@ def run_one(name: str, seed: int, root: Path, base: Path) -> dict:
         "test_bpb": tuned["bpb"],
         "per_document": per_document_nll(tuned),
         "base": {
-            "test_ppl": test["gpt2"]["ppl"],
-            "test_bpb": test["gpt2"]["bpb"],
-            "per_document": per_document_nll(test["gpt2"]),
+            "test_ppl": base["ppl"],
+            "test_bpb": base["bpb"],
+            "per_document": per_document_nll(base),
         },  # fmt: skip
         "passkey": passkey(run_dir / "model", window=False),
         **finished_run(res, run_dir, t0),

@@ -229,7 +229,7 @@ def test_gpt2_finetune_benchmark_trains_on_train_and_tests_on_test(gpt2_benchmar
     check_rows(rows, AutoTokenizer.from_pretrained(gpt2).decode, {"test"})
     assert set(res["eval"]) == {"test"}
     test = res["eval"]["test"]
-    assert set(test) == {"gpt2", "gpt2_finetuned" if variant == "no_memory" else "gpt2_memory"}
+    assert set(test) == {"base", "finetuned" if variant == "no_memory" else "memory"}
     assert {tuple(sorted(r["per_document"])) for r in test.values()} == {("test0", "test1")}
 
 

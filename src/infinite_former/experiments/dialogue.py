@@ -64,7 +64,14 @@ from .flags import (
     resolve_device,
     set_threads,
 )
-from .runs import TRAIN_FLAGS, RunSettings, add_run_args, defaults_of, settings_from_args
+from .runs import (
+    TRAIN_FLAGS,
+    RunSettings,
+    add_run_args,
+    check_steps_or_epochs,
+    defaults_of,
+    settings_from_args,
+)
 
 CONFIG_FILE = "dialogue_config.json"
 
@@ -398,10 +405,7 @@ class DialogueTrainSettings(RunSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_sampling(self.top_p, self.max_new_tokens)
-        if not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise ValueError(f"--epochs must be a number > 0, got {self.epochs}")
-        if self.steps < 0:
-            raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {self.steps}")
+        check_steps_or_epochs(self.steps, self.epochs)
 
     def memory(self) -> dict[str, Any]:
         """add_memory's keywords: block size, memory settings, ``uniform`` and ``no_memory``."""

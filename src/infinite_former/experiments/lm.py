@@ -56,8 +56,15 @@ from .flags import (
     resolve_device,
     set_threads,
 )
-from .introspect import add_inspect_parser
-from .runs import TRAIN_FLAGS, RunSettings, add_run_args, defaults_of, settings_from_args
+from .introspect import InspectSettings, add_inspect_parser, run_inspect
+from .runs import (
+    TRAIN_FLAGS,
+    RunSettings,
+    add_run_args,
+    check_steps_or_epochs,
+    defaults_of,
+    settings_from_args,
+)
 
 CONFIG_FILE = "lm_config.json"
 
@@ -151,10 +158,7 @@ class LMFinetuneSettings(RunSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("--block-size", self.block_size)
-        if not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise ValueError(f"--epochs must be a number > 0, got {self.epochs}")
-        if self.steps < 0:
-            raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {self.steps}")
+        check_steps_or_epochs(self.steps, self.epochs)
 
     def memory(self) -> dict[str, Any]:
         """add_memory's keywords: block size, memory settings, no memory layers with ``no_memory``."""
@@ -514,6 +518,15 @@ def lm_finetune(s: LMFinetuneSettings) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- CLI
 
 
+def _load_saved_hf(folder: str) -> nn.Module:
+    return _load_hf(folder, {}, True)
+
+
+def lm_inspect(s: InspectSettings) -> dict[str, Any]:
+    """What the long-term memory of a ``lm train`` run or of a saved model with memory holds."""
+    return run_inspect(s, load_run=load_trained_lm, load_hf=_load_saved_hf)
+
+
 def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``lm train | eval | finetune | inspect`` on an argparse subparsers object. The flags
     map onto LMTrainSettings / LMEvalSettings / LMFinetuneSettings (their defaults come from there)."""
@@ -567,11 +580,7 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flags(f, memory_flags())  # default: the model's memory settings, or the Hugging Face preset
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
     f.set_defaults(**defaults_of(LMFinetuneSettings), lm_settings=LMFinetuneSettings, lm_func=lm_finetune)
-    add_inspect_parser(  # lm inspect: what the long-term memory holds
-        sub,
-        load_run=load_trained_lm,
-        load_hf=lambda folder: _load_hf(folder, {}, True),
-    )
+    add_inspect_parser(sub, load_run=load_trained_lm, load_hf=_load_saved_hf)  # lm inspect
     lm.set_defaults(func=run_lm)
     return lm
 
@@ -582,12 +591,12 @@ add_parser = add_lm_parser  # every experiment module offers add_parser(subparse
 def run_lm(args: argparse.Namespace) -> int:
     """Run a parsed ``lm`` command (cli.main turns bad input into a one-line error, exit status 2)."""
     set_threads(getattr(args, "threads", 0) or 0)
-    cls = getattr(args, "lm_settings", None)
-    out = args.lm_func(settings_from_args(cls, args) if cls is not None else args)  # inspect: its flags
+    out = args.lm_func(settings_from_args(args.lm_settings, args))
     return exit_status(out.get("stop_signal") if isinstance(out, dict) else None)  # 130 / 143 if interrupted
 
 
 __all__ = [
+    "InspectSettings",
     "LMEvalSettings",
     "LMFinetuneSettings",
     "LMTrainSettings",
@@ -595,6 +604,7 @@ __all__ = [
     "hf_eval",
     "lm_eval",
     "lm_finetune",
+    "lm_inspect",
     "lm_train",
     "load_trained_lm",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,14 @@ class RunSettings:
         return TrainConfig(**{**overrides(self, flags), **outputs, **fields})  # type: ignore[arg-type]
 
 
+def check_steps_or_epochs(steps: int, epochs: float) -> None:
+    """Fine-tuning's length: ``steps`` >= 0 (0: from ``epochs``), ``epochs`` a number > 0."""
+    if not (epochs > 0 and math.isfinite(epochs)):
+        raise ValueError(f"--epochs must be a number > 0, got {epochs}")
+    if steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {steps}")
+
+
 def defaults_of(cls: type) -> dict[str, Any]:
     """{field: default} of a settings dataclass (what its parser shows when a flag is absent);
     tuples as lists (argparse's ``append`` adds to them)."""
@@ -149,4 +158,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
 
 
-__all__ = ["TRAIN_FLAGS", "RunSettings", "add_run_args", "defaults_of", "settings_from_args"]
+__all__ = [
+    "TRAIN_FLAGS",
+    "RunSettings",
+    "add_run_args",
+    "check_steps_or_epochs",
+    "defaults_of",
+    "settings_from_args",
+]

@@ -29,12 +29,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from infinite_former.cli import build_parser  # noqa: E402
 from infinite_former.data.dialogue import read_shakespeare_dialogues, write_jsonl  # noqa: E402
+from infinite_former.experiments.dialogue import DialogueTrainSettings, dialogue_train  # noqa: E402
 from infinite_former.stats import paired_comparison  # noqa: E402
 from infinite_former.utils import machine_info  # noqa: E402
 
-MODELS = {"no_memory": ["--no-memory"], "infinite": ["--uniform"], "infinite_sticky": []}
+MODELS = {"no_memory": dict(no_memory=True), "infinite": dict(uniform=True), "infinite_sticky": {}}
 METRICS = ("f1", "rouge1", "rougeL", "meteor", "reply_ppl")
 
 
@@ -60,6 +60,17 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+def train_settings(a: argparse.Namespace, name: str, data_dir: Path) -> DialogueTrainSettings:
+    """`dialogue train`'s settings for one model (from scratch, N = M; the memory's lr = the model's)."""
+    return DialogueTrainSettings(
+        data=str(data_dir), run_dir=str(Path(a.run_root) / name), steps=a.steps, block_size=a.block_size,
+        n_layer=a.n_layer, n_embd=a.n_embd, n_head=a.n_head, vocab_size=a.vocab_size,
+        ltm={"num_basis": a.num_basis, "num_samples": a.num_basis}, lr=a.lr, ltm_lr=a.lr, warmup=a.warmup,
+        eval_splits=("test",), max_eval_replies=a.eval_replies, seed=a.seed, progress=False,
+        tensorboard=False, log_every=100, **MODELS[name],
+    )  # fmt: skip
+
+
 def main() -> None:
     a = parse()
     torch.set_num_threads(1)
@@ -74,18 +85,9 @@ def main() -> None:
 
     results, per_dialogue, runs = {}, {}, {}
     for name in a.models.split(","):
-        argv = [
-            "dialogue", "train", "--data", str(data_dir), "--run-dir", str(Path(a.run_root) / name),
-            "--steps", str(a.steps), "--block-size", str(a.block_size), "--n-layer", str(a.n_layer),
-            "--n-embd", str(a.n_embd), "--n-head", str(a.n_head), "--vocab-size", str(a.vocab_size),
-            "--num-basis", str(a.num_basis), "--num-samples", str(a.num_basis), "--lr", str(a.lr),
-            "--ltm-lr", str(a.lr), "--warmup", str(a.warmup), "--eval-splits", "test",
-            "--max-eval-replies", str(a.eval_replies), "--seed", str(a.seed), "--no-progress",
-            "--no-tensorboard", "--log-every", "100", *MODELS[name],
-        ]  # fmt: skip
-        args = build_parser().parse_args(argv)
+        settings = train_settings(a, name, data_dir)
         t = time.perf_counter()
-        out = args.dialogue_func(args)
+        out = dialogue_train(settings)
         res = out["eval"]["test"]
         results[name] = {k: res["overall"][k] for k in METRICS} | {"parameters": out["parameters"]}
         per_dialogue[name] = res["per_dialogue"]

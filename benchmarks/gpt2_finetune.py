@@ -60,6 +60,12 @@ OUT = REPO / "results" / "gpt2_finetune_cpu.json"
 DATA = os.environ.get("INFINITE_FORMER_SHAKESPEARE", str(REPO.parent / "shared" / "data" / "shakespeare"))
 BASE = REPO / "runs" / "gpt2-shakespeare"
 VARIANTS = ("no_memory", "infinite", "infinite_sticky")
+# each variant's settings over the recipe below; FLAGS: the same as `lm finetune` flags (kept in each run record)
+VARIANT = {
+    "no_memory": dict(no_memory=True),
+    "infinite": dict(ltm={"sticky": False}),
+    "infinite_sticky": dict(ltm={"sticky": True}),
+}
 FLAGS = {
     "no_memory": ["--no-memory"],
     "infinite": ["--sampling", "uniform"],
@@ -91,31 +97,22 @@ def settings_key() -> str:
     return settings_hash([S, PASSKEY])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infinite-former")
-    sub = parser.add_subparsers(dest="command")
-    lm_cli.add_lm_parser(sub)
-    passkey_cli.add_parser(sub)
-    return parser
-
-
-def finetune_argv(name: str, seed: int, run_dir: Path, base: Path) -> list[str]:
-    return [
-        "lm", "finetune", "--model", str(base), "--data", DATA, "--run-dir", str(run_dir),
-        "--cache-dir", str(run_dir.parent / "cache"), "--block-size", str(S["block_size"]),
-        "--batch-size", str(S["batch_size"]), "--steps", str(S["steps"]), "--warmup", str(S["warmup"]),
-        "--lr", str(S["lr"]), "--ltm-lr", str(S["ltm_lr"]), "--kl-weight", str(S["kl_weight"]),
-        "--num-basis", str(S["num_basis"]), "--num-samples", str(S["num_samples"]), "--tau", str(S["tau"]),
-        "--seed", str(seed), "--eval-splits", "test", "--device", "cpu", "--no-progress", "--no-tensorboard",
-        "--log-every", "10",
-    ] + FLAGS[name]  # fmt: skip
+def finetune_settings(name: str, seed: int, run_dir: Path, base: Path) -> lm_cli.LMFinetuneSettings:
+    """`lm finetune`'s settings for one variant and seed (the recipe S)."""
+    variant = VARIANT[name]
+    ltm = dict(kl_weight=S["kl_weight"], num_basis=S["num_basis"], num_samples=S["num_samples"], tau=S["tau"])
+    return lm_cli.LMFinetuneSettings(
+        model=str(base), data=DATA, run_dir=str(run_dir), cache_dir=str(run_dir.parent / "cache"),
+        block_size=S["block_size"], batch_size=S["batch_size"], steps=S["steps"], warmup=S["warmup"],
+        lr=S["lr"], ltm_lr=S["ltm_lr"], ltm={**ltm, **variant.get("ltm", {})}, seed=seed,
+        eval_splits=("test",), device="cpu", progress=False, tensorboard=False, log_every=10,
+        no_memory=variant.get("no_memory", False),
+    )  # fmt: skip
 
 
 def passkey(model: Path, window: bool) -> dict:
-    argv = ["passkey", "--model", str(model), "--distances", *map(str, PASSKEY["distances"])]
-    argv += ["--trials", str(PASSKEY["trials"]), "--prefix", str(PASSKEY["prefix"])]
-    argv += ["--digits", str(PASSKEY["digits"]), "--seed", str(PASSKEY["seed"])]
-    res = passkey_cli.passkey_from_args(_parser().parse_args(argv + (["--window"] if window else [])))
+    config = passkey_cli.PasskeyConfig(**PASSKEY)
+    res = passkey_cli.passkey_probe(str(model), config, window=window)
     return {
         "stream": res["stream"],
         "per_distance": {
@@ -131,9 +128,12 @@ def run_one(name: str, seed: int, root: Path, base: Path) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
-    res = lm_cli.lm_finetune(_parser().parse_args(finetune_argv(name, seed, run_dir, base)))
+    res = lm_cli.lm_finetune(finetune_settings(name, seed, run_dir, base))
     test = res["eval"]["test"]
-    tuned = test["gpt2_finetuned" if name == "no_memory" else "gpt2_memory"]
+    from infinite_former.hf.training import pair_result
+
+    tuned = pair_result(test, "finetuned" if name == "no_memory" else "memory")
+    base = pair_result(test, "base")
     return {
         "flags": FLAGS[name],
         "sticky": res["sticky"],
@@ -141,9 +141,9 @@ def run_one(name: str, seed: int, root: Path, base: Path) -> dict:
         "test_bpb": tuned["bpb"],
         "per_document": per_document_nll(tuned),
         "base": {
-            "test_ppl": test["gpt2"]["ppl"],
-            "test_bpb": test["gpt2"]["bpb"],
-            "per_document": per_document_nll(test["gpt2"]),
+            "test_ppl": base["ppl"],
+            "test_bpb": base["bpb"],
+            "per_document": per_document_nll(base),
         },  # fmt: skip
         "passkey": passkey(run_dir / "model", window=False),
         **finished_run(res, run_dir, t0),

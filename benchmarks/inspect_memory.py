@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from infinite_former import cli
+from infinite_former.experiments.lm import InspectSettings, lm_inspect
 from infinite_former.utils import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("INFINITE_FORMER_SHAKESPEARE", str(REPO.parent / "shared" / "data" / "shakespeare"))
-TARGETS = {
-    "lm": ("--run", REPO / "runs" / "lm_shakespeare" / "infinite_sticky-seed0"),
-    "gpt2": ("--hf", REPO / "runs" / "gpt2_finetune" / "infinite_sticky-seed0" / "model"),
+TARGETS = {  # the model each target reads: a `lm train` run, or a fine-tuned model with memory
+    "lm": ("run", REPO / "runs" / "lm_shakespeare" / "infinite_sticky-seed0"),
+    "gpt2": ("hf", REPO / "runs" / "gpt2_finetune" / "infinite_sticky-seed0" / "model"),
 }
 OUT = REPO / "results" / "inspect"
 
@@ -40,11 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     for name in a.targets:
-        flag, model = TARGETS[name]
+        kind, model = TARGETS[name]
         out = OUT / name
-        argv_ = ["lm", "inspect", flag, str(model), "--text", a.text, "--out", str(out), "--device", "cpu"]
-        if cli.main(argv_) != 0:
-            return 2
+        lm_inspect(InspectSettings(text=a.text, out=str(out), device="cpu", **{kind: str(model)}))
         report = json.loads((out / "inspect.json").read_text())
         report["command"] = f"python benchmarks/inspect_memory.py {name}"
         report["model_source"] = str(model.relative_to(REPO))

@@ -72,20 +72,32 @@ def settings_key() -> str:
     return settings_hash(S)
 
 
-def memory_flags(name: str) -> list[str]:
+def variant_settings(name: str) -> dict:
+    """Each variant's model settings over S (LMTrainSettings fields)."""
     m, n = S["mem_len"], S["num_basis"]
-    flags = {
-        "xl_equal": ["--memory-type", "xl", "--mem-len", str(m + n)],
-        "xl_stm": ["--memory-type", "xl", "--mem-len", str(m)],
-        "xl_params": ["--memory-type", "xl", "--mem-len", str(m + n), "--d-inner", str(matched_d_inner())],
-        "compressive": ["--memory-type", "compressive", "--mem-len", str(m), "--cmem-len", str(n),
-                        "--compression-rate", "2"],
-        "infinite": ["--memory-type", "infinite", "--mem-len", str(m), "--num-basis", str(n),
-                     "--ltm-zero-init-output"],
-        "infinite_sticky": ["--memory-type", "infinite_sticky", "--mem-len", str(m), "--num-basis", str(n),
-                            "--ltm-zero-init-output"],
-    }  # fmt: skip
-    return flags[name]
+    infinite = dict(mem_len=m, ltm={"num_basis": n}, ltm_zero_init_output=True)
+    settings = {
+        "xl_equal": dict(memory_type="xl", mem_len=m + n),
+        "xl_stm": dict(memory_type="xl", mem_len=m),
+        "xl_params": dict(memory_type="xl", mem_len=m + n, d_inner=matched_d_inner()),
+        "compressive": dict(memory_type="compressive", mem_len=m, cmem_len=n, compression_rate=2),
+        "infinite": dict(memory_type="infinite", **infinite),
+        "infinite_sticky": dict(memory_type="infinite_sticky", **infinite),
+    }
+    return settings[name]
+
+
+def memory_flags(name: str) -> list[str]:
+    """The variant's settings as `lm train` flags (kept in each run record)."""
+    out: list[str] = []
+    for key, value in variant_settings(name).items():
+        if key == "ltm":
+            out += [x for k, v in value.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+        elif value is True:
+            out.append(f"--{key.replace('_', '-')}")
+        else:
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
 
 
 def _config(memory_type: str, d_inner: int) -> ModelConfig:
@@ -103,18 +115,19 @@ def matched_d_inner() -> int:
     return S["d_inner"] + round(extra / (S["n_layers"] * (2 * S["d_model"] + 1)))
 
 
-def train_argv(name: str, seed: int, run_dir: Path, tokenizer: str, cache: Path) -> list[str]:
-    base = [
-        "lm", "train", "--data", DATA, "--run-dir", str(run_dir), "--cache-dir", str(cache),
-        "--tokenizer", tokenizer, "--vocab-size", str(S["vocab_size"]), "--seg-len", str(S["seg_len"]),
-        "--batch-size", str(S["batch_size"]), "--steps", str(S["steps"]), "--warmup", str(S["warmup"]),
-        "--lr", str(S["lr"]), "--min-lr-ratio", str(S["min_lr_ratio"]), "--d-model", str(S["d_model"]),
-        "--n-layers", str(S["n_layers"]), "--n-heads", str(S["n_heads"]), "--d-inner", str(S["d_inner"]),
-        "--dropout", str(S["dropout"]), "--seed", str(seed), "--valid-split", "", "--eval-splits", "test",
-        "--eval-batch-size", str(S["eval_batch_size"]), "--device", "cpu", "--no-progress",
-        "--no-tensorboard", "--log-every", "10",
-    ]  # fmt: skip
-    return base + memory_flags(name)  # a later --d-inner overrides the base one
+def train_settings(
+    name: str, seed: int, run_dir: Path, tokenizer: str, cache: Path
+) -> lm_cli.LMTrainSettings:
+    """`lm train`'s settings for one variant and seed (the budget S)."""
+    common = {
+        k: S[k] for k in ("vocab_size", "seg_len", "batch_size", "steps", "warmup", "lr", "min_lr_ratio")
+    }
+    model = {k: S[k] for k in ("d_model", "n_layers", "n_heads", "d_inner", "dropout", "eval_batch_size")}
+    return lm_cli.LMTrainSettings(
+        data=DATA, run_dir=str(run_dir), cache_dir=str(cache), tokenizer=tokenizer, **common,
+        **{**model, **variant_settings(name)}, seed=seed, valid_split="", eval_splits=("test",),
+        device="cpu", progress=False, tensorboard=False, log_every=10,
+    )  # fmt: skip
 
 
 def shared_tokenizer(root: Path) -> str:
@@ -132,11 +145,9 @@ def run_one(name: str, seed: int, root: Path) -> dict:
         import shutil
 
         shutil.rmtree(run_dir)
-    parser = argparse.ArgumentParser(prog="infinite-former")
-    lm_cli.add_lm_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(train_argv(name, seed, run_dir, shared_tokenizer(root), root / "cache"))
+    settings = train_settings(name, seed, run_dir, shared_tokenizer(root), root / "cache")
     t0 = time.perf_counter()
-    res = lm_cli.lm_train(args)
+    res = lm_cli.lm_train(settings)
     test = res["eval"]["test"]
     return {
         "flags": memory_flags(name),

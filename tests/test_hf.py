@@ -14,10 +14,10 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from hf_testing import feed_one_by_one
 from infinite_former.attention import LongTermAttention
 from infinite_former.hf import (
+    HFMemoryState,
     InfiniteGPT2Config,
     InfiniteGPT2LMHeadModel,
-    InfiniteGPT2Memory,
-    InfiniteGPT2Stream,
+    MemoryStream,
 )
 
 VOCAB = 100
@@ -207,7 +207,7 @@ def test_memory_save_load(plain_dir, tmp_path):
     with torch.no_grad():
         memory = model(ids(2, 2 * BLOCK + 3)).memory
         memory.save(tmp_path / "memory.pt")
-        again = InfiniteGPT2Memory.load(tmp_path / "memory.pt")
+        again = HFMemoryState.load(tmp_path / "memory.pt")
         assert again.position == 3 and again.ltm_tokens.tolist() == [2 * BLOCK] * 2
         nxt = ids(2, BLOCK)
         torch.manual_seed(0)
@@ -216,7 +216,7 @@ def test_memory_save_load(plain_dir, tmp_path):
         b = model(nxt, memory=again).logits
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ValueError, match="missing"):
-        InfiniteGPT2Memory.from_state_dict({"pending.0": torch.zeros(1)})
+        HFMemoryState.from_state_dict({"pending.0": torch.zeros(1)})
 
 
 # ------------------------------------------------------------------ generation
@@ -248,7 +248,7 @@ def test_generate_equals_feeding_tokens_one_by_one(plain_dir, sticky):
     assert torch.equal(out.sequences[:, prompt.shape[1] :], ref_tokens)
     torch.testing.assert_close(torch.stack(out.logits, dim=1), ref_logits, atol=1e-4, rtol=1e-4)
     # the returned memory: prompt + all generated tokens but the last were fed
-    assert isinstance(out.memory, InfiniteGPT2Memory)
+    assert isinstance(out.memory, HFMemoryState)
     assert out.memory.num_tokens.tolist() == [context.shape[1] + prompt.shape[1] + steps - 1] * 2
     assert memory.position == 3  # the memory passed in is not modified
 
@@ -267,7 +267,7 @@ def test_stream_memory_survives_between_generate_calls_and_reset(plain_dir):
     text = ids(1, 3 * BLOCK + 5, seed=8)[0]
 
     torch.manual_seed(0)
-    stream = InfiniteGPT2Stream(model).read(text)
+    stream = MemoryStream(model).read(text)
     assert stream.num_tokens == text.numel()
     assert int(stream.memory.ltm_tokens) == 3 * BLOCK
     first = stream.generate(max_new_tokens=6)
@@ -276,13 +276,13 @@ def test_stream_memory_survives_between_generate_calls_and_reset(plain_dir):
     assert kept.num_tokens.item() == text.numel() + 5  # a generate call leaves earlier memories intact
 
     torch.manual_seed(0)
-    one_go = InfiniteGPT2Stream(model).read(text).generate(max_new_tokens=13)
+    one_go = MemoryStream(model).read(text).generate(max_new_tokens=13)
     assert torch.equal(torch.cat([first, second], dim=1), one_go)  # second call continued the first
     assert stream.num_tokens == text.numel() + 13
 
     # the memory matters: without the text the continuation differs
     torch.manual_seed(0)
-    no_text = InfiniteGPT2Stream(model).read(text[-1:]).generate(max_new_tokens=13)
+    no_text = MemoryStream(model).read(text[-1:]).generate(max_new_tokens=13)
     assert not torch.equal(no_text, one_go)
 
     stream.reset()
@@ -293,7 +293,7 @@ def test_stream_memory_survives_between_generate_calls_and_reset(plain_dir):
 
 
 def test_sampling_runs_through_generation_mixin(plain_dir):
-    stream = InfiniteGPT2Stream(load(plain_dir)).read(ids(1, 2 * BLOCK + 2)[0])
+    stream = MemoryStream(load(plain_dir)).read(ids(1, 2 * BLOCK + 2)[0])
     torch.manual_seed(0)
     a = stream.generate(max_new_tokens=BLOCK, do_sample=True, top_p=0.9, temperature=1.5, eos_token_id=None)
     assert a.shape == (1, BLOCK) and int(a.min()) >= 0 and int(a.max()) < VOCAB
@@ -308,7 +308,7 @@ def test_stream_reads_text_with_a_tokenizer(plain_dir):
         def decode(self, ids):
             return "".join(chr(65 + i % 26) for i in ids)
 
-    stream = InfiniteGPT2Stream(load(plain_dir), tokenizer=CharTokenizer())
+    stream = MemoryStream(load(plain_dir), tokenizer=CharTokenizer())
     stream.read("hello world, " * 5)
     assert stream.num_tokens == 65
     new = stream.generate(" and", max_new_tokens=3, eos_token_id=None)
@@ -453,4 +453,4 @@ def test_bad_inputs(plain_dir):
     with pytest.raises(ValueError, match="memory="):
         model.generate(ids(1, 2), past_key_values=memory, max_new_tokens=2)
     with pytest.raises(ValueError, match="nothing to continue"):
-        InfiniteGPT2Stream(model).generate(max_new_tokens=2)
+        MemoryStream(model).generate(max_new_tokens=2)

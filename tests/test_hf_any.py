@@ -24,8 +24,8 @@ from transformers import (
 from hf_testing import feed_one_by_one
 from infinite_former.hf import (
     HFMemoryState,
-    InfiniteGPT2Stream,
     MemoryCausalLM,
+    MemoryStream,
     add_memory,
     from_pretrained,
     load_memory,
@@ -272,10 +272,10 @@ def test_stream_works_for_any_model():
     model = memory_model("qwen2", scale=0.3)
     text = ids(1, 3 * BLOCK + 5, seed=8)[0]
     torch.manual_seed(0)
-    stream = InfiniteGPT2Stream(model).read(text)
+    stream = MemoryStream(model).read(text)
     first, second = stream.generate(max_new_tokens=6, **GEN), stream.generate(max_new_tokens=7, **GEN)
     torch.manual_seed(0)
-    one_go = InfiniteGPT2Stream(model).read(text).generate(max_new_tokens=13, **GEN)
+    one_go = MemoryStream(model).read(text).generate(max_new_tokens=13, **GEN)
     assert torch.equal(torch.cat([first, second], dim=1), one_go)
     assert stream.num_tokens == text.numel() + 13
 
@@ -369,7 +369,7 @@ def test_load_model_and_the_passkey_probe_take_any_model(tmp_path):
     out = tmp_path / "passkey.json"
     assert main([*argv, "--distances", "10", "40", "--trials", "1", "--prefix", "8", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["per_distance"]) == {"10", "40"} and result["stream"] == "InfiniteGPT2Stream"
+    assert set(result["per_distance"]) == {"10", "40"} and result["stream"] == "MemoryStream"
 
 
 def test_a_memory_saved_in_the_former_gpt2_format_loads():

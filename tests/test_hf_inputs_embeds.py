@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infinite_former.hf import InfiniteGPT2Stream
+from infinite_former.hf import MemoryStream
 from test_hf_any import BLOCK, FAMILIES, ids, memory_model
 
 GEN = dict(eos_token_id=None, pad_token_id=1, do_sample=False)
@@ -63,7 +63,7 @@ def test_generate_from_embeddings_equals_generate_from_ids(family):
 def test_a_stream_reads_and_generates_from_embeddings():
     model = memory_model("llama")
     book, question = ids(1, 3 * BLOCK + 2, seed=4), ids(1, 4, seed=5)
-    streams = [InfiniteGPT2Stream(model) for _ in range(3)]
+    streams = [MemoryStream(model) for _ in range(3)]
     torch.manual_seed(0)
     streams[0].read(book)
     want = streams[0].generate(question, max_new_tokens=BLOCK)
@@ -87,4 +87,4 @@ def test_bad_embeddings_are_clear_errors():
     with pytest.raises(ValueError, match="at least one token"):
         model(inputs_embeds=torch.zeros(1, 0, 32))
     with pytest.raises(ValueError, match="embeddings must be"):
-        InfiniteGPT2Stream(model).read(torch.zeros(4, 16))
+        MemoryStream(model).read(torch.zeros(4, 16))

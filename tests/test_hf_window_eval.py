@@ -50,7 +50,7 @@ def test_window_equals_a_row_by_row_reference_with_lanes_out_of_step():
 
 def test_window_equals_blocks_alone_for_one_block_documents():
     model, corpus = _model_and_corpus([L - 1, L - 1, L - 1])
-    alone = evaluate_hf_pair(None, model, corpus, L, 2, 0)["gpt2"]
+    alone = evaluate_hf_pair(None, model, corpus, L, 2, 0)["base"]
     assert evaluate_window(model, corpus, L, 2, 0)["ppl"] == pytest.approx(alone["ppl"], rel=1e-6)
     with pytest.raises(ValueError, match="exceeds the model's 32 positions"):
         evaluate_window(model, corpus, 17, 2, 0)

@@ -4,9 +4,12 @@ included), the core stays torch-only, and the 0.1 names still import (CHANGELOG.
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import infinite_former
 
@@ -147,13 +150,26 @@ def test_every_module_imports_in_a_fresh_interpreter_and_the_core_stays_torch_on
 
 
 def test_the_old_names_still_import():
-    from infinite_former import InfiniteFormerLM, LMState, LTMState, MemoryState, ModelState, Segment, Trainer
-    from infinite_former.memory import MemoryState as memory_alias
+    from infinite_former import InfiniteFormerLM, LMState, LTMState, Segment, Trainer
+    from infinite_former.hf import HFMemoryState, MemoryStream
     from infinite_former.models import InfiniteFormerLM as model_class
-    from infinite_former.models import ModelState as models_alias
     from infinite_former.training import Trainer as trainer_class
 
-    assert MemoryState is memory_alias is LTMState
-    assert ModelState is models_alias is LMState
+    old_names = [  # (module, former name, the object it names now): each warns when used
+        ("infinite_former", "MemoryState", LTMState),
+        ("infinite_former", "ModelState", LMState),
+        ("infinite_former.memory", "MemoryState", LTMState),
+        ("infinite_former.models", "ModelState", LMState),
+        ("infinite_former.models.state", "ModelState", LMState),
+        ("infinite_former.hf", "InfiniteGPT2Stream", MemoryStream),
+        ("infinite_former.hf", "InfiniteGPT2Memory", HFMemoryState),
+        ("infinite_former.hf.streaming", "InfiniteGPT2Stream", MemoryStream),
+        ("infinite_former.hf.memory", "InfiniteGPT2Memory", HFMemoryState),
+    ]
+    for module, name, new in old_names:
+        with pytest.warns(DeprecationWarning, match=name):
+            assert getattr(importlib.import_module(module), name) is new
+    with pytest.warns(DeprecationWarning, match="MemoryState"):
+        from infinite_former.memory import MemoryState  # noqa: F401
     assert InfiniteFormerLM is model_class and Trainer is trainer_class
     assert Segment.__module__ == "infinite_former.data.segments"

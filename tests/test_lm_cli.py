@@ -174,8 +174,8 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     assert res["steps"] == 3 and res["block_size"] == 8 and res["lr"] == 5e-5 and res["ltm_lr"] == 2.5e-4
     assert res["sticky"] is True  # the default: sticky memories
     test = res["eval"]["test"]
-    assert set(test) == {"gpt2", "gpt2_memory"}
-    assert test["gpt2"]["tokens"] == test["gpt2_memory"]["tokens"]  # same blocks, same targets
+    assert set(test) == {"base", "memory"}
+    assert test["base"]["tokens"] == test["memory"]["tokens"]  # same blocks, same targets
     for r in test.values():
         assert math.isfinite(r["ppl"]) and math.isfinite(r["bpb"]) and r["ppl"] > 1
     with open(out / "train_log.csv") as f:
@@ -197,7 +197,7 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     )
     again = json.loads((out / "model" / "eval_test.json").read_text())
     assert again["base_model"] == str(gpt2) and again["block_size"] == 8
-    for name in ("gpt2", "gpt2_memory"):
+    for name in ("base", "memory"):
         assert again["results"][name]["ppl"] == pytest.approx(test[name]["ppl"], rel=1e-5)
     # a block longer than GPT-2's positions is refused with a clear message
     assert run(["eval", "--hf", str(out / "model"), "--block-size", "64", "--data", str(corpus)]) == 2
@@ -212,8 +212,8 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     argv = [a if a != str(out) else str(plain) for a in argv]
     assert run(argv + ["--no-memory", "--no-progress", "--no-tensorboard"]) == 0
     res = json.loads((plain / "results.json").read_text())
-    assert res["memory"] is False and set(res["eval"]["test"]) == {"gpt2", "gpt2_finetuned"}
-    assert res["eval"]["test"]["gpt2"]["ppl"] == pytest.approx(test["gpt2"]["ppl"])  # the same base GPT-2
+    assert res["memory"] is False and set(res["eval"]["test"]) == {"base", "finetuned"}
+    assert res["eval"]["test"]["base"]["ppl"] == pytest.approx(test["base"]["ppl"])  # the same base GPT-2
 
 
 def test_bad_inputs_fail_before_training(tmp_path, capsys):
@@ -333,7 +333,7 @@ def test_lm_finetune_takes_any_supported_model(corpus):
     res = json.loads((out / "results.json").read_text())
     assert res["sticky"] is False  # --sampling uniform reached the memory config
     test = res["eval"]["test"]
-    assert set(test) == {"gpt2", "gpt2_memory"} and test["gpt2"]["tokens"] == test["gpt2_memory"]["tokens"]
+    assert set(test) == {"base", "memory"} and test["base"]["tokens"] == test["memory"]["tokens"]
     assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in test.values())
     from infinite_former.data.tokenizer import hf_tokenizer
     from infinite_former.hf import load_model
@@ -346,7 +346,7 @@ def test_lm_finetune_takes_any_supported_model(corpus):
     argv = ["eval", "--hf", str(out / "model"), "--split", "test", "--batch-size", "2", "--device", "cpu"]
     assert run(argv + ["--out", str(eval_out)]) == 0
     again = json.loads(eval_out.read_text())["results"]
-    assert again["gpt2_memory"]["ppl"] == pytest.approx(test["gpt2_memory"]["ppl"], rel=1e-5)
+    assert again["memory"]["ppl"] == pytest.approx(test["memory"]["ppl"], rel=1e-5)
 
 
 def test_empty_eval_splits_mean_none():
@@ -361,3 +361,44 @@ def test_empty_eval_splits_mean_none():
     assert eval_splits(p.parse_args(["--eval-splits", ""])) == []
     assert eval_splits(p.parse_args(["--eval-splits"])) == []
     assert eval_splits(p.parse_args(["--eval-splits", "test", ""])) == ["test"]
+
+
+def test_lm_settings_are_the_flags_mapped_once(tmp_path):
+    """The parser only maps flags onto LMTrainSettings / LMFinetuneSettings (defaults from there);
+    bad settings are refused when the settings are built, named as the flag."""
+    from infinite_former.cli import build_parser
+    from infinite_former.experiments.lm import LMFinetuneSettings, LMTrainSettings
+    from infinite_former.experiments.runs import settings_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["lm", "train", "--data", "d", "--seg-len", "16", "--num-basis", "8"])
+    assert settings_from_args(args.lm_settings, args) == LMTrainSettings(
+        data="d", seg_len=16, ltm={"num_basis": 8}
+    )
+    args = parser.parse_args(["lm", "finetune", "--data", "d", "--no-memory", "--eval-splits", "test"])
+    direct = LMFinetuneSettings(data="d", no_memory=True, eval_splits=("test",))
+    assert settings_from_args(args.lm_settings, args) == direct
+    assert direct.memory() == {"block_size": 512, "memory_layers": []}
+    with pytest.raises(ValueError, match="--seg-len must be an int >= 1"):
+        LMTrainSettings(data="d", seg_len=0)
+    with pytest.raises(ValueError, match="'sticky' is decided by --memory-type"):
+        LMTrainSettings(data="d", ltm={"sticky": False})
+    with pytest.raises(ValueError, match="--override changes a resumed run"):
+        LMFinetuneSettings(data="d", override=("steps=3",))
+    with pytest.raises(ValueError, match="--epochs must be a number > 0"):
+        LMFinetuneSettings(data="d", epochs=0.0)
+
+
+def test_pair_results_read_the_02_keys():
+    """evaluate_hf_pair's generic keys (base / memory / finetuned); results written by 0.2 (gpt2 /
+    gpt2_memory / gpt2_finetuned) are read under the new names."""
+    from infinite_former.hf.training import pair_result
+
+    new = {"base": {"ppl": 3.0}, "memory": {"ppl": 2.0}}
+    old = {"gpt2": {"ppl": 3.0}, "gpt2_finetuned": {"ppl": 2.5}}
+    assert pair_result(new, "memory") == {"ppl": 2.0} and pair_result(old, "base") == {"ppl": 3.0}
+    assert pair_result(old, "finetuned") == {"ppl": 2.5}
+    with pytest.raises(KeyError, match="gpt2_memory"):
+        pair_result(old, "memory")
+    with pytest.raises(ValueError, match="key must be one of"):
+        pair_result(new, "gpt2")

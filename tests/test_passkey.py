@@ -15,7 +15,7 @@ from infinite_former.experiments.passkey import (
     first_number,
     run_passkey,
 )
-from infinite_former.hf import GPT2WindowStream, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
+from infinite_former.hf import GPT2WindowStream, InfiniteGPT2LMHeadModel, MemoryStream
 
 VOCAB = 100
 
@@ -104,7 +104,7 @@ def test_probe_runs_on_gpt2_with_memory_and_plain_gpt2(tiny_gpt2_dir):
         tiny_gpt2_dir, block_size=32, num_basis=16, num_samples=16, num_bins=8
     ).eval()
     streams = [
-        InfiniteGPT2Stream(model),
+        MemoryStream(model),
         GPT2WindowStream(GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir).eval()),
     ]
     for stream in streams:
@@ -148,7 +148,7 @@ def test_cli_with_a_trained_byte_level_tokenizer(tmp_path):
     )
     result = json.loads(out.read_text())
     assert set(result["per_distance"]) == {"10", "60"}
-    assert result["stream"] == "InfiniteGPT2Stream" and "machine" in result
+    assert result["stream"] == "MemoryStream" and "machine" in result
     window_out = tmp_path / "window.json"
     code = main(
         [

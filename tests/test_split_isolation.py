@@ -172,7 +172,7 @@ def test_lm_train_evaluates_the_test_split(tmp_path):
 
 @pytest.mark.parametrize("variant", ["xl_equal", "infinite_sticky"])
 def test_lm_benchmark_trains_on_train_and_tests_on_test(tmp_path, monkeypatch, variant):
-    """benchmarks/lm_shakespeare.py's own run (train_argv, shared tokenizer, lm train) at toy size."""
+    """benchmarks/lm_shakespeare.py's own run (train_settings, shared tokenizer, lm train) at toy size."""
     from infinite_former.data.tokenizer import TextTokenizer
 
     bench = load_benchmark("lm_shakespeare")
@@ -197,8 +197,8 @@ def tiny_gpt2(folder: Path, corpus: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def gpt2_benchmark(tmp_path_factory):
-    """benchmarks/gpt2_finetune.py at toy size (its settings S and data patched, its own command
-    lines and code): every variant fine-tuned for seed 0, each under its own spy."""
+    """benchmarks/gpt2_finetune.py at toy size (its settings S and data patched, its own settings
+    and code): every variant fine-tuned for seed 0, each under its own spy."""
     root = tmp_path_factory.mktemp("gpt2_finetune")
     corpus = write_text_corpus(root / "corpus")
     gpt2 = tiny_gpt2(root / "hf", corpus)
@@ -211,11 +211,9 @@ def gpt2_benchmark(tmp_path_factory):
     patch.setattr(bench, "RECORDS", root / "records")
     runs = {}
     for variant in bench.VARIANTS:
-        args = bench._parser().parse_args(
-            bench.finetune_argv(variant, 0, root / "runs" / f"{variant}-seed0", gpt2)
-        )
+        settings = bench.finetune_settings(variant, 0, root / "runs" / f"{variant}-seed0", gpt2)
         with embedded_rows() as rows:
-            runs[variant] = (rows, bench.lm_cli.lm_finetune(args))
+            runs[variant] = (rows, bench.lm_cli.lm_finetune(settings))
     yield bench, gpt2, root, runs
     patch.undo()
 
@@ -231,7 +229,7 @@ def test_gpt2_finetune_benchmark_trains_on_train_and_tests_on_test(gpt2_benchmar
     check_rows(rows, AutoTokenizer.from_pretrained(gpt2).decode, {"test"})
     assert set(res["eval"]) == {"test"}
     test = res["eval"]["test"]
-    assert set(test) == {"gpt2", "gpt2_finetuned" if variant == "no_memory" else "gpt2_memory"}
+    assert set(test) == {"base", "finetuned" if variant == "no_memory" else "memory"}
     assert {tuple(sorted(r["per_document"])) for r in test.values()} == {("test0", "test1")}
 
 

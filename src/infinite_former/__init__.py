@@ -12,7 +12,7 @@ from typing import Any
 from .attention import LongTermAttention, LTMConfig, gaussian_kl
 from .basis import GaussianBasis
 from .continuous import ContinuousSoftmax, ContinuousSparsemax
-from .memory import LTMState, MemoryState, sticky_positions, uniform_positions, update_memory
+from .memory import LTMState, sticky_positions, uniform_positions, update_memory
 
 __version__ = "0.2.0"
 
@@ -23,7 +23,8 @@ _LAZY = {
     "LMOutput": "models",
     "LMState": "models",
     "ModelConfig": "models",
-    "ModelState": "models",  # the 0.1 name of LMState
+    "ModelState": "models",  # the 0.1 name of LMState (warns)
+    "MemoryState": "memory",  # the 0.1 name of LTMState (warns)
     "Segment": "data.segments",
     "Shard": "data.segments",
     "CheckpointError": "training",
@@ -42,7 +43,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
+    if name not in ("ModelState", "MemoryState"):  # former names warn at every use
+        globals()[name] = value
     return value
 
 
@@ -57,7 +59,6 @@ __all__ = [
     "LTMConfig",
     "LTMState",
     "LongTermAttention",
-    "MemoryState",
     "gaussian_kl",
     "sticky_positions",
     "uniform_positions",

@@ -27,7 +27,7 @@ from torch import Tensor
 from . import ridge
 from .basis import GaussianBasis
 from .provenance import check_finite, load_torch_file
-from .utils import check_int
+from .utils import check_int, deprecated_aliases
 
 
 @dataclass
@@ -146,7 +146,9 @@ class LTMState:
             raise ValueError(f"{os.fspath(path)}: {err}") from None
 
 
-MemoryState = LTMState  # the 0.1 name; kept for one release (README: "Moved in 0.2")
+__getattr__ = deprecated_aliases(
+    __name__, {"MemoryState": (LTMState, "infinite_former.memory.LTMState")}
+)  # the 0.1 name
 
 
 # ------------------------------------------------------------------ sample positions

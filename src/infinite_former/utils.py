@@ -10,7 +10,8 @@ import platform
 import random
 import types
 import typing
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -226,3 +227,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def is_main_process() -> bool:
     """True on rank 0 of a torchrun / accelerate launch (and in a plain single process)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def deprecated_aliases(module: str, aliases: dict[str, tuple[Any, str]]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for former names, ``aliases[old] = (object, new name)``:
+    using an old name warns with DeprecationWarning (CHANGELOG.md lists them)."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in aliases:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value, new = aliases[name]
+        warnings.warn(f"{module}.{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2)
+        return value
+
+    return __getattr__

@@ -27,7 +27,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,29 +49,28 @@ from ..data.dialogue import (
 from ..data.segments import Segment
 from ..data.text import read_text_file
 from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
-from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
-from ..hf.memory import InfiniteGPT2Memory
-from ..hf.training import HFMemoryLM
+from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, MemoryStream
+from ..hf.memory import HFMemoryState
+from ..hf.training import HFMemoryLM, load_memory_model
 from ..training import Trainer
-from ..training.checkpoints import check_resume, exit_status, parse_overrides
+from ..training.checkpoints import check_resume, exit_status
 from ..utils import check_output_path, machine_info, seed_everything, write_json
 from .flags import (
     Flag,
     add_flags,
-    eval_splits,
     flat_memory,
     memory_flags,
     overrides,
     resolve_device,
     set_threads,
 )
-from .lm import (
-    FINETUNE_FLAGS,
+from .runs import (
     TRAIN_FLAGS,
-    _apply_overrides,
-    _common_args,
-    _load_hf_memory_model,
-    _train_config,
+    RunSettings,
+    add_run_args,
+    check_steps_or_epochs,
+    defaults_of,
+    settings_from_args,
 )
 
 CONFIG_FILE = "dialogue_config.json"
@@ -85,7 +84,7 @@ class DialogueState:
     may be shorter than L (they are cut from the end), so the pending block is absorbed when the
     next block starts, and a reset of every row empties the memory wherever the block stands."""
 
-    memory: InfiniteGPT2Memory
+    memory: HFMemoryState
 
     def reset(self, rows: Tensor) -> DialogueState:
         if not bool(rows.any()):
@@ -105,7 +104,7 @@ class DialogueState:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> DialogueState:
-        return cls(InfiniteGPT2Memory.from_state_dict(d))
+        return cls(HFMemoryState.from_state_dict(d))
 
 
 class DialogueLM(HFMemoryLM):
@@ -134,9 +133,7 @@ def uses_memory(model: nn.Module) -> bool:
     return len(model.ltm) > 0
 
 
-def read_blocks(
-    model: nn.Module, blocks: Sequence[Sequence[int]], device: torch.device
-) -> InfiniteGPT2Memory:
+def read_blocks(model: nn.Module, blocks: Sequence[Sequence[int]], device: torch.device) -> HFMemoryState:
     """A fresh memory after reading ``blocks`` (the context before the reply's block), each absorbed
     into the long-term memory when it ends, as in training."""
     memory = model.init_memory(1, device)
@@ -344,7 +341,7 @@ def evaluate_dialogues(
 # ------------------------------------------------------------------------------------------ build
 
 
-def dialogue_tokenizer(args: argparse.Namespace, train: Sequence[Dialogue]) -> TextTokenizer:
+def dialogue_tokenizer(args: DialogueTrainSettings, train: Sequence[Dialogue]) -> TextTokenizer:
     """GPT-2's tokenizer (``--model``) or, from scratch, a BPE trained on the training dialogues;
     plus the dialogue special tokens."""
     if args.model:
@@ -355,27 +352,107 @@ def dialogue_tokenizer(args: argparse.Namespace, train: Sequence[Dialogue]) -> T
     return add_dialogue_tokens(tok)
 
 
-# flag -> InfiniteGPT2Config field: the memory (also when loading --model) ...
-MEMORY_FLAGS: list[Flag] = [
-    Flag("--block-size", "block_size", int, "L: tokens per block", default=512),
-    *memory_flags(),  # default: the model's memory settings, or the Hugging Face preset
-]
-# ... and the size of a GPT-2 trained from scratch (no --model)
+# flag -> InfiniteGPT2Config field: the size of a GPT-2 trained from scratch (no --model)
 SCRATCH_FLAGS: list[Flag] = [
-    Flag("--n-layer", "n_layer", int, "from scratch: layers", default=2),
-    Flag("--n-embd", "n_embd", int, "from scratch: width", default=128),
-    Flag("--n-head", "n_head", int, "from scratch: heads", default=4),
+    Flag("--n-layer", "n_layer", int, "from scratch: layers"),
+    Flag("--n-embd", "n_embd", int, "from scratch: width"),
+    Flag("--n-head", "n_head", int, "from scratch: heads"),
 ]
 
 
-def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """add_memory's keywords from the memory flags, --uniform and --no-memory."""
-    out = flat_memory(overrides(args, MEMORY_FLAGS))
-    if args.uniform:
-        out["sticky"] = False
-    if args.no_memory:
-        out["memory_layers"] = []
-    return out
+def check_sampling(top_p: float, max_new_tokens: int) -> None:
+    """Nucleus sampling's settings (--top-p in (0, 1], --max-new-tokens >= 1)."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class DialogueTrainSettings(RunSettings):
+    """``dialogue train``: GPT-2 (``model``: folder or hub name; None: from scratch, of size n_layer /
+    n_embd / n_head) + memory on dialogue examples. ``ltm``: the memory's settings (default: the
+    model's, or the Hugging Face preset); ``uniform``: sticky off; ``no_memory``: no memory layers;
+    ``steps`` 0: from ``epochs``; ``lr``: GPT-2's weights, ``ltm_lr``: the memory's; max_replies /
+    max_eval_replies / max_document_chars 0: all."""
+
+    run_dir: str = "runs/dialogue"
+    eval_splits: tuple[str, ...] = ("test",)
+    batch_size: int = 1
+    steps: int = 0
+    warmup: int = 0
+    log_every: int = 50
+    lr: float = 5e-5
+    clip: float = 1.0
+    model: str | None = None
+    allow_download: bool = False
+    epochs: float = 3.0
+    ltm_lr: float = 2.5e-4
+    block_size: int = 512
+    ltm: dict[str, Any] = field(default_factory=dict)
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    uniform: bool = False
+    no_memory: bool = False
+    max_replies: int = 0
+    max_eval_replies: int = 0
+    max_document_chars: int = 0
+    vocab_size: int = 4096
+    top_p: float = 0.9
+    max_new_tokens: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sampling(self.top_p, self.max_new_tokens)
+        check_steps_or_epochs(self.steps, self.epochs)
+
+    def memory(self) -> dict[str, Any]:
+        """add_memory's keywords: block size, memory settings, ``uniform`` and ``no_memory``."""
+        out = flat_memory({"block_size": self.block_size, "ltm": dict(self.ltm)})
+        if self.uniform:
+            out["sticky"] = False
+        if self.no_memory:
+            out["memory_layers"] = []
+        return out
+
+
+@dataclass(frozen=True)
+class DialogueEvalSettings:
+    """``dialogue eval``: a ``dialogue train`` run (``run``) on a split; data / max_document_chars
+    None: the run's."""
+
+    run: str
+    data: str | None = None
+    split: str = "test"
+    max_document_chars: int | None = None
+    max_replies: int = 0
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    threads: int = 0
+    top_p: float = 0.9
+    max_new_tokens: int = 50
+
+    def __post_init__(self) -> None:
+        check_sampling(self.top_p, self.max_new_tokens)
+        check_output_path(self.out, "--out", folder=False)
+
+
+@dataclass(frozen=True)
+class DialogueChatSettings:
+    """``dialogue chat``: read ``document`` into a trained run's memory, then answer stdin."""
+
+    run: str
+    document: str
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    top_p: float = 0.9
+    max_new_tokens: int = 50
+
+    def __post_init__(self) -> None:
+        check_sampling(self.top_p, self.max_new_tokens)
 
 
 def _check_gpt2_folder(path: str, local_files_only: bool) -> None:
@@ -393,12 +470,12 @@ def _check_gpt2_folder(path: str, local_files_only: bool) -> None:
         )
 
 
-def build_model(args: argparse.Namespace, tok: TextTokenizer) -> nn.Module:
+def build_model(args: DialogueTrainSettings, tok: TextTokenizer) -> nn.Module:
     """GPT-2 (``--model``: a folder or hub name) or a from-scratch GPT-2 of the given size, with memory."""
-    memory = _memory_overrides(args)
+    memory = args.memory()
     ids = SpecialIds.of(tok)
     if args.model:
-        model = _load_hf_memory_model(args.model, memory, not args.allow_download)
+        model = load_memory_model(args.model, memory, not args.allow_download)
     else:
         config = InfiniteGPT2Config(
             vocab_size=tok.vocab_size,
@@ -422,25 +499,20 @@ def build_model(args: argparse.Namespace, tok: TextTokenizer) -> nn.Module:
     return model
 
 
-def _split(args: argparse.Namespace, split: str) -> list[Dialogue]:
-    return load_dialogues(args.data, split, args.max_document_chars)
+def _split(data: str, split: str, max_document_chars: int) -> list[Dialogue]:
+    return load_dialogues(data, split, max_document_chars)
 
 
 # ------------------------------------------------------------------------------------------ train
 
 
-def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
+def dialogue_train(args: DialogueTrainSettings) -> dict[str, Any]:
     """Train (or fine-tune) on dialogue examples, save ``<run>/model``, then evaluate."""
+    changes = args.changes()
+    args = args.with_changes(changes, TRAIN_FLAGS)
     run = Path(args.run_dir)
-    changes = parse_overrides(args.override, args.resume)
-    _apply_overrides(args, changes, TRAIN_FLAGS + FINETUNE_FLAGS)
-    check_output_path(run, "--run-dir")
-    if not (args.epochs > 0 and math.isfinite(args.epochs)):
-        raise ValueError(f"--epochs must be a number > 0, got {args.epochs}")
-    if args.steps < 0:
-        raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {args.steps}")
-    # numeric flags before any data is read (steps from --epochs is known only after reading it)
-    _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=args.steps or max(args.warmup, 1))
+    # numeric settings before any data is read (steps from epochs is known only after reading it)
+    args.train_config(TRAIN_FLAGS, steps=args.steps or max(args.warmup, 1))
     if args.model:
         _check_gpt2_folder(args.model, not args.allow_download)
     saved = None
@@ -448,13 +520,13 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
         if not (run / CONFIG_FILE).is_file():
             raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `dialogue train` run)")
         saved = json.loads((run / CONFIG_FILE).read_text())
-        fixed = {**_memory_overrides(args), **(overrides(args, SCRATCH_FLAGS) if not args.model else {})}
+        fixed = {**args.memory(), **(overrides(args, SCRATCH_FLAGS) if not args.model else {})}
         config = InfiniteGPT2Config.from_dict(saved["model"])  # 0.2 runs converted: settings in config.ltm
         given = {**config.to_dict(), **config.ltm}  # the model's fields and the memory's settings, flat
         check_resume(run, {k: given.get(k) for k in fixed}, fixed, changes)  # memory, model: fixed
-    train = _split(args, args.train_split)
-    for split in eval_splits(args):
-        _split(args, split)  # every split is read (and checked) before training
+    train = _split(args.data, args.train_split, args.max_document_chars)
+    for split in args.splits_to_evaluate:
+        _split(args.data, split, args.max_document_chars)  # every split is read (and checked) before training
     if saved is not None:
         tok = TextTokenizer.load(run / "tokenizer")
         model = InfiniteGPT2LMHeadModel(InfiniteGPT2Config.from_dict(saved["model"]))
@@ -466,7 +538,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
     examples = DialogueExamples(train, tok, block, args.max_replies)
     steps = args.steps or max(1, math.ceil(args.epochs * len(examples)))
     # warmup longer than training is refused, as in lm train
-    tcfg = _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=args.warmup)
+    tcfg = args.train_config(TRAIN_FLAGS, steps=steps, warmup_steps=args.warmup)
     memory = uses_memory(model)
     settings = {
         "task": "dialogue",
@@ -521,11 +593,11 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
     if not result.stopped_by_signal:
         device = resolve_device(args.device)
         model.to(device)
-        for split in eval_splits(args):
+        for split in args.splits_to_evaluate:
             res = evaluate_dialogues(
                 model,
                 tok,
-                _split(args, split),
+                _split(args.data, split, args.max_document_chars),
                 args.max_eval_replies,
                 args.seed,
                 args.top_p,
@@ -558,29 +630,29 @@ def load_dialogue_model(path: str | Path, device: torch.device) -> tuple[nn.Modu
         raise ValueError(f"--run: {str(path)!r} holds no model (expected a `dialogue train` run folder)")
     tok = TextTokenizer.load(p)
     SpecialIds.of(tok)
-    model = _load_hf_memory_model(str(p), {}, True).to(device).eval()
+    model = load_memory_model(str(p), {}, True).to(device).eval()
     return model, tok
 
 
-def dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
-    check_output_path(args.out, "--out", folder=False)
+def dialogue_eval(args: DialogueEvalSettings) -> dict[str, Any]:
+    """Sample replies of a trained run on a split; F1, ROUGE, METEOR and reply perplexity."""
     device = resolve_device(args.device)
     model, tok = load_dialogue_model(args.run, device)
-    if args.data is None or args.max_document_chars is None:
+    source, max_chars = args.data, args.max_document_chars
+    if source is None or max_chars is None:  # the run's
         config = Path(args.run) / CONFIG_FILE
         if not config.is_file():
             raise ValueError(
                 f"--run: {str(args.run)!r} has no {CONFIG_FILE}: give --data and --max-document-chars"
             )
         saved = json.loads(config.read_text())["data"]
-        args.data = args.data or saved["source"]
-        if args.max_document_chars is None:
-            args.max_document_chars = saved.get("max_document_chars", 0)
-    source = args.data
+        source = source or saved["source"]
+        if max_chars is None:
+            max_chars = saved.get("max_document_chars", 0)
     res = evaluate_dialogues(
         model,
         tok,
-        _split(args, args.split),
+        _split(source, args.split, max_chars),
         args.max_replies,
         args.seed,
         args.top_p,
@@ -606,7 +678,7 @@ def chat(
     """Read ``document`` into the memory, then answer each line of ``lines`` (until EOF or an empty
     line) on ``out``; the memory keeps the document and every turn. Returns the stream."""
     ids = SpecialIds.of(tok)
-    stream = InfiniteGPT2Stream(model)
+    stream = MemoryStream(model)
     stream.read([ids.bos, ids.doc, *tok.encode(document)])
     torch.manual_seed(seed)
     for line in lines:
@@ -628,7 +700,7 @@ def chat(
     return stream
 
 
-def dialogue_chat(args: argparse.Namespace) -> dict[str, Any]:
+def dialogue_chat(args: DialogueChatSettings) -> dict[str, Any]:
     device = resolve_device(args.device)
     model, tok = load_dialogue_model(args.run, device)
     document = read_text_file(args.document)
@@ -658,70 +730,62 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="dialogue_command", required=True)
 
     t = sub.add_parser("train", help="train GPT-2 + memory on dialogues, then evaluate")
-    _common_args(t)
-    add_flags(t, FINETUNE_FLAGS)  # --lr 5e-5 (GPT-2's weights), --clip 1.0
-    t.set_defaults(
-        steps=0, batch_size=1, warmup=0, run_dir="runs/dialogue", eval_splits=["test"], log_every=50
-    )
-    t.add_argument(
-        "--model", default=None, help="GPT-2 folder or hub name (default: from scratch, see --n-layer)"
-    )
+    add_run_args(t)
+    t.add_argument("--model", help="GPT-2 folder or hub name (default: from scratch, see --n-layer)")
     t.add_argument("--allow-download", action="store_true", help="allow downloading --model from the hub")
-    t.add_argument("--epochs", type=float, default=3.0, help="used when --steps is 0")
-    t.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the memory weights")
-    add_flags(t, MEMORY_FLAGS)
+    t.add_argument("--epochs", type=float, help="used when --steps is 0")
+    t.add_argument("--ltm-lr", type=float, help="learning rate of the memory weights")
+    t.add_argument("--block-size", type=int, help="L: tokens per block")
+    add_flags(t, memory_flags())  # default: the model's memory settings, or the Hugging Face preset
     add_flags(t, SCRATCH_FLAGS)
     t.add_argument("--uniform", action="store_true", help="the same as --sampling uniform")
     t.add_argument(
         "--no-memory", action="store_true", help="the same model without memory (reply's block only)"
     )
-    t.add_argument("--max-replies", type=int, default=0, help="training replies per dialogue (0 = all)")
-    t.add_argument("--max-eval-replies", type=int, default=0, help="evaluated replies per dialogue (0 = all)")
-    t.add_argument(
-        "--max-document-chars", type=int, default=0, help="keep each document's last N chars (0 = all)"
-    )
-    t.add_argument("--vocab-size", type=int, default=4096, help="from scratch: BPE vocabulary")
+    t.add_argument("--max-replies", type=int, help="training replies per dialogue (0 = all)")
+    t.add_argument("--max-eval-replies", type=int, help="evaluated replies per dialogue (0 = all)")
+    t.add_argument("--max-document-chars", type=int, help="keep each document's last N chars (0 = all)")
+    t.add_argument("--vocab-size", type=int, help="from scratch: BPE vocabulary")
     _sampling_args(t)
+    t.set_defaults(**defaults_of(DialogueTrainSettings), dialogue_settings=DialogueTrainSettings)
     t.set_defaults(dialogue_func=dialogue_train)
 
     e = sub.add_parser("eval", help="sample replies; F1, ROUGE-1, ROUGE-L, METEOR, reply perplexity")
     e.add_argument("--run", required=True, help="a `dialogue train` run folder")
-    e.add_argument("--data", default=None, help="dialogues (default: the run's)")
-    e.add_argument("--split", default="test")
-    e.add_argument("--max-document-chars", type=int, default=None, help="default: the run's")
-    e.add_argument("--max-replies", type=int, default=0, help="replies per dialogue (0 = all)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--out", default=None, help="results JSON (default: <run>/eval_<split>.json)")
-    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--data", help="dialogues (default: the run's)")
+    e.add_argument("--split")
+    e.add_argument("--max-document-chars", type=int, help="default: the run's")
+    e.add_argument("--max-replies", type=int, help="replies per dialogue (0 = all)")
+    e.add_argument("--seed", type=int)
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--out", help="results JSON (default: <run>/eval_<split>.json)")
+    e.add_argument("--threads", type=int)
     _sampling_args(e)
+    e.set_defaults(**defaults_of(DialogueEvalSettings), dialogue_settings=DialogueEvalSettings)
     e.set_defaults(dialogue_func=dialogue_eval)
 
     c = sub.add_parser("chat", help="read a document into memory, then talk about it (stdin)")
     c.add_argument("--run", required=True, help="a `dialogue train` run folder")
     c.add_argument("--document", required=True, help="a UTF-8 text file")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    c.add_argument("--threads", type=int)
     _sampling_args(c)
+    c.set_defaults(**defaults_of(DialogueChatSettings), dialogue_settings=DialogueChatSettings)
     c.set_defaults(dialogue_func=dialogue_chat)
     p.set_defaults(func=run_dialogue)
     return p
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling")
-    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--top-p", type=float, help="nucleus sampling")
+    p.add_argument("--max-new-tokens", type=int)
 
 
 def run_dialogue(args: argparse.Namespace) -> int:
     """Run a parsed ``dialogue`` command (cli.main turns bad input into a one-line error, exit status 2)."""
-    set_threads(getattr(args, "threads", 0))
-    if not 0.0 < args.top_p <= 1.0:
-        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    out = args.dialogue_func(args)
+    set_threads(getattr(args, "threads", 0) or 0)
+    out = args.dialogue_func(settings_from_args(args.dialogue_settings, args))
     return exit_status(out.get("stop_signal") if isinstance(out, dict) else None)  # 130 / 143 if interrupted
 
 
@@ -729,6 +793,9 @@ add_parser = add_dialogue_parser  # every experiment module offers add_parser(su
 
 
 __all__ = [
+    "DialogueChatSettings",
+    "DialogueEvalSettings",
+    "DialogueTrainSettings",
     "DialogueLM",
     "DialogueState",
     "ExampleStream",

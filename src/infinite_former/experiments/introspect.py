@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..data.tokenizer import TextTokenizer, hf_tokenizer
 from ..introspection import InspectConfig, MemoryReport, inspect_document, write_report
 from ..utils import check_int, check_output_path
 from .flags import resolve_device
+from .runs import defaults_of
 
 LoadRun = Callable[[str | os.PathLike], tuple[nn.Module, TextTokenizer, dict[str, Any]]]
 LoadHF = Callable[[str], nn.Module]
@@ -128,39 +130,66 @@ def _write(report: MemoryReport, out: Path) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class InspectSettings:
+    """``lm inspect``: read ``text`` through exactly one of a ``lm train`` run (``run``) or a Hugging
+    Face model folder saved with its memory (``hf``); the report goes to ``out`` (default:
+    ``<run or folder>/inspect``). seg_len (``run`` only; None: training's); grid_points, max_tracked,
+    seed: InspectConfig's."""
+
+    text: str
+    run: str | None = None
+    hf: str | None = None
+    out: str | None = None
+    seg_len: int | None = None
+    grid_points: int = 1024
+    max_tracked: int = 2048
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (self.hf is None):
+            raise ValueError(
+                "lm inspect: give exactly one of --run (a lm train run) and --hf (a model folder)"
+            )
+        if self.seg_len is not None:
+            check_int("--seg-len", self.seg_len)  # 0 is not "the default"
+            if self.hf is not None:
+                raise ValueError(
+                    "--seg-len: only with --run (--hf reads in blocks of the model's block_size)"
+                )
+        check_output_path(self.out, "--out")
+
+    def config(self) -> InspectConfig:
+        return InspectConfig(grid_points=self.grid_points, max_tracked=self.max_tracked, seed=self.seed)
+
+
+def run_inspect(s: InspectSettings, load_run: LoadRun, load_hf: LoadHF) -> dict[str, Any]:
+    """``lm inspect`` with its settings; the loaders as in inspect_run / inspect_hf."""
+    if s.hf is not None:
+        return inspect_hf(s.hf, s.text, s.out, s.device, s.config(), load_hf=load_hf)
+    assert s.run is not None  # InspectSettings checked that one is given
+    return inspect_run(s.run, s.text, s.out, s.device, s.config(), s.seg_len, load_run=load_run)
+
+
 def add_inspect_parser(sub: Any, load_run: LoadRun, load_hf: LoadHF) -> None:
     """Register ``lm inspect`` on the ``lm`` subparsers; load_run(run_dir) -> (model, tokenizer,
     lm_config) is experiments.lm.load_trained_lm and load_hf(folder) -> model its loader of HF
-    models with memory (passed in: this module does not import lm)."""
+    models with memory (passed in: this module does not import lm). The flags map onto InspectSettings."""
     p = sub.add_parser("inspect", help="what the long-term memory holds and where it is read (PNGs + JSON)")
-    p.add_argument("--run", default=None, help="a `lm train` run folder (memory type infinite*)")
-    p.add_argument(
-        "--hf",
-        default=None,
-        help="or a Hugging Face model folder saved with its memory (lm finetune's model/)",
-    )
+    p.add_argument("--run", help="a `lm train` run folder (memory type infinite*)")
+    p.add_argument("--hf", help="or a Hugging Face model folder saved with its memory (lm finetune's model/)")
     p.add_argument("--text", required=True, help="a UTF-8 text file: the document to read")
-    p.add_argument("--out", default=None, help="output folder (default: <run or folder>/inspect)")
-    p.add_argument(
-        "--seg-len", type=int, default=None, help="--run: tokens per segment (default: training's)"
+    p.add_argument("--out", help="output folder (default: <run or folder>/inspect)")
+    p.add_argument("--seg-len", type=int, help="--run: tokens per segment (default: training's)")
+    p.add_argument("--grid-points", type=int, help="cells of [0, 1] for the age map")
+    p.add_argument("--max-tracked", type=int, help="tokens tracked for reconstruction")
+    p.add_argument("--seed", type=int, help="seed of sticky sampling's draws")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
+    p.set_defaults(
+        **defaults_of(InspectSettings),
+        lm_settings=InspectSettings,
+        lm_func=partial(run_inspect, load_run=load_run, load_hf=load_hf),
     )
-    p.add_argument("--grid-points", type=int, default=1024, help="cells of [0, 1] for the age map")
-    p.add_argument("--max-tracked", type=int, default=2048, help="tokens tracked for reconstruction")
-    p.add_argument("--seed", type=int, default=0, help="seed of sticky sampling's draws")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.set_defaults(lm_func=partial(_run_inspect, load_run=load_run, load_hf=load_hf))
-
-
-def _run_inspect(args: Any, load_run: LoadRun, load_hf: LoadHF) -> dict[str, Any]:
-    if (args.run is None) == (args.hf is None):
-        raise ValueError("lm inspect: give exactly one of --run (a lm train run) and --hf (a model folder)")
-    config = InspectConfig(grid_points=args.grid_points, max_tracked=args.max_tracked, seed=args.seed)
-    if args.seg_len is not None:
-        check_int("--seg-len", args.seg_len)  # 0 is not "the default"
-    check_output_path(args.out, "--out")
-    if args.hf is not None:
-        if args.seg_len is not None:
-            raise ValueError("--seg-len: only with --run (--hf reads in blocks of the model's block_size)")
-        return inspect_hf(args.hf, args.text, args.out, args.device, config, load_hf=load_hf)
-    return inspect_run(args.run, args.text, args.out, args.device, config, args.seg_len, load_run=load_run)

@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from functools import partial
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -42,19 +42,12 @@ from ..data.tokenizer import TextTokenizer, build_tokenizer, hf_tokenizer
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..models.config import LEGACY_02 as MODEL_LEGACY_02
 from ..models.lm import zero_ltm_output
-from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
-from ..training.checkpoints import (
-    RESUME_OVERRIDABLE,
-    check_resume,
-    exit_status,
-    load_weights,
-    parse_overrides,
-)
+from ..training import Trainer, evaluate_lm, load_checkpoint
+from ..training.checkpoints import check_resume, exit_status, load_weights
 from ..utils import check_int, check_output_path, machine_info, seed_everything, write_json
 from .flags import (
     Flag,
     add_flags,
-    eval_splits,
     flat_memory,
     memory_flags,
     merge,
@@ -63,9 +56,147 @@ from .flags import (
     resolve_device,
     set_threads,
 )
-from .introspect import add_inspect_parser
+from .introspect import InspectSettings, add_inspect_parser, run_inspect
+from .runs import (
+    TRAIN_FLAGS,
+    RunSettings,
+    add_run_args,
+    check_steps_or_epochs,
+    defaults_of,
+    settings_from_args,
+)
 
 CONFIG_FILE = "lm_config.json"
+
+# ---------------------------------------------------------------------------------------- settings
+
+# lm train only: flag -> TrainConfig field (the loop's other flags: runs.TRAIN_FLAGS)
+LM_TRAIN_FLAGS: list[Flag] = [
+    Flag("--min-lr-ratio", "min_lr_ratio", float, "final lr / peak lr of the cosine"),
+    Flag("--eval-batch-size", "eval_batch_size", int, "lanes of the periodic evaluation"),
+    Flag("--eval-every", "eval_every", int, "evaluate every N steps (0: at the end only)"),
+]
+# lm train: flag -> ModelConfig field (the memory's generated flags fill ``ltm``; --set any other field)
+MODEL_FLAGS: list[Flag] = [
+    Flag("--memory-type", "memory_type", str, "memory type", choices=MEMORY_TYPES),
+    Flag("--d-model", "d_model", int, "model width e"),
+    Flag("--n-layers", "n_layers", int, "layers"),
+    Flag("--n-heads", "n_heads", int, "attention heads H"),
+    Flag("--d-inner", "d_inner", int, "feed-forward width"),
+    Flag("--dropout", "dropout", float, "dropout"),
+    Flag("--mem-len", "mem_len", int, "short-term memory length"),
+    Flag("--cmem-len", "cmem_len", int, "compressive: compressed memory slots"),
+    Flag("--compression-rate", "compression_rate", int, "compressive: compression rate c"),
+]
+
+
+@dataclass(frozen=True)
+class LMTrainSettings(RunSettings):
+    """``lm train``: a from-scratch LM on long documents. The model's fields are ModelConfig's
+    (``ltm``: memory settings over the model's preset; the memory type decides ``sticky``; ``set``:
+    ``KEY=VALUE`` items for any other ModelConfig field); vocab_size comes from the tokenizer."""
+
+    min_lr_ratio: float = 0.0
+    eval_batch_size: int | None = None
+    eval_every: int = 0
+    memory_type: str = "infinite_sticky"
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_inner: int = 512
+    dropout: float = 0.1
+    mem_len: int = 128
+    cmem_len: int = 64
+    compression_rate: int = 2
+    ltm: dict[str, Any] = field(default_factory=dict)
+    set: tuple[str, ...] = ()
+    valid_split: str = "valid"
+    tokenizer: str = "auto"
+    vocab_size: int = 4096
+    seg_len: int = 128
+    ltm_zero_init_output: bool = False
+    eval_segments: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "set", tuple(self.set or ()))
+        if self.memory_type not in MEMORY_TYPES:
+            raise ValueError(f"--memory-type must be one of {list(MEMORY_TYPES)}, got {self.memory_type!r}")
+        if "sticky" in self.ltm:
+            raise ValueError("ltm: 'sticky' is decided by --memory-type (infinite | infinite_sticky)")
+        check_int("--seg-len", self.seg_len)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """ModelConfig from the model settings and ``set`` (which takes precedence)."""
+        aliases = {old: f"ltm.{new}" for old, new in MODEL_LEGACY_02.items()}  # 0.2's --set ltm_num_bins=8
+        given = merge(overrides(self, MODEL_FLAGS), {"ltm": dict(self.ltm)} if self.ltm else {})
+        return ModelConfig(
+            **merge({"vocab_size": vocab_size}, given, parse_set(list(self.set), ModelConfig, aliases))
+        )
+
+
+@dataclass(frozen=True)
+class LMFinetuneSettings(RunSettings):
+    """``lm finetune``: a causal LM (``model``: folder or hub name) + long-term memory, the paper's
+    recipe. ``ltm``: add_memory's memory settings (default: the model's, or the Hugging Face preset);
+    ``steps`` 0: from ``epochs``; ``lr``: the base model's weights, ``ltm_lr``: the memory's."""
+
+    run_dir: str = "runs/lm_finetune"
+    batch_size: int = 1
+    steps: int = 0
+    warmup: int = 0
+    lr: float = 5e-5
+    clip: float = 1.0
+    model: str = "gpt2"
+    allow_download: bool = False
+    block_size: int = 512
+    epochs: float = 1.0
+    ltm_lr: float = 2.5e-4
+    ltm: dict[str, Any] = field(default_factory=dict)
+    no_memory: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("--block-size", self.block_size)
+        check_steps_or_epochs(self.steps, self.epochs)
+
+    def memory(self) -> dict[str, Any]:
+        """add_memory's keywords: block size, memory settings, no memory layers with ``no_memory``."""
+        out = flat_memory({"block_size": self.block_size, "ltm": dict(self.ltm)})
+        if self.no_memory:
+            out["memory_layers"] = []
+        return out
+
+
+@dataclass(frozen=True)
+class LMEvalSettings:
+    """``lm eval``: a trained run (``run``) or a model with memory vs its base model (``hf``).
+    None: the run's / model's own value (seg_len, block_size, data, base)."""
+
+    run: str | None = None
+    hf: str | None = None
+    base: str | None = None
+    no_baseline: bool = False
+    block_size: int | None = None
+    data: str | None = None
+    split: str = "test"
+    seg_len: int | None = None
+    batch_size: int = 4
+    cache_dir: str | None = None
+    device: str = "auto"
+    allow_download: bool = False
+    out: str | None = None
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("--batch-size", self.batch_size)
+        for name in ("seg_len", "block_size"):  # None: the run's / model's
+            if getattr(self, name) is not None:
+                check_int(f"--{name.replace('_', '-')}", getattr(self, name))
+        check_output_path(self.out, "--out", folder=False)
+        if not self.run and not self.hf:
+            raise ValueError("lm eval: give --run RUN_DIR (a `lm train` run) or --hf PATH (GPT-2 + memory)")
+
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -81,56 +212,59 @@ def _load_split(source: str, split: str, tokenizer: TextTokenizer, cache_dir: st
     return tokenize_documents(load_corpus_split(source, split), tokenizer, cache_dir=cache_dir)
 
 
+def _load_hf(path: str, overrides: dict[str, Any], local_files_only: bool) -> nn.Module:
+    from ..hf.training import load_memory_model  # deferred: transformers loads only for Hugging Face models
+
+    return load_memory_model(path, overrides, local_files_only)
+
+
 # --------------------------------------------------------------------------------------- lm train
 
 
-def lm_train(args: argparse.Namespace) -> dict[str, Any]:
+def lm_train(s: LMTrainSettings) -> dict[str, Any]:
     """Train a from-scratch LM on long documents, then evaluate it; returns the results dict."""
-    run = Path(args.run_dir)
-    cache = args.cache_dir or str(run / "cache")
+    changes = s.changes()
+    s = s.with_changes(changes, TRAIN_FLAGS + LM_TRAIN_FLAGS)
+    run = Path(s.run_dir)
+    cache = s.cache_dir or str(run / "cache")
     config_path = run / CONFIG_FILE
-    changes = parse_overrides(args.override, args.resume)
-    _apply_overrides(args, changes, TRAIN_FLAGS + LM_TRAIN_FLAGS)
-    tcfg = _train_config(args, run, TRAIN_FLAGS + LM_TRAIN_FLAGS)  # numeric flags: before any data is read
-    check_int("--seg-len", args.seg_len)
-    check_output_path(run, "--run-dir")
-    check_output_path(args.cache_dir, "--cache-dir")
-    if args.resume and not config_path.is_file():
+    tcfg = s.train_config(TRAIN_FLAGS + LM_TRAIN_FLAGS)  # numeric settings: before any data is read
+    if s.resume and not config_path.is_file():
         raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `lm train` run to continue)")
-    if args.resume:
+    if s.resume:
         saved = json.loads(config_path.read_text())
         saved["model"] = ModelConfig.from_dict(saved["model"]).to_dict()  # a 0.2 run: its settings nested
         tok = TextTokenizer.load(run / "tokenizer")
-        mcfg = _model_config(args, tok.vocab_size)
+        mcfg = s.model_config(tok.vocab_size)
     else:
-        train_docs = load_corpus_split(args.data, args.train_split)
-        tok = build_tokenizer(args.tokenizer, (d.text for d in train_docs), vocab_size=args.vocab_size)
-        mcfg = _model_config(args, tok.vocab_size)
+        train_docs = load_corpus_split(s.data, s.train_split)
+        tok = build_tokenizer(s.tokenizer, (d.text for d in train_docs), vocab_size=s.vocab_size)
+        mcfg = s.model_config(tok.vocab_size)
         if mcfg.vocab_size != tok.vocab_size:
             raise ValueError(
                 f"--set vocab_size={mcfg.vocab_size} differs from the tokenizer's {tok.vocab_size}"
             )
-    check_segment_length(args.seg_len, mcfg.max_segment_len)
+    check_segment_length(s.seg_len, mcfg.max_segment_len)
     settings = {
         "task": "lm",
         "model": mcfg.to_dict(),
         "train": tcfg.to_dict(),
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id},
-        "ltm_zero_init_output": bool(args.ltm_zero_init_output),
+        "ltm_zero_init_output": bool(s.ltm_zero_init_output),
         "data": {
-            "source": str(args.data),
-            "train_split": args.train_split,
-            "valid_split": args.valid_split,
-            "seg_len": args.seg_len,
+            "source": str(s.data),
+            "train_split": s.train_split,
+            "valid_split": s.valid_split,
+            "seg_len": s.seg_len,
         },
     }
-    if args.resume:  # everything is checked before anything is written
+    if s.resume:  # everything is checked before anything is written
         check_resume(run, saved, settings, changes)
-    check_splits(args.data, [args.train_split, args.valid_split, *eval_splits(args)])
-    if not args.resume:
+    check_splits(s.data, [s.train_split, s.valid_split, *s.splits_to_evaluate])
+    if not s.resume:
         tok.save(run / "tokenizer")
-    train_corpus = _load_split(args.data, args.train_split, tok, cache)
-    valid_corpus = _load_split(args.data, args.valid_split, tok, cache) if args.valid_split else None
+    train_corpus = _load_split(s.data, s.train_split, tok, cache)
+    valid_corpus = _load_split(s.data, s.valid_split, tok, cache) if s.valid_split else None
     settings["data"].update(train_documents=len(train_corpus), train_tokens=train_corpus.num_tokens)
     write_json(config_path, settings)
 
@@ -138,7 +272,7 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
         lanes = DocumentLanes(
             train_corpus,
             shard.global_batch_size,
-            args.seg_len,
+            s.seg_len,
             tok.eos_id,
             loop=True,
             max_positions=mcfg.max_segment_len,
@@ -150,40 +284,38 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
 
         def valid_stream(shard: Any) -> Iterator[Any]:
             lanes = DocumentLanes(
-                valid_corpus, shard.global_batch_size, args.seg_len, tok.eos_id, loop=False, train=False
+                valid_corpus, shard.global_batch_size, s.seg_len, tok.eos_id, loop=False, train=False
             )
-            return islice(LaneStream(lanes, shard.rank, shard.batch_size), args.eval_segments or None)
+            return islice(LaneStream(lanes, shard.rank, shard.batch_size), s.eval_segments or None)
 
         evaluators["valid"] = valid_stream
 
-    seed_everything(args.seed)
+    seed_everything(s.seed)
     model = InfiniteFormerLM(mcfg)
-    if args.ltm_zero_init_output and mcfg.uses_ltm:
+    if s.ltm_zero_init_output and mcfg.uses_ltm:
         zero_ltm_output(model)
     trainer = Trainer(model, tcfg, train_stream, evaluators=evaluators, model_config=mcfg.to_dict())
-    result = trainer.fit(resume=bool(args.resume))
+    result = trainer.fit(resume=bool(s.resume))
 
     out: dict[str, Any] = {
         "machine": machine_info(),
         "memory_type": mcfg.memory_type,
         "model": mcfg.to_dict(),
-        "ltm_zero_init_output": bool(args.ltm_zero_init_output),
+        "ltm_zero_init_output": bool(s.ltm_zero_init_output),
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
-        "seg_len": args.seg_len,
-        "batch_size": args.batch_size,
+        "seg_len": s.seg_len,
+        "batch_size": s.batch_size,
         **result.summary(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "eval": {},
     }
     if not result.stopped_by_signal:
-        device = resolve_device(args.device)
+        device = resolve_device(s.device)
         model.to(device)
-        for split in eval_splits(args):
-            corpus = _load_split(args.data, split, tok, cache)
-            res = evaluate_lm(
-                model, corpus, args.eval_batch_size or args.batch_size, args.seg_len, tok.eos_id, device
-            )
+        for split in s.splits_to_evaluate:
+            corpus = _load_split(s.data, split, tok, cache)
+            res = evaluate_lm(model, corpus, s.eval_batch_size or s.batch_size, s.seg_len, tok.eos_id, device)
             out["eval"][split] = res
             print(_summary_line(f"{mcfg.memory_type}/{split}", res))
     write_json(run / "results.json", out)
@@ -208,139 +340,100 @@ def load_trained_lm(run_dir: str | os.PathLike) -> tuple[nn.Module, TextTokenize
     return model, tok, saved
 
 
-def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate a trained run (``--run``) or GPT-2 vs GPT-2 + memory (``--hf``)."""
-    check_int("--batch-size", args.batch_size)
-    for name in ("seg_len", "block_size"):  # None: the run's / model's
-        if getattr(args, name) is not None:
-            check_int(f"--{name.replace('_', '-')}", getattr(args, name))
-    check_output_path(args.out, "--out", folder=False)
-    if args.hf:
-        return hf_eval(args)
-    if not args.run:
-        raise ValueError("lm eval: give --run RUN_DIR (a `lm train` run) or --hf PATH (GPT-2 + memory)")
-    device = resolve_device(args.device)
-    model, tok, saved = load_trained_lm(args.run)
+def lm_eval(s: LMEvalSettings) -> dict[str, Any]:
+    """Evaluate a trained run (``run``) or a model with memory vs its base model (``hf``)."""
+    if s.hf:
+        return hf_eval(s)
+    assert s.run is not None  # LMEvalSettings checked that one is given
+    device = resolve_device(s.device)
+    model, tok, saved = load_trained_lm(s.run)
     model.to(device)
-    source = args.data or saved["data"]["source"]
-    seg_len = args.seg_len if args.seg_len is not None else saved["data"]["seg_len"]
-    corpus = _load_split(source, args.split, tok, args.cache_dir or str(Path(args.run) / "cache"))
-    res = evaluate_lm(model, corpus, args.batch_size, seg_len, tok.eos_id, device)
-    print(_summary_line(f"{saved['model']['memory_type']}/{args.split}", res))
+    source = s.data or saved["data"]["source"]
+    seg_len = s.seg_len if s.seg_len is not None else saved["data"]["seg_len"]
+    corpus = _load_split(source, s.split, tok, s.cache_dir or str(Path(s.run) / "cache"))
+    res = evaluate_lm(model, corpus, s.batch_size, seg_len, tok.eos_id, device)
+    print(_summary_line(f"{saved['model']['memory_type']}/{s.split}", res))
     out = {
         "machine": machine_info(),
-        "run": str(args.run),
+        "run": str(s.run),
         "step": saved["step"],
         "memory_type": saved["model"]["memory_type"],
         "data": str(source),
-        "split": args.split,
+        "split": s.split,
         "seg_len": seg_len,
         "tokenizer": tok.kind,
         "results": res,
     }
-    write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
+    write_json(s.out or Path(s.run) / f"eval_{s.split}.json", out)
     return out
 
 
 # ------------------------------------------------------------------------- GPT-2 + memory (hf)
 
 
-def _load_hf_memory_model(path: str, overrides: dict[str, Any], local_files_only: bool) -> nn.Module:
-    """Any supported causal LM (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX, a saved model with memory)."""
-    from ..hf import load_model
-
-    try:
-        return load_model(path, local_files_only=local_files_only, **overrides)
-    except OSError as e:
-        raise ValueError(f"model: cannot load a causal LM from {path!r}: {e}") from e
-
-
-def _load_plain_model(path: str, local_files_only: bool) -> nn.Module:
-    """The base model without memory (the baseline of lm eval --hf / lm finetune)."""
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=local_files_only)
-    except OSError as e:
-        raise ValueError(f"cannot load the plain model from {path!r}: {e}") from e
-
-
 def _max_positions(model: nn.Module) -> int | None:
     return model.decoder_layout.max_positions
 
 
-def _hf_tokenizer(path: str, local_files_only: bool) -> TextTokenizer:
-    return hf_tokenizer(path, local_files_only=local_files_only)
+def hf_eval(s: LMEvalSettings) -> dict[str, Any]:
+    """``lm eval --hf PATH``: the base model (``base``, default: the run's base model) vs the model with memory."""
+    from ..hf.training import evaluate_hf_pair, load_plain_model
 
-
-def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """``lm eval --hf PATH``: GPT-2 (``--base``, default: the run's base model) vs GPT-2 + memory."""
-    from ..hf.training import evaluate_hf_pair
-
-    device = resolve_device(args.device)
-    local = not args.allow_download
-    path = str(args.hf)
+    device = resolve_device(s.device)
+    local = not s.allow_download
+    path = str(s.hf)
     meta_path = Path(path) / "finetune_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    base = args.base or meta.get("base_model")
-    memory_model = _load_hf_memory_model(path, {}, local).to(device)
-    block = args.block_size if args.block_size is not None else memory_model.memory_config.block_size
+    base = s.base or meta.get("base_model")
+    memory_model = _load_hf(path, {}, local).to(device)
+    block = s.block_size if s.block_size is not None else memory_model.memory_config.block_size
     check_segment_length(block, _max_positions(memory_model), name="block_size")
     if block != memory_model.memory_config.block_size:
-        memory_model = _load_hf_memory_model(path, {"block_size": block}, local).to(device)
+        memory_model = _load_hf(path, {"block_size": block}, local).to(device)
     plain = None
-    if base and not args.no_baseline:
-        plain = _load_plain_model(base, local).to(device)
-    tok = _hf_tokenizer(path, local)
-    source = args.data or meta.get("data")
+    if base and not s.no_baseline:
+        plain = load_plain_model(base, local).to(device)
+    tok = hf_tokenizer(path, local_files_only=local)
+    source = s.data or meta.get("data")
     if not source:
         raise ValueError("lm eval --hf: give --data (a corpus folder / file / hf:NAME)")
-    corpus = _load_split(source, args.split, tok, args.cache_dir)
-    res = evaluate_hf_pair(memory_model, plain, corpus, block, args.batch_size, tok.eos_id, device)
+    corpus = _load_split(source, s.split, tok, s.cache_dir)
+    res = evaluate_hf_pair(memory_model, plain, corpus, block, s.batch_size, tok.eos_id, device)
     for name, r in res.items():
-        print(_summary_line(f"{name}/{args.split}", r))
+        print(_summary_line(f"{name}/{s.split}", r))
     out = {
         "machine": machine_info(),
         "model": path,
         "base_model": base,
         "data": str(source),
-        "split": args.split,
+        "split": s.split,
         "block_size": block,
         "results": res,
     }
-    write_json(args.out or Path(path) / f"eval_{args.split}.json", out)
+    write_json(s.out or Path(path) / f"eval_{s.split}.json", out)
     return out
 
 
-def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
+def lm_finetune(s: LMFinetuneSettings) -> dict[str, Any]:
     """Fine-tune a causal LM + long-term memory on long documents (paper's recipe), then evaluate."""
-    from ..hf.training import HFMemoryLM, evaluate_hf_pair
+    from ..hf.training import HFMemoryLM, evaluate_hf_pair, load_plain_model
 
-    run = Path(args.run_dir)
-    local = not args.allow_download
-    changes = parse_overrides(args.override, args.resume)
-    _apply_overrides(args, changes, TRAIN_FLAGS + FINETUNE_FLAGS)
-    check_int("--block-size", args.block_size)
-    check_output_path(run, "--run-dir")
-    check_output_path(args.cache_dir, "--cache-dir")
-    if not (args.epochs > 0 and math.isfinite(args.epochs)):
-        raise ValueError(f"--epochs must be a number > 0, got {args.epochs}")
-    if args.steps < 0:
-        raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {args.steps}")
-    # numeric flags before any data is read (steps from --epochs is known only after tokenizing)
-    _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=args.steps or max(args.warmup, 1))
-    memory = flat_memory({"block_size": args.block_size, **overrides(args, memory_flags())})
-    if args.no_memory:
-        memory["memory_layers"] = []
+    changes = s.changes()
+    s = s.with_changes(changes, TRAIN_FLAGS)
+    run = Path(s.run_dir)
+    local = not s.allow_download
+    # numeric settings before any data is read (steps from epochs is known only after tokenizing)
+    s.train_config(TRAIN_FLAGS, steps=s.steps or max(s.warmup, 1))
+    memory = s.memory()
     settings: dict[str, Any] = {
         "task": "lm_finetune",
-        "base_model": str(args.model),
+        "base_model": str(s.model),
         "overrides": memory,
-        "ltm_lr": args.ltm_lr,
-        "data": {"source": str(args.data), "train_split": args.train_split, "block_size": args.block_size},
+        "ltm_lr": s.ltm_lr,
+        "data": {"source": str(s.data), "train_split": s.train_split, "block_size": s.block_size},
     }
     saved = None
-    if args.resume:
+    if s.resume:
         if not (run / CONFIG_FILE).is_file():
             raise ValueError(
                 f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `lm finetune` run to continue)"
@@ -348,18 +441,18 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         saved = json.loads((run / CONFIG_FILE).read_text())
         early = {k: v for k, v in saved.items() if k != "train"}
         check_resume(run, early, settings, changes)  # the memory settings, before the model loads
-    check_splits(args.data, [args.train_split, *eval_splits(args)])
-    tok = _hf_tokenizer(args.model, local)
-    seed_everything(args.seed)
-    hf_model = _load_hf_memory_model(args.model, memory, local)
-    check_segment_length(args.block_size, _max_positions(hf_model), name="block_size")
-    cache = args.cache_dir or str(run / "cache")
-    train_corpus = _load_split(args.data, args.train_split, tok, cache)
-    blocks = sum(math.ceil((int(t.numel()) + 1) / args.block_size) for t in train_corpus.tokens)
-    steps = args.steps or max(1, math.ceil(args.epochs * blocks / args.batch_size))
+    check_splits(s.data, [s.train_split, *s.splits_to_evaluate])
+    tok = hf_tokenizer(s.model, local_files_only=local)
+    seed_everything(s.seed)
+    hf_model = _load_hf(s.model, memory, local)
+    check_segment_length(s.block_size, _max_positions(hf_model), name="block_size")
+    cache = s.cache_dir or str(run / "cache")
+    train_corpus = _load_split(s.data, s.train_split, tok, cache)
+    blocks = sum(math.ceil((int(t.numel()) + 1) / s.block_size) for t in train_corpus.tokens)
+    steps = s.steps or max(1, math.ceil(s.epochs * blocks / s.batch_size))
 
     # warmup longer than training is refused, as in lm train
-    tcfg = _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=args.warmup)
+    tcfg = s.train_config(TRAIN_FLAGS, steps=steps, warmup_steps=s.warmup)
     settings["train"] = tcfg.to_dict()
     if saved is not None:
         check_resume(run, saved, settings, changes)
@@ -368,17 +461,17 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:
         inner = m.hf
-        out = [{"params": [p for p in inner.base_parameters() if p.requires_grad], "lr": args.lr}]
+        out = [{"params": [p for p in inner.base_parameters() if p.requires_grad], "lr": s.lr}]
         mem = inner.memory_parameters()
         if mem:
-            out.append({"params": mem, "lr": args.ltm_lr})
+            out.append({"params": mem, "lr": s.ltm_lr})
         return out
 
     def train_stream(shard: Any) -> LaneStream:
         lanes = DocumentLanes(
             train_corpus,
             shard.global_batch_size,
-            args.block_size,
+            s.block_size,
             tok.eos_id,
             loop=True,
             max_positions=_max_positions(hf_model),
@@ -387,36 +480,34 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
     write_json(run / CONFIG_FILE, settings)
     trainer = Trainer(model, tcfg, train_stream, param_groups=groups, model_config=hf_model.config.to_dict())
-    result = trainer.fit(resume=bool(args.resume))
+    result = trainer.fit(resume=bool(s.resume))
     save_dir = run / "model"
     hf_model.save_pretrained(save_dir)
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(args.model, local_files_only=local).save_pretrained(save_dir)
-    write_json(save_dir / "finetune_meta.json", {"base_model": str(args.model), "data": str(args.data)})
+    AutoTokenizer.from_pretrained(s.model, local_files_only=local).save_pretrained(save_dir)
+    write_json(save_dir / "finetune_meta.json", {"base_model": str(s.model), "data": str(s.data)})
 
     out: dict[str, Any] = {
         "machine": machine_info(),
-        "base_model": str(args.model),
+        "base_model": str(s.model),
         "model": str(save_dir),
-        "memory": not args.no_memory,
-        "block_size": args.block_size,
-        "lr": args.lr,
-        "ltm_lr": args.ltm_lr,
+        "memory": not s.no_memory,
+        "block_size": s.block_size,
+        "lr": s.lr,
+        "ltm_lr": s.ltm_lr,
         "kl_weight": hf_model.memory_config.ltm.kl_weight,
-        "sticky": None if args.no_memory else bool(hf_model.memory_config.ltm.sticky),
+        "sticky": None if s.no_memory else bool(hf_model.memory_config.ltm.sticky),
         **result.summary(),
         "eval": {},
     }
-    if not result.stopped_by_signal and eval_splits(args):
-        device = resolve_device(args.device)
+    if not result.stopped_by_signal and s.splits_to_evaluate:
+        device = resolve_device(s.device)
         hf_model.to(device)
-        plain = _load_plain_model(args.model, local).to(device)
-        for split in eval_splits(args):
-            corpus = _load_split(args.data, split, tok, cache)
-            res = evaluate_hf_pair(
-                hf_model, plain, corpus, args.block_size, args.batch_size, tok.eos_id, device
-            )
+        plain = load_plain_model(s.model, local).to(device)
+        for split in s.splits_to_evaluate:
+            corpus = _load_split(s.data, split, tok, cache)
+            res = evaluate_hf_pair(hf_model, plain, corpus, s.block_size, s.batch_size, tok.eos_id, device)
             out["eval"][split] = res
             for name, r in res.items():
                 print(_summary_line(f"{name}/{split}", r))
@@ -427,153 +518,69 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-# flag -> TrainConfig field, for lm train and lm finetune (finetune sets other defaults)
-TRAIN_FLAGS: list[Flag] = [
-    Flag("--batch-size", "batch_size", int, "B: parallel document lanes (global batch)", default=8),
-    Flag("--steps", "steps", int, "optimizer steps", default=1000),
-    Flag("--warmup", "warmup_steps", int, "linear warmup steps", default=100, dest="warmup"),
-    Flag("--weight-decay", "weight_decay", float, "AdamW weight decay", default=0.0),
-    Flag("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (0: at the end)", default=0),
-    Flag("--log-every", "log_every", int, "log every N steps", default=10),
-    Flag("--seed", "seed", int, "seed of initialisation and training", default=0),
-    Flag("--device", "device", str, "auto | cpu | cuda", default="auto", choices=("auto", "cpu", "cuda")),
-]
-# lm train only: flag -> TrainConfig field
-LM_TRAIN_FLAGS: list[Flag] = [
-    Flag("--lr", "lr", float, "peak learning rate (AdamW)", default=2.5e-4),
-    Flag("--min-lr-ratio", "min_lr_ratio", float, "final lr / peak lr of the cosine", default=0.0),
-    Flag("--clip", "clip", float, "gradient-norm clipping (0: off)", default=0.25),
-    Flag("--eval-batch-size", "eval_batch_size", int, "lanes of the periodic evaluation"),
-    Flag("--eval-every", "eval_every", int, "evaluate every N steps (0: at the end only)", default=0),
-]
-# lm finetune only: flag -> TrainConfig field
-FINETUNE_FLAGS: list[Flag] = [
-    Flag("--lr", "lr", float, "learning rate of GPT-2's weights", default=5e-5),
-    Flag("--clip", "clip", float, "gradient-norm clipping (0: off)", default=1.0),
-]
-# lm train: flag -> ModelConfig field (--set KEY=VALUE reaches every other field)
-MODEL_FLAGS: list[Flag] = [
-    Flag("--memory-type", "memory_type", str, "memory type", default="infinite_sticky", choices=MEMORY_TYPES),
-    Flag("--d-model", "d_model", int, "model width e", default=128),
-    Flag("--n-layers", "n_layers", int, "layers", default=2),
-    Flag("--n-heads", "n_heads", int, "attention heads H", default=4),
-    Flag("--d-inner", "d_inner", int, "feed-forward width", default=512),
-    Flag("--dropout", "dropout", float, "dropout", default=0.1),
-    Flag("--mem-len", "mem_len", int, "short-term memory length", default=128),
-    Flag("--cmem-len", "cmem_len", int, "compressive: compressed memory slots", default=64),
-    Flag("--compression-rate", "compression_rate", int, "compressive: compression rate c", default=2),
-    *memory_flags(exclude=("sticky",)),  # the memory type decides sticky
-]
+def _load_saved_hf(folder: str) -> nn.Module:
+    return _load_hf(folder, {}, True)
 
 
-def _train_config(args: argparse.Namespace, run: Path, flags: list[Flag], **fields: Any) -> TrainConfig:
-    """TrainConfig from the command's flags, plus per-command fields."""
-    given = overrides(args, flags)
-    outputs = dict(out_dir=str(run), progress=not args.no_progress, tensorboard=not args.no_tensorboard)
-    return TrainConfig(**{**given, **outputs, **fields})
-
-
-def _apply_overrides(args: argparse.Namespace, changes: dict[str, Any], flags: list[Flag]) -> None:
-    """Put ``--override KEY=VALUE`` values in place of the flags they change."""
-    attrs = {f.field: f.attr for f in flags} | {"ltm_lr": "ltm_lr"}
-    for key, value in changes.items():
-        if key not in attrs or not hasattr(args, attrs[key]):
-            raise ValueError(f"--override: {key!r} is not a setting of this command")
-        setattr(args, attrs[key], value)
-
-
-def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
-    """ModelConfig from lm train's flags and --set overrides (which take precedence)."""
-    given = overrides(args, MODEL_FLAGS)
-    aliases = {old: f"ltm.{new}" for old, new in MODEL_LEGACY_02.items()}  # 0.2's --set ltm_num_bins=8
-    return ModelConfig(**merge({"vocab_size": vocab_size}, given, parse_set(args.set, ModelConfig, aliases)))
-
-
-def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data", required=True, help="corpus: folder with train/ valid/ test/, a folder/.txt, or hf:NAME"
-    )
-    p.add_argument("--run-dir", default="runs/lm", help="output folder (checkpoints, logs, results.json)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument(
-        "--eval-splits", nargs="*", default=["valid", "test"], help="splits evaluated after training"
-    )
-    p.add_argument("--cache-dir", default=None, help="token cache (default: <run-dir>/cache)")
-    add_flags(p, TRAIN_FLAGS)
-    p.add_argument("--resume", action="store_true", help="continue from <run-dir>'s latest checkpoint")
-    p.add_argument(
-        "--override",
-        action="append",
-        metavar="KEY=VALUE",
-        help=f"with --resume: change one of {', '.join(RESUME_OVERRIDABLE)} (settings must otherwise match)",
-    )
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-tensorboard", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+def lm_inspect(s: InspectSettings) -> dict[str, Any]:
+    """What the long-term memory of a ``lm train`` run or of a saved model with memory holds."""
+    return run_inspect(s, load_run=load_trained_lm, load_hf=_load_saved_hf)
 
 
 def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``lm train | eval | finetune | inspect`` on an argparse subparsers object."""
+    """Register ``lm train | eval | finetune | inspect`` on an argparse subparsers object. The flags
+    map onto LMTrainSettings / LMEvalSettings / LMFinetuneSettings (their defaults come from there)."""
     lm = subparsers.add_parser("lm", help="long-document language modeling (from scratch, or GPT-2 + memory)")
     sub = lm.add_subparsers(dest="lm_command", required=True)
 
     t = sub.add_parser(
         "train", help="train a from-scratch LM (xl | compressive | infinite | infinite_sticky)"
     )
-    _common_args(t)
+    add_run_args(t)
     add_flags(t, LM_TRAIN_FLAGS)
     add_flags(t, MODEL_FLAGS)
-    t.add_argument("--valid-split", default="valid", help="periodic evaluation split ('' = none)")
-    t.add_argument(
-        "--tokenizer", default="auto", help="auto | gpt2 | bpe | bytes | a saved tokenizer / GPT-2 folder"
-    )
-    t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary when training one")
-    t.add_argument("--seg-len", type=int, default=128, help="T: tokens per segment")
+    add_flags(t, memory_flags(exclude=("sticky",)))  # the memory type decides sticky
+    t.add_argument("--valid-split", help="periodic evaluation split ('' = none)")
+    t.add_argument("--tokenizer", help="auto | gpt2 | bpe | bytes | a saved tokenizer / GPT-2 folder")
+    t.add_argument("--vocab-size", type=int, help="BPE vocabulary when training one")
+    t.add_argument("--seg-len", type=int, help="T: tokens per segment")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other ModelConfig field")
     t.add_argument(
         "--ltm-zero-init-output",
         action="store_true",
         help="∞-former: start the LTM's output projection at 0 (the model starts as Transformer-XL)",
     )
-    t.add_argument(
-        "--eval-segments", type=int, default=50, help="periodic validation: at most this many segments"
-    )
-    t.set_defaults(lm_func=lm_train)
+    t.add_argument("--eval-segments", type=int, help="periodic validation: at most this many segments")
+    t.set_defaults(**defaults_of(LMTrainSettings), lm_settings=LMTrainSettings, lm_func=lm_train)
 
     e = sub.add_parser("eval", help="perplexity per document / corpus and bits per byte")
-    e.add_argument("--run", default=None, help="a `lm train` run folder")
-    e.add_argument("--hf", default=None, help="GPT-2 + memory folder (from `lm finetune`) or a GPT-2 folder")
-    e.add_argument("--base", default=None, help="plain GPT-2 to compare with (default: the fine-tune's base)")
+    e.add_argument("--run", help="a `lm train` run folder")
+    e.add_argument("--hf", help="GPT-2 + memory folder (from `lm finetune`) or a GPT-2 folder")
+    e.add_argument("--base", help="plain GPT-2 to compare with (default: the fine-tune's base)")
     e.add_argument("--no-baseline", action="store_true", help="--hf: skip plain GPT-2")
-    e.add_argument("--block-size", type=int, default=None, help="--hf: block length L (default: the model's)")
-    e.add_argument("--data", default=None, help="corpus (default: the one the run was trained on)")
-    e.add_argument("--split", default="test")
-    e.add_argument("--seg-len", type=int, default=None, help="--run: segment length (default: training's)")
-    e.add_argument("--batch-size", type=int, default=4, help="documents read in parallel")
-    e.add_argument("--cache-dir", default=None)
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--block-size", type=int, help="--hf: block length L (default: the model's)")
+    e.add_argument("--data", help="corpus (default: the one the run was trained on)")
+    e.add_argument("--split")
+    e.add_argument("--seg-len", type=int, help="--run: segment length (default: training's)")
+    e.add_argument("--batch-size", type=int, help="documents read in parallel")
+    e.add_argument("--cache-dir")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--allow-download", action="store_true", help="--hf: allow downloading from the hub")
-    e.add_argument("--out", default=None, help="results JSON (default: <run>/eval_<split>.json)")
-    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    e.set_defaults(lm_func=lm_eval)
+    e.add_argument("--out", help="results JSON (default: <run>/eval_<split>.json)")
+    e.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
+    e.set_defaults(**defaults_of(LMEvalSettings), lm_settings=LMEvalSettings, lm_func=lm_eval)
 
     f = sub.add_parser("finetune", help="fine-tune GPT-2 + long-term memory (paper's recipe)")
-    _common_args(f)
-    add_flags(f, FINETUNE_FLAGS)
-    f.set_defaults(steps=0, batch_size=1, warmup=0, run_dir="runs/lm_finetune")
-    f.add_argument("--model", default="gpt2", help="GPT-2 folder or hub name")
+    add_run_args(f)
+    f.add_argument("--model", help="GPT-2 folder or hub name")
     f.add_argument("--allow-download", action="store_true", help="allow downloading --model from the hub")
-    f.add_argument("--block-size", type=int, default=512, help="L: tokens per sequential block")
-    f.add_argument("--epochs", type=float, default=1.0, help="used when --steps is 0")
-    f.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the new LTM weights")
+    f.add_argument("--block-size", type=int, help="L: tokens per sequential block")
+    f.add_argument("--epochs", type=float, help="used when --steps is 0")
+    f.add_argument("--ltm-lr", type=float, help="learning rate of the new LTM weights")
     add_flags(f, memory_flags())  # default: the model's memory settings, or the Hugging Face preset
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
-    f.set_defaults(lm_func=lm_finetune)
-    add_inspect_parser(  # lm inspect: what the long-term memory holds
-        sub,
-        load_run=load_trained_lm,
-        load_hf=partial(_load_hf_memory_model, overrides={}, local_files_only=True),
-    )
+    f.set_defaults(**defaults_of(LMFinetuneSettings), lm_settings=LMFinetuneSettings, lm_func=lm_finetune)
+    add_inspect_parser(sub, load_run=load_trained_lm, load_hf=_load_saved_hf)  # lm inspect
     lm.set_defaults(func=run_lm)
     return lm
 
@@ -583,6 +590,21 @@ add_parser = add_lm_parser  # every experiment module offers add_parser(subparse
 
 def run_lm(args: argparse.Namespace) -> int:
     """Run a parsed ``lm`` command (cli.main turns bad input into a one-line error, exit status 2)."""
-    set_threads(getattr(args, "threads", 0))
-    out = args.lm_func(args)
+    set_threads(getattr(args, "threads", 0) or 0)
+    out = args.lm_func(settings_from_args(args.lm_settings, args))
     return exit_status(out.get("stop_signal") if isinstance(out, dict) else None)  # 130 / 143 if interrupted
+
+
+__all__ = [
+    "InspectSettings",
+    "LMEvalSettings",
+    "LMFinetuneSettings",
+    "LMTrainSettings",
+    "add_lm_parser",
+    "hf_eval",
+    "lm_eval",
+    "lm_finetune",
+    "lm_inspect",
+    "lm_train",
+    "load_trained_lm",
+]

@@ -6,7 +6,7 @@
 ``distance`` is the number of filler tokens between the end of the passkey
 sentence and the start of the question. The model reads the prompt through a
 streaming API (``reset()``, ``read(ids)``, ``generate(max_new_tokens=...)``, e.g.
-InfiniteGPT2Stream or GPT2WindowStream), decodes greedily, and is right when
+MemoryStream or GPT2WindowStream), decodes greedily, and is right when
 the first number in its answer is the passkey. Accuracy is reported per
 distance.
 
@@ -187,25 +187,38 @@ def load_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the probe the parsed flags describe; returns the results (also written to --out)."""
+def passkey_probe(
+    model: str,
+    config: PasskeyConfig,
+    window: bool = False,
+    tokenizer: str | None = None,
+    out: str | None = None,
+) -> dict[str, Any]:
+    """The passkey probe on ``model`` (a causal LM folder with or without memory, or hub name;
+    ``window``: the plain model with its full context window); returns the results (also written
+    to ``out``)."""
     from transformers import AutoModelForCausalLM
 
-    from ..hf import GPT2WindowStream, InfiniteGPT2Stream, load_model
+    from ..hf import GPT2WindowStream, MemoryStream, load_model
 
-    config = PasskeyConfig(**overrides(args, PASSKEY_FLAGS))  # ValueError before any model is loaded
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-    if args.window:
-        stream: Stream = GPT2WindowStream(AutoModelForCausalLM.from_pretrained(args.model).eval())
+    tok = load_tokenizer(tokenizer or model)
+    if window:
+        stream: Stream = GPT2WindowStream(AutoModelForCausalLM.from_pretrained(model).eval())
     else:
-        stream = InfiniteGPT2Stream(load_model(args.model).eval())  # any supported causal LM
-    result = run_passkey(stream, tokenizer.encode, tokenizer.decode, config, progress=print)
-    result.update(machine=machine_info(), model=args.model, stream=type(stream).__name__)
-    if args.out:
-        write_json(args.out, result)
+        stream = MemoryStream(load_model(model).eval())  # any supported causal LM
+    result = run_passkey(stream, tok.encode, tok.decode, config, progress=print)
+    result.update(machine=machine_info(), model=model, stream=type(stream).__name__)
+    if out:
+        write_json(out, result)
     for d, r in result["per_distance"].items():
         print(f"distance {d:>7}: accuracy {r['accuracy']:.2f}")
     return result
+
+
+def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the probe the parsed flags describe; returns the results (also written to --out)."""
+    config = PasskeyConfig(**overrides(args, PASSKEY_FLAGS))  # ValueError before any model is loaded
+    return passkey_probe(args.model, config, args.window, args.tokenizer, args.out)
 
 
 def run_passkey_command(args: argparse.Namespace) -> int:

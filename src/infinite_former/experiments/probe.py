@@ -2,7 +2,7 @@
 
 The prompts come from ``data/probes.py`` (seeded, no downloads). A model with memory (a folder
 saved with one, or any causal LM, which ``load_model`` gives a fresh memory) reads a prompt of
-any length through ``InfiniteGPT2Stream`` and answers greedily; ``--no-memory`` loads the plain
+any length through ``MemoryStream`` and answers greedily; ``--no-memory`` loads the plain
 model, which reads the whole prompt in one window: a length beyond its positions is refused,
 naming the limit. ``copy`` scores the loss on a repeated random span against the gap before it
 (no instruction following needed), the others score the greedy answer over a length × depth grid.
@@ -119,13 +119,13 @@ def check_length(model: nn.Module, tokens: int, what: str) -> None:
 @torch.no_grad()
 def greedy_reply(model: nn.Module, ids: Sequence[int], max_new_tokens: int) -> list[int]:
     """The greedy continuation of ids: through the memory's stream, or in the plain model's window."""
-    from ..hf import InfiniteGPT2Stream, MemoryCausalLM
+    from ..hf import MemoryCausalLM, MemoryStream
 
     x = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
     pad = model.generation_config.eos_token_id
     pad = (pad[0] if isinstance(pad, list) else pad) if pad is not None else 0
     if isinstance(model, MemoryCausalLM):
-        stream = InfiniteGPT2Stream(model).read(x)
+        stream = MemoryStream(model).read(x)
         return stream.generate(max_new_tokens=max_new_tokens, pad_token_id=pad)[0].tolist()
     out = model.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad

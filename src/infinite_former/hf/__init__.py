@@ -4,9 +4,9 @@
     model = add_memory(AutoModelForCausalLM.from_pretrained(...), block_size=512)  # Llama, Qwen2, ...
     out = model(input_ids, memory=None); gen = model.generate(prompt, memory=out.memory)
 
-    from infinite_former.hf import InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
+    from infinite_former.hf import InfiniteGPT2LMHeadModel, MemoryStream
     model = InfiniteGPT2LMHeadModel.from_pretrained("gpt2")  # or a local GPT-2 folder
-    stream = InfiniteGPT2Stream(model)  # any model with memory
+    stream = MemoryStream(model)  # any model with memory
     stream.read(long_text_ids); new_ids = stream.generate(prompt_ids, max_new_tokens=32)
 
 Importing this package registers the "infinite-gpt2" model type with
@@ -15,17 +15,25 @@ AutoConfig / AutoModelForCausalLM.
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from ..utils import deprecated_aliases
 from .adapter import from_pretrained, load_memory, load_model, read_adapter_config, save_memory
 from .causal_lm import MemoryCausalLM, MemoryCausalLMOutput, add_memory
 from .fsdp import shard_with_memory
 from .gpt2_config import InfiniteGPT2Config
 from .layout import find_layout
-from .memory import HFMemoryState, InfiniteGPT2Memory
+from .memory import HFMemoryState
 from .memory_config import MemoryConfig
 from .modeling import InfiniteGPT2LMHeadModel, InfiniteGPT2Output
-from .streaming import GPT2WindowStream, InfiniteGPT2Stream
+from .streaming import GPT2WindowStream, MemoryStream
 
-MemoryStream = InfiniteGPT2Stream  # the stream works for any model with memory
+# former names (DeprecationWarning when used): CHANGELOG.md, "Moved in 0.3"
+__getattr__ = deprecated_aliases(
+    __name__,
+    {
+        "InfiniteGPT2Stream": (MemoryStream, "infinite_former.hf.MemoryStream"),
+        "InfiniteGPT2Memory": (HFMemoryState, "infinite_former.hf.HFMemoryState"),
+    },
+)
 
 AutoConfig.register(InfiniteGPT2Config.model_type, InfiniteGPT2Config, exist_ok=True)
 AutoModelForCausalLM.register(InfiniteGPT2Config, InfiniteGPT2LMHeadModel, exist_ok=True)
@@ -35,9 +43,7 @@ __all__ = [
     "HFMemoryState",
     "InfiniteGPT2Config",
     "InfiniteGPT2LMHeadModel",
-    "InfiniteGPT2Memory",
     "InfiniteGPT2Output",
-    "InfiniteGPT2Stream",
     "MemoryCausalLM",
     "MemoryCausalLMOutput",
     "MemoryConfig",

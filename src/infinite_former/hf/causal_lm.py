@@ -46,7 +46,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ..attention import LongTermAttention, LTMRecord, MemoryProjections, ReadRecord
-from ..memory import MemoryState, UpdateRecord
+from ..memory import LTMState, UpdateRecord
 from ..provenance import check_fingerprint
 from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
@@ -252,7 +252,7 @@ class MemoryCausalLM:
                 updates.append(record.updates[0].only(full))
             if not all_full:
                 new = _where_rows(full, new, state)
-            states.append(MemoryState(new.coeffs, new.length, state.bin_mass * ~full[:, None]))
+            states.append(LTMState(new.coeffs, new.length, state.bin_mass * ~full[:, None]))
         absorbed = HFMemoryState(
             ltm=tuple(states),
             pending=memory.pending,
@@ -621,7 +621,7 @@ class _BlockRead:
         k = len(memory.ltm)
         self.records: list[ReadRecord | None] = [None] * k  # with record: what each layer's read did
         self.inputs: list[Tensor | None] = [None] * k
-        self.states: list[MemoryState | None] = list(memory.ltm)
+        self.states: list[LTMState | None] = list(memory.ltm)
         self.projections: list[MemoryProjections | None] = [None] * k
         self.kl_sum: Tensor | float = 0.0
         self.kl_count = 0
@@ -765,9 +765,9 @@ def _block_cache(kv: tuple, num_layers: int) -> DynamicCache:
     return cache
 
 
-def _where_rows(rows: Tensor, new: MemoryState, old: MemoryState) -> MemoryState:
+def _where_rows(rows: Tensor, new: LTMState, old: LTMState) -> LTMState:
     """new where rows (batch,) is True, else old."""
-    return MemoryState(
+    return LTMState(
         coeffs=torch.where(rows[:, None, None], new.coeffs, old.coeffs),
         length=torch.where(rows, new.length, old.length),
         bin_mass=torch.where(rows[:, None], new.bin_mass, old.bin_mass),

@@ -8,11 +8,11 @@ Two parts:
   block holds ``block_size`` tokens. The block's tokens sit in *slots*; ``slots`` (batch, S)
   says which slots hold a real token of the row's block (padding and tokens of rows that were
   reset or absorbed earlier do not), so every row has its own block length and positions;
-* the long-term memory (LTM): one core ``MemoryState`` (coefficients B, tokens absorbed,
+* the long-term memory (LTM): one core ``LTMState`` (coefficients B, tokens absorbed,
   sticky bin mass) per memory layer. Its size is fixed (N × e), however much was read.
 
 The model returns a new state and never changes the one passed in, so a memory can be kept,
-reused and branched. ``InfiniteGPT2Memory`` is the same class under its former name.
+reused and branched. ``InfiniteGPT2Memory``, its former name, warns.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from ..attention import MemoryProjections
-from ..memory import MemoryState
+from ..memory import LTMState
 from ..provenance import check_finite, decode_fingerprint, encode_fingerprint, load_torch_file
+from ..utils import deprecated_aliases
 
 KV = tuple[Tensor, Tensor]  # keys, values (batch, H_kv, S, d)
 
@@ -35,7 +36,7 @@ KV = tuple[Tensor, Tensor]  # keys, values (batch, H_kv, S, d)
 class HFMemoryState:
     """State of a causal LM + long-term memory for a batch of streams.
 
-    ltm:        one MemoryState per memory layer.
+    ltm:        one LTMState per memory layer.
     pending:    one (batch, S, e) tensor per memory layer: the layer-input hidden states
                 (residual stream) of the block's slots.
     kv:         one (keys, values) pair per decoder layer, each (batch, H_kv, S, d): the
@@ -51,7 +52,7 @@ class HFMemoryState:
                 saved with it; another model refuses it. None: a state saved before fingerprints.
     """
 
-    ltm: tuple[MemoryState, ...]
+    ltm: tuple[LTMState, ...]
     pending: tuple[Tensor, ...]
     kv: tuple[KV, ...]
     slots: Tensor
@@ -84,7 +85,7 @@ class HFMemoryState:
     # ------------------------------------------------------------------ transforms
 
     def _map(self, fn, ltm_fn=None, cache_fn=None) -> HFMemoryState:
-        """Apply fn to every (batch, ...) tensor; MemoryState / projections get their own."""
+        """Apply fn to every (batch, ...) tensor; LTMState / projections get their own."""
         return HFMemoryState(
             ltm=tuple(ltm_fn(s) for s in self.ltm) if ltm_fn else self.ltm,
             pending=tuple(fn(p) for p in self.pending),
@@ -176,9 +177,9 @@ class HFMemoryState:
         try:
             n_ltm = len([k for k in d if k.startswith("pending.")])
             n_layers = len([k for k in d if k.startswith("kv.") and k.endswith(".keys")])
-            names = [f.name for f in fields(MemoryState)]
+            names = [f.name for f in fields(LTMState)]
             ltm = tuple(
-                MemoryState.from_state_dict({n: d[f"ltm.{i}.{n}"] for n in names if f"ltm.{i}.{n}" in d})
+                LTMState.from_state_dict({n: d[f"ltm.{i}.{n}"] for n in names if f"ltm.{i}.{n}" in d})
                 for i in range(n_ltm)
             )
             return cls(
@@ -211,7 +212,9 @@ class HFMemoryState:
             raise ValueError(f"{os.fspath(path)}: {err}") from None
 
 
-InfiniteGPT2Memory = HFMemoryState  # the former name (GPT-2 only), kept as an alias
+__getattr__ = deprecated_aliases(
+    __name__, {"InfiniteGPT2Memory": (HFMemoryState, "infinite_former.hf.HFMemoryState")}
+)
 
 
 def _slots_of_old_format(d: dict[str, Any], n_layers: int) -> Tensor:
@@ -234,4 +237,4 @@ def _row_mask(rows: Tensor, batch_size: int, device: torch.device) -> Tensor:
     return mask
 
 
-__all__ = ["HFMemoryState", "InfiniteGPT2Memory", "KV"]
+__all__ = ["HFMemoryState", "KV"]

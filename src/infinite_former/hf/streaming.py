@@ -1,6 +1,6 @@
-"""InfiniteGPT2Stream: read any amount of text into the memory, then generate.
+"""MemoryStream: read any amount of text into the memory, then generate.
 
-    stream = InfiniteGPT2Stream(model)            # any model with memory (add_memory), batch of 1
+    stream = MemoryStream(model)            # any model with memory (add_memory), batch of 1
     stream.read(book_ids)                         # 100k tokens: ~200 blocks absorbed into the LTM
     new_ids = stream.generate(question_ids, max_new_tokens=32)
     more = stream.generate(max_new_tokens=16)     # continues: the memory survives between calls
@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..utils import deprecated_aliases
 from .causal_lm import MemoryCausalLM
 from .memory import HFMemoryState
 
 
-class InfiniteGPT2Stream:
+class MemoryStream:
     """Streams of text through a causal LM with memory (InfiniteGPT2LMHeadModel or any model
     given one by add_memory), with the memory kept between calls."""
 
@@ -44,7 +45,7 @@ class InfiniteGPT2Stream:
         self.last: Tensor | None = None  # (batch, 1) newest token, not yet fed to the model
         self.reset()
 
-    def reset(self) -> InfiniteGPT2Stream:
+    def reset(self) -> MemoryStream:
         """Forget everything read or generated."""
         self.memory = self.model.init_memory(self.batch_size)
         self.last = None
@@ -72,7 +73,7 @@ class InfiniteGPT2Stream:
             return torch.zeros(self.batch_size, 0, dtype=torch.long, device=self.model.device)
         if isinstance(tokens, str):
             if self.tokenizer is None:
-                raise ValueError("text needs a tokenizer: InfiniteGPT2Stream(model, tokenizer=...)")
+                raise ValueError("text needs a tokenizer: MemoryStream(model, tokenizer=...)")
             tokens = self.tokenizer.encode(tokens)
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device)
         if ids.dim() == 1:
@@ -96,7 +97,7 @@ class InfiniteGPT2Stream:
         return self.model(**{name: tokens}, memory=self.memory, **kwargs)
 
     @torch.no_grad()
-    def read(self, tokens: str | Sequence[int] | Tensor) -> InfiniteGPT2Stream:
+    def read(self, tokens: str | Sequence[int] | Tensor) -> MemoryStream:
         """Read tokens (text, ids (T,) or (batch, T), embeddings (T, e) or (batch, T, e)) into the
         memory, block by block."""
         ids = self._after_last(self._ids(tokens))
@@ -147,14 +148,14 @@ class InfiniteGPT2Stream:
     def decode(self, ids: Tensor) -> list[str]:
         """Decode (batch, T) ids with the stream's tokenizer."""
         if self.tokenizer is None:
-            raise ValueError("decode needs a tokenizer: InfiniteGPT2Stream(model, tokenizer=...)")
+            raise ValueError("decode needs a tokenizer: MemoryStream(model, tokenizer=...)")
         return [self.tokenizer.decode(row.tolist()) for row in ids]
 
 
 class GPT2WindowStream:
     """Baseline stream for a plain causal LM (e.g. GPT2LMHeadModel): no memory, it sees
     only the last ``window`` tokens (default: its n_positions), recomputed at each
-    generate call. Same read / generate / reset API as InfiniteGPT2Stream."""
+    generate call. Same read / generate / reset API as MemoryStream."""
 
     def __init__(self, model: Any, window: int | None = None, tokenizer: Any = None) -> None:
         positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
@@ -218,4 +219,8 @@ class GPT2WindowStream:
         return new
 
 
-__all__ = ["GPT2WindowStream", "InfiniteGPT2Stream"]
+__getattr__ = deprecated_aliases(
+    __name__, {"InfiniteGPT2Stream": (MemoryStream, "infinite_former.hf.MemoryStream")}
+)
+
+__all__ = ["GPT2WindowStream", "MemoryStream"]

@@ -4,8 +4,9 @@
 Trainer's model interface (``out, state = model(tokens, state, targets=, loss_mask=)``,
 ``init_state``); its recurrent state is the model's own ``HFMemoryState`` (reset / detach / to /
 state_dict / from_state_dict). ``evaluate_hf_pair`` compares the plain model and the model with
-memory on the same blocks of long documents (result keys ``gpt2`` / ``gpt2_memory`` /
-``gpt2_finetuned`` whatever the architecture, for compatibility).
+memory on the same blocks of long documents (result keys ``base`` / ``memory`` / ``finetuned``,
+whatever the architecture; ``pair_result`` also reads 0.2's ``gpt2`` / ``gpt2_memory`` /
+``gpt2_finetuned``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from ..data.text import TokenizedCorpus
 from ..training.evaluation import evaluate_documents
-from .memory import InfiniteGPT2Memory
+from .memory import HFMemoryState
 
 
 @dataclass
@@ -40,16 +41,16 @@ class HFMemoryLM(nn.Module):
         super().__init__()
         self.hf = hf_model
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> InfiniteGPT2Memory:
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> HFMemoryState:
         return self.hf.init_memory(batch_size, device)
 
     def forward(
         self,
         tokens: Tensor,
-        state: InfiniteGPT2Memory | None = None,
+        state: HFMemoryState | None = None,
         targets: Tensor | None = None,
         loss_mask: Tensor | None = None,
-    ) -> tuple[_LMOut, InfiniteGPT2Memory]:
+    ) -> tuple[_LMOut, HFMemoryState]:
         out = self.hf(tokens, memory=state)
         loss = None
         if targets is not None:
@@ -62,6 +63,22 @@ class HFMemoryLM(nn.Module):
         return _LMOut(out.logits, loss, aux), out.memory
 
 
+# result key of evaluate_hf_pair -> its 0.2 name (GPT-2 only in name: it served every architecture)
+PAIR_KEYS_02 = {"base": "gpt2", "memory": "gpt2_memory", "finetuned": "gpt2_finetuned"}
+
+
+def pair_result(results: dict[str, Any], key: str) -> dict[str, Any]:
+    """``results[key]`` of evaluate_hf_pair's results (``base`` | ``memory`` | ``finetuned``), also
+    from results written by 0.2 (keys ``gpt2`` / ``gpt2_memory`` / ``gpt2_finetuned``)."""
+    if key not in PAIR_KEYS_02:
+        raise ValueError(f"key must be one of {list(PAIR_KEYS_02)}, got {key!r}")
+    if key in results:
+        return results[key]
+    if PAIR_KEYS_02[key] in results:
+        return results[PAIR_KEYS_02[key]]
+    raise KeyError(f"no {key!r} (0.2: {PAIR_KEYS_02[key]!r}) result; have {sorted(results)}")
+
+
 def evaluate_hf_pair(
     memory_model: nn.Module | None,
     plain_model: nn.Module | None,
@@ -72,12 +89,13 @@ def evaluate_hf_pair(
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """The plain model (each block alone) and the model with memory (blocks in order, memory reset per document),
-    on the same blocks of ``block_size`` tokens: per-document and corpus ppl and bpb."""
+    on the same blocks of ``block_size`` tokens: per-document and corpus ppl and bpb, under ``base``
+    (the plain model) and ``memory`` (``finetuned`` for a model without memory layers)."""
     res: dict[str, Any] = {}
     if plain_model is not None:
         plain_model.eval()
         n_pos = _max_positions(plain_model.config)
-        res["gpt2"] = evaluate_documents(
+        res["base"] = evaluate_documents(
             lambda t, s: (plain_model(t).logits, None),
             lambda b: None,
             corpus,
@@ -96,12 +114,12 @@ def evaluate_hf_pair(
             )
         wrapped = HFMemoryLM(memory_model)
 
-        def step(t: Tensor, s: InfiniteGPT2Memory) -> tuple[Tensor, InfiniteGPT2Memory]:
+        def step(t: Tensor, s: HFMemoryState) -> tuple[Tensor, HFMemoryState]:
             out, s = wrapped(t, s)
             return out.logits, s
 
-        # a model fine-tuned with --no-memory has no LTM layers: it is GPT-2 on the same blocks
-        res["gpt2_memory" if len(memory_model.ltm) else "gpt2_finetuned"] = evaluate_documents(
+        # a model fine-tuned with --no-memory has no LTM layers: the base model on the same blocks
+        res["memory" if len(memory_model.ltm) else "finetuned"] = evaluate_documents(
             step,
             lambda b: wrapped.init_state(b, device),
             corpus,
@@ -169,4 +187,33 @@ def _max_positions(config: Any) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
-__all__ = ["HFMemoryLM", "evaluate_hf_pair", "evaluate_window"]
+def load_memory_model(path: str, overrides: dict[str, Any], local_files_only: bool) -> nn.Module:
+    """Any supported causal LM with memory (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX, a saved model with
+    memory); ``overrides``: add_memory's keywords. A folder that holds no model is a ValueError."""
+    from . import load_model
+
+    try:
+        return load_model(path, local_files_only=local_files_only, **overrides)
+    except OSError as e:
+        raise ValueError(f"model: cannot load a causal LM from {path!r}: {e}") from e
+
+
+def load_plain_model(path: str, local_files_only: bool) -> nn.Module:
+    """The base model without memory (the baseline of ``lm eval --hf`` / ``lm finetune``)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=local_files_only)
+    except OSError as e:
+        raise ValueError(f"cannot load the plain model from {path!r}: {e}") from e
+
+
+__all__ = [
+    "PAIR_KEYS_02",
+    "HFMemoryLM",
+    "evaluate_hf_pair",
+    "evaluate_window",
+    "load_memory_model",
+    "load_plain_model",
+    "pair_result",
+]

@@ -3,11 +3,14 @@
 the protocol of memory_type.py, listed in registry.py. Built on the memory layer (attention.py,
 memory.py); knows nothing of data, training or experiments."""
 
+from ..utils import deprecated_aliases
 from .config import ModelConfig
 from .lm import InfiniteFormerLM, LMOutput
 from .memory_type import MemoryType
 from .registry import MEMORY_TYPES, memory_labels, memory_type_class
-from .state import LMState, ModelState
+from .state import LMState
+
+__getattr__ = deprecated_aliases(__name__, {"ModelState": (LMState, "infinite_former.models.LMState")})  # 0.1
 
 __all__ = [
     "MEMORY_TYPES",
@@ -16,7 +19,6 @@ __all__ = [
     "LMState",
     "MemoryType",
     "ModelConfig",
-    "ModelState",
     "memory_labels",
     "memory_type_class",
 ]

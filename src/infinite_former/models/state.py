@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..provenance import check_finite, decode_fingerprint, encode_fingerprint
+from ..utils import deprecated_aliases
 from .memory_type import layer_tensors
 from .registry import MEMORY_TYPES
 
@@ -168,4 +169,6 @@ def _legacy_memory(memory: Any, legacy: dict[str, Any]) -> Any:
     raise ValueError(f"no memory type's state has the fields {sorted(given)}")
 
 
-ModelState = LMState  # the 0.1 name; kept for one release (README: "Moved in 0.2")
+__getattr__ = deprecated_aliases(
+    __name__, {"ModelState": (LMState, "infinite_former.models.LMState")}
+)  # the 0.1 name

@@ -64,7 +64,7 @@ from .logs import TrainLogger
 
 
 class RecurrentState(Protocol):
-    """What the trainer needs of a model's memory state (LMState, InfiniteGPT2Memory, ...).
+    """What the trainer needs of a model's memory state (LMState, HFMemoryState, ...).
 
     reset(rows) empties the rows where a new sequence starts; detach() cuts the graph between
     segments; to(device) moves it; state_dict() / from_state_dict() save it with a checkpoint

@@ -198,9 +198,18 @@ def update_memory(
     sticky), put the new vectors on [τ, 1], refit. Empty rows: fit the new
     vectors alone on [0, 1]. The result is chosen per row with torch.where, so
     the update is branch-free (and compilable); on CPU in eager mode the branch
-    that no row needs is skipped (same result, less work).
+    that no row needs is skipped (same result, less work). The update is a float32
+    island: it runs in B's dtype (>= float32) with autocast off.
     """
     _check_update_args(state, new_vectors, basis, num_samples, tau)
+    with torch.autocast(device_type=state.coeffs.device.type, enabled=False):
+        return _update(
+            state, new_vectors, basis, num_samples, tau, ridge_lambda, edge_padding, sticky, generator
+        )
+
+
+def _update(state, new_vectors, basis, num_samples, tau, ridge_lambda, edge_padding, sticky, generator):
+    """update_memory's arithmetic (autocast off)."""
     coeffs = state.coeffs.detach()
     work = coeffs.dtype
     x = new_vectors.to(work)

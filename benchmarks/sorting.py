@@ -80,8 +80,8 @@ def settings_key() -> str:
     s = base_settings().to_dict()
     for k in ("seed", "out", "name", "models"):
         s.pop(k)
-    if s.get("bf16") == "auto":  # float32 on the CPU: the same runs as before the bf16 setting existed
-        s.pop("bf16")
+    if s.get("precision") == "fp32":  # the same runs as before the precision setting existed
+        s.pop("precision")
     return settings_hash(s)
 
 

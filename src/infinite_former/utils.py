@@ -14,9 +14,27 @@ from typing import Any, TypeVar
 
 import torch
 
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+"""The CPU features that decide matmul speed per dtype (bf16 on AMX / AVX-512 BF16, float32 on AVX)."""
 
-def machine_info() -> dict[str, Any]:
-    """Describe the machine a result was measured on (goes into results/*.json)."""
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of CPU_FLAGS the CPU reports (/proc/cpuinfo; all False where it cannot be read)."""
+    found: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    found = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {flag: flag in found for flag in CPU_FLAGS}
+
+
+def machine_info(precision: str | None = None) -> dict[str, Any]:
+    """Describe the machine a result was measured on (goes into results/*.json): CPU model and
+    its matmul-relevant flags (CPU_FLAGS), torch threads and version, and the precision if given."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -34,6 +52,9 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
+    info["cpu_flags"] = cpu_flags()
+    if precision is not None:
+        info["precision"] = precision
     if torch.cuda.is_available():
         info["device"] = "cuda"
         info["gpu"] = torch.cuda.get_device_name(0)

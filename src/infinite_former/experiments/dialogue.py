@@ -53,7 +53,16 @@ from ..hf.memory import InfiniteGPT2Memory
 from ..hf.training import HFMemoryLM
 from ..training import Trainer
 from ..utils import machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, eval_splits, overrides, resolve_device, set_threads
+from .flags import (
+    PRECISION_FLAG,
+    Flag,
+    add_flags,
+    eval_precision,
+    eval_splits,
+    overrides,
+    resolve_device,
+    set_threads,
+)
 from .lm import FINETUNE_FLAGS, TRAIN_FLAGS, _common_args, _load_hf_memory_model, _train_config
 
 CONFIG_FILE = "dialogue_config.json"
@@ -512,6 +521,12 @@ def load_dialogue_model(path: str | Path, device: torch.device) -> tuple[nn.Modu
 
 
 def dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """Sample and score replies of a trained run, in --precision."""
+    with eval_precision(args):
+        return _dialogue_eval(args)
+
+
+def _dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     model, tok = load_dialogue_model(args.run, device)
     if args.data is None or args.max_document_chars is None:
@@ -536,7 +551,13 @@ def dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
         device,
     )
     print(_summary_line(args.split, res["overall"]))
-    out = {"machine": machine_info(), "run": str(args.run), "data": str(source), "split": args.split, **res}
+    out = {
+        "machine": machine_info(precision=args.precision),
+        "run": str(args.run),
+        "data": str(source),
+        "split": args.split,
+        **res,
+    }
     write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
     return out
 
@@ -637,6 +658,7 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--out", default=None, help="results JSON (default: <run>/eval_<split>.json)")
     e.add_argument("--threads", type=int, default=0)
+    add_flags(e, [PRECISION_FLAG])
     _sampling_args(e)
     e.set_defaults(dialogue_func=dialogue_eval)
 

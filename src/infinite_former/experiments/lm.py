@@ -43,7 +43,17 @@ from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
 from ..training.checkpoints import load_weights
 from ..utils import machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, eval_splits, overrides, parse_set, resolve_device, set_threads
+from .flags import (
+    PRECISION_FLAG,
+    Flag,
+    add_flags,
+    eval_precision,
+    eval_splits,
+    overrides,
+    parse_set,
+    resolve_device,
+    set_threads,
+)
 from .introspect import add_inspect_parser
 
 CONFIG_FILE = "lm_config.json"
@@ -190,7 +200,12 @@ def load_trained_lm(run_dir: str | os.PathLike) -> tuple[nn.Module, TextTokenize
 
 
 def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate a trained run (``--run``) or GPT-2 vs GPT-2 + memory (``--hf``)."""
+    """Evaluate a trained run (``--run``) or GPT-2 vs GPT-2 + memory (``--hf``), in --precision."""
+    with eval_precision(args):
+        return _lm_eval(args)
+
+
+def _lm_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.hf:
         return hf_eval(args)
     if not args.run:
@@ -204,7 +219,7 @@ def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
     res = evaluate_lm(model, corpus, args.batch_size, seg_len, tok.eos_id, device)
     print(_summary_line(f"{saved['model']['memory_type']}/{args.split}", res))
     out = {
-        "machine": machine_info(),
+        "machine": machine_info(precision=args.precision),
         "run": str(args.run),
         "step": saved["step"],
         "memory_type": saved["model"]["memory_type"],
@@ -401,6 +416,7 @@ TRAIN_FLAGS: list[Flag] = [
     Flag("--log-every", "log_every", int, "log every N steps", default=10),
     Flag("--seed", "seed", int, "seed of initialisation and training", default=0),
     Flag("--device", "device", str, "auto | cpu | cuda", default="auto", choices=("auto", "cpu", "cuda")),
+    PRECISION_FLAG,
 ]
 # lm train only: flag -> TrainConfig field
 LM_TRAIN_FLAGS: list[Flag] = [
@@ -511,6 +527,7 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--allow-download", action="store_true", help="--hf: allow downloading from the hub")
     e.add_argument("--out", default=None, help="results JSON (default: <run>/eval_<split>.json)")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_flags(e, [PRECISION_FLAG])
     e.set_defaults(lm_func=lm_eval)
 
     f = sub.add_parser("finetune", help="fine-tune GPT-2 + long-term memory (paper's recipe)")

@@ -31,7 +31,7 @@ from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
 from ..training import TrainConfig, Trainer, find_checkpoint
 from ..utils import check_int, config_from_dict, is_main_process, machine_info, seed_everything, write_json
-from .flags import Flag, add_flags, float_list, int_list, overrides
+from .flags import PRECISION_FLAG, Flag, add_flags, float_list, int_list, overrides
 
 
 @dataclass
@@ -77,7 +77,7 @@ class SortSettings:
     ckpt_every: int = 0
     seed: int = 0
     device: str = "auto"
-    bf16: bool | str = "auto"  # bf16 autocast: "auto" = on GPU only; False: float32 on GPU too
+    precision: str = "fp32"  # fp32 | bf16 | auto (training/precision.py)
     threads: int = 0  # 0: torch default (1 per process when jobs > 1)
     jobs: int = 0  # models trained at once in separate processes (CPU); 0: one per core, up to #runs
     out: str = "runs"
@@ -175,7 +175,7 @@ class SortSettings:
             seed=self.seed,
             out_dir=os.path.join(self.out, self.name, run),
             device=self.device,
-            bf16=self.bf16,
+            precision=self.precision,
             progress=self.progress,
         )
 
@@ -424,13 +424,6 @@ def _models(text: str) -> tuple[str, ...]:
     return names
 
 
-def _bf16(text: str) -> bool | str:
-    choices = {"auto": "auto", "on": True, "off": False}
-    if text not in choices:
-        raise argparse.ArgumentTypeError(f"expected auto | on | off, got {text!r}")
-    return choices[text]
-
-
 # flag -> SortSettings field
 SORT_FLAGS: list[Flag] = [
     Flag(
@@ -485,7 +478,7 @@ SORT_FLAGS: list[Flag] = [
     Flag("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (0: at the end and on SIGINT/SIGTERM)"),
     Flag("--seed", "seed", int, "seed of data, initialisation and training"),
     Flag("--device", "device", str, "auto | cpu | cuda"),
-    Flag("--bf16", "bf16", _bf16, "bf16 autocast: auto (on GPU only) | on (needs a GPU) | off"),
+    PRECISION_FLAG,
     Flag("--threads", "threads", int, "torch CPU threads per process (0: torch default; 1 with --jobs > 1)"),
     Flag("--jobs", "jobs", int, "models trained at once in separate CPU processes (0: one per core)"),
     Flag("--out", "out", str, "output root folder"),

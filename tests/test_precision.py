@@ -50,3 +50,19 @@ def test_bf16_autocast_keeps_the_memory_update_and_densities_in_float32():
     assert update.dtypes.count(torch.bfloat16) == 1 and update.dtypes.count(torch.float32) >= 3, update.dtypes
     assert mu.dtype == sigma2.dtype == torch.float32
     assert values.dtype == out.dtype == torch.bfloat16  # the value projection and the output: bf16
+
+
+def test_sticky_update_and_layer_step_trace_without_graph_breaks():
+    """torch.compile sees the hot path (sticky sampling + branch-free update, then the read with its
+    KL and bin mass) as one graph: no host reads (issue 17)."""
+    torch.manual_seed(0)
+    ltm = LongTermAttention(LTMConfig(d_model=16, n_heads=2, num_basis=16, num_samples=16, num_bins=8))
+    x = torch.randn(2, 8, 16)
+    with torch.no_grad():
+        _, state = ltm(x, x, None)  # a memory with sticky bin mass
+        ltm.update(state, x)  # builds the layout's cached ridge operators (once per layout, not hot)
+    for fn, args in ((ltm.update, (state, x)), (lambda q, v, s: ltm(q, v, s, return_kl=True), (x, x, state))):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(fn)(*args)
+        assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()

@@ -256,9 +256,12 @@ class LongTermAttention(nn.Module):
                 context = self.normalizer(mu, sigma2).to(values.dtype) @ values
         out = self.out(context.transpose(1, 2).reshape(b, q, e))
         has_memory = state.length > 0  # (batch,)
-        all_rows = query_mask is None and bool(has_memory.all())
+        # eager: one host read skips the masking where every row has memory; compiled: always mask
+        # (exact: a product with ones), so the graph has no break
+        every_row = not torch.compiler.is_compiling() and bool(has_memory.all())
+        all_rows = query_mask is None and every_row
         valid = has_memory[:, None] if query_mask is None else has_memory[:, None] & query_mask  # (batch, q)
-        if not bool(has_memory.all()):
+        if not every_row:
             out = out * has_memory[:, None, None].to(out.dtype)
         kl = None
         if return_kl:

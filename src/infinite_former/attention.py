@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .basis import GaussianBasis
 from .continuous import NORMALIZERS
 from .memory import LTMState, bin_mass, update_memory
-from .utils import check_int, config_from_dict, describe
+from .utils import autocast_off, check_int, config_from_dict, describe
 
 
 @dataclass
@@ -194,7 +194,7 @@ class LongTermAttention(nn.Module):
         coeffs = state.coeffs  # B: (batch, N, e), float32 or wider
         dtype = dtype or coeffs.dtype
         values = self.value(coeffs.to(dtype)).view(b, -1, h, d).transpose(1, 2)  # (batch, H, N, d)
-        with torch.autocast(device_type=coeffs.device.type, enabled=False):
+        with autocast_off(coeffs.device.type):
             work = torch.promote_types(dtype, torch.float32)  # μ, σ² in >= float32
             w = torch.cat([self.mu_proj.weight, self.sigma_proj.weight]).to(coeffs.dtype)  # (2, N)
             wb = torch.matmul(w, coeffs)  # w_μᵀB, w_σᵀB: (batch, 2, e)
@@ -216,7 +216,7 @@ class LongTermAttention(nn.Module):
         b, q, _ = queries.shape
         h, d = self.config.n_heads, self.head_dim
         weights = projections.score_weights  # (batch, e, H·2)
-        with torch.autocast(device_type=queries.device.type, enabled=False):
+        with autocast_off(queries.device.type):
             bias = torch.cat([self.mu_proj.bias, self.sigma_proj.bias]).to(weights.dtype)  # (2,)
             scores = torch.matmul(queries.to(weights.dtype), weights)  # (batch, q, H·2)
             logits = scores.view(b, q, h, 2).transpose(1, 2) / math.sqrt(d) + bias  # (batch, H, q, 2)
@@ -249,7 +249,7 @@ class LongTermAttention(nn.Module):
         """
         b, q, e = queries.shape
         mu, sigma2, values = self.densities(queries, state, projections)
-        with torch.autocast(device_type=queries.device.type, enabled=False):
+        with autocast_off(queries.device.type):
             if torch.is_grad_enabled() or q > 1:
                 context = self.normalizer.context(mu, sigma2, values)  # V_hᵀ E_p[ψ]: (batch, H, q, d)
             else:  # one query without autograd (decoding): E_p[ψ] (batch, H, 1, N) is small, use it

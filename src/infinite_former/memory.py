@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import ridge
 from .basis import GaussianBasis
-from .utils import check_int
+from .utils import autocast_off, check_int
 
 
 @dataclass
@@ -202,7 +202,7 @@ def update_memory(
     island: it runs in B's dtype (>= float32) with autocast off.
     """
     _check_update_args(state, new_vectors, basis, num_samples, tau)
-    with torch.autocast(device_type=state.coeffs.device.type, enabled=False):
+    with autocast_off(state.coeffs.device.type):
         return _update(
             state, new_vectors, basis, num_samples, tau, ridge_lambda, edge_padding, sticky, generator
         )
@@ -228,8 +228,8 @@ def _update(state, new_vectors, basis, num_samples, tau, ridge_lambda, edge_padd
     has_memory = state.length > 0  # (batch,)
     need_contract = need_fresh = True
     if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
-        need_contract = bool(has_memory.any())
-        need_fresh = not bool(has_memory.all())
+        with_memory = int(has_memory.sum())  # one host read
+        need_contract, need_fresh = with_memory > 0, with_memory < has_memory.numel()
 
     contracted = fresh = None
     if need_contract:

@@ -193,12 +193,9 @@ def lm_train_steps(models=("infinite_sticky", "xl_equal")) -> dict:
     return steps, b * seg
 
 
-def cmd_speed(args: argparse.Namespace) -> None:
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    result = {"machine": machine_info(precision="fp32 and bf16 (autocast), interleaved")}
-    layer = interleaved(layer_steps(), args.reps)
-    result["layer"] = {
+def layer_result(reps: int) -> dict:
+    layer = interleaved(layer_steps(), reps)
+    return {
         "what": "fwd + bwd of one segment: LTM (batch 8, e 512, 8 heads, N = M = L = 512, sticky, gate, "
         "KL) and plain softmax attention over N keys",
         "steps": layer,
@@ -209,8 +206,18 @@ def cmd_speed(args: argparse.Namespace) -> None:
             p: round(layer[f"ltm/{p}"]["cpu_ms"] / layer[f"plain/{p}"]["cpu_ms"], 3) for p in PRECISIONS
         },
     }
-    print(json.dumps(result["layer"], indent=1), flush=True)
-    for task, (steps, tokens) in (("sort", sort_train_steps()), ("lm", lm_train_steps())):
+
+
+def cmd_speed(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    result = {"machine": machine_info(precision="fp32 and bf16 (autocast), interleaved")}
+    if "layer" in args.parts:
+        result["layer"] = layer_result(args.reps)
+        print(json.dumps(result["layer"], indent=1), flush=True)
+    tasks = {"sort": sort_train_steps, "lm": lm_train_steps}
+    for task in (t for t in ("sort", "lm") if t in args.parts):
+        steps, tokens = tasks[task]()
         timing = interleaved(steps, args.train_reps)
         names = sorted({k.split("/")[1] for k in steps})
         tok_s = {k: round(tokens / (v["cpu_ms"] / 1e3), 1) for k, v in timing.items()}
@@ -231,7 +238,8 @@ def cmd_speed(args: argparse.Namespace) -> None:
         print(task, json.dumps({k: v for k, v in result[task].items() if k != "steps"}), flush=True)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["command"] = (
-        f"python benchmarks/precision.py speed --reps {args.reps} --train-reps {args.train_reps}"
+        f"python benchmarks/precision.py speed --reps {args.reps} --train-reps {args.train_reps} "
+        f"--parts {' '.join(args.parts)}" + (f" --out {args.out}" if args.out else "")
     )
     out = Path(args.out) if args.out else OUT.with_name("precision_speed_cpu.json")
     write_json(out, result)
@@ -328,6 +336,7 @@ def main(argv=None) -> None:
     sp = sub.add_parser("speed")
     sp.add_argument("--reps", type=int, default=5, help="timed layer steps per variant")
     sp.add_argument("--train-reps", type=int, default=5, help="timed training steps per variant")
+    sp.add_argument("--parts", nargs="+", default=["layer", "sort", "lm"], choices=["layer", "sort", "lm"])
     sp.add_argument("--out", default=None)
     so = sub.add_parser("sort")
     so.add_argument("--precision", choices=PRECISIONS, required=True)

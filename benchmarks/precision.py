@@ -291,6 +291,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     bf16 = RunRecords(RECORDS, sort_key("bf16")).load([f"{SORT_MODEL}-bf16"])[f"{SORT_MODEL}-bf16"]
     own = RunRecords(RECORDS, sort_key("fp32")).load([f"{SORT_MODEL}-fp32"])[f"{SORT_MODEL}-fp32"]
     bench = sorting.load_records().get(SORT_MODEL, {})
+    full = sorting.SETTINGS["steps"]  # a run stopped early (signal) is not a record to pair
+    bf16 = {k: r for k, r in bf16.items() if r["steps"] == full}
     fp32 = {k: own.get(k, bench.get(k)) for k in set(own) | set(bench)}
     seeds = sorted(set(bf16) & set(fp32))
     result: dict = {

@@ -66,3 +66,22 @@ def test_sticky_update_and_layer_step_trace_without_graph_breaks():
         explained = torch._dynamo.explain(fn)(*args)
         assert explained.graph_break_count == 0, explained.break_reasons
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["sort"], ["lm", "train", "--data", "d"], ["lm", "finetune", "--data", "d"], ["lm", "eval"],
+     ["dialogue", "train", "--data", "d"], ["dialogue", "eval", "--run", "r"]],
+)  # fmt: skip
+def test_every_training_and_eval_command_takes_precision(command):
+    from infinite_former.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([*command, "--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):  # argparse names the flag and the choices
+        parser.parse_args([*command, "--precision", "fp16"])
+    if command == ["sort"]:  # the flag reaches the settings and the Trainer's config
+        from infinite_former.experiments.sort import sort_settings_from_args
+
+        settings = sort_settings_from_args(parser.parse_args(["sort", "--precision", "bf16"]))
+        assert settings.train_config("check").precision == "bf16"

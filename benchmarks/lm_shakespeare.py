@@ -126,15 +126,18 @@ def shared_tokenizer(root: Path) -> str:
     return str(path)
 
 
-def run_one(name: str, seed: int, root: Path) -> dict:
-    run_dir = root / f"{name}-seed{seed}"
+def run_one(name: str, seed: int, root: Path, extra: tuple[str, ...] = (), tag: str = "") -> dict:
+    """Train + test one variant; extra: more `lm train` flags (e.g. --precision bf16), tag: run-dir suffix."""
+    run_dir = root / f"{name}{tag}-seed{seed}"
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
     parser = argparse.ArgumentParser(prog="infinite-former")
     lm_cli.add_lm_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(train_argv(name, seed, run_dir, shared_tokenizer(root), root / "cache"))
+    args = parser.parse_args(
+        [*train_argv(name, seed, run_dir, shared_tokenizer(root), root / "cache"), *extra]
+    )
     t0 = time.perf_counter()
     res = lm_cli.lm_train(args)
     test = res["eval"]["test"]

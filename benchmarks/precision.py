@@ -3,6 +3,7 @@
     python benchmarks/precision.py speed                       # layer + training steps, interleaved
     python benchmarks/precision.py sort --precision bf16 --seeds 0 2   # sorting records (a process)
     python benchmarks/precision.py sort --precision bf16 --seeds 1     # (a second one, side by side)
+    python benchmarks/precision.py lm --precision bf16 --seeds 0 1 2   # Shakespeare LM records (long)
     python benchmarks/precision.py summarize                   # -> results/precision_cpu.json
 
 One torch thread per process. bf16 = autocast to bfloat16 (training/precision.py), with the memory's
@@ -19,6 +20,8 @@ other processes' load; both are recorded), every variant interleaved step by ste
   benchmark's settings; records in results/precision_cpu_runs/. fp32 records are taken from the
   sorting benchmark itself (results/sorting_cpu_runs, same settings key) unless this script made one.
   `summarize` pairs bf16 with fp32 by seed and test sequence at each length (infinite_former.stats).
+* lm: the same for the Shakespeare LM benchmark's ∞-former (sticky) (3000 steps; fp32 records from
+  results/lm_shakespeare_cpu_runs), paired by seed and test document: perplexity ratio and its CI.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -40,7 +44,7 @@ from infinite_former.experiments.sort import train_and_test
 from infinite_former.models import InfiniteFormerLM
 from infinite_former.stats import paired_comparison, seeds_won
 from infinite_former.training.precision import autocast
-from infinite_former.training.records import RunRecords
+from infinite_former.training.records import RunRecords, nll_per_token
 from infinite_former.utils import machine_info, seed_everything, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,6 +291,48 @@ def cmd_sort(args: argparse.Namespace) -> None:
     )
 
 
+def lm_key(precision: str) -> str:
+    return f"{lm_shakespeare.settings_key()}-{precision}"
+
+
+def cmd_lm(args: argparse.Namespace) -> None:
+    """The Shakespeare LM benchmark's ∞-former (sticky), trained and tested in --precision."""
+    torch.set_num_threads(1)
+    p, root = args.precision, Path(args.runs_dir)
+    RunRecords(RECORDS, lm_key(p)).run_missing(
+        args.seeds,
+        [f"lm_{SORT_MODEL}-{p}"],
+        lambda name, seed: {
+            "precision": p,
+            **lm_shakespeare.run_one(SORT_MODEL, seed, root, ("--precision", p), tag=f"-{p}"),
+        },
+        lambda rec: f"test ppl {rec['test_ppl']:.3f} ({rec['seconds']:.0f} s)",
+    )
+
+
+def lm_summary() -> dict:
+    """bf16 vs fp32 test NLL per token, paired by seed and test document (fp32: the LM benchmark's)."""
+    bf16 = RunRecords(RECORDS, lm_key("bf16")).load([f"lm_{SORT_MODEL}-bf16"])[f"lm_{SORT_MODEL}-bf16"]
+    fp32 = RunRecords(lm_shakespeare.RECORDS, lm_shakespeare.settings_key()).load([SORT_MODEL])[SORT_MODEL]
+    seeds = sorted(set(bf16) & set(fp32))
+    out: dict = {"model": SORT_MODEL, "settings_key": lm_shakespeare.settings_key(), "paired_seeds": seeds}
+    if not seeds:
+        return out
+    docs = sorted(set.intersection(*(set(r[k]["per_document"]) for r in (bf16, fp32) for k in seeds)))
+    a = [nll_per_token(bf16[k]["per_document"], docs) for k in seeds]
+    b = [nll_per_token(fp32[k]["per_document"], docs) for k in seeds]
+    cmp = paired_comparison(a, b, names=("bf16", "fp32"), higher_is_better=False)
+    out.update(
+        test_ppl={"bf16": [bf16[k]["test_ppl"] for k in seeds], "fp32": [fp32[k]["test_ppl"] for k in seeds]},
+        bf16_minus_fp32_nll_per_token=cmp,
+        ppl_ratio_bf16_over_fp32=math.exp(cmp["mean_diff"]),
+        ppl_ratio_ci95=[math.exp(x) for x in cmp["ci95"]],
+        within_1_percent=math.exp(cmp["ci95"][1]) <= 1.01 and math.exp(cmp["ci95"][0]) >= 0.99,
+        documents=len(docs),
+    )
+    return out
+
+
 def cmd_summarize(args: argparse.Namespace) -> None:
     bf16 = RunRecords(RECORDS, sort_key("bf16")).load([f"{SORT_MODEL}-bf16"])[f"{SORT_MODEL}-bf16"]
     own = RunRecords(RECORDS, sort_key("fp32")).load([f"{SORT_MODEL}-fp32"])[f"{SORT_MODEL}-fp32"]
@@ -327,8 +373,9 @@ def cmd_summarize(args: argparse.Namespace) -> None:
             "bf16": [bf16[k]["tokens_per_s"] for k in seeds],
             "fp32": [fp32[k]["tokens_per_s"] for k in seeds],
         }
+    result["lm"] = lm_summary()
     write_json(OUT, result)
-    print(json.dumps(result["sort"], indent=1)[:3000])
+    print(json.dumps({k: result[k] for k in ("sort", "lm")}, indent=1)[:4000])
     print(f"wrote {OUT}")
 
 
@@ -344,9 +391,13 @@ def main(argv=None) -> None:
     so.add_argument("--precision", choices=PRECISIONS, required=True)
     so.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     so.add_argument("--runs-dir", default="runs/bench-precision")
+    lm = sub.add_parser("lm")
+    lm.add_argument("--precision", choices=PRECISIONS, required=True)
+    lm.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    lm.add_argument("--runs-dir", default="runs/bench-precision-lm")
     sub.add_parser("summarize")
     args = p.parse_args(argv)
-    {"speed": cmd_speed, "sort": cmd_sort, "summarize": cmd_summarize}[args.cmd](args)
+    {"speed": cmd_speed, "sort": cmd_sort, "lm": cmd_lm, "summarize": cmd_summarize}[args.cmd](args)
 
 
 if __name__ == "__main__":

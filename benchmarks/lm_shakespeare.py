@@ -200,7 +200,7 @@ def cmd_throughput(args: argparse.Namespace, steps: int = 6) -> None:
         "settings_key": settings_key(),
         "setup": f"{steps} training steps of {S['batch_size']} lanes x {S['seg_len']} tokens, interleaved, 1 thread",
         "tokens_per_s": {name: tokens / seconds[name] for name in VARIANTS},
-        "machine": machine_info(),
+        "machine": machine_info(precision="fp32"),
     }
     RECORDS.mkdir(parents=True, exist_ok=True)
     (RECORDS / "throughput.json").write_text(json.dumps(result, indent=1))
@@ -243,7 +243,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         conventions[conv] = {"paired_seeds": paired_seeds, "models": models, "pairs": pairs}
     tput = RECORDS / "throughput.json"
     result = {
-        "machine": next((r["machine"] for by in recs.values() for r in by.values()), machine_info()),
+        "machine": next((r["machine"] for by in recs.values() for r in by.values()), machine_info(precision="fp32")),
         "settings": {**S, "data": "../shared/data/shakespeare", "eval_split": "test",
                      "tokenizer": f"byte-level BPE (HF tokenizers), vocab {S['vocab_size']}, trained on train/",
                      "xl_params_d_inner": matched_d_inner(), "ltm_init": "output projection zero"},

@@ -4,6 +4,7 @@
     python benchmarks/gpt2_finetune.py run --seeds 0 1 2            # one record per (variant, seed)
     python benchmarks/gpt2_finetune.py controls --seeds 0 1 2       # evaluation-only controls
     python benchmarks/gpt2_finetune.py summarize                    # -> results/gpt2_finetune_cpu.json
+    python benchmarks/gpt2_finetune.py params     # parameter counts into that file (no training, no weights)
 
 PAPER §5: GPT-2 fine-tuned on long documents in sequential blocks, AdamW 5e-5 for GPT-2's weights
 and 2.5e-4 for the new LTM weights, τ = 0.5, KL on. No pretrained GPT-2 reaches this machine, so
@@ -47,6 +48,7 @@ from infinite_former.training.records import (
     RunRecords,
     finished_run,
     nll_per_token,
+    parameter_counts,
     per_document_nll,
     settings_hash,
 )
@@ -222,6 +224,54 @@ def cmd_controls(args: argparse.Namespace) -> None:
     )
 
 
+def num_parameters(base_config: dict, variant: str) -> dict[str, int]:
+    """{"total", "base", "memory"} parameters of the model a variant evaluates, rebuilt (random weights)
+    from the pretrained GPT-2's recorded config and S: base / no_memory (and their controls) have
+    GPT-2's weights only; the memory variants (and their wiped controls) add an LTM per layer."""
+    from infinite_former.hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel
+
+    gpt2 = {k: base_config[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
+    gpt2 |= {"bos_token_id": 0, "eos_token_id": 0}  # any id in the vocabulary: no effect on the counts
+    memory = {k: S[k] for k in ("block_size", "num_basis", "num_samples", "tau")}
+
+    def build(**kw) -> torch.nn.Module:
+        return InfiniteGPT2LMHeadModel(InfiniteGPT2Config(**gpt2, **memory, **kw))
+
+    plain = build(memory_layers=[])
+    weights = variant.removesuffix("_wiped").removesuffix("_window")  # the weights the variant evaluates
+    if weights not in ("base", *VARIANTS):
+        raise ValueError(f"variant: unknown model {variant!r}")
+    model = plain if weights in ("base", "no_memory") else build(sticky=weights == "infinite_sticky")
+    return parameter_counts(model, plain)
+
+
+def with_parameter_counts(models: dict, base_model: dict | None) -> dict:
+    """``models`` with each one's num_parameters; checks the rebuilt GPT-2 against the recorded count."""
+    if base_model is None:
+        raise SystemExit("no base model config recorded (pretrain.json): cannot count parameters")
+    out = {
+        name: {**m, "num_parameters": num_parameters(base_model["config"], name)}
+        for name, m in models.items()
+    }
+    base = num_parameters(base_model["config"], "base")["total"]
+    if base != base_model["parameters"]:
+        raise SystemExit(
+            f"rebuilt GPT-2 has {base:,} parameters, the pretrained one {base_model['parameters']:,}"
+        )
+    return out
+
+
+def cmd_params(args: argparse.Namespace) -> None:
+    """Add num_parameters to every model of an existing results file (models rebuilt, no training)."""
+    d = json.loads(Path(args.out).read_text())
+    d["models"] = with_parameter_counts(d["models"], d["base_model"])
+    command = "python benchmarks/gpt2_finetune.py params"
+    d["commands"] = [c for c in d.get("commands", []) if c != command] + [command]
+    write_json(args.out, d)
+    for name, m in json.loads(Path(args.out).read_text())["models"].items():
+        print(f"{name}: {m['num_parameters']}")
+
+
 def cmd_summarize(args: argparse.Namespace) -> None:
     recs = RunRecords(RECORDS, settings_key()).load((*VARIANTS, *CONTROLS))
     done = [v for v in (*VARIANTS, *CONTROLS) if recs[v]]
@@ -260,17 +310,18 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         passkey_acc[v] = {d: statistics.fmean(p[d]["accuracy"] for p in per_d) for d in per_d[0]}
     pretrain_path = Path(args.base) / "pretrain.json"
     pretrain = json.loads(pretrain_path.read_text()) if pretrain_path.is_file() else None
+    base_model = None if pretrain is None else {
+        "script": "benchmarks/pretrain_gpt2.py",
+        "config": pretrain["config"], "parameters": pretrain["parameters"],
+        "train_seconds": pretrain["train_seconds"], "test_ppl_256_token_windows": pretrain["test_ppl_context"],
+    }  # fmt: skip
     result = {
         "machine": any_rec["machine"],
         "settings": {**S, "data": "../shared/data/shakespeare", "eval_split": "test", "passkey": PASSKEY},
-        "base_model": None if pretrain is None else {
-            "script": "benchmarks/pretrain_gpt2.py",
-            "config": pretrain["config"], "parameters": pretrain["parameters"],
-            "train_seconds": pretrain["train_seconds"], "test_ppl_256_token_windows": pretrain["test_ppl_context"],
-        },  # fmt: skip
+        "base_model": base_model,
         "complete": all(len(recs[v]) >= len(args.expected_seeds) for v in VARIANTS),
         "paired_seeds": seeds,
-        "models": models,
+        "models": with_parameter_counts(models, base_model),
         "pairs": pairs,
         "passkey_accuracy": passkey_acc,
         "train_seconds": {v: statistics.fmean(r["train_seconds"] for r in recs[v].values()) for v in VARIANTS if recs[v]},
@@ -300,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     sm = sub.add_parser("summarize")
     sm.add_argument("--expected-seeds", type=int, nargs="+", default=[0, 1, 2])
     sm.add_argument("--base", default=str(BASE))
+    pp = sub.add_parser("params", help="add each model's parameter count to a results file (no training)")
+    pp.add_argument("--out", default=str(OUT), help="the results file written by summarize")
     args = p.parse_args(argv)
-    {"run": cmd_run, "controls": cmd_controls, "summarize": cmd_summarize}[args.cmd](args)
+    commands = {"run": cmd_run, "controls": cmd_controls, "summarize": cmd_summarize, "params": cmd_params}
+    commands[args.cmd](args)
     return 0
 
 

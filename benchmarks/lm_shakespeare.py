@@ -92,7 +92,7 @@ def _config(memory_type: str, d_inner: int) -> ModelConfig:
     return ModelConfig(
         vocab_size=S["vocab_size"], d_model=S["d_model"], n_layers=S["n_layers"], n_heads=S["n_heads"],
         d_inner=d_inner, dropout=0.0, memory_type=memory_type, mem_len=S["mem_len"],
-        ltm_num_basis=S["num_basis"], ltm_num_samples=S["num_basis"], ltm_tau=0.5,
+        ltm=dict(num_basis=S["num_basis"], num_samples=S["num_basis"], tau=0.5),
     )  # fmt: skip
 
 
@@ -178,7 +178,7 @@ def cmd_throughput(args: argparse.Namespace, steps: int = 6) -> None:
             vocab_size=tok.vocab_size, d_model=S["d_model"], n_layers=S["n_layers"], n_heads=S["n_heads"],
             d_inner=int(flags.get("--d-inner", S["d_inner"])), dropout=0.0, memory_type=flags["--memory-type"],
             mem_len=int(flags["--mem-len"]), cmem_len=int(flags.get("--cmem-len", 64)),
-            ltm_num_basis=S["num_basis"], ltm_num_samples=S["num_basis"], ltm_tau=0.5,
+            ltm=dict(num_basis=S["num_basis"], num_samples=S["num_basis"], tau=0.5),
         )  # fmt: skip
         models[name] = InfiniteFormerLM(cfg)
         optims[name] = torch.optim.AdamW(models[name].parameters(), lr=S["lr"])

@@ -1,11 +1,11 @@
-"""Render the README's results tables from results/*.json.
+"""Render the results tables of the docs (docs/results.md) from results/*.json.
 
-    python benchmarks/report.py            # rewrite the tables in README.md
-    python benchmarks/report.py --check    # exit 1 if README.md differs from the JSON files
+    python benchmarks/report.py            # rewrite the tables in docs/results.md
+    python benchmarks/report.py --check    # exit 1 if docs/results.md differs from the JSON files
 
-Each table lives in README.md between `<!-- results:NAME:start -->` and
+Each table lives in docs/results.md between `<!-- results:NAME:start -->` and
 `<!-- results:NAME:end -->`; tests/test_readme_results.py runs the check, so a
-number in the README can only come from a committed results file.
+number in the docs can only come from a committed results file.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from infinite_former.models import memory_labels
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 
 
 def _load(name: str) -> dict:
@@ -28,6 +30,13 @@ def _load(name: str) -> dict:
 
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _params(n: dict | int) -> str:
+    """A parameter count: total, and what the memory adds where it adds weights."""
+    if isinstance(n, int):
+        return f"{n:,}"
+    return f"{n['total']:,}" + (f" ({n['memory']:,} memory)" if n["memory"] else "")
 
 
 def _machine(m: dict) -> str:
@@ -118,13 +127,9 @@ def generation() -> str:
     return "\n".join(lines)
 
 
-LABELS = {
-    "xl": "Transformer-XL",
-    "xl_params": "Transformer-XL, parameter-matched",
-    "compressive": "Compressive",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
-}
+MEMORY_LABELS = memory_labels()  # each memory type's own label (models/<type>.py)
+XL = MEMORY_LABELS["xl"]
+LABELS = {**MEMORY_LABELS, "xl_params": f"{XL}, parameter-matched"}
 
 
 def _ci(p: dict, digits: int = 3) -> str:
@@ -280,7 +285,7 @@ def lm_shakespeare() -> str:
         + _machine(runs[0]["machine"])
         + ".",
         "",
-        f"| model | parameters | test perplexity, seed {seeds} | bits per byte, seed {seeds} "
+        f"| model | parameters (memory part) | test perplexity, seed {seeds} | bits per byte, seed {seeds} "
         "| perplexity, only the last 128 states kept (seed 0) |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -288,9 +293,8 @@ def lm_shakespeare() -> str:
         ppl = " / ".join(f"{r['models'][m]['test_ppl']:.2f}" for r in runs)
         bpb = " / ".join(f"{r['models'][m]['test_bpb']:.3f}" for r in runs)
         short = use.get(m, {}).get("test_ppl_short_term_only")
-        lines.append(
-            f"| {LABELS[m]} | {runs[0]['models'][m]['parameters']:,} | {ppl} | {bpb} | {_fmt(short, 2)} |"
-        )
+        params = _params(use.get(m, {}).get("num_parameters") or runs[0]["models"][m]["parameters"])
+        lines.append(f"| {LABELS[m]} | {params} | {ppl} | {bpb} | {_fmt(short, 2)} |")
     lines += [
         "",
         f"Paired by seed and play (`python benchmarks/lm_pairs.py`): difference in log perplexity, nats per "
@@ -305,12 +309,10 @@ def lm_shakespeare() -> str:
 
 
 LM_VARIANTS = {
-    "xl_equal": "Transformer-XL, m + N states",
-    "xl_stm": "Transformer-XL, m states",
-    "xl_params": "Transformer-XL, m + N states, parameter-matched",
-    "compressive": "Compressive",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
+    "xl_equal": f"{XL}, m + N states",
+    "xl_stm": f"{XL}, m states",
+    "xl_params": f"{XL}, m + N states, parameter-matched",
+    **MEMORY_LABELS,
 }
 
 
@@ -378,8 +380,8 @@ def sort_default() -> str:
 
 DIALOGUE_LABELS = {
     "no_memory": "same model, no memory",
-    "infinite": "∞-former",
-    "infinite_sticky": "∞-former (sticky)",
+    "infinite": MEMORY_LABELS["infinite"],
+    "infinite_sticky": MEMORY_LABELS["infinite_sticky"],
 }
 
 
@@ -454,12 +456,15 @@ def gpt2_finetune() -> str:
         + _machine(d["machine"])
         + ".",
         "",
-        "| model | test perplexity (mean) | per seed | bits per byte |",
-        "|---|---:|---|---:|",
+        "| model | parameters (memory part) | test perplexity (mean) | per seed | bits per byte |",
+        "|---|---:|---:|---|---:|",
     ]
     for name, m in d["models"].items():
         per = ", ".join(f"{x['test_ppl']:.2f}" for x in m.get("seeds", [])) or "–"
-        lines.append(f"| {GPT2_LABELS[name]} | {m['test_ppl']:.2f} | {per} | {m['test_bpb']:.3f} |")
+        params = _params(m["num_parameters"])
+        lines.append(
+            f"| {GPT2_LABELS[name]} | {params} | {m['test_ppl']:.2f} | {per} | {m['test_bpb']:.3f} |"
+        )
     lines += [
         "",
         "| comparison (log perplexity, nats/token, paired by seed and test play) | difference [95% CI] | verdict |",
@@ -483,7 +488,7 @@ def gpt2_finetune() -> str:
 
 
 INSPECT_LABELS = {
-    "lm": "LM from scratch (3000-step benchmark), ∞-former (sticky), seed 0",
+    "lm": f"LM from scratch (3000-step benchmark), {MEMORY_LABELS['infinite_sticky']}, seed 0",
     "gpt2": "GPT-2 pretrained here + memory (sticky), fine-tuned, seed 0",
 }
 
@@ -515,6 +520,71 @@ def inspect_memory() -> str:
     return "\n".join(lines)
 
 
+REACH_AGES = (0, 4, 8, 10, 12, 13)  # age bins shown: 0-2, 16-32, 256-512, 1k-2k, 4k-8k, 8k-16k tokens ago
+
+
+def reach() -> str:
+    d = _load("reach_cpu.json")
+    edges = d["age_bin_edges"]
+    rows = [
+        r
+        for r in d["rows"]
+        if r["num_basis"] == 512 and r["sampling"] == "uniform" and r["widths"].endswith("(auto)")
+    ]
+    ages = [f"{edges[i]:,.0f}–{edges[i + 1]:,.0f}" for i in REACH_AGES]
+    lines = [
+        f'N = M = L = 512, widths {{1, 2.5}}/N (`widths="auto"`), uniform samples; {d["num_tokens"]:,} '
+        f"tokens absorbed. Mean relative error of a token read back, by age (tokens ago); 1 = giving "
+        f"back zero. Machine: {_machine(d['machine'])}.",
+        "",
+        "| signal | schedule | " + " | ".join(ages) + " |",
+        "|---|---|" + "---:|" * len(ages),
+    ]
+    for r in rows:
+        cells = " | ".join(f"{r['error_by_age'][i]:.2f}" for i in REACH_AGES)
+        lines.append(f"| {r['signal']} | {r['schedule']} | {cells} |")
+    return "\n".join(lines)
+
+
+def recall() -> str:
+    d = _load("recall_cpu.json")
+    c = d["config"]
+    models = [*c["variants"], *c["ablations"]]
+    lines = [
+        f"Trained on D ∈ {{{', '.join(map(str, c['train_distances']))}}}, tested at D = "
+        f"{', '.join(f'{x:,}' for x in c['test_distances'])}; {c['settings']['steps']} steps, "
+        f"{len(d['tasks'][next(iter(d['tasks']))]['models']['xl']['seeds'])} seeds. Answer accuracy on held-out "
+        f"sequences, mean over seeds; ↑ / ↓: the 95% CI of (accuracy − chance) is above / below 0. "
+        f"Machine: {_machine(d['machine'])}.",
+        "",
+        "| task | model | " + " | ".join(f"D = {x:,}" for x in c["test_distances"]) + " |",
+        "|---|---|" + "---:|" * len(c["test_distances"]),
+    ]
+    for task, t in d["tasks"].items():
+        for v in models:
+            if v not in t["models"]:
+                continue
+            cells = []
+            for dist in c["test_distances"]:
+                p = next(x for x in t["vs_chance"] if x["model"] == v and x["distance"] == dist)
+                mark = {f"{v} better": " ↑", "chance better": " ↓"}.get(p["verdict"], "")
+                cells.append(f"{t['models'][v]['accuracy'][str(dist)]['mean']:.3f}{mark}")
+            lines.append(f"| {task} (chance {t['chance_accuracy']:.3f}) | {v} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        'Paired by seed (gist): the ∞-former with `schedule="uniform_time"`, `widths="auto"` '
+        "(infinite_reach) against each other model, and auto widths alone against the paper's ∞-former.",
+        "",
+        "| D | pair | difference [95% CI] | verdict |",
+        "|---:|---|---|---|",
+    ]
+    shown = [p for p in d["pairs"] if p["task"] == "gist" and p["distance"] in (256, 1024)]
+    for p in shown:
+        if p["a"] == "infinite_reach" or (p["a"], p["b"]) == ("infinite_auto_widths", "infinite"):
+            lines.append(f"| {p['distance']:,} | {p['a']} − {p['b']} | {_ci(p)} | {p['verdict']} |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
@@ -529,6 +599,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "dialogue": dialogue,
     "inspect_memory": inspect_memory,
     "gpt2_finetune": gpt2_finetune,
+    "reach": reach,
+    "recall": recall,
 }
 
 
@@ -536,8 +608,8 @@ def _block(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- results:{name}:start -->\n)(.*?)(<!-- results:{name}:end -->)", re.S)
 
 
-def render_readme(text: str) -> str:
-    """README text with every results block re-rendered from the JSON files."""
+def render_results(text: str) -> str:
+    """The results page's text with every results block re-rendered from the JSON files."""
     for name, render in RENDERERS.items():
         pattern = _block(name)
         if pattern.search(text):
@@ -554,16 +626,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is stale")
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if docs/results.md is stale")
     args = parser.parse_args(argv)
-    text = README.read_text(encoding="utf-8")
-    new = render_readme(text)
+    text = RESULTS_PAGE.read_text(encoding="utf-8")
+    new = render_results(text)
     if args.check:
         if new != text:
-            print("README.md results tables differ from results/*.json: run python benchmarks/report.py")
+            print("docs/results.md tables differ from results/*.json: run python benchmarks/report.py")
             return 1
         return 0
-    README.write_text(new, encoding="utf-8")
+    RESULTS_PAGE.write_text(new, encoding="utf-8")
     return 0
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infinite_former.attention import LTMConfig
 from infinite_former.data.segments import Shard
 from infinite_former.data.sorting import (
     SortingConfig,
@@ -41,8 +42,8 @@ from infinite_former.data.sorting import (
     materialize,
     symbol_counts,
 )
-from infinite_former.experiments.sort import SortSettings, train_and_test
-from infinite_former.models import InfiniteFormerLM, ModelConfig
+from infinite_former.experiments.sort import DEFAULTS_02, LEGACY_02, SortSettings, train_and_test
+from infinite_former.models import InfiniteFormerLM, ModelConfig, memory_labels
 from infinite_former.plots import plot_accuracy
 from infinite_former.stats import paired_comparison, seeds_won
 from infinite_former.training import load_checkpoint
@@ -65,7 +66,7 @@ SETTINGS = dict(
     lengths=(256, 512, 1024, 2048),
     batch_size=8,
     steps=1000,
-    num_samples=32,
+    ltm=dict(num_samples=32),
     eval_sequences=128,
     progress=False,
 )
@@ -78,8 +79,13 @@ def base_settings(seed: int = 0, runs_dir: str = "runs/bench-sorting") -> SortSe
 def settings_key() -> str:
     """A short hash of the settings a record was made with (records of other settings are ignored)."""
     s = base_settings().to_dict()
-    for k in ("seed", "out", "name", "models"):
+    for k in ("seed", "out", "name", "models", "format_version"):
         s.pop(k)
+    # Hashed in the 0.2 form (the seven sort settings flat), so that the records made before 0.3
+    # stay valid; another memory setting enters the key only where it differs from its 0.2 value.
+    ltm, before = s.pop("ltm"), LTMConfig(**DEFAULTS_02).settings()
+    s.update({k: ltm.pop(k) for k in LEGACY_02})
+    s.update({k: v for k, v in ltm.items() if v != before[k]})
     if s.get("precision") == "fp32":  # the same runs as before the precision setting existed
         s.pop("precision")
     return settings_hash(s)
@@ -128,11 +134,12 @@ def per_sequence_accuracy(
                 state = state.reset(seg.reset)
                 if wipe_ltm and k == len(segments) - 1:
                     everyone = torch.ones(b, dtype=torch.bool)
-                    state = dataclasses.replace(
-                        state,
+                    memory = dataclasses.replace(
+                        state.memory,
                         ltm=[m.reset(everyone) for m in state.ltm],
                         ltm_pending_count=torch.zeros_like(state.ltm_pending_count),
                     )
+                    state = dataclasses.replace(state, memory=memory)
                 out, state = model(seg.tokens, state)
                 if seg.targets is None or seg.loss_mask is None:
                     continue
@@ -344,6 +351,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         OUT.with_suffix(".png"),
         title=f"sorting, {s.num_symbols} symbols, {s.steps} steps, mean ± std over seeds ({seed_counts})",
         errors={m: {int(n): v["std"] for n, v in d["accuracy"].items()} for m, d in models.items()},
+        labels=memory_labels(),
     )
     for p in pairs:
         if p["length"] == int(lengths[-1]):

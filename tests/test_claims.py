@@ -64,7 +64,7 @@ def test_compressed_memory_changes_the_outputs():
         _, state = model(seg, state)
     with_cmem, _ = model(tokens[:, 20:], state)
     emptied = state.reset(torch.zeros(2, dtype=torch.bool))
-    emptied.cmem_valid = torch.zeros_like(state.cmem_valid)
+    emptied.memory.cmem_valid = torch.zeros_like(state.cmem_valid)
     without, _ = model(tokens[:, 20:], emptied)
     assert (with_cmem.logits - without.logits).abs().max() > 1e-4
 
@@ -75,7 +75,7 @@ def _fit(tmp_path, eval_every: int) -> list[float]:
     model = InfiniteFormerLM(
         ModelConfig(
             vocab_size=task.vocab_size, d_model=16, n_layers=1, n_heads=2, d_inner=32, dropout=0.0,
-            memory_type="infinite_sticky", mem_len=8, ltm_num_basis=8, ltm_num_samples=8, ltm_num_bins=8,
+            memory_type="infinite_sticky", mem_len=8, ltm=dict(num_basis=8, num_samples=8, num_bins=8),
         )
     )  # fmt: skip
     stream = lambda shard: SortingStream(SortingGenerator(task), 8, shard)  # noqa: E731
@@ -101,7 +101,7 @@ def test_paper_preset_trains_one_model_per_length(tmp_path, capsys):
     assert code == 0
     res = json.loads((tmp_path / "p" / "results.json").read_text())
     assert res["settings"]["train_on"] == "each" and res["settings"]["num_symbols"] == 4
-    assert res["settings"]["tau"] == 0.75 and res["settings"]["clip"] == 0.25  # from the preset
+    assert res["settings"]["ltm"]["tau"] == 0.75 and res["settings"]["clip"] == 0.25  # from the preset
     assert sorted(res["runs"]) == ["infinite_sticky-L20", "infinite_sticky-L40", "xl-L20", "xl-L40"]
     for run in res["runs"].values():
         assert run["steps"] == 2 and len(run["train_lengths"]) == 1

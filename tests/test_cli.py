@@ -77,7 +77,7 @@ def test_every_setting_has_a_flag_and_presets_differ():
     from infinite_former.experiments.sort import sort_settings_from_args
 
     s = sort_settings_from_args(args)
-    assert (s.d_model, s.n_layers, s.n_heads, s.d_inner, s.segment_len, s.num_basis) == (
+    assert (s.d_model, s.n_layers, s.n_heads, s.d_inner, s.segment_len, s.ltm.num_basis) == (
         300,
         3,
         6,

@@ -129,9 +129,7 @@ def tiny_lm(dropout: float = 0.0, seed: int = 0) -> InfiniteFormerLM:
             dropout=dropout,
             mem_len=8,
             memory_type="infinite_sticky",
-            ltm_num_basis=8,
-            ltm_num_samples=8,
-            ltm_num_bins=8,
+            ltm=dict(num_basis=8, num_samples=8, num_bins=8),
         )  # fmt: skip
     )
 

@@ -390,7 +390,7 @@ def test_train_then_eval_end_to_end(trained, tmp_path: Path) -> None:
     assert 1 < test["overall"]["reply_ppl"] < 10 * 300
     assert (run / "model" / "config.json").is_file() and (run / "checkpoints" / "latest").is_file()
     config = json.loads((run / "model" / "config.json").read_text())
-    assert config["vocab_size"] == 300 + 6 and config["num_basis"] == 8
+    assert config["vocab_size"] == 300 + 6 and config["ltm"]["num_basis"] == 8  # the 0.3 nested form
 
     # eval: same seed -> same replies; its own JSON
     out = tmp_path / "eval.json"
@@ -407,7 +407,9 @@ def test_resume_continues(trained, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     args = [a if a != str(run) else str(copy) for a in args]
-    assert cli_main([*args, "--steps", "8", "--warmup", "2", "--eval-splits", "--resume"]) == 0
+    resume = [*args, "--steps", "6", "--warmup", "2", "--ckpt-every", "3", "--eval-splits", "--resume"]
+    assert cli_main([*resume, "--uniform"]) == 2  # memory settings cannot change
+    assert cli_main([*resume, "--override", "steps=8"]) == 0
     assert json.loads((copy / "results.json").read_text())["steps"] == 8
 
 
@@ -473,6 +475,32 @@ def test_chat_through_stdin(trained, tmp_path: Path, monkeypatch, capsys) -> Non
     capsys.readouterr()
     assert cli_main(cmd) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_chat_reads_stdin_as_utf8_with_replacement(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+    _, run, _ = trained
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The robot learns to paint.")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 \xff\xfe who?\nand then?\n")))
+    cmd = ["dialogue", "chat", "--run", str(run), "--document", str(doc), "--max-new-tokens", "3"]
+    assert cli_main([*cmd, "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2 and "reading stdin as UTF-8" in out.err
+
+
+def test_train_refuses_a_model_that_is_not_gpt2(corpus: Path, tmp_path: Path, capsys) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    capsys.readouterr()  # (the progress bar of saving it)
+    argv = ["dialogue", "train", "--data", str(corpus), "--run-dir", str(tmp_path / "r"), *TINY]
+    assert cli_main([*argv, "--model", str(tmp_path / "llama"), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "'llama' model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_finetunes_a_gpt2_checkpoint(corpus: Path, tmp_path: Path) -> None:

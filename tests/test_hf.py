@@ -190,7 +190,7 @@ def test_save_load_round_trip(plain_dir, tmp_path):
     again = InfiniteGPT2LMHeadModel.from_pretrained(tmp_path).eval()
     auto = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(auto, InfiniteGPT2LMHeadModel)
-    assert again.config.block_size == BLOCK and again.config.num_basis == 16
+    assert again.config.block_size == BLOCK and again.config.ltm["num_basis"] == 16
     x = ids(2, 3 * BLOCK + 2)
     results = []
     for m in (model, again, auto):

@@ -65,7 +65,10 @@ SCRIPT = textwrap.dedent(
         half = ROWS // world
         losses, weights = train(slice(rank * half, (rank + 1) * half), sharded=True)
         if rank == 0:
-            json.dump({"losses": losses, "weights": weights, "world": world}, open(sys.argv[1], "w"))
+            with open(sys.argv[1], "w") as f:
+                json.dump({"losses": losses, "weights": weights, "world": world}, f)
+        # leave together: a rank exiting with the process group alive aborts in gloo's teardown
+        dist.barrier()
         dist.destroy_process_group()
     """
 )

@@ -24,7 +24,7 @@ def tiny_lm(memory_type: str = "infinite_sticky", **over) -> InfiniteFormerLM:
     torch.manual_seed(0)
     cfg = dict(
         vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_inner=32, dropout=0.0, mem_len=8,
-        memory_type=memory_type, ltm_num_basis=16, ltm_num_samples=16, ltm_num_bins=8,
+        memory_type=memory_type, ltm=dict(num_basis=16, num_samples=16, num_bins=8),
     )  # fmt: skip
     return InfiniteFormerLM(ModelConfig(**{**cfg, **over})).eval()
 
@@ -152,7 +152,7 @@ def test_lm_inspect_cli_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--data", str(tmp_path / "corpus"), "--run-dir", str(run), "--tokenizer", "bytes"]
     argv += "--seg-len 16 --batch-size 2 --steps 2 --warmup 1 --d-model 16 --n-heads 2 --d-inner 32".split()
-    argv += "--mem-len 16 --num-basis 16 --set ltm_num_bins=8 --no-progress --no-tensorboard".split()
+    argv += "--mem-len 16 --num-basis 16 --num-bins 8 --no-progress --no-tensorboard".split()
     argv += ["--valid-split", "", "--device", "cpu", "--eval-splits"]
     assert main(["lm", *argv]) == 0
     text = tmp_path / "doc.txt"

@@ -1,5 +1,5 @@
 """The package layout: layers import only downwards, no import cycle anywhere (deferred imports
-included), the core stays torch-only, and the 0.1 names still import (README: "Moved in 0.2")."""
+included), the core stays torch-only, and the 0.1 names still import (CHANGELOG.md: "Moved in 0.2")."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import infinite_former
 
 PACKAGE = Path(infinite_former.__file__).parent
 ROOT = "infinite_former"
-CORE = {"basis", "ridge", "continuous", "memory", "attention", "utils"}
+CORE = {"basis", "ridge", "continuous", "memory", "attention", "utils", "provenance"}
 TOOLS = {
     "stats",
     "plots",

@@ -30,12 +30,9 @@ def tiny(memory_type: str = "xl", **kw) -> ModelConfig:
         memory_type=memory_type,
         cmem_len=4,
         compression_rate=2,
-        ltm_num_basis=16,
-        ltm_num_samples=16,
-        ltm_num_bins=16,
+        ltm=dict(num_basis=16, num_samples=16, num_bins=16),
     )
-    base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig(**{**base, **kw, "ltm": {**base["ltm"], **kw.get("ltm", {})}})
 
 
 def make(memory_type: str = "xl", seed: int = 0, **kw) -> InfiniteFormerLM:
@@ -168,9 +165,9 @@ def test_loss_falls_on_fixed_batch(memory_type):
         (dict(memory_type="compressive", mem_len=2, compression_rate=4), "compression_rate"),
         (dict(compression_rate=0), "compression_rate"),
         (dict(dropout=1.5), "dropout"),
-        (dict(kl_weight=-1.0), "kl_weight"),
-        (dict(ltm_tau=1.5), "tau"),
-        (dict(ltm_num_basis=15), "num_basis"),
+        (dict(ltm=dict(kl_weight=-1.0)), "kl_weight"),
+        (dict(ltm=dict(tau=1.5)), "tau"),
+        (dict(ltm=dict(num_basis=15)), "num_basis"),
         (dict(n_layers=0), "n_layers"),
         (dict(max_segment_len=0), "max_segment_len"),
     ],
@@ -342,7 +339,7 @@ def test_ltm_receives_exactly_the_vectors_leaving_the_stm(mem_len):
 
 
 def test_infinite_aux_loss_is_weighted_kl():
-    model = make("infinite_sticky", mem_len=0, kl_weight=1e-2)
+    model = make("infinite_sticky", mem_len=0, ltm=dict(kl_weight=1e-2))
     tokens = torch.randint(0, V, (2, 8))
     out, state = model(tokens[:, :4])
     assert float(out.aux_loss.detach()) == 0.0  # empty LTM: no KL
@@ -380,14 +377,14 @@ def test_bf16_autocast_runs_and_keeps_memories_in_float32(memory_type):
         (out.loss + out.aux_loss).backward()
         state = state.detach()
     assert torch.isfinite(out.loss) and torch.isfinite(out.aux_loss)
-    assert state.mems[0].dtype == torch.float32
-    assert all(s.coeffs.dtype == torch.float32 for s in state.ltm)
+    floats = {k: t.dtype for k, t in state.state_dict().items() if t.is_floating_point()}
+    assert set(floats.values()) == {torch.float32}, floats  # mems, cmems, LTM coefficients, pending
 
 
 @pytest.mark.parametrize("memory_type", ["infinite", "infinite_sticky"])
 def test_task_loss_trains_the_ltm(memory_type):
     """Once the LTM holds something, the LM loss alone reaches all its parameters (incl. the gate)."""
-    model = make(memory_type, mem_len=4, kl_weight=0.0)
+    model = make(memory_type, mem_len=4, ltm=dict(kl_weight=0.0))
     model.train()
     tokens = torch.randint(0, V, (2, 12))
     state = None

@@ -85,3 +85,15 @@ def test_every_training_and_eval_command_takes_precision(command):
 
         settings = sort_settings_from_args(parser.parse_args(["sort", "--precision", "bf16"]))
         assert settings.train_config("check").precision == "bf16"
+
+
+@pytest.mark.parametrize("legacy, precision", [(True, "bf16"), (False, "fp32"), ("auto", "auto")])
+def test_saved_sort_settings_with_bf16_load_as_precision(legacy, precision):
+    from infinite_former.experiments.sort import SortSettings
+
+    saved = SortSettings(steps=3).to_dict()  # the current format, saved before precision existed
+    del saved["precision"]
+    saved["bf16"] = legacy
+    assert SortSettings.from_dict(saved).precision == precision
+    with pytest.raises(ValueError, match="precision"):
+        SortSettings.from_dict({**SortSettings().to_dict(), "precision": "fp16"})

@@ -4,7 +4,8 @@ import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- usage-example:start -->", "<!-- usage-example:end -->"
+# the docs include the same block (pymdownx.snippets section "usage-example")
+START, END = "<!-- --8<-- [start:usage-example] -->", "<!-- --8<-- [end:usage-example] -->"
 
 
 def usage_example() -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- hf-example:start -->", "<!-- hf-example:end -->"
+# the docs include the same block (pymdownx.snippets section "hf-example")
+START, END = "<!-- --8<-- [start:hf-example] -->", "<!-- --8<-- [end:hf-example] -->"
 
 
 def hf_example() -> str:

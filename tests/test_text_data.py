@@ -253,7 +253,7 @@ def test_lane_reset_empties_that_lanes_model_memory(tmp_path, memory_type):
     corpus = tokenize_documents(load_documents(write_corpus(tmp_path / "c", texts)), tok)
     cfg = ModelConfig(
         vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_inner=64, dropout=0.0, mem_len=8,
-        memory_type=memory_type, cmem_len=4, ltm_num_basis=8, ltm_num_samples=8, ltm_num_bins=8,
+        memory_type=memory_type, cmem_len=4, ltm=dict(num_basis=8, num_samples=8, num_bins=8),
     )  # fmt: skip
     model = InfiniteFormerLM(cfg).eval()
     lanes = DocumentLanes(corpus, batch_size=2, seg_len=8, eos_id=tok.eos_id, loop=False)

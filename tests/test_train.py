@@ -43,9 +43,7 @@ def tiny_model(memory_type: str = "infinite_sticky", dropout: float = 0.0, seed:
         memory_type=memory_type,
         cmem_len=4,
         compression_rate=2,
-        ltm_num_basis=8,
-        ltm_num_samples=8,
-        ltm_num_bins=8,
+        ltm=dict(num_basis=8, num_samples=8, num_bins=8),
     )
     return InfiniteFormerLM(cfg)
 

@@ -72,18 +72,24 @@ def gaussian_pdf(t: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     return torch.exp(arg) / torch.sqrt(2.0 * math.pi * var)
 
 
-def rbf_layout(num_basis: int, widths: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """Centres μ_k and widths σ_k of N Gaussian RBFs, in float64.
-
-    Returns (mu, sigma), each (N,), width-major: index w·C + c has width
-    widths[w] and the c-th of C = N / W evenly spaced centres.
-    """
+def check_layout(num_basis: int, widths: Sequence[float]) -> tuple[float, ...]:
+    """Raise ValueError unless N >= 2 RBFs split evenly over positive finite widths; returns the widths."""
     check_int("num_basis", num_basis, 2, symbol="N")
     widths = tuple(float(w) for w in widths)
     if not widths or any(not (w > 0) or not math.isfinite(w) for w in widths):
         raise ValueError(f"widths must be positive finite numbers, got {widths!r}")
     if num_basis % len(widths):
         raise ValueError(f"num_basis (N={num_basis}) must be a multiple of len(widths)={len(widths)}")
+    return widths
+
+
+def rbf_layout(num_basis: int, widths: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Centres μ_k and widths σ_k of N Gaussian RBFs, in float64.
+
+    Returns (mu, sigma), each (N,), width-major: index w·C + c has width
+    widths[w] and the c-th of C = N / W evenly spaced centres.
+    """
+    widths = check_layout(num_basis, widths)
     n_centres = num_basis // len(widths)
     centres = torch.linspace(0.0, 1.0, n_centres, dtype=torch.float64)
     if n_centres == 1:

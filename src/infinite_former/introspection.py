@@ -33,12 +33,12 @@ Three questions, one figure each:
    ‖X̄(t*) − x‖ / ‖x‖ is measured at t* = pos⁻¹(token), against the token's age. 1 is the error
    of remembering nothing (X̄ = 0).
 
-For an InfiniteFormerLM, the reading is the model's own forward, with one change: each segment's absorption (the vectors
-that left the short-term memory) is done here, with the same ``LongTermAttention.update``, before
-the model is called with no pending vectors, so the sample positions can be recorded. The result
-is the model's computation; only sticky sampling's random draws come from this module's seeded
-generator instead of the global RNG. (The Hugging Face reading changes nothing: see
-hf/introspection.py.)
+The reading is the model's own forward with ``return_record=True``: the model says what its
+memory did (attention.LTMRecord per layer: each absorption's UpdateRecord, with the sample
+positions and the τ it used and the vectors it fit, and each read's μ, σ²), and this module only
+reads that record; nothing is recomputed. Recording changes no number of the forward. The whole
+reading runs inside a fork of the global RNG seeded with ``InspectConfig.seed`` (sticky sampling
+draws from it), so the caller's random state is untouched and a seed gives the same report.
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attention import LongTermAttention
-from .memory import LTMState, sticky_positions, uniform_positions
+from .attention import LongTermAttention, ReadRecord
+from .memory import LTMState, UpdateRecord
+from .plots import AgeCurve, plot_by_age, plot_sample_histograms
 from .ridge import midpoints, reconstruct
-from .utils import check_int, machine_info, write_json
+from .utils import check_int, machine_info, seeded_rng, write_json
 
 RECONSTRUCTION_AGES = (1_000, 10_000, 100_000)
 
@@ -103,6 +104,14 @@ class AgeMap:
         old = np.interp(s, t, self.pos)
         new = start + (t - tau) / (1.0 - tau) * count
         return replace(self, pos=np.where(t < tau, old, new))
+
+    def follow(self, update: UpdateRecord, row: int = 0) -> AgeMap:
+        """The map after the absorption ``update`` recorded (row ``row``), from the τ and the sample
+        positions the update used, so it follows whatever contraction the update made."""
+        contracted = bool(update.contracted[row])
+        samples = update.samples[row].double().cpu().numpy() if contracted else None
+        tau = float(update.tau[row])
+        return self.absorb(int(update.first[row]), update.count, tau, samples)
 
     def locate(self, coords: np.ndarray) -> np.ndarray:
         """t where the content of token coordinates ``coords`` sits now (inverse of pos)."""
@@ -307,28 +316,26 @@ def inspect_document(
     ]
     maps = [AgeMap.empty(cfg.grid_points) for _ in model.layers]
     cells = torch.linspace(0, 1, cfg.grid_points + 1, device=device, dtype=torch.float64)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     nll_sum, n_targets = 0.0, 0
     was_training = model.training
     model.eval()
     try:
-        state = model.init_state(1, device)
-        for start in range(0, n, seg_len):
-            state = _absorb_pending(model, state, maps, layers, gen, stride)
-            seg = ids[start : start + seg_len][None]
-            tgt = ids[start + 1 : start + seg_len + 1]
-            tgt = torch.cat([tgt, tgt.new_full((seg.shape[1] - tgt.numel(),), -1)])[None]  # -1: no target
-            out, state = model(seg, state, targets=tgt, return_densities=True)
-            nll_sum += float(out.extras["nll_sum"])
-            n_targets += int(out.extras["n_targets"])
-            for layer, blk in enumerate(model.layers):
-                if state.ltm[layer].length[0] == 0:
-                    continue
-                mu = out.extras["ltm_mu"][layer][0].double()  # (H, T)
-                sigma2 = out.extras["ltm_sigma2"][layer][0].double()
-                add_attention(
-                    layers[layer], maps[layer], blk.ltm.normalizer.cdf, mu, sigma2, start, cells, edges
-                )
+        with seeded_rng(cfg.seed, device):
+            state = model.init_state(1, device)
+            for start in range(0, n, seg_len):
+                seg = ids[start : start + seg_len][None]
+                tgt = ids[start + 1 : start + seg_len + 1]
+                tgt = torch.cat([tgt, tgt.new_full((seg.shape[1] - tgt.numel(),), -1)])[None]  # -1: no target
+                out, state = model(seg, state, targets=tgt, return_record=True)
+                nll_sum += float(out.extras["nll_sum"])
+                n_targets += int(out.extras["n_targets"])
+                for layer, (blk, record) in enumerate(zip(model.layers, out.record, strict=True)):
+                    for update in record.updates:
+                        maps[layer] = record_absorption(
+                            layers[layer], maps[layer], update, stride, ltm_cfg.num_bins
+                        )
+                    cdf = blk.ltm.normalizer.cdf
+                    add_read(layers[layer], maps[layer], cdf, record.read, start, cells, edges)
         measure_reconstruction([blk.ltm for blk in model.layers], state.ltm, maps, layers, n)
     finally:
         model.train(was_training)
@@ -337,7 +344,7 @@ def inspect_document(
         seg_len=seg_len,
         memory_type=c.memory_type,
         num_basis=ltm_cfg.num_basis,
-        num_samples=ltm_cfg.num_samples,
+        num_samples=ltm_cfg.samples,
         tau=ltm_cfg.tau,
         num_bins=ltm_cfg.num_bins,
         mem_len=c.mem_len,
@@ -352,63 +359,40 @@ def inspect_document(
     )
 
 
-def _absorb_pending(model, state, maps, layers, gen, stride):
-    """Absorb the vectors that left the STM (as the model would at the start of its next call),
-    recording the sample positions and the stored vectors; returns the state with nothing pending."""
-    if state.ltm_pending_count is None or int(state.ltm_pending_count[0]) == 0:
-        return state
-    count = int(state.ltm_pending_count[0])
-    new_ltm = []
-    for layer, blk in enumerate(model.layers):
-        old: LTMState = state.ltm[layer]
-        x = blk.ln1(state.ltm_pending[layer][:, -count:])  # (1, L, e), as InfiniteFormerLM._absorb
-        replay = torch.Generator(device=gen.device)
-        replay.set_state(gen.get_state())  # update_memory's first random draw is sticky_positions'
-        samples = sample_positions(blk.ltm, old, replay)
-        new_ltm.append(blk.ltm.update(old, x, generator=gen))
-        maps[layer] = record_absorption(layers[layer], maps[layer], blk.ltm, old, x, samples, stride)
-    return replace(state, ltm=new_ltm, ltm_pending_count=torch.zeros_like(state.ltm_pending_count))
-
-
-def sample_positions(
-    ltm: LongTermAttention, old: LTMState, generator: torch.Generator | None = None
-) -> Tensor | None:
-    """The M sorted positions s_m (M,) at which ``ltm.update(old, ...)`` samples row 0's old signal,
-    or None for an empty memory (a fresh fit). Sticky memories draw them like the update does,
-    from ``generator`` (the device's global RNG when None): the caller hands in a copy of the
-    generator state the update will use, so the same numbers are drawn."""
-    if int(old.length[0]) == 0:
-        return None
-    c, work = ltm.config, old.coeffs.dtype
-    if not c.sticky:
-        return uniform_positions(c.num_samples, old.coeffs.device, work)
-    return sticky_positions(old.bin_mass.to(work), c.num_samples, generator)[0]
-
-
 def record_absorption(
-    report: LayerReport,
-    age_map: AgeMap,
-    ltm: LongTermAttention,
-    old: LTMState,
-    x: Tensor,
-    samples: Tensor | None,
-    stride: int,
+    report: LayerReport, age_map: AgeMap, update: UpdateRecord, stride: int, num_bins: int
 ) -> AgeMap:
-    """Record one absorption of x (1, L, e) into row 0 of ``old`` (tokens [first, first + L), first =
-    the tokens already absorbed): the sticky histogram of ``samples`` (from :func:`sample_positions`),
-    the stored (gated) vectors of the tracked tokens (every ``stride``-th); returns the new age map."""
-    c = ltm.config
-    first, count = int(old.length[0]), x.shape[1]
-    if samples is not None and c.sticky:
-        report.sticky_histograms.append(
-            torch.histc(samples.float().cpu(), bins=c.num_bins, min=0, max=1).numpy()
-        )
+    """Record one absorption of row 0 as ``update`` recorded it (tokens [first, first + L), first =
+    the tokens already absorbed): the histogram of its sticky sample positions over num_bins (D)
+    bins, the stored (gated) vectors of the tracked tokens (every ``stride``-th); returns the new
+    age map. If row 0 did not take the update (``update.absorbed[0]`` False), nothing changes."""
+    if not bool(update.absorbed[0]):
+        return age_map
+    first, count = int(update.first[0]), update.count
+    if update.sticky and bool(update.contracted[0]):
+        samples = update.samples[0].float().cpu()
+        report.sticky_histograms.append(torch.histc(samples, bins=num_bins, min=0, max=1).numpy())
     report.absorptions += 1
-    stored = x * torch.sigmoid(ltm.gate_logits(x)) if ltm.gate is not None else x  # as ltm.update gates
+    stored = update.vectors[0]  # (L, e) as fit
     for j in range(-(-first // stride) * stride, first + count, stride):
         report.tracked_positions.append(j)
-        report.tracked_vectors.append(stored[0, j - first].float().cpu())
-    return age_map.absorb(first, count, c.tau, None if samples is None else samples.double().cpu().numpy())
+        report.tracked_vectors.append(stored[j - first].float().cpu())
+    return age_map.follow(update)
+
+
+def add_read(
+    report: LayerReport,
+    age_map: AgeMap,
+    cdf: Any,
+    read: ReadRecord,
+    start: int,
+    cells: Tensor,
+    edges: np.ndarray,
+) -> None:
+    """:func:`add_attention` for row 0 of a recorded read whose queries sit at token positions
+    start, start + 1, ...; nothing if row 0's memory was empty (no query counted)."""
+    if bool(read.valid[0].any()):
+        add_attention(report, age_map, cdf, read.mu[0].double(), read.sigma2[0].double(), start, cells, edges)
 
 
 def add_attention(
@@ -467,7 +451,8 @@ def measure_reconstruction(
 
 
 def write_report(report: MemoryReport, out_dir: str | os.PathLike, title: str = "") -> dict[str, str]:
-    """Write inspect.json and the figures into out_dir; returns {name: file name}."""
+    """Write inspect.json and the figures (drawn by :mod:`infinite_former.plots`) into out_dir;
+    returns {name: file name}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
@@ -475,118 +460,63 @@ def write_report(report: MemoryReport, out_dir: str | os.PathLike, title: str = 
         "attention_age": "attention_age.png",
         "reconstruction": "reconstruction_age.png",
     }
-    plot_attention_age(report, out / files["attention_age"], title)
-    plot_reconstruction(report, out / files["reconstruction"], title)
+    plot_by_age(
+        attention_curves(report),
+        out / files["attention_age"],
+        ylabel="share of the attention density\n(per half-octave of age)",
+        title=title or f"Where the long-term memory is read ({report.tokens:,} tokens)",
+        mem_len=report.mem_len,
+    )
+    plot_by_age(
+        reconstruction_curves(report),
+        out / files["reconstruction"],
+        ylabel="relative error ‖X̄(t) − x‖ / ‖x‖",
+        title=title or f"What can still be recovered, by age (end of {report.tokens:,} tokens)",
+        mem_len=report.mem_len,
+        level=(1.0, "remembering nothing (X̄ = 0)"),
+        ylim_bottom=0.0,
+    )
     if any(r.sticky_histograms for r in report.layers):
         files["sticky"] = "sticky_samples.png"
-        plot_sticky(report, out / files["sticky"], title)
+        plot_sample_histograms(
+            [
+                (f"layer {report.layer_id(i)}", np.asarray(r.sticky_histograms))
+                for i, r in enumerate(report.layers)
+            ],
+            out / files["sticky"],
+            num_samples=report.num_samples,
+            title=title or "Where sticky sampling took the old signal's samples",
+        )
     data = {"machine": machine_info(), **report.to_dict(), "files": files}
     write_json(out / "inspect.json", data)
     return files
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _age_axis(ax, report: MemoryReport) -> None:
-    from matplotlib import ticker
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("age of the remembered content (tokens ago)")
-    if report.mem_len:
-        ax.axvline(report.mem_len, color="grey", ls=":", lw=1)
-        ax.annotate(
-            "short-term memory ends", (report.mem_len, 1), xycoords=("data", "axes fraction"),
-            xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey",
-        )  # fmt: skip
-    ax.grid(alpha=0.3)
-
-
-def plot_attention_age(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
-    """Share of the long-term memory's attention density per age bin, one line per layer."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+def attention_curves(report: MemoryReport) -> list[AgeCurve]:
+    """Share of the long-term memory's attention density per age bin, one curve per layer."""
     centres = np.sqrt(report.age_edges[:-1] * report.age_edges[1:])
-    for i in range(len(report.layers)):
+    curves = []
+    for i, r in enumerate(report.layers):
         share = report.attention_share(i)
-        r = report.layers[i]
-        out_share = r.outside_mass.sum() / max(r.queries * r.attention_mass.shape[0], 1)
+        outside = r.outside_mass.sum() / max(r.queries * r.attention_mass.shape[0], 1)
         keep = share > 0
-        ax.plot(
-            centres[keep],
-            share[keep],
-            marker="o",
-            ms=3,
-            label=f"layer {report.layer_id(i)} ({out_share:.0%} outside [0, 1])",
-        )
-    _age_axis(ax, report)
-    ax.set_ylabel("share of the attention density\n(per half-octave of age)")
-    ax.set_title(title or f"Where the long-term memory is read ({report.tokens:,} tokens)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        label = f"layer {report.layer_id(i)} ({outside:.0%} outside [0, 1])"
+        curves.append(AgeCurve(label, centres[keep], share[keep]))
+    return curves
 
 
-def plot_reconstruction(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
-    """Relative error of the stored vectors recovered from the signal, against their age."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
-    for i in range(len(report.layers)):
+def reconstruction_curves(report: MemoryReport) -> list[AgeCurve]:
+    """Relative error of the stored vectors recovered from the signal against their age, one curve
+    per layer, each with the error of the mean stored vector as its reference."""
+    curves = []
+    for i, r in enumerate(report.layers):
         centres, err, count = report.reconstruction_by_age(i)
         keep = count > 0
-        (line,) = ax.plot(centres[keep], err[keep], marker="o", ms=3, label=f"layer {report.layer_id(i)}")
-        base = report.layers[i].recon_baseline
-        if base is not None:
-            ax.axhline(
-                base,
-                color=line.get_color(),
-                ls=":",
-                lw=1,
-                label=f"layer {report.layer_id(i)}: the mean vector, any age",
-            )
-    ax.axhline(1.0, color="black", ls="--", lw=0.8, label="remembering nothing (X̄ = 0)")
-    _age_axis(ax, report)
-    ax.set_ylabel("relative error ‖X̄(t) − x‖ / ‖x‖")
-    ax.set_ylim(bottom=0)
-    ax.set_title(
-        title or f"What can still be recovered, by age (end of {report.tokens:,} tokens)", fontsize=10
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_sticky(report: MemoryReport, path: str | os.PathLike, title: str = "") -> None:
-    """Where sticky sampling took its M samples of the old signal, at every absorption (one panel per layer)."""
-    plt = _pyplot()
-    n = len(report.layers)
-    fig, axes = plt.subplots(n, 1, figsize=(6, 1.0 + 2.2 * n), dpi=120, squeeze=False, sharex=True)
-    for i, ax in enumerate(axes[:, 0]):
-        hist = np.asarray(report.layers[i].sticky_histograms)
-        if not len(hist):
-            ax.set_visible(False)
-            continue
-        im = ax.imshow(
-            hist, aspect="auto", origin="lower", extent=(0, 1, 0.5, len(hist) + 0.5), cmap="viridis",
-            interpolation="nearest",
-        )  # fmt: skip
-        ax.set_ylabel(f"layer {report.layer_id(i)}\nabsorption #")
-        fig.colorbar(im, ax=ax, label=f"samples per bin (of M = {report.num_samples})")
-    axes[-1, 0].set_xlabel("position t of the sample on the old signal (0 = oldest, 1 = newest)")
-    axes[0, 0].set_title(title or "Where sticky sampling took the old signal's samples", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        name = f"layer {report.layer_id(i)}"
+        curves.append(
+            AgeCurve(name, centres[keep], err[keep], r.recon_baseline, f"{name}: the mean vector, any age")
+        )
+    return curves
 
 
 __all__ = [
@@ -595,6 +525,8 @@ __all__ = [
     "LayerReport",
     "MemoryReport",
     "age_bin_edges",
+    "attention_curves",
     "inspect_document",
+    "reconstruction_curves",
     "write_report",
 ]

@@ -120,10 +120,13 @@ def read_cmu_dog(root: str | os.PathLike, split: str) -> list[Dialogue]:
                 f"root: {str(root)!r} has no {folder.relative_to(root)}/ (expected the CMU-DoG layout)"
             )
     documents: dict[int, str] = {}
+    sources: dict[int, Path] = {}
     for path in sorted(wiki.glob("*.json")):
         data = _read_json(path)
         idx = _field(data, "wikiDocumentIdx", int, str(path))
-        documents[idx] = cmu_dog_document(data, str(path))
+        if idx in sources:  # which one a conversation means is ambiguous
+            raise ValueError(f"{path}: field 'wikiDocumentIdx' = {idx} is also the id of {sources[idx]}")
+        documents[idx], sources[idx] = cmu_dog_document(data, str(path)), path
     files = sorted(conv.glob("*.json"))
     if not files:
         raise ValueError(f"root: {str(conv)!r} holds no .json conversations")

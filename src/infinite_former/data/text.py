@@ -159,13 +159,67 @@ def load_corpus_split(source: str | os.PathLike, split: str) -> list[Document]:
     if s.startswith("hf:"):
         parts = s[3:].split(":")
         hf_split = {"valid": "validation"}.get(split, split)
-        return load_hf_documents(parts[0], hf_split, parts[1] if len(parts) > 1 else None)
-    p = Path(s)
+        check_hub_reachable(s)
+        try:
+            return load_hf_documents(parts[0], hf_split, parts[1] if len(parts) > 1 else None)
+        except (ImportError, OSError, ConnectionError, FileNotFoundError) as e:
+            raise ValueError(
+                f"source: cannot load {s!r} split {hf_split!r}: {_one_line(e)}; {HF_HINT}"
+            ) from None
+    return load_documents(_split_path(s, split))
+
+
+HF_HINT = "pass a local folder instead (train/ valid/ test/ of .txt files, one document per file)"
+SPLIT_FOLDERS = ("train", "valid", "test")
+
+
+def _split_path(source: str, split: str) -> Path:
+    p = Path(source)
     if (p / split).is_dir():
-        return load_documents(p / split)
+        return p / split
+    if p.is_dir() and any((p / name).is_dir() for name in SPLIT_FOLDERS):
+        present = [name for name in SPLIT_FOLDERS if (p / name).is_dir()]
+        raise ValueError(f"source: folder {source!r} has no {split}/ split (it has {present})")
     if p.exists():
-        return load_documents(p)
-    raise ValueError(f"source: {s!r} does not exist (expected a folder, a .txt file, or hf:NAME)")
+        return p
+    raise ValueError(f"source: {source!r} does not exist (expected a folder, a .txt file, or hf:NAME)")
+
+
+def check_splits(source: str | os.PathLike, splits: Iterable[str]) -> None:
+    """Check, before any tokenization or training, that every split (empty names skipped) of
+    ``source`` exists: a local folder/file holding documents, or a reachable ``hf:`` corpus."""
+    s = str(source)
+    if s.startswith("hf:"):
+        check_hub_reachable(s)
+        return
+    for split in dict.fromkeys(x for x in splits if x):
+        p = _split_path(s, split)
+        if p.is_dir() and not any(f.is_file() for f in p.glob("*.txt")):
+            raise ValueError(f"source: folder {str(p)!r} ({split} split) holds no .txt files")
+
+
+def check_hub_reachable(source: str, timeout: float = 3.0) -> None:
+    """Fail fast (one line, with a hint) when an ``hf:`` corpus cannot be downloaded: offline mode
+    without a cached copy is left to datasets; no connection to the Hub within ``timeout`` s is an error."""
+    import socket
+
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in _OFFLINE_VARS):
+        return  # offline mode: datasets reads its cache (a missing copy fails in load_corpus_split)
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+    except OSError as e:
+        raise ValueError(
+            f"source: {source!r} needs the Hugging Face Hub, which is not reachable ({e}); {HF_HINT}"
+        ) from None
+
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 # ----------------------------------------------------------------------------------------- tokenization

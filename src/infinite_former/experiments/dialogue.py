@@ -20,6 +20,7 @@ Run folder: ``tokenizer/``, ``dialogue_config.json``, ``checkpoints/``, ``train_
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import random
@@ -52,18 +53,28 @@ from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, InfiniteGPT2Stream
 from ..hf.memory import InfiniteGPT2Memory
 from ..hf.training import HFMemoryLM
 from ..training import Trainer
-from ..utils import machine_info, seed_everything, write_json
+from ..training.checkpoints import check_resume, exit_status, parse_overrides
+from ..utils import check_output_path, machine_info, seed_everything, write_json
 from .flags import (
     PRECISION_FLAG,
     Flag,
     add_flags,
     eval_precision,
     eval_splits,
+    flat_memory,
+    memory_flags,
     overrides,
     resolve_device,
     set_threads,
 )
-from .lm import FINETUNE_FLAGS, TRAIN_FLAGS, _common_args, _load_hf_memory_model, _train_config
+from .lm import (
+    FINETUNE_FLAGS,
+    TRAIN_FLAGS,
+    _apply_overrides,
+    _common_args,
+    _load_hf_memory_model,
+    _train_config,
+)
 
 CONFIG_FILE = "dialogue_config.json"
 
@@ -349,10 +360,7 @@ def dialogue_tokenizer(args: argparse.Namespace, train: Sequence[Dialogue]) -> T
 # flag -> InfiniteGPT2Config field: the memory (also when loading --model) ...
 MEMORY_FLAGS: list[Flag] = [
     Flag("--block-size", "block_size", int, "L: tokens per block", default=512),
-    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer (0 = off)", default=1e-6),
-    Flag("--num-basis", "num_basis", int, "N (default: the config's, 512)"),
-    Flag("--num-samples", "num_samples", int, "M (default: the config's, 512)"),
-    Flag("--tau", "tau", float, "τ (default: the config's, 0.5)"),
+    *memory_flags(),  # default: the model's memory settings, or the Hugging Face preset
 ]
 # ... and the size of a GPT-2 trained from scratch (no --model)
 SCRATCH_FLAGS: list[Flag] = [
@@ -363,11 +371,28 @@ SCRATCH_FLAGS: list[Flag] = [
 
 
 def _memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """InfiniteGPT2Config fields from the memory flags, --uniform and --no-memory."""
-    out = {**overrides(args, MEMORY_FLAGS), "sticky": not args.uniform}
+    """add_memory's keywords from the memory flags, --uniform and --no-memory."""
+    out = flat_memory(overrides(args, MEMORY_FLAGS))
+    if args.uniform:
+        out["sticky"] = False
     if args.no_memory:
         out["memory_layers"] = []
     return out
+
+
+def _check_gpt2_folder(path: str, local_files_only: bool) -> None:
+    """dialogue train fine-tunes GPT-2 (InfiniteGPT2): another model family is a clear error."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(path, local_files_only=local_files_only).model_type
+    except OSError as e:
+        raise ValueError(f"--model: cannot read a model config from {path!r}: {e}") from None
+    if model_type not in ("gpt2", InfiniteGPT2Config.model_type):
+        raise ValueError(
+            f"--model: dialogue train fine-tunes GPT-2 models; {path!r} is a {model_type!r} model "
+            "(use a GPT-2 folder, or omit --model to train from scratch)"
+        )
 
 
 def build_model(args: argparse.Namespace, tok: TextTokenizer) -> nn.Module:
@@ -409,42 +434,61 @@ def _split(args: argparse.Namespace, split: str) -> list[Dialogue]:
 def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or fine-tune) on dialogue examples, save ``<run>/model``, then evaluate."""
     run = Path(args.run_dir)
-    train = _split(args, args.train_split)
+    changes = parse_overrides(args.override, args.resume)
+    _apply_overrides(args, changes, TRAIN_FLAGS + FINETUNE_FLAGS)
+    check_output_path(run, "--run-dir")
+    if not (args.epochs > 0 and math.isfinite(args.epochs)):
+        raise ValueError(f"--epochs must be a number > 0, got {args.epochs}")
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {args.steps}")
+    # numeric flags before any data is read (steps from --epochs is known only after reading it)
+    _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=args.steps or max(args.warmup, 1))
+    if args.model:
+        _check_gpt2_folder(args.model, not args.allow_download)
+    saved = None
     if args.resume:
         if not (run / CONFIG_FILE).is_file():
             raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `dialogue train` run)")
         saved = json.loads((run / CONFIG_FILE).read_text())
+        fixed = {**_memory_overrides(args), **(overrides(args, SCRATCH_FLAGS) if not args.model else {})}
+        config = InfiniteGPT2Config.from_dict(saved["model"])  # 0.2 runs converted: settings in config.ltm
+        given = {**config.to_dict(), **config.ltm}  # the model's fields and the memory's settings, flat
+        check_resume(run, {k: given.get(k) for k in fixed}, fixed, changes)  # memory, model: fixed
+    train = _split(args, args.train_split)
+    for split in eval_splits(args):
+        _split(args, split)  # every split is read (and checked) before training
+    if saved is not None:
         tok = TextTokenizer.load(run / "tokenizer")
         model = InfiniteGPT2LMHeadModel(InfiniteGPT2Config.from_dict(saved["model"]))
     else:
         tok = dialogue_tokenizer(args, train)
         seed_everything(args.seed)
         model = build_model(args, tok)
-        tok.save(run / "tokenizer")
     block = model.config.block_size
     examples = DialogueExamples(train, tok, block, args.max_replies)
     steps = args.steps or max(1, math.ceil(args.epochs * len(examples)))
-    tcfg = _train_config(
-        args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=min(args.warmup, steps)
-    )
+    # warmup longer than training is refused, as in lm train
+    tcfg = _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=args.warmup)
     memory = uses_memory(model)
-    if not args.resume:
-        write_json(
-            run / CONFIG_FILE,
-            {
-                "task": "dialogue",
-                "base_model": args.model or "scratch",
-                "model": model.config.to_dict(),
-                "train": tcfg.to_dict(),
-                "ltm_lr": args.ltm_lr,
-                "data": {
-                    "source": str(args.data),
-                    "train_split": args.train_split,
-                    "max_document_chars": args.max_document_chars,
-                    "examples": len(examples),
-                },
-            },
-        )
+    settings = {
+        "task": "dialogue",
+        "base_model": args.model or "scratch",
+        "model": model.config.to_dict(),
+        "train": tcfg.to_dict(),
+        "ltm_lr": args.ltm_lr,
+        "data": {
+            "source": str(args.data),
+            "train_split": args.train_split,
+            "max_document_chars": args.max_document_chars,
+            "examples": len(examples),
+        },
+    }
+    if saved is not None:
+        check_resume(run, {k: v for k, v in saved.items() if k != "model"}, settings | {"model": {}}, changes)
+        settings["model"] = saved["model"]
+    else:
+        tok.save(run / "tokenizer")
+    write_json(run / CONFIG_FILE, settings)
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:
         out = [{"params": m.hf.base_parameters(), "lr": args.lr}]
@@ -468,7 +512,7 @@ def dialogue_train(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "base_model": args.model or "scratch",
         "memory": memory,
-        "sticky": bool(model.config.sticky) if memory else None,
+        "sticky": bool(model.config.ltm["sticky"]) if memory else None,
         "block_size": block,
         "parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(examples),
@@ -522,6 +566,7 @@ def load_dialogue_model(path: str | Path, device: torch.device) -> tuple[nn.Modu
 
 def dialogue_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Sample and score replies of a trained run, in --precision."""
+    check_output_path(args.out, "--out", folder=False)
     with eval_precision(args):
         return _dialogue_eval(args)
 
@@ -600,11 +645,16 @@ def chat(
 def dialogue_chat(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     model, tok = load_dialogue_model(args.run, device)
+    document = read_text_file(args.document)
+    # any bytes on stdin: read as UTF-8, an invalid byte becomes U+FFFD (said once, on stderr)
+    raw = getattr(sys.stdin, "buffer", None)
+    lines = io.TextIOWrapper(raw, encoding="utf-8", errors="replace") if raw is not None else sys.stdin
+    print("dialogue chat: reading stdin as UTF-8 (invalid bytes become U+FFFD)", file=sys.stderr)
     stream = chat(
         model,
         tok,
-        read_text_file(args.document),
-        sys.stdin,
+        document,
+        lines,
         sys.stdout,
         args.seed,
         args.top_p,
@@ -635,7 +685,7 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the memory weights")
     add_flags(t, MEMORY_FLAGS)
     add_flags(t, SCRATCH_FLAGS)
-    t.add_argument("--uniform", action="store_true", help="uniform sampling instead of sticky memories")
+    t.add_argument("--uniform", action="store_true", help="the same as --sampling uniform")
     t.add_argument(
         "--no-memory", action="store_true", help="the same model without memory (reply's block only)"
     )
@@ -686,8 +736,8 @@ def run_dialogue(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    args.dialogue_func(args)
-    return 0
+    out = args.dialogue_func(args)
+    return exit_status(out.get("stop_signal") if isinstance(out, dict) else None)  # 130 / 143 if interrupted
 
 
 add_parser = add_dialogue_parser  # every experiment module offers add_parser(subparsers) to cli.py

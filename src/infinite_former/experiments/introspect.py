@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.tokenizer import TextTokenizer, hf_tokenizer
 from ..introspection import InspectConfig, MemoryReport, inspect_document, write_report
+from ..utils import check_int, check_output_path
 from .flags import resolve_device
 
 LoadRun = Callable[[str | os.PathLike], tuple[nn.Module, TextTokenizer, dict[str, Any]]]
@@ -43,7 +44,7 @@ def inspect_run(
     model, tok, saved = load_run(run)
     dev = resolve_device(device)
     model.to(dev)
-    seg = seg_len or saved["data"]["seg_len"]
+    seg = seg_len if seg_len is not None else saved["data"]["seg_len"]
     report = inspect_document(model, tok.encode(body), seg, config, dev)
     report.meta.update(run=Path(run).name, text=Path(text).name, step=saved["step"])
     return _write(report, Path(out_dir) if out_dir is not None else Path(run) / "inspect")
@@ -155,6 +156,9 @@ def _run_inspect(args: Any, load_run: LoadRun, load_hf: LoadHF) -> dict[str, Any
     if (args.run is None) == (args.hf is None):
         raise ValueError("lm inspect: give exactly one of --run (a lm train run) and --hf (a model folder)")
     config = InspectConfig(grid_points=args.grid_points, max_tracked=args.max_tracked, seed=args.seed)
+    if args.seg_len is not None:
+        check_int("--seg-len", args.seg_len)  # 0 is not "the default"
+    check_output_path(args.out, "--out")
     if args.hf is not None:
         if args.seg_len is not None:
             raise ValueError("--seg-len: only with --run (--hf reads in blocks of the model's block_size)")

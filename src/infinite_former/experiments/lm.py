@@ -34,21 +34,32 @@ from ..data.text import (
     LaneStream,
     TokenizedCorpus,
     check_segment_length,
+    check_splits,
     load_corpus_split,
     tokenize_documents,
 )
 from ..data.tokenizer import TextTokenizer, build_tokenizer, hf_tokenizer
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from ..models.config import LEGACY_02 as MODEL_LEGACY_02
 from ..models.lm import zero_ltm_output
 from ..training import TrainConfig, Trainer, evaluate_lm, load_checkpoint
-from ..training.checkpoints import load_weights
-from ..utils import machine_info, seed_everything, write_json
+from ..training.checkpoints import (
+    RESUME_OVERRIDABLE,
+    check_resume,
+    exit_status,
+    load_weights,
+    parse_overrides,
+)
+from ..utils import check_int, check_output_path, machine_info, seed_everything, write_json
 from .flags import (
     PRECISION_FLAG,
     Flag,
     add_flags,
     eval_precision,
     eval_splits,
+    flat_memory,
+    memory_flags,
+    merge,
     overrides,
     parse_set,
     resolve_device,
@@ -80,17 +91,19 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.run_dir)
     cache = args.cache_dir or str(run / "cache")
     config_path = run / CONFIG_FILE
+    changes = parse_overrides(args.override, args.resume)
+    _apply_overrides(args, changes, TRAIN_FLAGS + LM_TRAIN_FLAGS)
+    tcfg = _train_config(args, run, TRAIN_FLAGS + LM_TRAIN_FLAGS)  # numeric flags: before any data is read
+    check_int("--seg-len", args.seg_len)
+    check_output_path(run, "--run-dir")
+    check_output_path(args.cache_dir, "--cache-dir")
     if args.resume and not config_path.is_file():
         raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `lm train` run to continue)")
     if args.resume:
         saved = json.loads(config_path.read_text())
+        saved["model"] = ModelConfig.from_dict(saved["model"]).to_dict()  # a 0.2 run: its settings nested
         tok = TextTokenizer.load(run / "tokenizer")
-        mcfg = ModelConfig.from_dict(saved["model"])
-        if saved["data"]["seg_len"] != args.seg_len or saved["data"]["source"] != str(args.data):
-            raise ValueError(
-                f"--resume: the run in {str(run)!r} used data={saved['data']['source']!r}, "
-                f"seg_len={saved['data']['seg_len']}; got data={str(args.data)!r}, seg_len={args.seg_len}"
-            )
+        mcfg = _model_config(args, tok.vocab_size)
     else:
         train_docs = load_corpus_split(args.data, args.train_split)
         tok = build_tokenizer(args.tokenizer, (d.text for d in train_docs), vocab_size=args.vocab_size)
@@ -100,30 +113,28 @@ def lm_train(args: argparse.Namespace) -> dict[str, Any]:
                 f"--set vocab_size={mcfg.vocab_size} differs from the tokenizer's {tok.vocab_size}"
             )
     check_segment_length(args.seg_len, mcfg.max_segment_len)
+    settings = {
+        "task": "lm",
+        "model": mcfg.to_dict(),
+        "train": tcfg.to_dict(),
+        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id},
+        "ltm_zero_init_output": bool(args.ltm_zero_init_output),
+        "data": {
+            "source": str(args.data),
+            "train_split": args.train_split,
+            "valid_split": args.valid_split,
+            "seg_len": args.seg_len,
+        },
+    }
+    if args.resume:  # everything is checked before anything is written
+        check_resume(run, saved, settings, changes)
+    check_splits(args.data, [args.train_split, args.valid_split, *eval_splits(args)])
     if not args.resume:
         tok.save(run / "tokenizer")
     train_corpus = _load_split(args.data, args.train_split, tok, cache)
     valid_corpus = _load_split(args.data, args.valid_split, tok, cache) if args.valid_split else None
-
-    tcfg = _train_config(args, run, TRAIN_FLAGS + LM_TRAIN_FLAGS)
-    write_json(
-        config_path,
-        {
-            "task": "lm",
-            "model": mcfg.to_dict(),
-            "train": tcfg.to_dict(),
-            "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id},
-            "ltm_zero_init_output": bool(args.ltm_zero_init_output),
-            "data": {
-                "source": str(args.data),
-                "train_split": args.train_split,
-                "valid_split": args.valid_split,
-                "seg_len": args.seg_len,
-                "train_documents": len(train_corpus),
-                "train_tokens": train_corpus.num_tokens,
-            },
-        },
-    )
+    settings["data"].update(train_documents=len(train_corpus), train_tokens=train_corpus.num_tokens)
+    write_json(config_path, settings)
 
     def train_stream(shard: Any) -> LaneStream:
         lanes = DocumentLanes(
@@ -201,6 +212,11 @@ def load_trained_lm(run_dir: str | os.PathLike) -> tuple[nn.Module, TextTokenize
 
 def lm_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate a trained run (``--run``) or GPT-2 vs GPT-2 + memory (``--hf``), in --precision."""
+    check_int("--batch-size", args.batch_size)
+    for name in ("seg_len", "block_size"):  # None: the run's / model's
+        if getattr(args, name) is not None:
+            check_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_output_path(args.out, "--out", folder=False)
     with eval_precision(args):
         return _lm_eval(args)
 
@@ -214,7 +230,7 @@ def _lm_eval(args: argparse.Namespace) -> dict[str, Any]:
     model, tok, saved = load_trained_lm(args.run)
     model.to(device)
     source = args.data or saved["data"]["source"]
-    seg_len = args.seg_len or saved["data"]["seg_len"]
+    seg_len = args.seg_len if args.seg_len is not None else saved["data"]["seg_len"]
     corpus = _load_split(source, args.split, tok, args.cache_dir or str(Path(args.run) / "cache"))
     res = evaluate_lm(model, corpus, args.batch_size, seg_len, tok.eos_id, device)
     print(_summary_line(f"{saved['model']['memory_type']}/{args.split}", res))
@@ -275,7 +291,7 @@ def hf_eval(args: argparse.Namespace) -> dict[str, Any]:
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     base = args.base or meta.get("base_model")
     memory_model = _load_hf_memory_model(path, {}, local).to(device)
-    block = args.block_size or memory_model.memory_config.block_size
+    block = args.block_size if args.block_size is not None else memory_model.memory_config.block_size
     check_segment_length(block, _max_positions(memory_model), name="block_size")
     if block != memory_model.memory_config.block_size:
         memory_model = _load_hf_memory_model(path, {"block_size": block}, local).to(device)
@@ -309,26 +325,52 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
     run = Path(args.run_dir)
     local = not args.allow_download
-    tok = _hf_tokenizer(args.model, local)
-    overrides: dict[str, Any] = {"block_size": args.block_size, "kl_weight": args.kl_weight}
-    for name in ("num_basis", "num_samples", "tau"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.sampling is not None:
-        overrides["sticky"] = args.sampling == "sticky"
+    changes = parse_overrides(args.override, args.resume)
+    _apply_overrides(args, changes, TRAIN_FLAGS + FINETUNE_FLAGS)
+    check_int("--block-size", args.block_size)
+    check_output_path(run, "--run-dir")
+    check_output_path(args.cache_dir, "--cache-dir")
+    if not (args.epochs > 0 and math.isfinite(args.epochs)):
+        raise ValueError(f"--epochs must be a number > 0, got {args.epochs}")
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0: from --epochs), got {args.steps}")
+    # numeric flags before any data is read (steps from --epochs is known only after tokenizing)
+    _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=args.steps or max(args.warmup, 1))
+    memory = flat_memory({"block_size": args.block_size, **overrides(args, memory_flags())})
     if args.no_memory:
-        overrides["memory_layers"] = []
+        memory["memory_layers"] = []
+    settings: dict[str, Any] = {
+        "task": "lm_finetune",
+        "base_model": str(args.model),
+        "overrides": memory,
+        "ltm_lr": args.ltm_lr,
+        "data": {"source": str(args.data), "train_split": args.train_split, "block_size": args.block_size},
+    }
+    saved = None
+    if args.resume:
+        if not (run / CONFIG_FILE).is_file():
+            raise ValueError(
+                f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `lm finetune` run to continue)"
+            )
+        saved = json.loads((run / CONFIG_FILE).read_text())
+        early = {k: v for k, v in saved.items() if k != "train"}
+        check_resume(run, early, settings, changes)  # the memory settings, before the model loads
+    check_splits(args.data, [args.train_split, *eval_splits(args)])
+    tok = _hf_tokenizer(args.model, local)
     seed_everything(args.seed)
-    hf_model = _load_hf_memory_model(args.model, overrides, local)
+    hf_model = _load_hf_memory_model(args.model, memory, local)
     check_segment_length(args.block_size, _max_positions(hf_model), name="block_size")
     cache = args.cache_dir or str(run / "cache")
     train_corpus = _load_split(args.data, args.train_split, tok, cache)
     blocks = sum(math.ceil((int(t.numel()) + 1) / args.block_size) for t in train_corpus.tokens)
     steps = args.steps or max(1, math.ceil(args.epochs * blocks / args.batch_size))
 
-    tcfg = _train_config(
-        args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=min(args.warmup, steps)
-    )
+    # warmup longer than training is refused, as in lm train
+    tcfg = _train_config(args, run, TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=args.warmup)
+    settings["train"] = tcfg.to_dict()
+    if saved is not None:
+        check_resume(run, saved, settings, changes)
+    settings = {k: settings[k] for k in ("task", "base_model", "overrides", "train", "ltm_lr", "data")}
     model = HFMemoryLM(hf_model)
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:
@@ -350,21 +392,7 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         )
         return LaneStream(lanes, shard.rank, shard.batch_size)
 
-    write_json(
-        run / CONFIG_FILE,
-        {
-            "task": "lm_finetune",
-            "base_model": str(args.model),
-            "overrides": overrides,
-            "train": tcfg.to_dict(),
-            "ltm_lr": args.ltm_lr,
-            "data": {
-                "source": str(args.data),
-                "train_split": args.train_split,
-                "block_size": args.block_size,
-            },
-        },
-    )
+    write_json(run / CONFIG_FILE, settings)
     trainer = Trainer(model, tcfg, train_stream, param_groups=groups, model_config=hf_model.config.to_dict())
     result = trainer.fit(resume=bool(args.resume))
     save_dir = run / "model"
@@ -382,8 +410,8 @@ def lm_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "block_size": args.block_size,
         "lr": args.lr,
         "ltm_lr": args.ltm_lr,
-        "kl_weight": args.kl_weight,
-        "sticky": None if args.no_memory else bool(hf_model.memory_config.sticky),
+        "kl_weight": hf_model.memory_config.ltm.kl_weight,
+        "sticky": None if args.no_memory else bool(hf_model.memory_config.ltm.sticky),
         **result.summary(),
         "eval": {},
     }
@@ -442,13 +470,7 @@ MODEL_FLAGS: list[Flag] = [
     Flag("--mem-len", "mem_len", int, "short-term memory length", default=128),
     Flag("--cmem-len", "cmem_len", int, "compressive: compressed memory slots", default=64),
     Flag("--compression-rate", "compression_rate", int, "compressive: compression rate c", default=2),
-    Flag(
-        "--num-basis", "ltm_num_basis", int, "N: basis functions of the ∞-former's LTM", 128, dest="num_basis"
-    ),
-    Flag(
-        "--num-samples", "ltm_num_samples", int, "M: samples of the old signal (0 = N)", 0, dest="num_samples"
-    ),
-    Flag("--tau", "ltm_tau", float, "τ: share of [0, 1] for the contracted old memory", 0.5, dest="tau"),
+    *memory_flags(exclude=("sticky",)),  # the memory type decides sticky
 ]
 
 
@@ -459,12 +481,20 @@ def _train_config(args: argparse.Namespace, run: Path, flags: list[Flag], **fiel
     return TrainConfig(**{**given, **outputs, **fields})
 
 
+def _apply_overrides(args: argparse.Namespace, changes: dict[str, Any], flags: list[Flag]) -> None:
+    """Put ``--override KEY=VALUE`` values in place of the flags they change."""
+    attrs = {f.field: f.attr for f in flags} | {"ltm_lr": "ltm_lr"}
+    for key, value in changes.items():
+        if key not in attrs or not hasattr(args, attrs[key]):
+            raise ValueError(f"--override: {key!r} is not a setting of this command")
+        setattr(args, attrs[key], value)
+
+
 def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
     """ModelConfig from lm train's flags and --set overrides (which take precedence)."""
     given = overrides(args, MODEL_FLAGS)
-    if not given["ltm_num_samples"]:
-        given["ltm_num_samples"] = given["ltm_num_basis"]  # M = N by default
-    return ModelConfig(**{"vocab_size": vocab_size, **given, **parse_set(args.set, ModelConfig)})
+    aliases = {old: f"ltm.{new}" for old, new in MODEL_LEGACY_02.items()}  # 0.2's --set ltm_num_bins=8
+    return ModelConfig(**merge({"vocab_size": vocab_size}, given, parse_set(args.set, ModelConfig, aliases)))
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -479,6 +509,12 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="token cache (default: <run-dir>/cache)")
     add_flags(p, TRAIN_FLAGS)
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>'s latest checkpoint")
+    p.add_argument(
+        "--override",
+        action="append",
+        metavar="KEY=VALUE",
+        help=f"with --resume: change one of {', '.join(RESUME_OVERRIDABLE)} (settings must otherwise match)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -539,16 +575,7 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--block-size", type=int, default=512, help="L: tokens per sequential block")
     f.add_argument("--epochs", type=float, default=1.0, help="used when --steps is 0")
     f.add_argument("--ltm-lr", type=float, default=2.5e-4, help="learning rate of the new LTM weights")
-    f.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL regularizer (0 = off)")
-    f.add_argument("--num-basis", type=int, default=None, help="N (default: the config's, 512)")
-    f.add_argument("--num-samples", type=int, default=None, help="M (default: the config's, 512)")
-    f.add_argument("--tau", type=float, default=None)
-    f.add_argument(
-        "--sampling",
-        choices=("sticky", "uniform"),
-        default=None,
-        help="where the M points of the old signal are sampled (default: the model's, sticky)",
-    )
+    add_flags(f, memory_flags())  # default: the model's memory settings, or the Hugging Face preset
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
     f.set_defaults(lm_func=lm_finetune)
     add_inspect_parser(  # lm inspect: what the long-term memory holds
@@ -566,5 +593,5 @@ add_parser = add_lm_parser  # every experiment module offers add_parser(subparse
 def run_lm(args: argparse.Namespace) -> int:
     """Run a parsed ``lm`` command (cli.main turns bad input into a one-line error, exit status 2)."""
     set_threads(getattr(args, "threads", 0))
-    args.lm_func(args)
-    return 0
+    out = args.lm_func(args)
+    return exit_status(out.get("stop_signal") if isinstance(out, dict) else None)  # 130 / 143 if interrupted

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..utils import check_int, config_from_dict, machine_info, write_json
+from ..utils import check_int, check_output_path, config_from_dict, machine_info, write_json
 from .flags import Flag, add_flags, overrides
 
 INTRO = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it."
@@ -177,18 +177,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def load_tokenizer(path: str) -> Any:
+    """A transformers tokenizer from a folder, or from a bare ``tokenizers`` file (``.json``, e.g.
+    a trained byte-level BPE)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if str(path).endswith(".json"):
+        return PreTrainedTokenizerFast(tokenizer_file=str(path))
+    return AutoTokenizer.from_pretrained(path)
+
+
 def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Run the probe the parsed flags describe; returns the results (also written to --out)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     from ..hf import GPT2WindowStream, InfiniteGPT2Stream, load_model
 
     config = PasskeyConfig(**overrides(args, PASSKEY_FLAGS))  # ValueError before any model is loaded
-    tokenizer_path = args.tokenizer or args.model
-    if str(tokenizer_path).endswith(".json"):  # a bare `tokenizers` file (e.g. a trained byte-level BPE)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=tokenizer_path)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
     if args.window:
         stream: Stream = GPT2WindowStream(AutoModelForCausalLM.from_pretrained(args.model).eval())
     else:
@@ -203,5 +209,6 @@ def passkey_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_passkey_command(args: argparse.Namespace) -> int:
+    check_output_path(args.out, "--out", folder=False)
     passkey_from_args(args)
     return 0

@@ -22,18 +22,38 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 
+from ..attention import FORMAT_VERSION, LTM_DEFAULTS_02, LTMConfig, host_ltm, legacy_keywords, read_host_dict
 from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
-from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig
+from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig, memory_labels
 from ..training import TrainConfig, Trainer, find_checkpoint
-from ..utils import check_int, config_from_dict, is_main_process, machine_info, seed_everything, write_json
-from .flags import PRECISION_FLAG, Flag, add_flags, float_list, int_list, overrides
+from ..training.checkpoints import exit_status
+from ..training.precision import check_precision, from_legacy_bf16
+from ..utils import (
+    check_int,
+    check_output_path,
+    config_from_dict,
+    is_main_process,
+    machine_info,
+    seed_everything,
+    write_json,
+)
+from .flags import PRECISION_FLAG, Flag, add_flags, int_list, memory_flags, merge, overrides
+
+# The sort preset of the memory's settings (the CPU demo: N = 32, M = N, τ = 0.75); 0.2 held seven
+# of them flat under these names, the rest were LTMConfig's 0.2 defaults.
+LTM_PRESET: dict[str, Any] = {"num_basis": 32, "tau": 0.75, "widths": (0.01, 0.05), "ridge_lambda": 1.0}
+LEGACY_02: dict[str, str] = {
+    k: k for k in ("num_basis", "num_samples", "tau", "widths", "ridge_lambda", "num_bins", "kl_weight")
+}
+DEFAULTS_02: dict[str, Any] = {**LTM_DEFAULTS_02, **LTM_PRESET, "num_samples": None}
 
 
+@legacy_keywords(LEGACY_02, DEFAULTS_02)
 @dataclass
 class SortSettings:
     """Everything the sorting experiment needs; validated once (ValueError names the field).
@@ -42,6 +62,8 @@ class SortSettings:
     128/256/512, segments of 32, STM 32 + N = 32 (XL: 64 memories), a 2-layer d=64 model, 800
     steps of batch 16 on batches cycling through the lengths, both models trained at once (one
     process and one thread per model). paper_settings() holds the paper's configuration.
+    ltm: the memory's settings (an LTMConfig, or a dict of its settings over LTM_PRESET); each
+    model's memory type decides its ``sticky``.
     """
 
     models: tuple[str, ...] = ("infinite_sticky", "xl")
@@ -50,15 +72,9 @@ class SortSettings:
     num_symbols: int = 4
     segment_len: int = 32
     mem_len: int = 32
-    num_basis: int = 32  # N
-    num_samples: int | None = None  # M (None: N)
-    tau: float = 0.75
-    widths: tuple[float, ...] = (0.01, 0.05)
-    ridge_lambda: float = 1.0
-    num_bins: int = 128
-    kl_weight: float = 1e-6
-    xl_mem_len: int | None = None  # None: mem_len + num_basis (equal budget)
-    cmem_len: int | None = None  # None: num_basis
+    ltm: LTMConfig = field(default_factory=lambda: LTMConfig(**LTM_PRESET))
+    xl_mem_len: int | None = None  # None: mem_len + N (equal budget)
+    cmem_len: int | None = None  # None: N
     compression_rate: int = 2
     d_model: int = 64
     n_layers: int = 2
@@ -85,9 +101,9 @@ class SortSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.ltm = host_ltm(self.ltm, LTM_PRESET, "ltm")
         self.models = tuple(self.models)
         self.lengths = tuple(self.lengths)
-        self.widths = tuple(float(w) for w in self.widths)
         if not self.models:
             raise ValueError("models must name at least one memory type")
         bad = [m for m in self.models if m not in MEMORY_TYPES]
@@ -106,6 +122,7 @@ class SortSettings:
                 f"segment_len ({self.segment_len}) must be >= num_symbols ({self.num_symbols}): "
                 "the whole answer must sit in the last segment"
             )
+        check_precision(self.precision)
         check_int("eval_sequences", self.eval_sequences, 1)
         for name in ("threads", "valid_sequences", "jobs"):
             check_int(name, getattr(self, name), 0)
@@ -124,20 +141,18 @@ class SortSettings:
         return self.num_symbols + 2
 
     def memory_budget(self) -> dict[str, Any]:
-        """Vectors per layer each memory type may keep (the equal-budget rule)."""
-        n = self.num_basis
-        return {
-            "rule": "xl: mem_len + N; compressive: mem_len + cmem_len; infinite: mem_len STM + N basis",
-            "xl": {"mem_len": self.xl_mem_len or self.mem_len + n},
-            "compressive": {
-                "mem_len": self.mem_len,
-                "cmem_len": self.cmem_len or n,
-                "compression_rate": self.compression_rate,
-            },
-            "infinite": {"mem_len": self.mem_len, "num_basis": n, "num_samples": self.num_samples or n},
-        }
+        """Vectors per layer each memory type may keep (the equal-budget rule, each type's own)."""
+        rules = dict.fromkeys(kind.budget_rule for kind in MEMORY_TYPES.values())  # in order, once each
+        record = {"rule": "; ".join(rules)}
+        for name, kind in MEMORY_TYPES.items():
+            record[name] = kind.budget_record(self.model_fields(name))
+        return record
 
     def model_config(self, memory_type: str) -> ModelConfig:
+        return ModelConfig(**self.model_fields(memory_type))
+
+    def model_fields(self, memory_type: str) -> dict[str, Any]:
+        """The ModelConfig fields of memory_type's model (not validated: see model_config)."""
         kw: dict[str, Any] = dict(
             vocab_size=self.vocab_size,
             d_model=self.d_model,
@@ -147,19 +162,18 @@ class SortSettings:
             dropout=self.dropout,
             memory_type=memory_type,
             mem_len=self.mem_len,
-            cmem_len=self.cmem_len or self.num_basis,
+            cmem_len=self.cmem_len or self.ltm.num_basis,
             compression_rate=self.compression_rate,
-            ltm_num_basis=self.num_basis,
-            ltm_num_samples=self.num_samples or self.num_basis,
-            ltm_tau=self.tau,
-            ltm_widths=self.widths,
-            ltm_ridge_lambda=self.ridge_lambda,
-            ltm_num_bins=self.num_bins,
-            kl_weight=self.kl_weight,
+            ltm=self.ltm,  # sticky: ModelConfig sets it from the memory type
         )
-        if memory_type == "xl":
-            kw["mem_len"] = self.xl_mem_len or self.mem_len + self.num_basis
-        return ModelConfig(**kw)
+        kw.update(
+            MEMORY_TYPES[memory_type].equal_budget(self.mem_len, self.ltm.num_basis)
+        )  # mem_len + N each
+        if self.cmem_len:  # explicit sizes win over the rule
+            kw["cmem_len"] = self.cmem_len
+        if memory_type == "xl" and self.xl_mem_len:
+            kw["mem_len"] = self.xl_mem_len
+        return kw
 
     def train_config(self, run: str) -> TrainConfig:
         return TrainConfig(
@@ -194,13 +208,18 @@ class SortSettings:
         return [(f"{m}-L{n}", m, (n,)) for m in self.models for n in self.lengths]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("models", "lengths", "widths"):
-            d[k] = list(d[k])
-        return d
+        """The saved form: the format version, the settings, the memory's nested under ``ltm``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ltm"}
+        d["models"], d["lengths"] = list(self.models), list(self.lengths)
+        return {"format_version": FORMAT_VERSION, **d, "ltm": self.ltm.settings()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SortSettings:
+        """Read saved settings (format 0.3, or 0.2 converted; the pre-precision ``bf16`` setting
+        becomes ``precision``); every field must be there."""
+        if isinstance(d, dict):
+            d = from_legacy_bf16(d)
+        d = read_host_dict(d, [f.name for f in fields(cls)], LEGACY_02, DEFAULTS_02, "SortSettings")
         return config_from_dict(cls, d)
 
 
@@ -214,9 +233,7 @@ def paper_settings(**overrides: Any) -> SortSettings:
         num_symbols=20,
         segment_len=1024,
         mem_len=1024,
-        num_basis=512,
-        num_samples=512,
-        tau=0.75,
+        ltm=dict(num_basis=512, num_samples=512),
         d_model=300,
         n_layers=3,
         n_heads=6,
@@ -231,8 +248,7 @@ def paper_settings(**overrides: Any) -> SortSettings:
         ckpt_every=1000,
         name="sort-paper",
     )
-    base.update(overrides)
-    return SortSettings(**base)
+    return SortSettings(**merge(base, overrides))
 
 
 # ------------------------------------------------------------------------- running
@@ -281,6 +297,7 @@ def train_and_test(
         "train_lengths": list(train_lengths),
         "steps": res.step,
         "stopped_by_signal": res.stopped_by_signal,
+        "stop_signal": res.stop_signal,
         "train_seconds": res.train_seconds,
         "tokens_per_s": res.tokens_per_s,
         "final_train_loss": res.losses[-1] if res.losses else None,
@@ -306,17 +323,18 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
     t0 = time.perf_counter()
     jobs = s.effective_jobs()
     if jobs > 1:
-        runs, interrupted = _train_in_parallel(s, resume, jobs, log)
+        runs, stop_signal = _train_in_parallel(s, resume, jobs, log)
     else:
         if s.threads:
             torch.set_num_threads(s.threads)
-        runs, interrupted = {}, False
+        runs, stop_signal = {}, None
         for run, memory_type, train_lengths in s.runs():
             log(f"[sort] training {run} ({memory_type}, lengths {list(train_lengths)}, {s.steps} steps)")
             runs[run] = train_and_test(s, run, memory_type, train_lengths, resume)
             if runs[run]["stopped_by_signal"]:
-                interrupted = True
+                stop_signal = runs[run]["stop_signal"] or signal.SIGTERM.value
                 break
+    interrupted = stop_signal is not None
     accuracy: dict[str, dict[str, float | None]] = {m: {} for m in s.models}
     for r in runs.values():
         for n, v in r["test"].items():
@@ -330,6 +348,7 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
         "accuracy": accuracy,
         "runs": runs,
         "interrupted": interrupted,
+        "stop_signal": stop_signal,
         "total_seconds": time.perf_counter() - t0,
     }
     if is_main_process():
@@ -342,6 +361,7 @@ def run_sort_experiment(s: SortSettings, resume: bool = False, log=print) -> dic
                 os.path.join(root, "accuracy.png"),
                 title=f"sorting, {s.num_symbols} symbols ({s.steps} steps, batch {s.batch_size})",
                 chance=None,
+                labels=memory_labels(),
             )
     return results
 
@@ -351,8 +371,9 @@ def _worker(s: SortSettings, run: str, memory_type: str, lengths: tuple[int, ...
     return train_and_test(s, run, memory_type, lengths, resume)
 
 
-def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[dict[str, Any], bool]:
+def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[dict[str, Any], int | None]:
     """Train the runs in `jobs` spawned processes (one thread each unless --threads says otherwise).
+    Returns the runs and the signal that stopped them (None: all finished).
 
     SIGTERM to this process is forwarded to the workers; SIGINT (Ctrl-C) reaches them from the
     terminal. Each worker then checkpoints at its next step boundary; runs not yet started are
@@ -362,7 +383,7 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
     from concurrent.futures import ProcessPoolExecutor
 
     worker_settings = replace(s, progress=False)
-    stop = {"raised": False}
+    stop: dict[str, int | None] = {"raised": None}  # the signal this process received
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for run, memory_type, lengths in s.runs():
@@ -372,7 +393,7 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
             futures[run] = pool.submit(_worker, worker_settings, run, memory_type, lengths, resume)
 
         def handle(signum, frame):
-            stop["raised"] = True
+            stop["raised"] = int(signum)
             for f in futures.values():
                 f.cancel()
             if signum == signal.SIGTERM:
@@ -393,10 +414,12 @@ def _train_in_parallel(s: SortSettings, resume: bool, jobs: int, log) -> tuple[d
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
-    interrupted = (
-        stop["raised"] or any(r["stopped_by_signal"] for r in runs.values()) or len(runs) < len(futures)
-    )
-    return runs, interrupted
+    stopped = [r.get("stop_signal") or signal.SIGTERM.value for r in runs.values() if r["stopped_by_signal"]]
+    if stop["raised"] is not None:
+        return runs, stop["raised"]
+    if stopped or len(runs) < len(futures):
+        return runs, stopped[0] if stopped else signal.SIGTERM.value
+    return runs, None
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -444,13 +467,7 @@ SORT_FLAGS: list[Flag] = [
     Flag(
         "--mem-len", "mem_len", int, "short-term memory (Transformer-XL mems) of the ∞-former / compressive"
     ),
-    Flag("--num-basis", "num_basis", int, "N, basis functions of the ∞-former's long-term memory"),
-    Flag("--num-samples", "num_samples", int, "M, samples of the old signal per update (default N)"),
-    Flag("--tau", "tau", float, "τ, contraction factor of the long-term memory"),
-    Flag("--widths", "widths", float_list, "RBF widths, comma-separated"),
-    Flag("--ridge-lambda", "ridge_lambda", float, "λ of the ridge regression"),
-    Flag("--num-bins", "num_bins", int, "D, bins of the sticky-memory density"),
-    Flag("--kl-weight", "kl_weight", float, "weight of the KL regularizer"),
+    *memory_flags(exclude=("sticky",)),  # the memory type decides sticky
     Flag(
         "--xl-mem-len", "xl_mem_len", int, "Transformer-XL memory (default mem_len + num_basis: equal budget)"
     ),
@@ -515,15 +532,16 @@ def sort_settings_from_args(args: argparse.Namespace) -> SortSettings:
 
 def run_sort(args: argparse.Namespace) -> int:
     settings = sort_settings_from_args(args)  # ValueError on bad settings: before any training
+    check_output_path(os.path.join(settings.out, settings.name), "--out")
     main_process = is_main_process()  # under torchrun only rank 0 reports
     log = (lambda m: print(m, flush=True)) if main_process else (lambda m: None)
     results = run_sort_experiment(settings, resume=args.resume, log=log)
     root = f"{settings.out}/{settings.name}"
     if not main_process:
-        return 128 + signal.SIGTERM.value if results["interrupted"] else 0
+        return exit_status(results["stop_signal"])
     if results["interrupted"]:
         print(f"interrupted: checkpoints saved; continue with the same flags plus --resume ({root})")
-        return 128 + signal.SIGTERM.value
+        return exit_status(results["stop_signal"])  # 130 on SIGINT, 143 on SIGTERM
     print()
     print(format_table(results))
     print(f"\n{results['total_seconds']:.0f} s; results: {root}/results.json, plot: {root}/accuracy.png")

@@ -17,11 +17,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from .adapter import from_pretrained, load_memory, load_model, read_adapter_config, save_memory
 from .causal_lm import MemoryCausalLM, MemoryCausalLMOutput, add_memory
-from .config import MemoryConfig
-from .configuration import InfiniteGPT2Config
 from .fsdp import shard_with_memory
+from .gpt2_config import InfiniteGPT2Config
 from .layout import find_layout
 from .memory import HFMemoryState, InfiniteGPT2Memory
+from .memory_config import MemoryConfig
 from .modeling import InfiniteGPT2LMHeadModel, InfiniteGPT2Output
 from .streaming import GPT2WindowStream, InfiniteGPT2Stream
 

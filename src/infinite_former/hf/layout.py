@@ -63,6 +63,17 @@ def find_layout(model: nn.Module, forward: Callable | None = None) -> DecoderLay
     return DecoderLayout(layers, attentions, hidden, heads, getattr(config, "max_position_embeddings", None))
 
 
+def base_fingerprint(model: nn.Module, layout: DecoderLayout) -> dict:
+    """The base model a memory belongs to: class, model type, e, H and layers (provenance.py)."""
+    return {
+        "architecture": type(model).__name__,
+        "model_type": getattr(model.config, "model_type", None),
+        "hidden_size": layout.hidden_size,
+        "num_heads": layout.num_heads,
+        "num_layers": len(layout.layers),
+    }
+
+
 def _self_attention(layer: nn.Module, model_name: str) -> nn.Module:
     found = [
         child
@@ -77,4 +88,4 @@ def _self_attention(layer: nn.Module, model_name: str) -> nn.Module:
     return found[0]
 
 
-__all__ = ["DecoderLayout", "find_layout"]
+__all__ = ["DecoderLayout", "base_fingerprint", "find_layout"]

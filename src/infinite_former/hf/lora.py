@@ -17,6 +17,8 @@ from torch import nn
 
 from .causal_lm import MemoryCausalLM
 
+MEMORY_MODULES = ("query", "key", "value", "out", "mu_proj", "sigma_proj", "gate")  # LongTermAttention's
+
 
 def add_lora(model: nn.Module, config: LoraConfig | None = None, **lora_kwargs: Any) -> PeftModel:
     """Wrap a model with memory in peft LoRA adapters and keep its memory weights trainable.
@@ -31,6 +33,17 @@ def add_lora(model: nn.Module, config: LoraConfig | None = None, **lora_kwargs: 
         raise ValueError(f"give a LoraConfig or LoRA keywords, not both (got {sorted(lora_kwargs)})")
     if config is None:
         config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs)
+    if model.training_free is not None:
+        targets = config.target_modules
+        names = [targets] if isinstance(targets, str) else list(targets or [])
+        memory = sorted(
+            {n for n in names for m in ("ltm", *MEMORY_MODULES) if n == m or n.startswith("ltm.")}
+        )
+        if memory:
+            raise ValueError(
+                f"training_free memory has no weights: LoRA cannot target the memory ({memory}); target the "
+                "base model's projections (e.g. q_proj, v_proj), which the memory reads through"
+            )
     peft_model = get_peft_model(model, config)
     for p in model.ltm.parameters():  # peft froze everything but the adapters: the memory trains in full
         p.requires_grad_(True)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..attention import MemoryProjections
 from ..memory import MemoryState
+from ..provenance import check_finite, decode_fingerprint, encode_fingerprint, load_torch_file
 
 KV = tuple[Tensor, Tensor]  # keys, values (batch, H_kv, S, d)
 
@@ -46,6 +47,8 @@ class HFMemoryState:
     ltm_cache:  optional per-LTM projections of B (LongTermAttention.projections), kept only
                 at inference, so that token-by-token decoding computes them once per block.
                 Tied to the weights they were computed with; None = compute when needed.
+    fingerprint: the model that made the state (MemoryCausalLM.memory_fingerprint; provenance.py),
+                saved with it; another model refuses it. None: a state saved before fingerprints.
     """
 
     ltm: tuple[MemoryState, ...]
@@ -55,6 +58,7 @@ class HFMemoryState:
     num_tokens: Tensor
     block_size: int
     ltm_cache: tuple[MemoryProjections, ...] | None = None
+    fingerprint: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -91,6 +95,7 @@ class HFMemoryState:
             ltm_cache=None
             if self.ltm_cache is None or cache_fn is None
             else tuple(map(cache_fn, self.ltm_cache)),
+            fingerprint=self.fingerprint,
         )
 
     def detach(self) -> HFMemoryState:
@@ -148,6 +153,8 @@ class HFMemoryState:
             "slots": self.slots,
             "num_tokens": self.num_tokens,
         }
+        if self.fingerprint is not None:
+            d["fingerprint"] = encode_fingerprint(self.fingerprint)
         for i, state in enumerate(self.ltm):
             for name, t in state.state_dict().items():
                 d[f"ltm.{i}.{name}"] = t
@@ -159,7 +166,13 @@ class HFMemoryState:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> HFMemoryState:
-        """Inverse of state_dict; a missing entry raises a ValueError naming it."""
+        """Inverse of state_dict; a missing or malformed entry raises a ValueError naming it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not an HFMemoryState state dict: a {type(d).__name__}")
+        bad = [k for k, v in d.items() if k != "block_size" and not isinstance(v, Tensor)]
+        if bad:
+            raise ValueError(f"not an HFMemoryState state dict: {sorted(map(str, bad))[:5]} are not tensors")
+        check_finite({k: v for k, v in d.items() if isinstance(v, Tensor)}, "the HFMemoryState state dict")
         try:
             n_ltm = len([k for k in d if k.startswith("pending.")])
             n_layers = len([k for k in d if k.startswith("kv.") and k.endswith(".keys")])
@@ -175,9 +188,12 @@ class HFMemoryState:
                 slots=d["slots"] if "slots" in d else _slots_of_old_format(d, n_layers),
                 num_tokens=d["num_tokens"],
                 block_size=int(d["block_size"]),
+                fingerprint=decode_fingerprint(d.get("fingerprint")),
             )
         except KeyError as err:
             raise ValueError(f"not an HFMemoryState state dict: missing {err}") from err
+        except (TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"not an HFMemoryState state dict: {err}") from err
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the memory (e.g. a book read once) to a file."""
@@ -187,7 +203,12 @@ class HFMemoryState:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: torch.device | str | None = None) -> HFMemoryState:
-        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+        """A memory saved by ``save``; an unreadable or malformed file is one ValueError naming it."""
+        d = load_torch_file(path, map_location, "memory state")
+        try:
+            return cls.from_state_dict(d)
+        except ValueError as err:
+            raise ValueError(f"{os.fspath(path)}: {err}") from None
 
 
 InfiniteGPT2Memory = HFMemoryState  # the former name (GPT-2 only), kept as an alias

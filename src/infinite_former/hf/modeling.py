@@ -15,8 +15,7 @@ from transformers import initialization as init
 
 from ..basis import GaussianBasis
 from .causal_lm import MemoryCausalLM, MemoryCausalLMOutput
-from .config import MemoryConfig
-from .configuration import InfiniteGPT2Config
+from .gpt2_config import InfiniteGPT2Config
 
 InfiniteGPT2Output = MemoryCausalLMOutput  # the former name
 
@@ -37,7 +36,7 @@ class InfiniteGPT2LMHeadModel(MemoryCausalLM, GPT2LMHeadModel):
             raise ValueError(f"config must be an InfiniteGPT2Config, got {type(config).__name__}")
         config.check_memory_fields()
         super().__init__(config)
-        self.attach_memory(MemoryConfig.from_dict(config.memory_fields()))
+        self.attach_memory(config.memory)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -8,7 +8,9 @@
 
 The stream is a user-visible holder of the explicit state: ``stream.memory``
 (an HFMemoryState) and ``stream.last``, the newest token, which is kept
-unfed so that generation always has a token whose logits start it. The cost
+unfed so that generation always has a token whose logits start it. Tokens may
+also be given as embeddings (a float tensor (T, e) or (batch, T, e)): ids next to
+embeddings are embedded with the model's input embedding. The cost
 of a generated token is the same however much text was read.
 """
 
@@ -55,7 +57,17 @@ class InfiniteGPT2Stream:
         return fed + (0 if self.last is None else 1)
 
     def _ids(self, tokens: str | Sequence[int] | Tensor | None) -> Tensor:
-        """Tokens as a (batch, T) LongTensor on the model's device."""
+        """Tokens as a (batch, T) LongTensor on the model's device, or embeddings as (batch, T, e)."""
+        if isinstance(tokens, Tensor) and tokens.is_floating_point():
+            embeds = tokens.to(self.model.device)
+            if embeds.dim() == 2:
+                embeds = embeds.unsqueeze(0).expand(self.batch_size, -1, -1)
+            e = self.model.get_input_embeddings().embedding_dim
+            if embeds.dim() != 3 or embeds.shape[0] != self.batch_size or embeds.shape[2] != e:
+                raise ValueError(
+                    f"embeddings must be (T, {e}) or ({self.batch_size}, T, {e}), got shape {tuple(tokens.shape)}"
+                )
+            return embeds
         if tokens is None:
             return torch.zeros(self.batch_size, 0, dtype=torch.long, device=self.model.device)
         if isinstance(tokens, str):
@@ -69,12 +81,25 @@ class InfiniteGPT2Stream:
             raise ValueError(f"tokens must be (T,) or ({self.batch_size}, T), got shape {tuple(ids.shape)}")
         return ids
 
+    def _after_last(self, tokens: Tensor) -> Tensor:
+        """The unfed newest token followed by tokens; ids beside embeddings are embedded."""
+        if self.last is None:
+            return tokens
+        parts = [self.last, tokens]
+        if self.last.is_floating_point() != tokens.is_floating_point():
+            embed = self.model.get_input_embeddings()
+            parts = [p if p.is_floating_point() else embed(p) for p in parts]
+        return torch.cat(parts, dim=1)
+
+    def _call(self, tokens: Tensor, **kwargs: Any) -> Any:
+        name = "inputs_embeds" if tokens.is_floating_point() else "input_ids"
+        return self.model(**{name: tokens}, memory=self.memory, **kwargs)
+
     @torch.no_grad()
     def read(self, tokens: str | Sequence[int] | Tensor) -> InfiniteGPT2Stream:
-        """Read tokens (text, ids (T,) or (batch, T)) into the memory, block by block."""
-        ids = self._ids(tokens)
-        if self.last is not None:
-            ids = torch.cat([self.last, ids], dim=1)
+        """Read tokens (text, ids (T,) or (batch, T), embeddings (T, e) or (batch, T, e)) into the
+        memory, block by block."""
+        ids = self._after_last(self._ids(tokens))
         if ids.shape[1] == 0:
             return self
         feed, self.last = ids[:, :-1], ids[:, -1:]
@@ -82,7 +107,7 @@ class InfiniteGPT2Stream:
         while start < feed.shape[1]:
             room = self.memory.block_size - self.memory.position
             n = min(feed.shape[1] - start, room if room > 0 else self.memory.block_size)
-            out = self.model(feed[:, start : start + n], memory=self.memory, logits_to_keep=1)
+            out = self._call(feed[:, start : start + n], logits_to_keep=1)
             self.memory = out.memory
             start += n
         return self
@@ -97,23 +122,24 @@ class InfiniteGPT2Stream:
     ) -> Tensor:
         """Continue the stream after an optional prompt; returns the new ids (batch, new).
 
-        Greedy by default (do_sample=False); other generate() options pass through.
+        Greedy by default (do_sample=False); other generate() options pass through. The prompt may
+        be embeddings, like read's tokens.
         """
-        ids = self._ids(prompt)
-        if self.last is not None:
-            ids = torch.cat([self.last, ids], dim=1)
+        ids = self._after_last(self._ids(prompt))
         if ids.shape[1] == 0:
             raise ValueError("nothing to continue: read() some text or give a prompt first")
         generate_kwargs.setdefault("pad_token_id", self.model.generation_config.eos_token_id)
+        prompt = {"inputs_embeds": ids} if ids.is_floating_point() else {"inputs": ids}
         out = self.model.generate(
-            ids,
+            **prompt,
             memory=self.memory,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             return_dict_in_generate=True,
             **generate_kwargs,
         )
-        new = out.sequences[:, ids.shape[1] :]
+        # from embeddings, transformers returns the new tokens only
+        new = out.sequences if ids.is_floating_point() else out.sequences[:, ids.shape[1] :]
         self.memory = out.memory
         self.last = new[:, -1:]
         return new

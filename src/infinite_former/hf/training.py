@@ -56,7 +56,7 @@ class HFMemoryLM(nn.Module):
             nll = F.cross_entropy(out.logits.float().transpose(1, 2), targets, reduction="none")
             mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask
             loss = (nll * mask).sum() / mask.sum().clamp_min(1)
-        kl_w = float(self.hf.memory_config.kl_weight)
+        kl_w = float(self.hf.memory_config.ltm.kl_weight)
         use_kl = self.hf.training and kl_w > 0 and len(self.hf.ltm) and out.kl is not None
         aux = kl_w * out.kl if use_kl else out.logits.new_zeros(())
         return _LMOut(out.logits, loss, aux), out.memory

@@ -1,5 +1,5 @@
-"""The layers of the LM: Transformer-XL relative attention and the pre-LN block (with its LTM or
-compressor)."""
+"""The layers of the LM: Transformer-XL relative attention and the pre-LN block (with its memory
+type's module, e.g. the LTM or the compressor)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import LongTermAttention
-from .compressive import Compressor
 from .config import ModelConfig
+from .memory_type import MemoryType
 
 
 def sinusoid(length: int, dim: int, device=None, dtype=torch.float32) -> Tensor:
@@ -75,9 +74,11 @@ class RelativeAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-LN layer: relative attention over [cmem; mem; segment] (+ LTM), then FFN."""
+    """One pre-LN layer: relative attention over the memory type's window (+ its read), then FFN.
+    The memory type's per-layer module, if any, is registered as Block.<memory.module_name>
+    (``ltm``, ``compressor``), which fixes its checkpoint keys."""
 
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, memory: MemoryType) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(c.d_model)
         self.attn = RelativeAttention(c)
@@ -86,8 +87,9 @@ class Block(nn.Module):
             nn.Linear(c.d_model, c.d_inner), nn.GELU(), nn.Linear(c.d_inner, c.d_model), nn.Dropout(c.dropout)
         )
         self.drop = nn.Dropout(c.dropout)
-        self.ltm = LongTermAttention(c.ltm_config()) if c.uses_ltm else None
-        self.compressor = Compressor(c.d_model, c.compression_rate) if c.uses_cmem else None
+        module = memory.layer_module()
+        if module is not None:
+            self.add_module(memory.module_name, module)
 
     def norm_detached(self, x: Tensor) -> Tensor:
         """LN₁ with detached parameters (for the reconstruction loss)."""

@@ -17,21 +17,16 @@ Batched memories are right-aligned with per-row valid counts (``mem_valid`` ...)
 be reset at a document boundary (its old memory masked out) while the other rows continue, with
 no loop over rows; relative distances of the valid entries are those of a fresh stream.
 
-Long-term memory of the ∞-former (PAPER §2-3): in every layer a LongTermAttention with its own
-state. It is fed with the vectors that LEAVE the short-term memory: when a segment is appended
-to the mems, the oldest layer inputs that no longer fit drop out. They are kept as "pending" in
-the returned state and absorbed into the LTM (after LN₁ of the layer, then the LTM's gate) at
-the start of the next call, before the LTM is read with the layer's normalised current-segment
-hidden states as queries. So the LTM always holds exactly the tokens older than the mems, a
-query never sees a future token (also with mem_len = 0, where the whole segment leaves the STM
-after the call), and the LTM's gate is trained by the loss of the segment that reads it. The LTM
-output is added to the short-term attention output after both output projections, before the
-residual. aux_loss = kl_weight · Σ_layers KL.
-
-Compressive (Rae et al. 2020): the vectors leaving the mems are compressed by c (compressive.py)
-into a cmem of cmem_len slots; attention runs over [cmem; mem; segment]. To compress whole
-groups only, a row evicts a multiple of c vectors, so its STM holds between mem_len and
-mem_len + c - 1 vectors. aux_loss = recon_weight · Σ_layers attention-reconstruction loss.
+Memory types (memory_type.py's protocol, one file each, registry.py): what the layers keep beyond
+the STM and how they read it. The forward asks the type for a plan of the call (what the STM keeps,
+what attention sees), then per layer for the attention window and, after the short-term attention,
+for its read (an output added to Z_STM before the residual, the layer's new memory state, an aux
+term); the type then collects the new memory state, aux_loss and extras.
+- xl (xl.py): the STM alone.
+- compressive (compressive.py): evicted mems compressed by c into cmem_len slots (Rae et al.
+  2020); aux_loss = recon_weight · Σ_layers attention-reconstruction loss.
+- infinite, infinite_sticky (infinite.py): the ∞-former's continuous LTM (PAPER §2-3), fed with
+  the vectors that leave the STM; aux_loss = kl_weight · Σ_layers KL.
 """
 
 from __future__ import annotations
@@ -43,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..memory import LTMState
+from ..provenance import check_fingerprint
 from ..utils import check_int, describe
-from .compressive import concat_right_aligned, reconstruction_loss, take_evicted
 from .config import ModelConfig
 from .layers import Block, sinusoid
+from .memory_type import SegmentPlan, tensor_problem, vector_problems
+from .registry import memory_type_class
 from .state import LMState
 
 
@@ -58,60 +54,38 @@ class LMOutput:
 
     extras: "nll_sum" and "n_targets" (sum / count behind loss), "kl" and "recon" per layer
     (unweighted, (n_layers,)), "ltm_length" (batch,) tokens absorbed by the LTM (layer 0),
-    and with return_densities=True "ltm_mu"/"ltm_sigma2": per layer (batch, H, T).
+    and with return_densities=True (or return_record) "ltm_mu"/"ltm_sigma2": per layer (batch, H, T).
+
+    record: with return_record=True, per layer what its memory did in this call (the memory type's
+    record: for infinite* an attention.LTMRecord, the absorptions with their sample positions and
+    the read's densities; None for types that record nothing); else None.
     """
 
     logits: Tensor
     loss: Tensor | None
     aux_loss: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SegmentLayout:
-    """Where everything sits in one call, the same for every layer (memories are right-aligned
-    with per-row counts; see the module docstring). b rows, segment length T.
-
-    stm_keep (b,): layer inputs each row keeps as mems after this call; stm_width: their max.
-    leaving: vectors leaving [mem; segment] on the left this call (the LTM's pending vectors).
-    window: memory positions attended before the segment (cmem width + mem width, or mem width).
-    pos (window + T, e): the sinusoids R; mask (b, 1, T, window + T): True where attention is allowed.
-    Compressive: evict (b,) vectors each row compresses (evict_width their max), new_slots (b,)
-    slots each row gains, cmem_valid (b,) / cmem_width: the new compressed memory's counts / width.
-    ∞-former: pending_count (b,) vectors each row hands to the LTM, absorbed at the next call;
-    absorb_counts: the distinct non-zero counts the last call handed over, absorbed now.
-    """
-
-    stm_keep: Tensor
-    stm_width: int
-    leaving: int
-    window: int
-    pos: Tensor
-    mask: Tensor
-    evict: Tensor | None = None
-    evict_width: int = 0
-    new_slots: Tensor | None = None
-    cmem_width: int = 0
-    cmem_valid: Tensor | None = None
-    pending_count: Tensor | None = None
-    absorb_counts: list[int] = field(default_factory=list)
+    record: list[Any] | None = None
 
 
 class InfiniteFormerLM(nn.Module):
-    """Decoder-only LM, Transformer-XL recurrence, memory type chosen by config (module doc)."""
+    """Decoder-only LM, Transformer-XL recurrence, memory type chosen by config (module doc).
+    self.memory is the memory type (memory_type.py); its per-layer modules live in the Blocks."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
         self.config = c = config
+        self.memory = memory_type_class(c.memory_type)(c)  # the memory type: no tensors, no state
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.drop = nn.Dropout(c.dropout)
-        self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.layers = nn.ModuleList(Block(c, self.memory) for _ in range(c.n_layers))
         self.ln_f = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
-        for name, module in self.named_modules():  # the LTM keeps its own initialisation
-            if ".ltm" not in name:
+        own = f".{self.memory.module_name}"
+        for name, module in self.named_modules():  # the memory's modules keep their own initialisation
+            if self.memory.module_name is None or own not in name:
                 self._init_weights(module)
         if c.tie_weights:
             self.head.weight = self.embed.weight
@@ -125,21 +99,40 @@ class InfiniteFormerLM(nn.Module):
 
     # -------------------------------------------------------------------------- state
 
+    def memory_fingerprint(self) -> dict[str, Any]:
+        """What a state must have been made by (provenance.py): memory type, e, H, layers and,
+        with a long-term memory, its N, D and schedule (τ, contraction schedule and p, sticky)."""
+        c = self.config
+        fp: dict[str, Any] = {
+            "architecture": type(self).__name__,
+            "memory_type": c.memory_type,
+            "hidden_size": c.d_model,
+            "num_heads": c.n_heads,
+            "num_layers": c.n_layers,
+        }
+        ltm = next((blk.ltm.config for blk in self.layers if getattr(blk, "ltm", None) is not None), None)
+        if ltm is not None:
+            fp.update(
+                num_basis=ltm.num_basis,
+                num_bins=ltm.num_bins,
+                tau=ltm.tau,
+                schedule=ltm.schedule,
+                power=ltm.power,
+                sticky=ltm.sticky,
+            )
+        return fp
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LMState:
         """Empty memories for batch_size streams."""
         c = self.config
         check_int("batch_size", batch_size, 1)
-        dtype = self.embed.weight.dtype
-        empty = lambda: torch.zeros(batch_size, 0, c.d_model, device=device, dtype=dtype)  # noqa: E731
-        count = lambda: torch.zeros(batch_size, dtype=torch.long, device=device)  # noqa: E731
+        empty = torch.zeros(batch_size, 0, c.d_model, device=device, dtype=self.embed.weight.dtype)
+        count = torch.zeros(batch_size, dtype=torch.long, device=device)
         return LMState(
-            mems=[empty() for _ in range(c.n_layers)],
-            mem_valid=count(),
-            cmems=[empty() for _ in range(c.n_layers)] if c.uses_cmem else [],
-            cmem_valid=count() if c.uses_cmem else None,
-            ltm=[blk.ltm.init_state(batch_size, device) for blk in self.layers] if c.uses_ltm else [],
-            ltm_pending=[empty() for _ in range(c.n_layers)] if c.uses_ltm else [],
-            ltm_pending_count=count() if c.uses_ltm else None,
+            mems=[empty.clone() for _ in range(c.n_layers)],
+            mem_valid=count,
+            memory=self.memory.init_state(batch_size, self.layers, empty, count),
+            fingerprint=self.memory_fingerprint(),
         )
 
     # ------------------------------------------------------------------------ forward
@@ -152,173 +145,62 @@ class InfiniteFormerLM(nn.Module):
         loss_mask: Tensor | None = None,
         *,
         return_densities: bool = False,
+        return_record: bool = False,
     ) -> tuple[LMOutput, LMState]:
         """tokens (batch, T) -> (LMOutput, new state). The new mems are detached; the returned
         state is not (LTM coefficients carry the gate's graph): call state.detach() between
-        truncated-backprop windows. Targets < 0 are ignored in the loss, like loss_mask False."""
+        truncated-backprop windows. Targets < 0 are ignored in the loss, like loss_mask False.
+        return_record: LMOutput.record says what each layer's memory did (same logits and state)."""
         b, T = self._check_inputs(tokens, state, targets, loss_mask)
         if state is None:
             state = self.init_state(b, tokens.device)
         h = self.drop(self.embed(tokens))  # (b, T, e)
-        layout = self._layout(state, T, h)  # where everything sits: the same for every layer
+        memory = self.memory
+        plan = memory.plan(state.memory, state.mem_valid, state.mems[0].shape[1], T)  # same for every layer
+        pos, mask = self._positions(plan, T, h)
 
-        new = LMState(mems=[], mem_valid=layout.stm_keep, cmem_valid=layout.cmem_valid)
-        new.ltm_pending_count = layout.pending_count
-        kls, recons, mus, sigma2s = [], [], [], []
-        idle: list[Tensor] = []  # parameters this call does not use (see _aux_loss)
+        record = return_densities or return_record
+        mems, reads = [], []
         for layer, blk in enumerate(self.layers):
             block = torch.cat([state.mems[layer], h], dim=1)  # (b, S, e) right-aligned [mem; segment]
-            x = blk.ln1(self._window(state, layer, block, h, layout))  # (b, window + T, e)
-            z = blk.attn(x, T, layout.pos, layout.mask)  # short-term attention Z_STM, after W_O
-            if blk.ltm is not None:
-                queries = x[:, -T:]
-                ltm_state = self._absorb(blk, state.ltm[layer], state.ltm_pending[layer], state, layout)
-                if return_densities:
-                    mu, sigma2, _ = blk.ltm.densities(queries, ltm_state)
-                    mus.append(mu)
-                    sigma2s.append(sigma2)
-                z_ltm, ltm_state, kl = blk.ltm(queries, None, ltm_state, return_kl=True)  # long-term read
-                z = z + z_ltm  # Z = Z_STM + Z_LTM, before the residual
-                kls.append(kl)
-                new.ltm.append(ltm_state)
-                new.ltm_pending.append(block[:, : layout.leaving].detach())  # absorbed next call
-                if not layout.absorb_counts and blk.ltm.gate is not None:
-                    idle.extend(blk.ltm.gate.parameters())
-            if blk.compressor is not None:
-                cmem, recon = self._compress(blk, state.cmems[layer], state.cmem_valid, block, h, layout)
-                new.cmems.append(cmem)
-                recons.append(recon)
-                if layout.evict_width == 0:
-                    idle.extend(blk.compressor.parameters())
-            new.mems.append(block[:, block.shape[1] - layout.stm_width :].detach())
+            window = memory.window(state.memory, layer, block, h, state.mem_valid, plan)  # (b, window + T, e)
+            x = blk.ln1(window)
+            z = blk.attn(x, T, pos, mask)  # short-term attention Z_STM, after W_O
+            read = memory.read(blk, state.memory, layer, x, block, h, plan, record)
+            if read.z is not None:
+                z = z + read.z  # e.g. Z = Z_STM + Z_LTM, before the residual
+            reads.append(read)
+            mems.append(block[:, block.shape[1] - plan.stm_width :].detach())
             h = h + blk.drop(z)
             h = h + blk.ff(blk.ln2(h))
 
         logits = self.head(self.ln_f(h))
-        aux, extras = self._aux_loss(logits, kls, recons, idle, new)
-        if return_densities and mus:
-            extras["ltm_mu"], extras["ltm_sigma2"] = mus, sigma2s
-        loss = None
-        if targets is not None:
-            loss, extras["nll_sum"], extras["n_targets"] = self._loss(logits, targets, loss_mask)
-        return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras), new
-
-    # ----------------------------------------------------------------------- steps
-
-    def _layout(self, state: LMState, T: int, like: Tensor) -> SegmentLayout:
-        """The memory layout of this call: per-row counts, widths, positions and the attention mask."""
-        c = self.config
-        mem_width = state.mems[0].shape[1]
-        block_width = mem_width + T  # [mem; segment]
-        mem_valid = state.mem_valid
-        evict = new_slots = cmem_valid = None
-        evict_width = cmem_width = 0
-        if c.uses_cmem:
-            # a row evicts whole groups of c vectors, so its STM keeps mem_len .. mem_len + c - 1
-            evict = (mem_valid + T - c.mem_len).clamp_min(0) // c.compression_rate * c.compression_rate
-            keep = mem_valid + T - evict
-            stm_width = int(keep.max())
-            evict_width = int(evict.max())
-            new_slots = evict // c.compression_rate
-            cmem_width = min(c.cmem_len, int((state.cmem_valid + new_slots).max()))
-            cmem_valid = (state.cmem_valid + new_slots).clamp_max(c.cmem_len)
-            attended = state.cmem_valid + mem_valid  # valid memory entries each row attends to
-            window = state.cmems[0].shape[1] + mem_width
-        else:
-            keep = (mem_valid + T).clamp_max(c.mem_len)
-            stm_width = min(c.mem_len, block_width)
-            attended, window = mem_valid, mem_width
-        pending_count = absorb_counts = None
-        if c.uses_ltm:
-            pending_count = mem_valid + T - keep  # leave the STM now, enter the LTM next call
-            absorb_counts = sorted({int(n) for n in state.ltm_pending_count.tolist()} - {0})
-
-        length = window + T
-        dev = like.device
-        pos = self.drop(sinusoid(length, c.d_model, dev, like.dtype))
-        i = torch.arange(T, device=dev)[:, None]
-        j = torch.arange(length, device=dev)[None, :]
-        causal = j <= (window + i)  # (T, window + T)
-        mem_ok = j[None] >= (window - attended)[:, None, None]  # (b, 1, window + T)
-        return SegmentLayout(
-            stm_keep=keep,
-            stm_width=stm_width,
-            leaving=block_width - stm_width,
-            window=window,
-            pos=pos,
-            mask=(causal[None] & mem_ok)[:, None],  # (b, 1, T, window + T)
-            evict=evict,
-            evict_width=evict_width,
-            new_slots=new_slots,
-            cmem_width=cmem_width,
-            cmem_valid=cmem_valid,
-            pending_count=pending_count,
-            absorb_counts=absorb_counts or [],
-        )
-
-    def _window(self, state: LMState, layer: int, block: Tensor, h: Tensor, layout: SegmentLayout) -> Tensor:
-        """What the layer attends over, before LN₁: [cmem; mem; segment] (compressive) or
-        [mem; segment]: (b, window + T, e)."""
-        if not self.config.uses_cmem:
-            return block
-        memory = concat_right_aligned(
-            state.cmems[layer], state.cmem_valid, state.mems[layer], state.mem_valid, layout.window
-        )
-        return torch.cat([memory, h], dim=1)
-
-    @staticmethod
-    def _absorb(
-        blk: Block, ltm_state: LTMState, pending: Tensor, state: LMState, layout: SegmentLayout
-    ) -> LTMState:
-        """Absorb each row's pending vectors (its last state.ltm_pending_count[i]) into the LTM.
-
-        Rows usually share one count; otherwise one batched update per distinct count (not per
-        row), each row taking the result of its own count, so every row gets exactly the fit a
-        lone stream would get."""
-        if pending.shape[1] == 0 or not layout.absorb_counts:
-            return ltm_state
-        width = pending.shape[1]
-        x = blk.ln1(pending)
-        out = ltm_state
-        for n in layout.absorb_counts:
-            out = out.merge(blk.ltm.update(ltm_state, x[:, width - n :]), state.ltm_pending_count == n)
-        return out
-
-    def _compress(
-        self, blk: Block, cmem: Tensor, cmem_valid: Tensor, block: Tensor, h: Tensor, layout: SegmentLayout
-    ) -> tuple[Tensor, Tensor]:
-        """Compress the vectors leaving the mems into new slots: (new cmem, reconstruction loss)."""
-        old = take_evicted(block, layout.stm_keep, layout.evict, layout.evict_width).detach()  # (b, E, e)
-        comp = blk.compressor(old)  # (b, E/c, e)
-        key_value = lambda t: blk.attn.key_value(blk.norm_detached(t), detach=True)  # noqa: E731
-        queries = blk.attn.query(blk.norm_detached(h.detach()), detach=True)
-        recon = reconstruction_loss(
-            queries, old, layout.evict, comp, layout.new_slots, key_value, blk.attn.n_heads
-        )
-        cmem = concat_right_aligned(cmem, cmem_valid, comp.detach(), layout.new_slots, layout.cmem_width)
-        return cmem, recon
-
-    def _aux_loss(
-        self, logits: Tensor, kls: list[Tensor], recons: list[Tensor], idle: list[Tensor], new: LMState
-    ) -> tuple[Tensor, dict[str, Any]]:
-        """kl_weight · Σ KL (∞-former) or recon_weight · Σ reconstruction (compressive), else 0."""
-        c = self.config
-        extras: dict[str, Any] = {}
-        if kls:
-            aux = c.kl_weight * torch.stack(kls).sum()
-            extras["kl"] = torch.stack(kls).detach()
-            extras["ltm_length"] = new.ltm[0].length
-        elif recons:
-            aux = c.recon_weight * torch.stack(recons).sum()
-            extras["recon"] = torch.stack(recons).detach()
-        else:
-            aux = logits.new_zeros(())
+        new_memory, aux, extras = memory.finish(reads, plan, logits)
+        idle = [p for read in reads for p in read.idle]
         if idle and torch.is_grad_enabled():
             # 0·Σp keeps every parameter in the graph (gradient 0) in calls that do not use it
             # (LTM gate before anything left the STM, compressor before anything was evicted),
             # so DDP works without find_unused_parameters.
             aux = aux + 0.0 * sum(p.sum() for p in idle)
-        return aux, extras
+        loss = None
+        if targets is not None:
+            loss, extras["nll_sum"], extras["n_targets"] = self._loss(logits, targets, loss_mask)
+        new = LMState(mems=mems, mem_valid=plan.keep, memory=new_memory, fingerprint=state.fingerprint)
+        records = [read.record for read in reads] if return_record else None
+        return LMOutput(logits=logits, loss=loss, aux_loss=aux, extras=extras, record=records), new
+
+    # ----------------------------------------------------------------------- steps
+
+    def _positions(self, plan: SegmentPlan, T: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The sinusoids R (window + T, e) and the attention mask (b, 1, T, window + T): True where
+        allowed (causal in the segment, only each row's valid memory entries before it)."""
+        window, length, dev = plan.window, plan.window + T, like.device
+        pos = self.drop(sinusoid(length, self.config.d_model, dev, like.dtype))
+        i = torch.arange(T, device=dev)[:, None]
+        j = torch.arange(length, device=dev)[None, :]
+        causal = j <= (window + i)  # (T, window + T)
+        mem_ok = j[None] >= (window - plan.attended)[:, None, None]  # (b, 1, window + T)
+        return pos, (causal[None] & mem_ok)[:, None]
 
     def _loss(
         self, logits: Tensor, targets: Tensor, loss_mask: Tensor | None
@@ -365,17 +247,20 @@ class InfiniteFormerLM(nn.Module):
         if state is not None:
             if not isinstance(state, LMState):
                 raise ValueError(f"state must be a LMState or None, got {type(state).__name__}")
+            check_fingerprint(state.fingerprint, self.memory_fingerprint(), "state")
             if state.batch_size != b:
                 raise ValueError(f"state has batch size {state.batch_size} but tokens have {b}")
             if len(state.mems) != c.n_layers:
                 raise ValueError(
                     f"state has {len(state.mems)} layers of mems, expected n_layers={c.n_layers}"
                 )
-            if c.uses_cmem and (len(state.cmems) != c.n_layers or state.cmem_valid is None):
-                raise ValueError("state has no compressed memory, expected one for memory_type 'compressive'")
-            if c.uses_ltm and (len(state.ltm) != c.n_layers or state.ltm_pending_count is None):
+            self.memory.check_state(state.memory, c.n_layers)
+            bad = tensor_problem("mem_valid", state.mem_valid, (b,), count=True)
+            bad += vector_problems("mems", state.mems, b, c.d_model)
+            bad += self.memory.shape_problems(state.memory, b, c.d_model, self.layers)
+            if bad:
                 raise ValueError(
-                    f"state has no long-term memory, expected one for memory_type {c.memory_type!r}"
+                    f"state does not fit this model (batch {b}, e={c.d_model}): {'; '.join(bad[:4])}"
                 )
         return b, T
 
@@ -385,6 +270,7 @@ def zero_ltm_output(model: nn.Module) -> None:
     same short-term memory (the LTM's contribution grows from 0 as it trains), like the GPT-2 model."""
     with torch.no_grad():
         for blk in model.layers:
-            if blk.ltm is not None:
-                blk.ltm.out.weight.zero_()
-                blk.ltm.out.bias.zero_()
+            ltm = getattr(blk, "ltm", None)
+            if ltm is not None:
+                ltm.out.weight.zero_()
+                ltm.out.bias.zero_()

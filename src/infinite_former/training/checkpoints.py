@@ -8,8 +8,10 @@ Trainer writes them (``Trainer.save``); this module finds and reads them.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +84,142 @@ def load_checkpoint(path: str | os.PathLike, rank: int = 0) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- writing safely
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync every file under ``path`` and the folders themselves (before renaming it into place)."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder (its entries: a rename into it survives a crash)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[str]:
+    """Remove ``checkpoints/.step-N.tmp`` folders left by a run killed while saving; returns them."""
+    root = os.path.join(out_dir, CKPT_SUBDIR)
+    if not os.path.isdir(root):
+        return []
+    stale = [n for n in os.listdir(root) if n.startswith(".step-") and n.endswith(".tmp")]
+    for name in stale:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return stale
+
+
+# --------------------------------------------------------------------------- resuming
+
+# settings a resumed run may change, only with --override KEY=VALUE (memory settings never)
+RESUME_OVERRIDABLE = (
+    "lr",
+    "ltm_lr",
+    "steps",
+    "warmup_steps",
+    "min_lr_ratio",
+    "weight_decay",
+    "clip",
+    "eval_every",
+    "ckpt_every",
+    "eval_batch_size",
+    "precision",  # changes the numerics: refused on resume unless given with --override
+)
+# not settings of the run: where it writes, how it reports, derived counts
+RESUME_IGNORED = (
+    "out_dir",
+    "progress",
+    "tensorboard",
+    "log_every",
+    "device",
+    "train_documents",
+    "train_tokens",
+    "examples",
+)
+
+
+def parse_overrides(items: list[str] | None, resume: bool) -> dict[str, Any]:
+    """``--override KEY=VALUE`` items (VALUE parsed as JSON when possible); only with --resume and
+    only for RESUME_OVERRIDABLE keys (ValueError naming the key otherwise)."""
+    out: dict[str, Any] = {}
+    if items and not resume:
+        raise ValueError("--override changes a resumed run's settings: use it with --resume")
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--override: expected KEY=VALUE, got {item!r}")
+        if key not in RESUME_OVERRIDABLE:
+            raise ValueError(
+                f"--override: {key!r} cannot change when resuming; allowed: {list(RESUME_OVERRIDABLE)}"
+            )
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def resume_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: tuple[str, ...] | set[str] = ()
+) -> list[str]:
+    """'key: run X, now Y' for each setting (dotted; leaf names in ``ignore`` skipped) that differs."""
+    a, b = _flatten(saved), _flatten(current)
+    skip = set(RESUME_IGNORED) | set(ignore)
+    return [
+        f"{k}: run {a.get(k)!r}, now {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if k.rsplit(".", 1)[-1] not in skip and a.get(k) != b.get(k)
+    ]
+
+
+def check_resume(
+    run: str | os.PathLike,
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Refuse to resume ``run`` with settings that differ from its saved ones (listing them); the
+    keys in ``overrides`` (--override KEY=VALUE) may differ."""
+    diff = resume_differences(saved, current, {*overrides, *ignore})
+    if diff:
+        raise ValueError(
+            f"--resume: these settings differ from the run in {os.fspath(run)!r}: {'; '.join(diff)}. "
+            f"Resume with the run's settings; {list(RESUME_OVERRIDABLE)} may change with "
+            "--override KEY=VALUE, memory and model settings cannot"
+        )
+
+
+def exit_status(stop_signal: int | None) -> int:
+    """The shell's convention for a run stopped by a signal (after saving): 128 + its number."""
+    return 128 + int(stop_signal) if stop_signal else 0
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states, in weights_only-loadable types."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
@@ -145,10 +283,18 @@ def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str) -
 
 
 __all__ = [
+    "RESUME_OVERRIDABLE",
     "CheckpointError",
+    "check_resume",
+    "exit_status",
     "find_checkpoint",
+    "fsync_dir",
+    "fsync_tree",
     "load_checkpoint",
     "load_weights",
+    "parse_overrides",
+    "remove_stale_temporaries",
+    "resume_differences",
     "rng_state",
     "set_rng_state",
 ]

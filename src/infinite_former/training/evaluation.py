@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import utils
 from ..data.segments import Segment
 from ..data.text import DocumentLanes, DocumentNLL, TokenizedCorpus
 
@@ -58,15 +59,10 @@ def evaluate(
         return _evaluate(model, segments, device, autocast, reduce, max_targets_per_row)
 
 
-@contextlib.contextmanager
-def seeded_rng(device: torch.device | str, seed: int) -> Iterator[None]:
+def seeded_rng(device: torch.device | str, seed: int) -> contextlib.AbstractContextManager[None]:
     """Run the block with torch's RNG (CPU, and the CUDA device if ``device`` is one) forked and
-    seeded with ``seed``; the caller's RNG state is restored afterwards."""
-    dev = torch.device(device)
-    devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda"):
-        torch.manual_seed(seed)
-        yield
+    seeded with ``seed``; the caller's RNG state is restored afterwards (utils.seeded_rng)."""
+    return utils.seeded_rng(seed, device)
 
 
 def _evaluate(model, segments, device, autocast, reduce, max_targets_per_row) -> dict[str, Any]:

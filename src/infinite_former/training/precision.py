@@ -56,6 +56,16 @@ def cpu_bf16_speedup(size: int = 256, rounds: int = 5) -> float:
     return statistics.median(ratios[1:])
 
 
+def from_legacy_bf16(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict with the pre-0.3 ``bf16`` setting (True / False / "auto": bf16 on GPU only)
+    as one with ``precision`` (bf16 / fp32 / auto); other dicts unchanged (a copy)."""
+    d = dict(d)
+    if "bf16" in d and "precision" not in d:
+        legacy = d.pop("bf16")
+        d["precision"] = {True: "bf16", False: "fp32"}.get(legacy, "auto")
+    return d
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
     """("fp32" | "bf16", why): the precision a run uses on ``device`` and the reason, for the log."""
     check_precision(precision)

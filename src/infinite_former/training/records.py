@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..utils import machine_info, write_json
 from .logs import loss_curve
 
@@ -41,6 +43,13 @@ def per_document_nll(result: dict[str, Any]) -> dict[str, dict[str, float]]:
 def nll_per_token(per_document: dict[str, dict[str, float]], docs: list[str]) -> list[float]:
     """Mean NLL per token of each of ``docs`` (one seed's units for infinite_former.stats)."""
     return [per_document[d]["nll"] / per_document[d]["tokens"] for d in docs]
+
+
+def parameter_counts(model: nn.Module, base: nn.Module) -> dict[str, int]:
+    """{"total", "base", "memory"}: the parameters of ``model``, of ``base`` (the same model without
+    its memory, e.g. built from the same config with the memory off), and what the memory adds."""
+    total, own = (sum(p.numel() for p in m.parameters()) for m in (model, base))
+    return {"total": total, "base": own, "memory": total - own}
 
 
 def finished_run(summary: dict[str, Any], run_dir: str | os.PathLike, started: float) -> dict[str, Any]:
@@ -102,4 +111,11 @@ class RunRecords:
         return out
 
 
-__all__ = ["RunRecords", "finished_run", "nll_per_token", "per_document_nll", "settings_hash"]
+__all__ = [
+    "RunRecords",
+    "finished_run",
+    "nll_per_token",
+    "parameter_counts",
+    "per_document_nll",
+    "settings_hash",
+]

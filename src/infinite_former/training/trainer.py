@@ -48,15 +48,18 @@ from .checkpoints import (
     CKPT_SUBDIR,
     LATEST,
     CheckpointError,
+    fsync_dir,
+    fsync_tree,
     load_checkpoint,
     load_weights,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
     to_cpu,
 )
 from .evaluation import evaluate
 from .logs import TrainLogger
-from .precision import check_precision, resolve_precision
+from .precision import check_precision, from_legacy_bf16, resolve_precision
 
 # --------------------------------------------------------------------------- protocol
 
@@ -153,11 +156,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        if "bf16" in d:  # saved before precision existed: bf16 True / False / "auto" (GPU only)
-            legacy = d.pop("bf16")
-            d.setdefault("precision", {True: "bf16", False: "fp32"}.get(legacy, "auto"))
-        return config_from_dict(cls, d)
+        return config_from_dict(cls, from_legacy_bf16(d))  # saved before precision existed: bf16
 
 
 def _check_float(name: str, value: Any, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
@@ -194,6 +193,7 @@ class TrainResult:
     train_seconds: float
     eval_metrics: dict[str, float]
     checkpoint: str | None
+    stop_signal: int | None = None  # SIGINT / SIGTERM number when stopped by a signal
     precision: str = ""  # what the run used and why (Trainer.resolve_precision)
 
     def summary(self) -> dict[str, Any]:
@@ -205,6 +205,7 @@ class TrainResult:
             "tokens_per_s": self.tokens_per_s,
             "checkpoint": self.checkpoint,
             "stopped_by_signal": self.stopped_by_signal,
+            "stop_signal": self.stop_signal,
             "precision": self.precision,
         }
 
@@ -331,6 +332,8 @@ class Trainer:
                 )
         else:
             seed_everything(cfg.seed + acc.process_index)
+        if acc.is_main_process:
+            remove_stale_temporaries(cfg.out_dir)  # left by a run killed while saving
 
         model = self.model
         if ckpt is not None:
@@ -436,6 +439,7 @@ class Trainer:
             if stop:
                 acc.print(f"stopping on signal; checkpoint saved at step {step}: {last_saved}")
                 result.stopped_by_signal = True
+                result.stop_signal = int(flag.raised or signal.SIGTERM)  # (another rank's signal: TERM)
                 break
         if bar is not None:
             bar.close()
@@ -500,6 +504,7 @@ class Trainer:
             )
         acc.wait_for_everyone()
         if acc.is_main_process:
+            fsync_tree(tmp)  # the files and folder are on disk before the rename makes them the checkpoint
             previous = None
             latest = os.path.join(root, LATEST)
             if os.path.isfile(latest):
@@ -508,6 +513,7 @@ class Trainer:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            fsync_dir(root)
             write_text_atomic(latest, name)
             if previous and previous != name:
                 shutil.rmtree(os.path.join(root, previous), ignore_errors=True)

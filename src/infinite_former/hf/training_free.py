@@ -1,0 +1,277 @@
+"""Training-free memory: the continuous memory read through a layer's own pretrained attention (∞-Video style).
+
+    model = add_memory(model, training_free=True)                              # Gibbs density, α = 0.5
+    model = add_memory(model, training_free={"density": "gaussian", "alpha": 0.3})
+
+No weight is added. Each memory layer absorbs the *input of its self-attention* (the normalised
+hidden states its keys and values come from) into the continuous memory X̄(t) = Bᵀψ(t) (contraction
+by τ, M samples, ridge refit; no gate, which would be a weight). A query x of the block reads it
+through the layer's pretrained projections, per head h (keys and values repeated for grouped heads):
+
+    X̄(t) = Bᵀψ(t), the memory's reconstructed token at t, on M grid points t_g of [0, 1];
+    k_h(t) = W_K,h X̄(t), v_h(t) = W_V,h X̄(t) (biases, q/k norms as the layer has them), q_h = W_Q,h x;
+    s(t) = q_h · k_h(t) / √d (the layer's own scaling), p(t) ∝ exp(s(t)) (Gibbs, normalised on the grid): z_h = Σ_g p(t_g) v_h(t_g);
+    or p = 𝒩(μ, σ²), the mean and variance of that Gibbs density (moment-matched Gaussian):
+    z_h = E_p[ψ]ᵀ (B W_V,h) + b_V,h in closed form;  m = W_O [z_1 ... z_H] (its bias included).
+
+The block's attention output a and the memory's m are mixed with one weight: (1 - α) a + α m, in
+rows whose memory is not empty (α = 0 is the base model).
+
+Positions: the memory has no token positions, only t. Its keys and the queries that read it are
+*not* rotated (no rotary embedding, and a layer's q/k norms are applied as in the model), so the
+memory is position-free to the model; absolute position embeddings (GPT-2) are already inside the
+absorbed hidden states, as the positions of the tokens inside their block.
+
+Merging through the block's own softmax normaliser (the memory weighted as the mass of the tokens
+it stands for) is not offered: it needs each query's log-normaliser over the block, which the
+models' attention kernels do not return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import LongTermAttention, LTMConfig, LTMRecord, ReadRecord
+from ..basis import GaussianBasis
+from ..continuous import NORMALIZERS
+from ..memory import LTMState, bin_mass
+
+DENSITIES = ("gibbs", "gaussian")
+
+
+@dataclass(frozen=True)
+class TrainingFreeConfig:
+    """density: "gibbs" (p ∝ exp(s(t)), numerical) or "gaussian" (moment-matched); alpha: weight of the
+    memory's output against the block's attention output."""
+
+    density: str = "gibbs"
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.density not in DENSITIES:
+            raise ValueError(f"training_free density must be one of {DENSITIES}, got {self.density!r}")
+        if not (0.0 <= self.alpha <= 1.0):
+            raise ValueError(f"training_free alpha must be in [0, 1], got {self.alpha!r}")
+
+    @classmethod
+    def of(cls, value: Any) -> TrainingFreeConfig | None:
+        """add_memory's ``training_free``: False/None -> None, True -> defaults, a dict or a config."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"density", "alpha"})
+            if unknown:
+                raise ValueError(f"training_free: unknown settings {unknown}; expected density, alpha")
+            return cls(**value)
+        raise ValueError(f"training_free must be a bool or a dict of density/alpha, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryKeysValues:
+    """What every read of one memory state needs, through a layer's W_K, W_V: keys and values of the
+    reconstructed tokens on the grid (batch, H, G, d), and the values of the coefficients without
+    the bias (batch, H, N, d) with the bias (1, H, 1, d) (for the Gaussian density)."""
+
+    keys: Tensor
+    values: Tensor
+    basis_values: Tensor
+    value_bias: Tensor
+
+    def _map(self, fn: Any) -> MemoryKeysValues:
+        return MemoryKeysValues(fn(self.keys), fn(self.values), fn(self.basis_values), self.value_bias)
+
+    def select(self, rows: Tensor) -> MemoryKeysValues:
+        return self._map(lambda t: t[rows])
+
+    def detach(self) -> MemoryKeysValues:
+        return MemoryKeysValues(
+            *(t.detach() for t in (self.keys, self.values, self.basis_values, self.value_bias))
+        )
+
+    def to(self, *args: Any, **kwargs: Any) -> MemoryKeysValues:
+        tensors = (self.keys, self.values, self.basis_values, self.value_bias)
+        return MemoryKeysValues(*(t.to(*args, **kwargs) for t in tensors))
+
+
+class Projections:
+    """A layer's pretrained query/key/value/output maps, found by name: q_proj, k_proj, v_proj,
+    o_proj (Llama, Qwen, Mistral, OLMo, Granite, ...; ``dense`` as output: StableLM, Phi) or GPT-2's
+    fused c_attn + c_proj; q_norm/k_norm applied when the layer has them."""
+
+    def __init__(self, attention: nn.Module, config: Any, name: str) -> None:
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        get = lambda n: getattr(attention, n, None)  # noqa: E731
+        self.fused = get("c_attn") if get("q_proj") is None else None
+        self.q, self.k, self.v = get("q_proj"), get("k_proj"), get("v_proj")
+        self.o = next((m for m in map(get, ("o_proj", "c_proj", "dense")) if m is not None), None)
+        self.q_norm, self.k_norm = get("q_norm"), get("k_norm")
+        self.scaling = float(getattr(attention, "scaling", None) or self.head_dim**-0.5)  # (Granite: its own)
+        if (self.fused is None and None in (self.q, self.k, self.v)) or self.o is None:
+            raise ValueError(
+                f"training_free is not supported for {name}: its attention {type(attention).__name__} has no "
+                "separate q_proj/k_proj/v_proj (or GPT-2's c_attn) and o_proj/c_proj/dense to read the memory with"
+            )
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.fused is not None:
+            return self.fused(x).split(self.heads * self.head_dim, dim=-1)
+        return self.q(x), self.k(x), self.v(x)
+
+    def _heads(self, x: Tensor, heads: int, norm: nn.Module | None) -> Tensor:
+        """(batch, n, heads·d) -> (batch, H, n, d): the layer's q/k norm, grouped heads repeated."""
+        b, n, _ = x.shape
+        if norm is not None and norm.weight.numel() != self.head_dim:
+            x = norm(x)  # a norm over all heads (OLMo 2)
+        x = x.view(b, n, heads, self.head_dim)
+        if norm is not None and norm.weight.numel() == self.head_dim:
+            x = norm(x)  # a norm per head (Qwen3)
+        return x.transpose(1, 2).repeat_interleave(self.heads // heads, dim=1)
+
+    def queries(self, x: Tensor) -> Tensor:
+        return self._heads(self._split(x)[0], self.heads, self.q_norm)  # (batch, H, q, d)
+
+    def keys_values(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of tokens (batch, n, e) as the layer computes them: (batch, H, n, d) each."""
+        _, k, v = self._split(tokens)
+        return self._heads(k, self.kv_heads, self.k_norm), self._heads(v, self.kv_heads, None)
+
+    def values_without_bias(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(W_V tokens (batch, H, n, d), the bias b_V (1, H, 1, d)): for values of a linear mix of tokens."""
+        bias = self._split(tokens.new_zeros(1, 1, tokens.shape[-1]))[2]
+        values = self._split(tokens)[2] - bias
+        return self._heads(values, self.kv_heads, None), self._heads(bias, self.kv_heads, None)
+
+    def output(self, z: Tensor) -> Tensor:
+        return self.o(z.transpose(1, 2).flatten(2))  # (batch, q, e)
+
+
+class TrainingFreeMemory(nn.Module):
+    """The continuous memory of one layer read with the layer's own attention weights; no parameters.
+
+    The attention module is kept out of this module's children (it belongs to the base model), so
+    nothing is added to the model's parameters or saved twice.
+    """
+
+    absorbs_attention_input = True
+
+    def __init__(
+        self,
+        config: LTMConfig,
+        free: TrainingFreeConfig,
+        attention: nn.Module,
+        model_config: Any,
+        name: str | None = None,
+    ) -> None:
+        """name: the model's class, for the error if ``attention`` has no projections to read with."""
+        super().__init__()
+        self.config, self.free = config, free
+        self.basis = GaussianBasis(config.num_basis, config.basis_widths)
+        self.normalizer = NORMALIZERS["softmax"](self.basis)
+        projections = Projections(attention, model_config, name or type(attention).__name__)
+        self.__dict__["projections_of_layer"] = projections
+
+    # absorbing is LongTermAttention's, without the gate (a weight): contraction, M samples, refit of B
+    gate = None
+    init_state = LongTermAttention.init_state
+    update = LongTermAttention.update
+
+    def forward(
+        self, queries: None, new_vectors: Tensor, state: LTMState, *, return_record: bool = False
+    ) -> LTMState | tuple[LTMState, LTMRecord]:
+        """Absorb new_vectors (batch, L, e): the call form of LongTermAttention's absorb-only forward
+        (with return_record, also the LTMRecord of the absorption)."""
+        if not return_record:
+            return self.update(state, new_vectors)
+        state, done = self.update(state, new_vectors, return_record=True)
+        return state, LTMRecord([done])
+
+    def grid(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The M grid points t_g (G,) and ψ(t_g) (G, N), in like's dtype and device."""
+        t = torch.linspace(0.0, 1.0, self.config.num_samples, device=like.device, dtype=like.dtype)
+        return t, self.basis(t)
+
+    def projections(self, state: LTMState, dtype: torch.dtype | None = None) -> MemoryKeysValues:
+        """Keys and values of the memory's reconstructed tokens X̄(t_g) = Bᵀψ(t_g) through the layer."""
+        layer = self.projections_of_layer
+        dtype = dtype or (layer.fused if layer.fused is not None else layer.k).weight.dtype
+        coeffs = state.coeffs  # B: (batch, N, e)
+        tokens = (self.grid(coeffs)[1] @ coeffs).to(dtype)  # X̄(t_g): (batch, G, e)
+        keys, values = layer.keys_values(tokens)
+        basis_values, bias = layer.values_without_bias(coeffs.to(dtype))
+        return MemoryKeysValues(keys, values, basis_values, bias)
+
+    def read(
+        self,
+        queries: Tensor,
+        state: LTMState,
+        projections: MemoryKeysValues | None = None,
+        *,
+        query_mask: Tensor | None = None,
+        return_kl: bool = False,
+        accumulate_mass: bool = False,
+        return_record: bool = False,
+    ) -> tuple[Tensor, LTMState, None] | tuple[Tensor, LTMState, None, ReadRecord]:
+        """(m (batch, q, e), state with the sticky bin mass, None): the memory's output for queries x;
+        with return_record also the ReadRecord of the moments μ, σ² of the Gibbs density on the grid."""
+        layer = self.projections_of_layer
+        kv = projections if projections is not None else self.projections(state, queries.dtype)
+        q = layer.queries(queries)  # (batch, H, q, d)
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            work = torch.promote_types(queries.dtype, torch.float32)
+            t = self.grid(q.to(work))[0]  # (G,)
+            scores = (
+                q.to(work) @ kv.keys.to(work).transpose(-1, -2) * layer.scaling
+            )  # s(t_g), scaled as the layer
+            p = torch.softmax(scores, dim=-1)  # the Gibbs density on the grid: (batch, H, q, G)
+            mu = p @ t  # (batch, H, q)
+            sigma2 = (p @ t.square() - mu.square()).clamp_min(self.config.min_sigma2)
+            if self.free.density == "gibbs":
+                context = p @ kv.values.to(work)  # Σ_g p(t_g) v(t_g): (batch, H, q, d)
+            else:
+                context = self.normalizer.context(mu, sigma2, kv.basis_values.to(work)) + kv.value_bias.to(
+                    work
+                )
+        out = layer.output(context.to(queries.dtype))
+        has_memory = state.length > 0
+        valid = has_memory[:, None] if query_mask is None else has_memory[:, None] & query_mask  # (batch, q)
+        if self.config.sticky:
+            weight = valid[:, None, :].to(mu.dtype)
+            mass = bin_mass(self.normalizer.cdf, mu.detach(), sigma2.detach(), self.config.num_bins, weight)
+            mass = mass.to(state.bin_mass.dtype)
+            state = replace(state, bin_mass=state.bin_mass + mass if accumulate_mass else mass)
+        if return_record:
+            return out, state, None, ReadRecord(mu.detach(), sigma2.detach(), valid.expand(-1, q.shape[2]))
+        return out, state, None
+
+    def mix(self, memory_output: Tensor, attention_output: Tensor, state: LTMState) -> Tensor:
+        """What to add to the attention output a: α (m - a) in rows with memory, else 0."""
+        alpha = self.free.alpha * (state.length > 0).to(attention_output.dtype)[:, None, None]
+        return alpha * (memory_output.to(attention_output.dtype) - attention_output)
+
+    def extra_repr(self) -> str:
+        return f"density={self.free.density}, alpha={self.free.alpha}, N={self.config.num_basis}"
+
+
+def check_no_weights(tensors: dict[str, Tensor], source: Any) -> None:
+    """A training-free memory has no weights: loading some into it is an error."""
+    if tensors:
+        raise ValueError(
+            f"training_free memory has no weights, but {source} holds {len(tensors)} memory weights "
+            f"({sorted(tensors)[:3]}...): load them into a memory added without training_free"
+        )
+
+
+__all__ = ["DENSITIES", "MemoryKeysValues", "TrainingFreeConfig", "TrainingFreeMemory", "check_no_weights"]

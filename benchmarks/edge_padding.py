@@ -46,7 +46,7 @@ def main() -> None:
             }
         )
     result = {
-        "machine": machine_info(),
+        "machine": machine_info(precision="fp32"),
         "command": "python benchmarks/edge_padding.py",
         "config": {
             "L": num_points,

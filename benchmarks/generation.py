@@ -315,7 +315,7 @@ def main(argv=None) -> dict:
         )
 
     result = {
-        "machine": machine_info(),
+        "machine": machine_info(precision="fp32"),
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "config": {
             **vars(args),

@@ -271,14 +271,22 @@ def step_sort(suite: Suite, limit: float) -> dict[str, Any]:
         name = f"sort_{model}_{'bf16' if bf16 == 'on' else 'fp32'}"
         argv = [sys.executable, "-m", "infinite_former.cli", "sort", "--preset", "paper", "--models", model]
         argv += ["--out", str(suite.work), "--name", name, "--no-progress", "--device", suite.device]
-        if a.dry_run:  # toy sizes; bf16 autocast is GPU-only, so "on" runs as auto (= float32) here
-            argv += ["--bf16", "auto" if bf16 == "on" else "off", "--lengths", "64", "--num-symbols", "4"]
+        if a.dry_run:  # toy sizes
+            argv += [
+                "--precision",
+                "bf16" if bf16 == "on" else "fp32",
+                "--lengths",
+                "64",
+                "--num-symbols",
+                "4",
+            ]
             argv += "--segment-len 16 --mem-len 8 --num-basis 8 --num-bins 8 --d-model 16 --n-heads 2".split()
             argv += (
                 "--d-inner 32 --n-layers 1 --steps 2 --batch-size 2 --eval-sequences 4 --threads 1".split()
             )
         else:
-            argv += ["--bf16", bf16, "--lengths", "4000", "--steps", str(a.sort_steps)]
+            argv += ["--precision", "bf16" if bf16 == "on" else "fp32", "--lengths", "4000"]
+            argv += ["--steps", str(a.sort_steps)]
             argv += ["--eval-sequences", str(a.sort_eval_sequences)]
         try:
             suite.call(argv, left)

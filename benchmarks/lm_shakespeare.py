@@ -23,6 +23,7 @@ seed and test document (infinite_former.stats): mean difference in log perplexit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -139,13 +140,15 @@ def shared_tokenizer(root: Path) -> str:
     return str(path)
 
 
-def run_one(name: str, seed: int, root: Path) -> dict:
-    run_dir = root / f"{name}-seed{seed}"
+def run_one(name: str, seed: int, root: Path, precision: str = "fp32", tag: str = "") -> dict:
+    """Train + test one variant in ``precision`` (fp32 | bf16 | auto); tag: run-dir suffix."""
+    run_dir = root / f"{name}{tag}-seed{seed}"
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
     settings = train_settings(name, seed, run_dir, shared_tokenizer(root), root / "cache")
+    settings = dataclasses.replace(settings, precision=precision)
     t0 = time.perf_counter()
     res = lm_cli.lm_train(settings)
     test = res["eval"]["test"]
@@ -208,7 +211,7 @@ def cmd_throughput(args: argparse.Namespace, steps: int = 6) -> None:
         "settings_key": settings_key(),
         "setup": f"{steps} training steps of {S['batch_size']} lanes x {S['seg_len']} tokens, interleaved, 1 thread",
         "tokens_per_s": {name: tokens / seconds[name] for name in VARIANTS},
-        "machine": machine_info(),
+        "machine": machine_info(precision="fp32"),
     }
     RECORDS.mkdir(parents=True, exist_ok=True)
     (RECORDS / "throughput.json").write_text(json.dumps(result, indent=1))
@@ -251,7 +254,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         conventions[conv] = {"paired_seeds": paired_seeds, "models": models, "pairs": pairs}
     tput = RECORDS / "throughput.json"
     result = {
-        "machine": next((r["machine"] for by in recs.values() for r in by.values()), machine_info()),
+        "machine": next((r["machine"] for by in recs.values() for r in by.values()), machine_info(precision="fp32")),
         "settings": {**S, "data": "../shared/data/shakespeare", "eval_split": "test",
                      "tokenizer": f"byte-level BPE (HF tokenizers), vocab {S['vocab_size']}, trained on train/",
                      "xl_params_d_inner": matched_d_inner(), "ltm_init": "output projection zero"},

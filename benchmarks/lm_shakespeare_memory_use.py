@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     config = {k: _relative(v) if k in ("run_root", "data", "out") else v for k, v in vars(a).items()}
-    out = {"machine": machine_info(), "config": config, "models": {}}
+    out = {"machine": machine_info(precision="fp32"), "config": config, "models": {}}
     for name in [m for m in a.models.split(",") if m]:
         model, tok, saved = load_trained_lm(Path(a.run_root) / name)
         corpus = tokenize_documents(load_corpus_split(a.data, a.split), tok)

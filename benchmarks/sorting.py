@@ -86,8 +86,8 @@ def settings_key() -> str:
     ltm, before = s.pop("ltm"), LTMConfig(**DEFAULTS_02).settings()
     s.update({k: ltm.pop(k) for k in LEGACY_02})
     s.update({k: v for k, v in ltm.items() if v != before[k]})
-    if s.get("bf16") == "auto":  # float32 on the CPU: the same runs as before the bf16 setting existed
-        s.pop("bf16")
+    if s.get("precision") == "fp32":  # the same runs as before the precision setting existed
+        s.pop("precision")
     return settings_hash(s)
 
 
@@ -176,7 +176,7 @@ def run_one(name: str, seed: int, runs_dir: str) -> dict:
         "loss_curve": loss_curve(r["run_dir"], every=50),
         "test": {str(n): per_sequence_accuracy(model, s, n) for n in s.lengths},
         "trainer_test_accuracy": {n: v["accuracy"] for n, v in r["test"].items()},
-        "machine": machine_info(),
+        "machine": machine_info(precision="fp32"),
     }
     if memory_type.startswith("infinite"):
         longest = max(s.lengths)
@@ -234,7 +234,7 @@ def cmd_throughput(args: argparse.Namespace, steps: int = 8) -> None:
         "settings_key": settings_key(),
         "setup": f"training steps at length {length}, batch {s0.batch_size}, interleaved, 1 thread",
         "tokens_per_s": {name: tokens[name] / seconds[name] for name in VARIANTS},
-        "machine": machine_info(),
+        "machine": machine_info(precision="fp32"),
     }
     RECORDS.mkdir(parents=True, exist_ok=True)
     (RECORDS / "throughput.json").write_text(json.dumps(result, indent=1))
@@ -317,7 +317,9 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     tput_path = RECORDS / "throughput.json"
     tput = json.loads(tput_path.read_text()) if tput_path.exists() else None
     result = {
-        "machine": next(iter(recs[n][done[n][0]] for n in done))["machine"] if done else machine_info(),
+        "machine": next(iter(recs[n][done[n][0]] for n in done))["machine"]
+        if done
+        else machine_info(precision="fp32"),
         "config": {
             **{
                 k: v for k, v in s.to_dict().items() if k not in ("seed", "out", "name", "models", "progress")

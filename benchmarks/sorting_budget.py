@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             SortSettings(**FIRST, steps=n, out="runs/bench-sorting-budget", name=f"steps{n}")
             for n in (500, 1000)
         ]
-    out: dict = {"machine": machine_info(), "settings": {}, "runs": {}}
+    out: dict = {"machine": machine_info(precision="fp32"), "settings": {}, "runs": {}}
     for s in plans:
         steps = s.steps
         out["settings"][str(steps)] = s.to_dict()

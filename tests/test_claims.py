@@ -83,7 +83,7 @@ def _fit(tmp_path, eval_every: int) -> list[float]:
     evaluators = {"valid": lambda shard: SortingStream(SortingGenerator(valid), 8, shard, num_batches=1)}
     cfg = TrainConfig(
         steps=6, lr=1e-2, warmup_steps=1, batch_size=4, eval_every=eval_every, out_dir=str(tmp_path / "run"),
-        progress=False, tensorboard=False, device="cpu", bf16=False,
+        progress=False, tensorboard=False, device="cpu", precision="fp32",
     )  # fmt: skip
     return Trainer(model, cfg, stream, evaluators).fit().losses
 

@@ -7,8 +7,7 @@ sampling, the Trainer's bf16 autocast, exact resume, the GPT-2 + memory model's 
 torch.compile with gradients.
 
 ``INFINITE_FORMER_TEST_DEVICE=cpu`` runs the same checks on the CPU (a way to check the tests
-themselves on a machine without a GPU; the bf16 Trainer test then runs without autocast, which is
-GPU-only in the Trainer).
+themselves on a machine without a GPU; the bf16 Trainer test then runs CPU bf16 autocast).
 """
 
 from __future__ import annotations
@@ -141,13 +140,15 @@ def sorting_stream(shard: Shard) -> SortingStream:
 
 def train_config(tmp_path, **kw) -> TrainConfig:
     base = dict(steps=6, lr=1e-2, warmup_steps=1, batch_size=4, out_dir=str(tmp_path / "run"))
-    base.update(progress=False, tensorboard=False, device=DEVICE.type, bf16=False)
+    base.update(progress=False, tensorboard=False, device=DEVICE.type, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
 def test_trainer_bf16_autocast_loss_falls(tmp_path):
-    bf16 = True if DEVICE.type == "cuda" else False
-    res = Trainer(tiny_lm(), train_config(tmp_path, steps=12, batch_size=8, bf16=bf16), sorting_stream).fit()
+    res = Trainer(
+        tiny_lm(), train_config(tmp_path, steps=12, batch_size=8, precision="bf16"), sorting_stream
+    ).fit()
+    assert res.precision.startswith("bf16")
     losses = torch.tensor(res.losses)
     assert len(res.losses) == 12 and torch.isfinite(losses).all()
     assert losses[-3:].mean() < losses[:3].mean() - 0.15, res.losses

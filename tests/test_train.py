@@ -205,7 +205,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_overwrites_nothing(tmp_path, vi
         (dict(clip=-1.0), "clip"),
         (dict(betas=(0.9, 1.5)), "betas"),
         (dict(device="tpu"), "device"),
-        (dict(bf16="yes"), "bf16"),
+        (dict(precision="yes"), "precision"),
         (dict(min_lr_ratio=2.0), "min_lr_ratio"),
     ],
 )
@@ -223,8 +223,12 @@ def test_bad_model_configs_fail_before_training():
     ]:
         with pytest.raises(ValueError, match=match):
             ModelConfig(vocab_size=6, **kw)
-    with pytest.raises(ValueError, match="bf16"):
-        TrainConfig(bf16=True, device="cpu")
+    # configs saved before precision existed (bf16 True / False / "auto") still load
+    assert [TrainConfig.from_dict({"bf16": v}).precision for v in (True, False, "auto")] == [
+        "bf16",
+        "fp32",
+        "auto",
+    ]
 
 
 def test_lr_schedule_warmup_then_cosine():

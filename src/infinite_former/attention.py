@@ -28,7 +28,14 @@ from torch import Tensor, nn
 from .basis import GaussianBasis, check_layout
 from .continuous import NORMALIZERS
 from .memory import SCHEDULES, LTMState, UpdateRecord, bin_mass, check_tau, update_memory
-from .utils import check_field_types, check_int, config_from_dict, describe, require_fields
+from .utils import (
+    autocast_off,
+    check_field_types,
+    check_int,
+    config_from_dict,
+    describe,
+    require_fields,
+)
 
 # Saved configs carry ``format_version``. 0.2 (no version) held the memory's settings flat; from 0.3 they
 # are nested under ``ltm``. A setting added later names the format it arrives in (``since``): the
@@ -481,7 +488,7 @@ class LongTermAttention(nn.Module):
         coeffs = state.coeffs  # B: (batch, N, e), float32 or wider
         dtype = dtype or coeffs.dtype
         values = self.value(coeffs.to(dtype)).view(b, -1, h, d).transpose(1, 2)  # (batch, H, N, d)
-        with torch.autocast(device_type=coeffs.device.type, enabled=False):
+        with autocast_off(coeffs.device.type):
             work = torch.promote_types(dtype, torch.float32)  # μ, σ² in >= float32
             w = torch.cat([self.mu_proj.weight, self.sigma_proj.weight]).to(coeffs.dtype)  # (2, N)
             wb = torch.matmul(w, coeffs)  # w_μᵀB, w_σᵀB: (batch, 2, e)
@@ -503,7 +510,7 @@ class LongTermAttention(nn.Module):
         b, q, _ = queries.shape
         h, d = self.config.n_heads, self.head_dim
         weights = projections.score_weights  # (batch, e, H·2)
-        with torch.autocast(device_type=queries.device.type, enabled=False):
+        with autocast_off(queries.device.type):
             bias = torch.cat([self.mu_proj.bias, self.sigma_proj.bias]).to(weights.dtype)  # (2,)
             scores = torch.matmul(queries.to(weights.dtype), weights)  # (batch, q, H·2)
             logits = scores.view(b, q, h, 2).transpose(1, 2) / math.sqrt(d) + bias  # (batch, H, q, 2)
@@ -538,16 +545,19 @@ class LongTermAttention(nn.Module):
         """
         b, q, e = queries.shape
         mu, sigma2, values = self.densities(queries, state, projections)
-        with torch.autocast(device_type=queries.device.type, enabled=False):
+        with autocast_off(queries.device.type):
             if torch.is_grad_enabled() or q > 1:
                 context = self.normalizer.context(mu, sigma2, values)  # V_hᵀ E_p[ψ]: (batch, H, q, d)
             else:  # one query without autograd (decoding): E_p[ψ] (batch, H, 1, N) is small, use it
                 context = self.normalizer(mu, sigma2).to(values.dtype) @ values
         out = self.out(context.transpose(1, 2).reshape(b, q, e))
         has_memory = state.length > 0  # (batch,)
-        all_rows = query_mask is None and bool(has_memory.all())
+        # eager: one host read skips the masking where every row has memory; compiled: always mask
+        # (exact: a product with ones), so the graph has no break
+        every_row = not torch.compiler.is_compiling() and bool(has_memory.all())
+        all_rows = query_mask is None and every_row
         valid = has_memory[:, None] if query_mask is None else has_memory[:, None] & query_mask  # (batch, q)
-        if not bool(has_memory.all()):
+        if not every_row:
             out = out * has_memory[:, None, None].to(out.dtype)
         kl = None
         if return_kl:

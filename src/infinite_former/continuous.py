@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .basis import GaussianBasis, exp_floor, gaussian_pdf
+from .basis import GaussianBasis, exp_floor, flush_exp_, gaussian_pdf, negligible
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -58,20 +58,23 @@ def gaussian_expectation(mu: Tensor, sigma2: Tensor, basis_mu: Tensor, basis_sig
 
 
 def factored_gaussian_expectation(
-    mu: Tensor, sigma2: Tensor, centres: Tensor, widths2: Tensor
+    mu: Tensor, sigma2: Tensor, centres: Tensor, widths2: Tensor, peak: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """E_{𝒩(μ,σ²)}[ψ] for the width-major RBF layout, plus the pieces its gradient needs.
 
     mu, sigma2: (...,); centres: (C,) centres μ_c; widths2: (W,) variances σ_w²,
-    with ψ_{w·C+c} = 𝒩(·; μ_c, σ_w²) and N = W·C. Returns E (..., N),
-    d = μ - μ_c (..., 1, C) and r = 1/(σ² + σ_w²) (..., W, 1).
+    with ψ_{w·C+c} = 𝒩(·; μ_c, σ_w²) and N = W·C; peak: the basis peak P (GaussianBasis.peak),
+    which bounds every entry since 𝒩(μ; μ_c, σ² + σ_w²) <= 1/√(2πσ_w²). Entries below
+    θ = ε·P/N are exact zeros (``negligible``: z = E_p[ψ]ᵀV moves by at most ε·P·max|V|).
+    Returns E (..., N), d = μ - μ_c (..., 1, C) and r = 1/(σ² + σ_w²) (..., W, 1).
     """
     r = torch.reciprocal(sigma2.unsqueeze(-1) + widths2).unsqueeze(-1)  # (..., W, 1)
     d = (mu.unsqueeze(-1) - centres).unsqueeze(-2)  # (..., 1, C)
     log_norm = 0.5 * torch.log(r * (0.5 / math.pi))  # log 𝒩 normaliser: (..., W, 1)
     # log E = log_norm - ½ d² r: one fused multiply-add over (..., W, C), then exp in place.
-    expect = torch.addcmul(log_norm, d * d, -0.5 * r).clamp_min_(exp_floor(log_norm.dtype))
-    return expect.exp_().flatten(-2), d, r
+    arg = torch.addcmul(log_norm, d * d, -0.5 * r)
+    theta = negligible(arg.dtype, peak, arg.shape[-1] * arg.shape[-2])
+    return flush_exp_(arg, theta).flatten(-2), d, r
 
 
 # Elements of one block of E_p[ψ]: on CPU a block stays below glibc's mmap threshold
@@ -96,13 +99,16 @@ class _GaussianContext(torch.autograd.Function):
     """z = E_{𝒩(μ,σ²)}[ψ]ᵀ V per (group, query), E_p[ψ] rebuilt per block, never stored."""
 
     @staticmethod
-    def forward(ctx, mu: Tensor, sigma2: Tensor, values: Tensor, centres: Tensor, widths2: Tensor) -> Tensor:
+    def forward(
+        ctx, mu: Tensor, sigma2: Tensor, values: Tensor, centres: Tensor, widths2: Tensor, peak: float
+    ) -> Tensor:
         # mu, sigma2: (G, q); values: (G, N, d) -> (G, q, d)
         out = values.new_empty(*mu.shape, values.shape[-1])
         for gs, qs in _blocks(*mu.shape, values.shape[1], mu.device):
-            expect, _, _ = factored_gaussian_expectation(mu[gs, qs], sigma2[gs, qs], centres, widths2)
+            expect, _, _ = factored_gaussian_expectation(mu[gs, qs], sigma2[gs, qs], centres, widths2, peak)
             out[gs, qs] = torch.matmul(expect.to(values.dtype), values[gs])
         ctx.save_for_backward(mu, sigma2, values, centres, widths2)
+        ctx.peak = peak
         return out
 
     @staticmethod
@@ -117,7 +123,9 @@ class _GaussianContext(torch.autograd.Function):
             torch.zeros_like(values, dtype=torch.promote_types(values.dtype, mu.dtype)) if need_v else None
         )
         for gs, qs in _blocks(*mu.shape, values.shape[1], mu.device):
-            expect, d, r = factored_gaussian_expectation(mu[gs, qs], sigma2[gs, qs], centres, widths2)
+            expect, d, r = factored_gaussian_expectation(
+                mu[gs, qs], sigma2[gs, qs], centres, widths2, ctx.peak
+            )
             g = grad_out[gs, qs]  # (g, chunk, d)
             if need_v:
                 grad_values[gs] += torch.matmul(expect.to(values.dtype).transpose(-1, -2), g)
@@ -135,7 +143,7 @@ class _GaussianContext(torch.autograd.Function):
             if need_s2:
                 grad_s2[gs, qs] = 0.5 * (r * (r * s2 - s0)).sum((-2, -1))
         gv = grad_values.to(values.dtype) if need_v else None
-        return grad_mu, grad_s2, gv, None, None
+        return grad_mu, grad_s2, gv, None, None, None
 
 
 def gaussian_context(mu: Tensor, sigma2: Tensor, values: Tensor, basis: GaussianBasis) -> Tensor:
@@ -153,6 +161,7 @@ def gaussian_context(mu: Tensor, sigma2: Tensor, values: Tensor, basis: Gaussian
         values.reshape(-1, *values.shape[-2:]),
         centres,
         widths2,
+        basis.peak,
     )
     return out.view(*lead, *out.shape[-2:])
 
@@ -221,7 +230,7 @@ class ContinuousSoftmax(nn.Module):
 
     def forward(self, mu: Tensor, sigma2: Tensor) -> Tensor:
         """E_p[ψ]: mu, sigma2 (...,) -> (..., N)."""
-        return factored_gaussian_expectation(mu, sigma2, *self.basis.factored_like(mu))[0]
+        return factored_gaussian_expectation(mu, sigma2, *self.basis.factored_like(mu), self.basis.peak)[0]
 
     def context(self, mu: Tensor, sigma2: Tensor, values: Tensor) -> Tensor:
         """z = E_p[ψ]ᵀ V: mu, sigma2 (..., q), values (..., N, d) -> (..., q, d)."""
@@ -240,8 +249,11 @@ class ContinuousSparsemax(ContinuousSoftmax):
     name = "sparsemax"
 
     def forward(self, mu: Tensor, sigma2: Tensor) -> Tensor:
-        """E_p[ψ]: mu, sigma2 (...,) -> (..., N)."""
-        return sparsemax_expectation(mu, sigma2, *self.basis.params_like(mu))
+        """E_p[ψ]: mu, sigma2 (...,) -> (..., N); entries below θ = ε·P/N (and rounding
+        negatives) are exact zeros (``negligible``)."""
+        expect = sparsemax_expectation(mu, sigma2, *self.basis.params_like(mu))
+        theta = negligible(expect.dtype, self.basis.peak, self.basis.num_basis)
+        return nn.functional.threshold(expect, theta, 0.0)
 
     def context(self, mu: Tensor, sigma2: Tensor, values: Tensor) -> Tensor:
         """z = E_p[ψ]ᵀ V: mu, sigma2 (..., q), values (..., N, d) -> (..., q, d)."""

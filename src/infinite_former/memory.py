@@ -27,7 +27,7 @@ from torch import Tensor
 from . import ridge
 from .basis import GaussianBasis
 from .provenance import check_finite, load_torch_file
-from .utils import check_int, deprecated_aliases
+from .utils import autocast_off, check_int, deprecated_aliases
 
 
 @dataclass
@@ -322,69 +322,71 @@ def update_memory(
     the new vectors alone on [0, 1]. The result is chosen per row with torch.where, so
     the update is branch-free (and compilable for ``fixed``); on CPU in eager mode the branch
     that no row needs is skipped (same result, less work). Rows whose τ_k differ (memories of
-    different lengths) use their own cached operators, gathered per row.
+    different lengths) use their own cached operators, gathered per row. The update is a float32
+    island: it runs in B's dtype (>= float32) with autocast off.
     """
     _check_update_args(state, new_vectors, basis, num_samples, tau)
-    coeffs = state.coeffs.detach()
-    work = coeffs.dtype
-    x = new_vectors.to(work)
-    num_new = x.shape[1]
-    if num_new == 0:
-        if not return_record:
-            return state
-        nothing = torch.zeros_like(state.length, dtype=torch.bool)
-        return state, _record(state, x, None, num_samples, tau, nothing, sticky, absorbed=False)
-    common = dict(
-        num_basis=basis.num_basis,
-        widths=basis.widths,
-        ridge_lambda=ridge_lambda,
-        edge_padding=edge_padding,
-        device=coeffs.device,
-        dtype=work,
-    )
-    has_memory = state.length > 0  # (batch,)
-    positions = None  # (batch, M): the sample positions s_m, where drawn
-    need_contract = need_fresh = True
-    if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
-        need_contract = bool(has_memory.any())
-        need_fresh = not bool(has_memory.all())
+    with autocast_off(state.coeffs.device.type):  # a float32 island under bf16 autocast
+        coeffs = state.coeffs.detach()
+        work = coeffs.dtype
+        x = new_vectors.to(work)
+        num_new = x.shape[1]
+        if num_new == 0:
+            if not return_record:
+                return state
+            nothing = torch.zeros_like(state.length, dtype=torch.bool)
+            return state, _record(state, x, None, num_samples, tau, nothing, sticky, absorbed=False)
+        common = dict(
+            num_basis=basis.num_basis,
+            widths=basis.widths,
+            ridge_lambda=ridge_lambda,
+            edge_padding=edge_padding,
+            device=coeffs.device,
+            dtype=work,
+        )
+        has_memory = state.length > 0  # (batch,)
+        positions = None  # (batch, M): the sample positions s_m, where drawn
+        need_contract = need_fresh = True
+        if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
+            with_memory = int(has_memory.sum())  # one host read
+            need_contract, need_fresh = with_memory > 0, with_memory < has_memory.numel()
 
-    contracted = fresh = None
-    if need_contract:
-        taus, which = _layouts(state, num_new, schedule, tau, power)
+        contracted = fresh = None
+        if need_contract:
+            taus, which = _layouts(state, num_new, schedule, tau, power)
 
-        def operator(kind: str) -> Tensor:  # (rows, cols), or (batch, rows, cols) when rows' τ differ
-            ops = [ridge.cached_operator(kind, (num_samples, num_new), tau=t, **common) for t in taus]
-            return ops[0] if which is None else torch.stack(ops)[which]
+            def operator(kind: str) -> Tensor:  # (rows, cols), or (batch, rows, cols) when rows' τ differ
+                ops = [ridge.cached_operator(kind, (num_samples, num_new), tau=t, **common) for t in taus]
+                return ops[0] if which is None else torch.stack(ops)[which]
 
-        g_new = operator("contract_new")  # (L, N)
-        if sticky:
-            g_old = operator("contract_old")  # (M, N)
-            positions = sticky_positions(
-                state.bin_mass.detach().to(work), num_samples, generator
-            )  # (batch, M)
-            old_samples = ridge.reconstruct(coeffs, basis(positions))  # X̄_old(s_m): (batch, M, e)
-            contracted = torch.matmul(g_old.mT, old_samples)  # B = Gᵀ X
+            g_new = operator("contract_new")  # (L, N)
+            if sticky:
+                g_old = operator("contract_old")  # (M, N)
+                positions = sticky_positions(
+                    state.bin_mass.detach().to(work), num_samples, generator
+                )  # (batch, M)
+                old_samples = ridge.reconstruct(coeffs, basis(positions))  # X̄_old(s_m): (batch, M, e)
+                contracted = torch.matmul(g_old.mT, old_samples)  # B = Gᵀ X
+            else:
+                # Uniform samples: fitting X̄_old(s) is linear in B, B' = (G_oldᵀ ψ(s)) B, with the N × N
+                # product cached.
+                contracted = torch.matmul(operator("contract_uniform"), coeffs)
+            contracted = contracted + torch.matmul(g_new.mT, x)
+        if need_fresh:
+            fresh = ridge.fit(x, ridge.cached_operator("fresh", (num_new,), tau=tau, **common))
+        if contracted is None:
+            new_coeffs = fresh
+        elif fresh is None:
+            new_coeffs = contracted
         else:
-            # Uniform samples: fitting X̄_old(s) is linear in B, B' = (G_oldᵀ ψ(s)) B, with the N × N
-            # product cached.
-            contracted = torch.matmul(operator("contract_uniform"), coeffs)
-        contracted = contracted + torch.matmul(g_new.mT, x)
-    if need_fresh:
-        fresh = ridge.fit(x, ridge.cached_operator("fresh", (num_new,), tau=tau, **common))
-    if contracted is None:
-        new_coeffs = fresh
-    elif fresh is None:
-        new_coeffs = contracted
-    else:
-        new_coeffs = torch.where(has_memory[:, None, None], contracted, fresh)
-    new = LTMState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
-    if not return_record:
-        return new
-    if positions is None and not sticky:
-        positions = uniform_positions(num_samples, coeffs.device, work).expand(coeffs.shape[0], -1)
-    taus = contraction_tau(state.length, num_new, schedule, tau, power)  # (batch,) τ_k per row
-    return new, _record(state, x, positions, num_samples, taus, has_memory, sticky)
+            new_coeffs = torch.where(has_memory[:, None, None], contracted, fresh)
+        new = LTMState(coeffs=new_coeffs, length=state.length + num_new, bin_mass=state.bin_mass)
+        if not return_record:
+            return new
+        if positions is None and not sticky:
+            positions = uniform_positions(num_samples, coeffs.device, work).expand(coeffs.shape[0], -1)
+        taus = contraction_tau(state.length, num_new, schedule, tau, power)  # (batch,) τ_k per row
+        return new, _record(state, x, positions, num_samples, taus, has_memory, sticky)
 
 
 def _record(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .basis import gaussian_pdf, rbf_layout
+from .basis import gaussian_pdf, negligible, rbf_layout
 
 _OPERATOR_CACHE: dict[tuple, Tensor] = {}
 _OPERATOR_CACHE_MAX = 256
@@ -82,7 +82,9 @@ def cached_operator(
     the L new vectors (L, N).
     kind "contract_uniform": sizes = (M, L), G_oldᵀ ψ(s) for the uniform samples
     s_m = midpoints(M): (N, N), so that contracting B is B' = P B.
-    Built in float64, then cast once.
+    Built in float64; entries below θ = ε·max|op|/K (ε of dtype, K the length of the sums the
+    operator enters: L or M for a fit, N for P B) become exact zeros, so a product moves by at
+    most ε·max|op|·max|other factor| and holds no subnormal numbers (``negligible``); then cast once.
     """
     key = (kind, sizes, num_basis, tuple(widths), ridge_lambda, edge_padding, tau, str(device), dtype)
     op = _OPERATOR_CACHE.get(key)
@@ -104,6 +106,9 @@ def cached_operator(
                 op = g[:num_old].T @ psi
         else:
             raise ValueError(f"unknown operator kind {kind!r}")
+        terms = op.shape[1] if kind == "contract_uniform" else op.shape[0]
+        theta = negligible(dtype, op.abs().max().item(), terms)
+        op = torch.where(op.abs() < theta, 0.0, op) if theta > 0 else op
         op = op.contiguous().to(device, dtype)
         if len(_OPERATOR_CACHE) >= _OPERATOR_CACHE_MAX:
             _OPERATOR_CACHE.pop(next(iter(_OPERATOR_CACHE)))

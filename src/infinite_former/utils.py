@@ -3,6 +3,7 @@ the machine description of results files, atomic JSON writes, the main-process t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
@@ -19,9 +20,27 @@ from typing import Any, TypeVar
 
 import torch
 
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+"""The CPU features that decide matmul speed per dtype (bf16 on AMX / AVX-512 BF16, float32 on AVX)."""
 
-def machine_info() -> dict[str, Any]:
-    """Describe the machine a result was measured on (goes into results/*.json)."""
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of CPU_FLAGS the CPU reports (/proc/cpuinfo; all False where it cannot be read)."""
+    found: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    found = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {flag: flag in found for flag in CPU_FLAGS}
+
+
+def machine_info(precision: str | None = None) -> dict[str, Any]:
+    """Describe the machine a result was measured on (goes into results/*.json): CPU model and
+    its matmul-relevant flags (CPU_FLAGS), torch threads and version, and the precision if given."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -39,11 +58,22 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
+    info["cpu_flags"] = cpu_flags()
+    if precision is not None:
+        info["precision"] = precision
     if torch.cuda.is_available():
         info["device"] = "cuda"
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
     return info
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A float32 island: autocast disabled on device_type inside the block. Only enters
+    torch.autocast where autocast is on (entering one costs ~20 µs of Python per call)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 T = TypeVar("T")

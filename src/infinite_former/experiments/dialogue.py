@@ -20,6 +20,7 @@ Run folder: ``tokenizer/``, ``dialogue_config.json``, ``checkpoints/``, ``train_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -56,8 +57,11 @@ from ..training import Trainer
 from ..training.checkpoints import check_resume, exit_status
 from ..utils import check_output_path, machine_info, seed_everything, write_json
 from .flags import (
+    PRECISION_FLAG,
     Flag,
     add_flags,
+    check_precision,
+    eval_precision,
     flat_memory,
     memory_flags,
     overrides,
@@ -433,8 +437,10 @@ class DialogueEvalSettings:
     threads: int = 0
     top_p: float = 0.9
     max_new_tokens: int = 50
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         check_sampling(self.top_p, self.max_new_tokens)
         check_output_path(self.out, "--out", folder=False)
 
@@ -635,7 +641,13 @@ def load_dialogue_model(path: str | Path, device: torch.device) -> tuple[nn.Modu
 
 
 def dialogue_eval(args: DialogueEvalSettings) -> dict[str, Any]:
-    """Sample replies of a trained run on a split; F1, ROUGE, METEOR and reply perplexity."""
+    """Sample replies of a trained run on a split; F1, ROUGE, METEOR and reply perplexity, in
+    ``args.precision`` (the results record the resolved one)."""
+    with eval_precision(args.precision, args.device) as precision:
+        return _dialogue_eval(dataclasses.replace(args, precision=precision))
+
+
+def _dialogue_eval(args: DialogueEvalSettings) -> dict[str, Any]:
     device = resolve_device(args.device)
     model, tok = load_dialogue_model(args.run, device)
     source, max_chars = args.data, args.max_document_chars
@@ -660,7 +672,13 @@ def dialogue_eval(args: DialogueEvalSettings) -> dict[str, Any]:
         device,
     )
     print(_summary_line(args.split, res["overall"]))
-    out = {"machine": machine_info(), "run": str(args.run), "data": str(source), "split": args.split, **res}
+    out = {
+        "machine": machine_info(precision=args.precision),
+        "run": str(args.run),
+        "data": str(source),
+        "split": args.split,
+        **res,
+    }
     write_json(args.out or Path(args.run) / f"eval_{args.split}.json", out)
     return out
 
@@ -760,6 +778,7 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--out", help="results JSON (default: <run>/eval_<split>.json)")
     e.add_argument("--threads", type=int)
+    add_flags(e, [PRECISION_FLAG])
     _sampling_args(e)
     e.set_defaults(**defaults_of(DialogueEvalSettings), dialogue_settings=DialogueEvalSettings)
     e.set_defaults(dialogue_func=dialogue_eval)

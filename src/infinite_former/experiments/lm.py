@@ -18,6 +18,7 @@ Run folder: ``tokenizer/``, ``lm_config.json``, ``checkpoints/``, ``train_log.cs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -46,8 +47,11 @@ from ..training import Trainer, evaluate_lm, load_checkpoint
 from ..training.checkpoints import check_resume, exit_status, load_weights
 from ..utils import check_int, check_output_path, machine_info, seed_everything, write_json
 from .flags import (
+    PRECISION_FLAG,
     Flag,
     add_flags,
+    check_precision,
+    eval_precision,
     flat_memory,
     memory_flags,
     merge,
@@ -187,8 +191,10 @@ class LMEvalSettings:
     allow_download: bool = False
     out: str | None = None
     threads: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         check_int("--batch-size", self.batch_size)
         for name in ("seg_len", "block_size"):  # None: the run's / model's
             if getattr(self, name) is not None:
@@ -341,7 +347,13 @@ def load_trained_lm(run_dir: str | os.PathLike) -> tuple[nn.Module, TextTokenize
 
 
 def lm_eval(s: LMEvalSettings) -> dict[str, Any]:
-    """Evaluate a trained run (``run``) or a model with memory vs its base model (``hf``)."""
+    """Evaluate a trained run (``run``) or a model with memory vs its base model (``hf``), in
+    ``s.precision`` (the results record the resolved one)."""
+    with eval_precision(s.precision, s.device) as precision:
+        return _lm_eval(dataclasses.replace(s, precision=precision))
+
+
+def _lm_eval(s: LMEvalSettings) -> dict[str, Any]:
     if s.hf:
         return hf_eval(s)
     assert s.run is not None  # LMEvalSettings checked that one is given
@@ -354,7 +366,7 @@ def lm_eval(s: LMEvalSettings) -> dict[str, Any]:
     res = evaluate_lm(model, corpus, s.batch_size, seg_len, tok.eos_id, device)
     print(_summary_line(f"{saved['model']['memory_type']}/{s.split}", res))
     out = {
-        "machine": machine_info(),
+        "machine": machine_info(precision=s.precision),
         "run": str(s.run),
         "step": saved["step"],
         "memory_type": saved["model"]["memory_type"],
@@ -402,7 +414,7 @@ def hf_eval(s: LMEvalSettings) -> dict[str, Any]:
     for name, r in res.items():
         print(_summary_line(f"{name}/{s.split}", r))
     out = {
-        "machine": machine_info(),
+        "machine": machine_info(precision=s.precision),
         "model": path,
         "base_model": base,
         "data": str(source),
@@ -568,6 +580,7 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--allow-download", action="store_true", help="--hf: allow downloading from the hub")
     e.add_argument("--out", help="results JSON (default: <run>/eval_<split>.json)")
     e.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
+    add_flags(e, [PRECISION_FLAG])
     e.set_defaults(**defaults_of(LMEvalSettings), lm_settings=LMEvalSettings, lm_func=lm_eval)
 
     f = sub.add_parser("finetune", help="fine-tune GPT-2 + long-term memory (paper's recipe)")

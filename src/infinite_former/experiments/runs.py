@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..training import TrainConfig
 from ..training.checkpoints import RESUME_OVERRIDABLE, parse_overrides
 from ..utils import check_output_path
-from .flags import Flag, add_flags, memory_flags, overrides
+from .flags import PRECISION_FLAG, Flag, add_flags, check_precision, memory_flags, overrides
 
 S = TypeVar("S")
 
@@ -36,6 +36,7 @@ TRAIN_FLAGS: list[Flag] = [
     Flag("--device", "device", str, "auto | cpu | cuda", choices=("auto", "cpu", "cuda")),
     Flag("--lr", "lr", float, "peak learning rate (AdamW; fine-tuning: of the base model's weights)"),
     Flag("--clip", "clip", float, "gradient-norm clipping (0: off)"),
+    PRECISION_FLAG,
 ]
 
 
@@ -59,6 +60,7 @@ class RunSettings:
     device: str = "auto"
     lr: float = 2.5e-4
     clip: float = 0.25
+    precision: str = "fp32"
     resume: bool = False
     override: tuple[str, ...] = ()
     progress: bool = True
@@ -70,6 +72,7 @@ class RunSettings:
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         if not self.data:
             raise ValueError("--data: give a corpus (a folder with train/ valid/ test/, a file, or hf:NAME)")
+        check_precision(self.precision)
         parse_overrides(list(self.override), self.resume)  # --override only with --resume, known keys
         check_output_path(self.run_dir, "--run-dir")
         check_output_path(self.cache_dir, "--cache-dir")

@@ -32,6 +32,7 @@ from ..data.sorting import SortingConfig, SortingGenerator, SortingStream
 from ..models import MEMORY_TYPES, InfiniteFormerLM, ModelConfig, memory_labels
 from ..training import TrainConfig, Trainer, find_checkpoint
 from ..training.checkpoints import exit_status
+from ..training.precision import check_precision, from_legacy_bf16
 from ..utils import (
     check_int,
     check_output_path,
@@ -41,7 +42,7 @@ from ..utils import (
     seed_everything,
     write_json,
 )
-from .flags import Flag, add_flags, int_list, memory_flags, merge, overrides
+from .flags import PRECISION_FLAG, Flag, add_flags, int_list, memory_flags, merge, overrides
 
 # The sort preset of the memory's settings (the CPU demo: N = 32, M = N, τ = 0.75); 0.2 held seven
 # of them flat under these names, the rest were LTMConfig's 0.2 defaults.
@@ -92,7 +93,7 @@ class SortSettings:
     ckpt_every: int = 0
     seed: int = 0
     device: str = "auto"
-    bf16: bool | str = "auto"  # bf16 autocast: "auto" = on GPU only; False: float32 on GPU too
+    precision: str = "fp32"  # fp32 | bf16 | auto (training/precision.py)
     threads: int = 0  # 0: torch default (1 per process when jobs > 1)
     jobs: int = 0  # models trained at once in separate processes (CPU); 0: one per core, up to #runs
     out: str = "runs"
@@ -121,6 +122,7 @@ class SortSettings:
                 f"segment_len ({self.segment_len}) must be >= num_symbols ({self.num_symbols}): "
                 "the whole answer must sit in the last segment"
             )
+        check_precision(self.precision)
         check_int("eval_sequences", self.eval_sequences, 1)
         for name in ("threads", "valid_sequences", "jobs"):
             check_int(name, getattr(self, name), 0)
@@ -187,7 +189,7 @@ class SortSettings:
             seed=self.seed,
             out_dir=os.path.join(self.out, self.name, run),
             device=self.device,
-            bf16=self.bf16,
+            precision=self.precision,
             progress=self.progress,
         )
 
@@ -213,7 +215,10 @@ class SortSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SortSettings:
-        """Read saved settings (format 0.3, or 0.2 converted); every field must be there."""
+        """Read saved settings (format 0.3, or 0.2 converted; the pre-precision ``bf16`` setting
+        becomes ``precision``); every field must be there."""
+        if isinstance(d, dict):
+            d = from_legacy_bf16(d)
         d = read_host_dict(d, [f.name for f in fields(cls)], LEGACY_02, DEFAULTS_02, "SortSettings")
         return config_from_dict(cls, d)
 
@@ -442,13 +447,6 @@ def _models(text: str) -> tuple[str, ...]:
     return names
 
 
-def _bf16(text: str) -> bool | str:
-    choices = {"auto": "auto", "on": True, "off": False}
-    if text not in choices:
-        raise argparse.ArgumentTypeError(f"expected auto | on | off, got {text!r}")
-    return choices[text]
-
-
 # flag -> SortSettings field
 SORT_FLAGS: list[Flag] = [
     Flag(
@@ -497,7 +495,7 @@ SORT_FLAGS: list[Flag] = [
     Flag("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (0: at the end and on SIGINT/SIGTERM)"),
     Flag("--seed", "seed", int, "seed of data, initialisation and training"),
     Flag("--device", "device", str, "auto | cpu | cuda"),
-    Flag("--bf16", "bf16", _bf16, "bf16 autocast: auto (on GPU only) | on (needs a GPU) | off"),
+    PRECISION_FLAG,
     Flag("--threads", "threads", int, "torch CPU threads per process (0: torch default; 1 with --jobs > 1)"),
     Flag("--jobs", "jobs", int, "models trained at once in separate CPU processes (0: one per core)"),
     Flag("--out", "out", str, "output root folder"),

@@ -138,6 +138,7 @@ RESUME_OVERRIDABLE = (
     "eval_every",
     "ckpt_every",
     "eval_batch_size",
+    "precision",  # changes the numerics: refused on resume unless given with --override
 )
 # not settings of the run: where it writes, how it reports, derived counts
 RESUME_IGNORED = (

@@ -60,7 +60,7 @@ def finished_run(summary: dict[str, Any], run_dir: str | os.PathLike, started: f
         "seconds": time.perf_counter() - started,
         "final_train_loss": summary["train_loss_last"],
         "loss_curve": loss_curve(run_dir, every=100),
-        "machine": machine_info(),
+        "machine": machine_info(precision=summary.get("precision")),
     }
 
 

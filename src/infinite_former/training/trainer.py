@@ -20,7 +20,7 @@ after the last segment it yielded; the trainer saves it at step boundaries.
 
 Features: Hugging Face Accelerate (CPU, one GPU, or DDP through
 ``accelerate launch`` / ``torchrun``), AdamW with linear warmup + cosine
-decay, gradient clipping, bf16 autocast on GPU, tqdm progress bar, CSV and
+decay, gradient clipping, precision fp32 | bf16 | auto (precision.py), tqdm progress bar, CSV and
 TensorBoard logs, periodic evaluation, atomic checkpoints every N steps and on
 SIGINT/SIGTERM (model weights in safetensors; optimizer, scheduler, RNG
 states, stream position, memory state and step with torch.save, read back
@@ -59,6 +59,7 @@ from .checkpoints import (
 )
 from .evaluation import evaluate
 from .logs import TrainLogger
+from .precision import check_precision, from_legacy_bf16, resolve_precision
 
 # --------------------------------------------------------------------------- protocol
 
@@ -93,8 +94,9 @@ class TrainConfig:
     processes); it must be divisible by the number of processes.
     warmup_steps: linear warmup to lr, then cosine decay to min_lr_ratio·lr at
     ``steps``. clip: max gradient norm (0 = off). eval_every / ckpt_every /
-    log_every: in optimizer steps (0 = only at the end). bf16: "auto" = bf16
-    autocast on GPU only. device: "auto" | "cpu" | "cuda".
+    log_every: in optimizer steps (0 = only at the end). precision: "fp32" (default) | "bf16"
+    (autocast) | "auto" (bf16 on CUDA and on CPUs with fast bf16 matmuls; see precision.py).
+    device: "auto" | "cpu" | "cuda".
     """
 
     steps: int = 1000
@@ -111,7 +113,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     out_dir: str = "runs/train"
-    bf16: bool | str = "auto"
+    precision: str = "fp32"  # "auto" is opt-in until paired accuracy runs back bf16 (issue 17)
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
@@ -134,14 +136,11 @@ class TrainConfig:
         _check_float("clip", self.clip, lo=0.0)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.bf16 not in (True, False, "auto"):
-            raise ValueError(f"bf16 must be True, False or 'auto', got {self.bf16!r}")
+        check_precision(self.precision)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was requested but CUDA is not available")
-        if self.bf16 is True and not self.use_cuda:
-            raise ValueError("bf16=True needs a CUDA device (bf16 autocast is GPU-only here); use 'auto'")
         if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir):
             raise ValueError(f"out_dir must be a non-empty path, got {self.out_dir!r}")
         self.out_dir = os.fspath(self.out_dir)
@@ -150,10 +149,6 @@ class TrainConfig:
     def use_cuda(self) -> bool:
         return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
 
-    @property
-    def use_bf16(self) -> bool:
-        return self.use_cuda and self.bf16 in (True, "auto")
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
@@ -161,7 +156,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return config_from_dict(cls, d)
+        return config_from_dict(cls, from_legacy_bf16(d))  # saved before precision existed: bf16
 
 
 def _check_float(name: str, value: Any, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
@@ -199,6 +194,7 @@ class TrainResult:
     eval_metrics: dict[str, float]
     checkpoint: str | None
     stop_signal: int | None = None  # SIGINT / SIGTERM number when stopped by a signal
+    precision: str = ""  # what the run used and why (Trainer.resolve_precision)
 
     def summary(self) -> dict[str, Any]:
         """The fields every command's results.json reports about its training."""
@@ -210,6 +206,7 @@ class TrainResult:
             "checkpoint": self.checkpoint,
             "stopped_by_signal": self.stopped_by_signal,
             "stop_signal": self.stop_signal,
+            "precision": self.precision,
         }
 
 
@@ -275,6 +272,9 @@ class Trainer:
         self.param_groups = param_groups
         self.model_config = model_config or {}
         self.accelerator: Any = None
+        self.precision, self.precision_reason = resolve_precision(
+            config.precision, "cuda" if config.use_cuda else "cpu"
+        )
 
     # ------------------------------------------------------------------ setup
 
@@ -286,7 +286,7 @@ class Trainer:
         kwargs = [DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)]
         return Accelerator(
             cpu=not cfg.use_cuda,
-            mixed_precision="bf16" if cfg.use_bf16 else "no",
+            mixed_precision="bf16" if self.precision == "bf16" else "no",
             kwargs_handlers=kwargs,
             step_scheduler_with_optimizer=False,
         )
@@ -362,7 +362,9 @@ class Trainer:
             if step < cfg.steps or ckpt is None
             else None
         )
+        acc.print(f"precision: {self.precision} ({self.precision_reason})")
         result = TrainResult(step, [], False, 0.0, 0.0, {}, ckpt["dir"] if ckpt else None)
+        result.precision = f"{self.precision} ({self.precision_reason})"
         try:
             with _SignalFlag() as flag:
                 self._loop(wrapped, core, optimizer, scheduler, stream, state, step, logger, flag, result)

@@ -585,6 +585,31 @@ def recall() -> str:
     return "\n".join(lines)
 
 
+def sorting_reach() -> str:
+    """Issue 18's carry-back: the ∞-former with the recall benchmark's LTM options on sorting."""
+    d = _load("sorting_reach_cpu.json")
+    labels = {**LABELS, "infinite_reach": "∞-former, uniform_time + auto widths"}
+    lengths = [str(n) for n in d["models"]["infinite_reach"]["accuracy"]]
+    lines = [
+        f"{d['config']['variant']}; seeds {d['seeds']}, paired with the sorting benchmark's records of the "
+        f"same seeds and test sequences. Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| model | parameters | " + " | ".join(f"accuracy at {n}" for n in lengths) + " |",
+        "|---|---:|" + "---:|" * len(lengths),
+    ]
+    for name, m in d["models"].items():
+        accs = " | ".join(f"{m['accuracy'][n]:.3f}" for n in lengths)
+        lines.append(f"| {labels[name]} | {m['num_parameters']:,} | {accs} |")
+    for length in (int(lengths[0]), int(lengths[-1])):
+        lines += [
+            "",
+            f"| comparison at {length} (accuracy, paired by seed and test sequence) | difference [95% CI] | verdict |",
+            "|---|---:|---|",
+            *_pair_rows([p for p in d["pairs"] if p["length"] == length], labels),
+        ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
@@ -601,6 +626,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "gpt2_finetune": gpt2_finetune,
     "reach": reach,
     "recall": recall,
+    "sorting_reach": sorting_reach,
 }
 
 

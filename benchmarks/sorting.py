@@ -95,8 +95,16 @@ def num_params(cfg: ModelConfig) -> int:
     return sum(p.numel() for p in InfiniteFormerLM(cfg).parameters())
 
 
+# beyond the paper (issue 18's carry-back, benchmarks/sorting_reach.py): the ∞-former (uniform
+# samples) with the recall benchmark's best LTM options (benchmarks/recall.py BEST)
+REACH = dict(schedule="uniform_time", widths="auto")
+
+
 def variant(s: SortSettings, name: str) -> tuple[SortSettings, str]:
-    """(settings, memory type) of a variant; xl_params grows XL's d_inner to the ∞-former's count."""
+    """(settings, memory type) of a variant; xl_params grows XL's d_inner to the ∞-former's count;
+    infinite_reach is the ∞-former with the LTM options REACH."""
+    if name == "infinite_reach":
+        return dataclasses.replace(s, ltm=dataclasses.replace(s.ltm, **REACH)), "infinite"
     if name != "xl_params":
         return s, name
     target = num_params(s.model_config("infinite"))

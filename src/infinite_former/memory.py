@@ -26,7 +26,7 @@ from torch import Tensor
 
 from . import ridge
 from .basis import GaussianBasis
-from .provenance import check_finite, load_torch_file
+from .provenance import check_finite, load_state_file
 from .utils import autocast_off, check_int, deprecated_aliases
 
 
@@ -139,11 +139,7 @@ class LTMState:
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: torch.device | str | None = None) -> LTMState:
         """A state saved by ``save``; an unreadable or malformed file is one ValueError naming it."""
-        d = load_torch_file(path, map_location, "memory state")
-        try:
-            return cls.from_state_dict(d)
-        except ValueError as err:
-            raise ValueError(f"{os.fspath(path)}: {err}") from None
+        return load_state_file(path, cls.from_state_dict, map_location)
 
 
 __getattr__ = deprecated_aliases(

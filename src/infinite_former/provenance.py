@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+
+T = TypeVar("T")
 
 Fingerprint = dict[str, Any]  # JSON values only: str, int, float, bool, None, lists of them
 
@@ -78,6 +80,21 @@ def load_torch_file(
     return data
 
 
+def load_state_file(
+    path: str | os.PathLike,
+    from_state_dict: Callable[[dict[str, Any]], T],
+    map_location: torch.device | str | None = None,
+    what: str = "memory state",
+) -> T:
+    """``from_state_dict`` of a dict saved with torch.save; an unreadable file or a malformed
+    state is one ValueError naming the file."""
+    d = load_torch_file(path, map_location, what)
+    try:
+        return from_state_dict(d)
+    except ValueError as err:
+        raise ValueError(f"{os.fspath(path)}: {err}") from None
+
+
 def load_safetensors_file(path: str | os.PathLike, what: str = "weights") -> dict[str, Tensor]:
     """The tensors of a safetensors file, all finite; else one ValueError naming the file."""
     try:
@@ -114,5 +131,6 @@ __all__ = [
     "encode_fingerprint",
     "fingerprint_differences",
     "load_safetensors_file",
+    "load_state_file",
     "load_torch_file",
 ]

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..attention import MemoryProjections
 from ..memory import LTMState
-from ..provenance import check_finite, decode_fingerprint, encode_fingerprint, load_torch_file
+from ..provenance import check_finite, decode_fingerprint, encode_fingerprint, load_state_file
 from ..utils import deprecated_aliases
 
 KV = tuple[Tensor, Tensor]  # keys, values (batch, H_kv, S, d)
@@ -205,11 +205,7 @@ class HFMemoryState:
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: torch.device | str | None = None) -> HFMemoryState:
         """A memory saved by ``save``; an unreadable or malformed file is one ValueError naming it."""
-        d = load_torch_file(path, map_location, "memory state")
-        try:
-            return cls.from_state_dict(d)
-        except ValueError as err:
-            raise ValueError(f"{os.fspath(path)}: {err}") from None
+        return load_state_file(path, cls.from_state_dict, map_location)
 
 
 __getattr__ = deprecated_aliases(

@@ -1,6 +1,6 @@
 """The paper's GPT-2 experiment at CPU scale: fine-tune a GPT-2 pretrained here, with and without memory.
 
-    python benchmarks/pretrain_gpt2.py --steps 1500                 # -> runs/gpt2-shakespeare/ (once)
+    python benchmarks/pretrain.py --steps 1500                 # -> runs/gpt2-shakespeare/ (once)
     python benchmarks/gpt2_finetune.py run --seeds 0 1 2            # one record per (variant, seed)
     python benchmarks/gpt2_finetune.py controls --seeds 0 1 2       # evaluation-only controls
     python benchmarks/gpt2_finetune.py summarize                    # -> results/gpt2_finetune_cpu.json
@@ -8,7 +8,7 @@
 
 PAPER §5: GPT-2 fine-tuned on long documents in sequential blocks, AdamW 5e-5 for GPT-2's weights
 and 2.5e-4 for the new LTM weights, τ = 0.5, KL on. No pretrained GPT-2 reaches this machine, so
-the base model is the small GPT-2 that ``pretrain_gpt2.py`` trains on the training plays (context
+the base model is the small GPT-2 that ``pretrain.py`` trains on the training plays (context
 256). The block is half its context (the paper: 512 of GPT-2's 1024), so each block is read alone
 by the models without memory and with the previous blocks' long-term memory by the others:
 
@@ -154,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     base = Path(args.base)
     if not (base / "config.json").is_file():
-        raise SystemExit(f"--base {base}: no model there; run `python benchmarks/pretrain_gpt2.py` first")
+        raise SystemExit(f"--base {base}: no model there; run `python benchmarks/pretrain.py` first")
     RECORDS.mkdir(parents=True, exist_ok=True)
     window = RECORDS / "base_passkey.json"
     if not window.exists() or json.loads(window.read_text())["settings_key"] != settings_key():
@@ -311,7 +311,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     pretrain_path = Path(args.base) / "pretrain.json"
     pretrain = json.loads(pretrain_path.read_text()) if pretrain_path.is_file() else None
     base_model = None if pretrain is None else {
-        "script": "benchmarks/pretrain_gpt2.py",
+        "script": "benchmarks/pretrain.py",
         "config": pretrain["config"], "parameters": pretrain["parameters"],
         "train_seconds": pretrain["train_seconds"], "test_ppl_256_token_windows": pretrain["test_ppl_context"],
     }  # fmt: skip
@@ -326,7 +326,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         "passkey_accuracy": passkey_acc,
         "train_seconds": {v: statistics.fmean(r["train_seconds"] for r in recs[v].values()) for v in VARIANTS if recs[v]},
         "loss_curves": {v: {k: r["loss_curve"] for k, r in recs[v].items()} for v in VARIANTS if recs[v]},
-        "commands": ["python benchmarks/pretrain_gpt2.py --steps 1500",
+        "commands": ["python benchmarks/pretrain.py --steps 1500",
                      "python benchmarks/gpt2_finetune.py run --seeds 0 1 2",
                      "python benchmarks/gpt2_finetune.py controls --seeds 0 1 2",
                      "python benchmarks/gpt2_finetune.py summarize"],
@@ -342,12 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    r.add_argument("--base", default=str(BASE), help="the pretrained GPT-2 folder (pretrain_gpt2.py)")
+    r.add_argument("--base", default=str(BASE), help="the pretrained GPT-2 folder (pretrain.py)")
     r.add_argument("--runs-dir", default=str(REPO / "runs" / "gpt2_finetune"))
     w = sub.add_parser("controls", help="evaluation-only controls: previous block in view, memory wiped")
     w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     w.add_argument("--runs-dir", default=str(REPO / "runs" / "gpt2_finetune"))
-    w.add_argument("--base", default=str(BASE), help="the pretrained GPT-2 folder (pretrain_gpt2.py)")
+    w.add_argument("--base", default=str(BASE), help="the pretrained GPT-2 folder (pretrain.py)")
     sm = sub.add_parser("summarize")
     sm.add_argument("--expected-seeds", type=int, nargs="+", default=[0, 1, 2])
     sm.add_argument("--base", default=str(BASE))

@@ -1,7 +1,7 @@
 """The ``copy`` and ``passkey`` probes on the GPT-2 pretrained here, without memory, with its zero-initialised
 memory and with the training-free memory.
 
-    python benchmarks/pretrain_gpt2.py --data /work/shared/data/shakespeare        # -> runs/gpt2-shakespeare
+    python benchmarks/pretrain.py --data /work/shared/data/shakespeare        # -> runs/gpt2-shakespeare
     python benchmarks/probes_gpt2.py --out results/probes_gpt2_cpu.json
 
 * ``base``: the plain model (its 256 positions: longer probes are refused, and recorded as such);
@@ -46,7 +46,7 @@ def main() -> None:
     from transformers import GPT2LMHeadModel
 
     if not (Path(args.model) / "config.json").is_file():
-        sys.exit(f"{args.model}: no model; run benchmarks/pretrain_gpt2.py first")
+        sys.exit(f"{args.model}: no model; run benchmarks/pretrain.py first")
     tokenizer = load_tokenizer(args.model)
     ints = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
     configs = {

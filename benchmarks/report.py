@@ -444,7 +444,7 @@ def gpt2_finetune() -> str:
     s, b = d["settings"], d["base_model"]
     c = b["config"]
     lines = [
-        f"Base model: GPT-2 pretrained here on the training plays (`benchmarks/pretrain_gpt2.py`): "
+        f"Base model: GPT-2 pretrained here on the training plays (`benchmarks/pretrain.py`): "
         f"{c['n_layer']} layers, d {c['n_embd']}, context {c['n_positions']}, {b['parameters']:,} parameters, "
         f"{c['steps']} steps of {c['batch_size']} × {c['n_positions']} tokens ({b['train_seconds'] / 60:.0f} min). "
         f"Fine-tuning (`infinite-former lm finetune`): blocks of L = {s['block_size']} tokens, "

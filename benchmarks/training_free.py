@@ -1,7 +1,7 @@
 """The training-free memory on the GPT-2 pretrained here: test NLL against the same model without memory
 and with the previous block in its window, paired by block, per distance bucket.
 
-    python benchmarks/pretrain_gpt2.py --data /work/shared/data/shakespeare        # -> runs/gpt2-shakespeare
+    python benchmarks/pretrain.py --data /work/shared/data/shakespeare        # -> runs/gpt2-shakespeare
     python benchmarks/training_free.py --out results/training_free_gpt2_cpu.json
 
 Every model reads each test document (3 plays) from its start in blocks of L = 128 tokens (the GPT-2
@@ -98,7 +98,7 @@ def per_block(nll: Tensor, L: int, buckets: tuple | None = None) -> tuple[list[f
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(REPO / "runs" / "gpt2-shakespeare"))
-    p.add_argument("--data", default=str(REPO.parent.parent / "shared" / "data" / "shakespeare"))
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "shakespeare"))
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--variants", default="gibbs:0.5,gaussian:0.5,gibbs:0.25", help="density:alpha,...")
     p.add_argument(
@@ -111,7 +111,7 @@ def main() -> None:
     from transformers import GPT2LMHeadModel
 
     if not (Path(args.model) / "config.json").is_file():
-        sys.exit(f"{args.model}: no model; run benchmarks/pretrain_gpt2.py first")
+        sys.exit(f"{args.model}: no model; run benchmarks/pretrain.py first")
     tok = hf_tokenizer(args.model)
     docs = tokenize_documents(load_corpus_split(args.data, "test"), tok).tokens
     if args.max_tokens:

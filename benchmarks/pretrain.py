@@ -1,11 +1,14 @@
-"""Pretrain a small GPT-2 on the training plays, as a regular Hugging Face folder.
+"""Pretrain a small GPT-2 or Llama on the training plays, as a regular Hugging Face folder.
 
-    python benchmarks/pretrain_gpt2.py                       # -> runs/gpt2-shakespeare/
-    python benchmarks/pretrain_gpt2.py --steps 20 --n-layer 1 --n-embd 32 --out /tmp/tiny   # smoke run
+    python benchmarks/pretrain.py                       # -> runs/gpt2-shakespeare/
+    python benchmarks/pretrain.py --arch llama          # -> runs/llama-shakespeare/
+    python benchmarks/pretrain.py --steps 20 --n-layer 1 --n-embd 32 --out /tmp/tiny   # smoke run
 
 No pretrained weights reach these machines, so the paper's GPT-2 experiment (fine-tune GPT-2 with
-the long-term memory) needs a GPT-2 made here. This script trains transformers' GPT2LMHeadModel
-from scratch on random windows of the train split with a byte-level BPE trained on the same
+the long-term memory) needs a GPT-2 made here, and the training-free memory and the probes need a
+rotary-position (Llama-architecture) model besides. This script trains transformers'
+GPT2LMHeadModel or LlamaForCausalLM (same width, depth, heads and context; SwiGLU width 8/3·d,
+tied embeddings as GPT-2's) from scratch on random windows of the train split with a byte-level BPE trained on the same
 split, and saves model + tokenizer with save_pretrained, so that
 `infinite-former lm finetune --model runs/gpt2-shakespeare` loads it like any GPT-2 folder. The
 folder is not committed; this script rebuilds it (seeded). Its training curve and test
@@ -33,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "shakespeare"))
-    p.add_argument("--out", default=str(REPO / "runs" / "gpt2-shakespeare"))
+    p.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2", help="which architecture to train")
+    p.add_argument("--out", default=None, help="the model folder (default runs/<arch>-shakespeare)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=256)
@@ -46,7 +50,26 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-windows", type=int, default=64, help="test windows for the perplexity")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.out = a.out or str(REPO / "runs" / f"{a.arch}-shakespeare")
+    return a
+
+
+def model_config(a: argparse.Namespace, vocab_size: int, eos_id: int):
+    """The architecture's config at the requested size (the same d, depth, heads and context)."""
+    from transformers import GPT2Config, LlamaConfig
+
+    if a.arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=a.n_positions, n_embd=a.n_embd, n_layer=a.n_layer,
+            n_head=a.n_head, bos_token_id=eos_id, eos_token_id=eos_id,
+        )  # fmt: skip
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=a.n_embd, intermediate_size=64 * math.ceil(a.n_embd * 8 / 3 / 64),
+        num_hidden_layers=a.n_layer, num_attention_heads=a.n_head, num_key_value_heads=a.n_head,
+        max_position_embeddings=a.n_positions, tie_word_embeddings=True, bos_token_id=eos_id,
+        eos_token_id=eos_id, pad_token_id=eos_id,
+    )  # fmt: skip
 
 
 def hf_tokenizer(texts: list[str], vocab_size: int):
@@ -69,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
     seed_everything(a.seed)
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     train_docs = load_corpus_split(a.data, "train")
     tok = hf_tokenizer([d.text for d in train_docs], a.vocab_size)
@@ -86,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return torch.cat([t for doc in corpus.tokens for t in (doc, eos)])
 
     train, test = stream("train"), stream("test")
-    cfg = GPT2Config(
-        vocab_size=len(tok), n_positions=a.n_positions, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    model = GPT2LMHeadModel(cfg)
+    model = AutoModelForCausalLM.from_config(model_config(a, len(tok), tok.eos_token_id))
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.1, betas=(0.9, 0.95))
     warm = max(1, a.warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -120,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(out)
     report = {
         "machine": machine_info(),
+        "architecture": type(model).__name__,
         "config": {k: v for k, v in vars(a).items() if k not in ("data", "out")},
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": seconds,
         "loss_curve": curve,
         "test_ppl_context": math.exp(nll),
         "test_windows": a.eval_windows,
-        "command": "python benchmarks/pretrain_gpt2.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     (out / "pretrain.json").write_text(json.dumps(report, indent=1))
     print(f"saved {out}; test ppl over {a.n_positions}-token windows: {report['test_ppl_context']:.2f}")

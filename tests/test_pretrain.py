@@ -1,4 +1,4 @@
-"""benchmarks/pretrain_gpt2.py at toy size: a GPT-2 folder that lm finetune's loaders read back."""
+"""benchmarks/pretrain.py at toy size: a GPT-2 folder that lm finetune's loaders read back."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pretrain_writes_a_gpt2_folder_that_loads(tmp_path):
-    spec = importlib.util.spec_from_file_location("pretrain_gpt2", ROOT / "benchmarks" / "pretrain_gpt2.py")
+    spec = importlib.util.spec_from_file_location("pretrain", ROOT / "benchmarks" / "pretrain.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     data = tmp_path / "plays"
@@ -60,7 +60,7 @@ def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
     base = tmp_path / "gpt2"
     args = ["--data", str(data), "--out", str(base), "--steps", "4", "--n-layer", "1", "--n-embd", "16",
             "--n-head", "2", "--n-positions", "32", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
-    assert _load("pretrain_gpt2").main(args) == 0
+    assert _load("pretrain").main(args) == 0
 
     bench = _load("gpt2_finetune")
     monkeypatch.setattr(bench, "DATA", str(data))

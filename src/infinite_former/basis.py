@@ -22,6 +22,9 @@ from .utils import check_int
 
 SQRT_2PI = math.sqrt(2.0 * math.pi)
 
+# GaussianBasis._constants: the layout's numbers per (N, widths, device, dtype), a few dozen floats each
+_CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}
+
 
 def exp_floor(dtype: torch.dtype) -> float:
     """Smallest exponent whose exp is still a normal number of dtype (≈ -87 in float32).
@@ -126,11 +129,36 @@ class GaussianBasis(nn.Module):
 
     def params_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(μ_k, σ_k) as (N,) tensors on x's device and dtype."""
-        return self.mu.to(x.device, x.dtype), self.sigma.to(x.device, x.dtype)
+        return self._constants(x)[:2]
 
     def factored_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(centres (C,), squared widths (W,)) on x's device and dtype (width-major ψ)."""
-        return self.centres.to(x.device, x.dtype), self.widths2.to(x.device, x.dtype)
+        return self._constants(x)[2:4]
+
+    def _constants(self, x: Tensor) -> tuple[Tensor, ...]:
+        """μ (N,), σ (N,), centres (C,), σ_w² (W,), log 𝒩 normaliser -½log(2πσ_w²) (W, 1) and
+        -1/(2σ_w²) (W, 1), in x's device and dtype: built once per (layout, device, dtype) from the
+        float64 layout (a cast of fixed numbers, never of learned state), so that the hot path does
+        not convert the float64 buffers on every call."""
+        key = (self.num_basis, self.widths, x.device, x.dtype)
+        got = _CONSTANTS.get(key)
+        if got is None:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
+                mu, sigma = rbf_layout(self.num_basis, self.widths)
+                widths2 = sigma[:: self.num_basis // len(self.widths)] ** 2
+                got = tuple(
+                    t.to(x.device, x.dtype)
+                    for t in (
+                        mu,
+                        sigma,
+                        mu[: self.num_basis // len(self.widths)].clone(),
+                        widths2,
+                        (-0.5 * torch.log(2.0 * math.pi * widths2)).unsqueeze(-1),
+                        (-0.5 / widths2).unsqueeze(-1),
+                    )
+                )
+            _CONSTANTS[key] = got
+        return got
 
     def forward(self, t: Tensor) -> Tensor:
         """ψ(t): (...,) positions -> (..., N) basis values.
@@ -138,10 +166,9 @@ class GaussianBasis(nn.Module):
         Values below θ = ε·P/N (``negligible``) are exact zeros, so X̄(t) = Bᵀψ(t) is off by at
         most ε·P·max|B| and the product holds no subnormal numbers.
         """
-        centres, widths2 = self.factored_like(t)
+        _, _, centres, _, log_norm, neg_half_inv = self._constants(t)  # log_norm, -1/(2σ_w²): (W, 1)
         d2 = (t.unsqueeze(-1) - centres).square_().unsqueeze(-2)  # (t - μ_c)²: (..., 1, C)
-        log_norm = (-0.5 * torch.log(2.0 * math.pi * widths2)).unsqueeze(-1)  # (W, 1)
-        arg = torch.addcmul(log_norm, d2, (-0.5 / widths2).unsqueeze(-1))  # (..., W, C)
+        arg = torch.addcmul(log_norm, d2, neg_half_inv)  # (..., W, C)
         return flush_exp_(arg, negligible(arg.dtype, self.peak, self.num_basis)).flatten(-2)
 
     def extra_repr(self) -> str:

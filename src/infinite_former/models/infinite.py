@@ -176,6 +176,14 @@ class InfiniteMemory(MemoryType):
         width = pending.shape[1]
         x = blk.ln1(pending)
         out = state
+        # eager on CPU, one host read: where every row hands over the same count (the usual case), the
+        # update's state is the result as it is (merging would copy it); compiled: always merge
+        uniform = (
+            len(counts) == 1
+            and count.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and bool((count == counts[0]).all())
+        )
         for n in counts:
             rows = count == n
             if updates is None:
@@ -183,7 +191,7 @@ class InfiniteMemory(MemoryType):
             else:
                 new, done = blk.ltm.update(state, x[:, width - n :], return_record=True)
                 updates.append(done.only(rows))
-            out = out.merge(new, rows)
+            out = new if uniform else out.merge(new, rows)
         return out
 
     def finish(

@@ -97,6 +97,8 @@ class LMState:
         (cmems, pending vectors, LTM, ...) are emptied; other rows are unchanged. Returns a new state."""
         if not isinstance(rows, Tensor) or rows.dtype != torch.bool or rows.shape != (self.batch_size,):
             raise ValueError(f"rows must be a bool tensor of shape ({self.batch_size},), got {rows!r}")
+        if rows.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(rows.any()):
+            return self.map(lambda t: t)  # no row starts a document (most segments): nothing to empty
         rows = rows.to(self.mem_valid.device)
         keep = ~rows
 

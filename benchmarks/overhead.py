@@ -1,0 +1,271 @@
+"""The ∞-former's overhead on small models (issue 17 item 4): this checkout against a base commit.
+
+    python benchmarks/overhead.py --base 2abbc04 --out results/overhead_cpu.json
+
+One torch thread, fp32. The base commit's package is exported (git archive) and imported next to
+this checkout's as ``infinite_former_base``, so both run in one process. Every variant is timed
+interleaved, step by step (benchmarks/precision.py's ``interleaved``: median process CPU time per
+step; the machine is shared, wall time is recorded too):
+
+* sort: one optimizer step of the sorting benchmark's models at length 2048 (64 segments of 32,
+  63 of them no-grad passes; benchmarks/sorting.py settings), ∞-former (sticky) and Transformer-XL.
+* lm: one step of the Shakespeare LM's models (d 128, 2 layers, seg 128, batch 8;
+  benchmarks/lm_shakespeare.py), ∞-former (sticky) and Transformer-XL with the equal budget.
+* layer: LongTermAttention fwd + bwd at issue 2's size (batch 8, e 512, 8 heads, N = M = L = 512,
+  sticky, gate, KL) and plain softmax attention over N keys (the goal: LTM <= 1.2x plain).
+
+Base and new models start from the same weights and see the same batches; the first training
+step's loss of each pair is compared (same math: equal to float32 rounding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from infinite_former.utils import machine_info, seed_everything, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import lm_shakespeare  # noqa: E402
+import sorting  # noqa: E402
+from ltm_scaling import FULL, PlainAttention  # noqa: E402
+from precision import interleaved  # noqa: E402
+
+OUT = ROOT / "results" / "overhead_cpu.json"
+BASE_NAME = "infinite_former_base"
+
+
+def import_base(rev: str, into: Path):
+    """The package as of commit ``rev``, imported as ``infinite_former_base`` (its imports are relative)."""
+    blob = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "src/infinite_former"], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(into, filter="data")
+    (into / "src" / "infinite_former").rename(into / BASE_NAME)
+    sys.path.insert(0, str(into))
+    return importlib.import_module(BASE_NAME)
+
+
+def train_step(model, opt, batches, init, counter=None):
+    """One optimizer step the Trainer's way: no-grad passes, a backward on each train segment."""
+    counter = counter if counter is not None else [0]
+
+    def step() -> float:
+        segments = batches[counter[0] % len(batches)]
+        counter[0] += 1
+        state, loss = init(), None
+        for seg in segments:
+            state = state.reset(seg.reset)
+            if not seg.train:
+                with torch.no_grad():
+                    _, state = model(seg.tokens, state)
+                state = state.detach()
+                continue
+            out, state = model(seg.tokens, state, targets=seg.targets, loss_mask=seg.loss_mask)
+            (out.loss + out.aux_loss).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state = state.detach()
+            loss = float(out.loss)
+        return loss
+
+    return step
+
+
+def pair(pkgs: dict, config, make_step) -> dict:
+    """{impl: step} for one model config built by every package, from the same weights."""
+    steps, reference = {}, None
+    for impl, pkg in pkgs.items():
+        models = importlib.import_module(f"{pkg.__name__}.models")
+        cfg = models.ModelConfig.from_dict(config.to_dict())
+        seed_everything(0)
+        model = models.InfiniteFormerLM(cfg)
+        if reference is None:
+            reference = model.state_dict()
+        else:
+            model.load_state_dict(reference)
+        steps[impl] = make_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    return steps
+
+
+def first_loss_gap(steps: dict) -> float:
+    """|loss_new - loss_base| of the first step from the same seed (each variant's first call)."""
+    losses = []
+    for fn in steps.values():
+        torch.manual_seed(1)
+        losses.append(fn())
+    return abs(losses[0] - losses[1])
+
+
+def sort_steps(pkgs: dict) -> tuple[dict, int, dict]:
+    s0 = sorting.base_settings()
+    length = max(s0.lengths)
+    data = importlib.import_module("infinite_former.data.sorting")
+    shard = importlib.import_module("infinite_former.data.segments").Shard(0, 1, s0.batch_size)
+    task = data.SortingConfig(length=length, num_symbols=s0.num_symbols, seed=0)
+    stream = data.SortingStream(data.SortingGenerator(task), s0.segment_len, shard)
+    batches = [list(stream.batch_segments(i)) for i in range(32)]
+    steps, gaps = {}, {}
+    for name in ("infinite_sticky", "xl"):
+        s, memory_type = sorting.variant(s0, name)
+        pairs = pair(
+            pkgs,
+            s.model_config(memory_type),
+            lambda m, o: train_step(m, o, batches, lambda m=m: m.init_state(s0.batch_size, "cpu")),
+        )
+        gaps[name] = first_loss_gap(pairs)
+        steps.update({f"sort/{name}/{impl}": fn for impl, fn in pairs.items()})
+    return steps, length * s0.batch_size, gaps
+
+
+def lm_steps(pkgs: dict) -> tuple[dict, int, dict]:
+    S = lm_shakespeare.S
+    b, seg, v = S["batch_size"], S["seg_len"], S["vocab_size"]
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, v, (32, b, seg + 1), generator=gen)
+    steps, gaps = {}, {}
+    for name in ("infinite_sticky", "xl_equal"):
+        memory_type = "xl" if name.startswith("xl") else name
+        cfg = lm_shakespeare._config(memory_type, S["d_inner"])
+        if name == "xl_equal":
+            cfg = cfg.__class__.from_dict({**cfg.to_dict(), "mem_len": S["mem_len"] + S["num_basis"]})
+
+        def make(model, opt):
+            box = [model.init_state(b, "cpu"), 0]
+
+            def step() -> float:
+                chunk = data[box[1] % len(data)]
+                box[1] += 1
+                out, state = model(chunk[:, :-1], box[0], targets=chunk[:, 1:])
+                (out.loss + out.aux_loss).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                box[0] = state.detach()
+                return float(out.loss)
+
+            return step
+
+        pairs = pair(pkgs, cfg, make)
+        gaps[name] = first_loss_gap(pairs)
+        steps.update({f"lm/{name}/{impl}": fn for impl, fn in pairs.items()})
+    return steps, b * seg, gaps
+
+
+def layer_steps(pkgs: dict) -> dict:
+    c = FULL
+    b, e, h, seg = c["batch"], c["d_model"], c["n_heads"], c["segment"]
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.randn(b, seg, e, generator=gen).requires_grad_(True)
+    keys = torch.randn(b, c["num_basis"], e, generator=gen)
+    steps, reference = {}, None
+    for impl, pkg in pkgs.items():
+        torch.manual_seed(0)
+        ltm = pkg.LongTermAttention(
+            pkg.LTMConfig(d_model=e, n_heads=h, num_basis=c["num_basis"], num_samples=c["num_samples"])
+        )
+        if reference is None:
+            reference = ltm.state_dict()
+        else:
+            ltm.load_state_dict(reference)
+        with torch.no_grad():
+            state = ltm.update(ltm.init_state(b), torch.randn(b, seg, e, generator=gen))
+            _, state = ltm(queries.detach(), torch.randn(b, seg, e, generator=gen), state)
+        box = [state]
+
+        def step(ltm=ltm, box=box) -> None:
+            out, st, kl = ltm(queries, torch.randn(b, seg, e, generator=gen), box[0], return_kl=True)
+            (out.sum() + 1e-6 * kl).backward()
+            ltm.zero_grad(set_to_none=True)
+            queries.grad = None
+            box[0] = st.detach()
+
+        steps[f"ltm/{impl}"] = step
+    torch.manual_seed(0)
+    plain = PlainAttention(e, h)
+
+    def plain_step() -> None:
+        plain(queries, keys).sum().backward()
+        plain.zero_grad(set_to_none=True)
+        queries.grad = None
+
+    steps["plain"] = plain_step
+    return steps
+
+
+def summarize_training(timing: dict, task: str, tokens: int, impls: list[str]) -> dict:
+    names = sorted({k.split("/")[1] for k in timing})
+    infinite = next(n for n in names if n.startswith("infinite"))
+    xl = next(n for n in names if n.startswith("xl"))
+    ms = {k: v["cpu_ms"] for k, v in timing.items()}
+    return {
+        "tokens_per_step": tokens,
+        "steps": timing,
+        "tokens_per_cpu_s": {k: round(tokens / (v / 1e3), 1) for k, v in ms.items()},
+        "speedup_over_base": {n: round(ms[f"{task}/{n}/base"] / ms[f"{task}/{n}/new"], 3) for n in names},
+        "infinite_over_xl_tokens_per_s": {
+            impl: round(ms[f"{task}/{xl}/{impl}"] / ms[f"{task}/{infinite}/{impl}"], 3) for impl in impls
+        },
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", default="2abbc04", help="the commit to compare against")
+    p.add_argument("--reps", type=int, default=7, help="timed steps per variant")
+    p.add_argument("--parts", nargs="+", default=["sort", "lm", "layer"], choices=["sort", "lm", "layer"])
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True).stdout
+    )
+    new = importlib.import_module("infinite_former")
+    with tempfile.TemporaryDirectory() as tmp:
+        pkgs = {"new": new, "base": import_base(args.base, Path(tmp))}
+        result: dict = {
+            "machine": machine_info(precision="fp32"),
+            "base": args.base,
+            "new": head + ("+uncommitted" if dirty else ""),
+            "command": "python benchmarks/overhead.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+        }
+        for part in args.parts:
+            if part == "layer":
+                timing = interleaved(layer_steps(pkgs), args.reps)
+                ms = {k: v["cpu_ms"] for k, v in timing.items()}
+                result["layer"] = {
+                    "what": "fwd + bwd of one segment: LTM (batch 8, e 512, 8 heads, N = M = L = 512, sticky, "
+                    "gate, KL) and plain softmax attention over N keys",
+                    "steps": timing,
+                    "speedup_over_base": round(ms["ltm/base"] / ms["ltm/new"], 3),
+                    "ltm_over_plain": {i: round(ms[f"ltm/{i}"] / ms["plain"], 3) for i in pkgs},
+                }
+            else:
+                steps, tokens, gaps = {"sort": sort_steps, "lm": lm_steps}[part](pkgs)
+                timing = interleaved(steps, args.reps)
+                result[part] = summarize_training(timing, part, tokens, list(pkgs))
+                result[part]["first_step_loss_gap_new_vs_base"] = gaps
+            shown = {k: v for k, v in result[part].items() if k != "steps"}
+            print(part, shown, flush=True)
+            result["wall_seconds"] = round(time.perf_counter() - started, 1)
+            write_json(Path(args.out), result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

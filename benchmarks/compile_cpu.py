@@ -6,13 +6,17 @@ One torch thread. 1. torch._dynamo.explain of sticky sampling + the update (Long
 on a non-empty memory) and of a whole layer step (update + read): graph and break counts, with the
 break reasons. 2. Process CPU time per call, eager vs torch.compile (inductor), fp32 and bf16
 (autocast), interleaved after warm-up (compilation excluded, its time recorded): the LTM layer's
-fwd + bwd (benchmarks/precision.py's layer steps) and one training step of the sorting and
-Shakespeare-LM ∞-formers (sticky). ``--compile`` is worth offering where compiled/eager <= 1/1.3.
+fwd + bwd (benchmarks/precision.py's layer steps) and one training step (benchmarks/precision.py's
+training steps) of the sorting and Shakespeare-LM models, ∞-former (sticky) and Transformer-XL, with
+the model compiled (``torch.compile(model)``; the segment loop, backward and optimizer step stay
+eager, as a ``--compile`` training run would have them). ``--compile`` is worth offering where
+compiled/eager <= 1/1.3. Each item run replaces its entry in the results file; the others are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -58,8 +62,8 @@ def compare(steps: dict, reps: int) -> dict:
     res = {}
     for name, (eager, compiled) in steps.items():
         c0, t0 = time.process_time(), time.perf_counter()
-        compiled()  # compiles
-        compiled()
+        for _ in range(3):  # compiles (and recompiles for the memory widths a step goes through)
+            compiled()
         compile_cpu_s, compile_wall_s = time.process_time() - c0, time.perf_counter() - t0
         eager()
         e_ms, c_ms = [], []
@@ -83,35 +87,56 @@ def compare(steps: dict, reps: int) -> dict:
     return res
 
 
+def training_pairs(item: str) -> dict:
+    """{name: (eager step, compiled step)}: the same models (same seed) with and without compile."""
+    make = {
+        "sort": lambda wrap: precision.sort_train_steps(models=("infinite_sticky", "xl"), wrap=wrap)[0],
+        "lm": lambda wrap: precision.lm_train_steps(models=("infinite_sticky", "xl_equal"), wrap=wrap)[0],
+    }[item]
+    eager, compiled = make(None), make(torch.compile)
+    return {name: (fn, compiled[name]) for name, fn in eager.items()}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--items", nargs="*", default=["explain", "layer", "lm", "sort"])
+    p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    result: dict = {
-        "machine": machine_info(precision="fp32 and bf16 (autocast)"),
-        "command": "python benchmarks/compile_cpu.py " + " ".join(sys.argv[1:]),
-    }
+    # one code object (InfiniteFormerLM.forward) serves every model, precision, grad mode and
+    # memory width here: room for all of them, so that nothing falls back to eager
+    torch._dynamo.config.cache_size_limit = 256
+    torch._dynamo.config.accumulated_cache_size_limit = 4096
+    out = Path(args.out)
+    result: dict = json.loads(out.read_text()) if out.exists() else {}
+    result["machine"] = machine_info(precision="fp32 and bf16 (autocast)")
+    command = "python benchmarks/compile_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for item in args.items:
+        torch._dynamo.reset()
         if item == "explain":
             result["explain"] = explain_counts()
+        elif item == "layer":
+            eager, compiled = precision.layer_steps(), precision.layer_steps()
+            pairs = {
+                n: (fn, torch.compile(compiled[n])) for n, fn in eager.items() if not n.startswith("plain")
+            }
+            result["layer"] = compare(pairs, args.reps)
         else:
-            make = {
-                "layer": precision.layer_steps,
-                "lm": lambda: precision.lm_train_steps(models=("infinite_sticky",))[0],
-                "sort": lambda: precision.sort_train_steps(models=("infinite_sticky",))[0],
-            }[item]
-            torch._dynamo.reset()
-            eager, compiled = make(), make()
-            pairs = {}
-            for name, fn in eager.items():
-                if name.startswith("plain"):
-                    continue
-                pairs[name] = (fn, torch.compile(compiled[name]))
-            result[item] = compare(pairs, args.reps)
-        write_json(OUT, result)
-    print(f"wrote {OUT}")
+            res = compare(training_pairs(item), args.reps)
+            for p_ in precision.PRECISIONS:  # ∞-former over XL tokens/s (= XL ms / ∞-former ms)
+                inf, xl = (
+                    next(v for k, v in res.items() if k.split("/")[1].startswith(m) and k.endswith(p_))
+                    for m in ("infinite", "xl")
+                )
+                res[f"infinite_over_xl/{p_}"] = {
+                    mode: round(xl[f"{mode}_cpu_ms"] / inf[f"{mode}_cpu_ms"], 3)
+                    for mode in ("eager", "compiled")
+                }
+            result[item] = res
+        result.setdefault("commands", {})[item] = command
+        write_json(out, result)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

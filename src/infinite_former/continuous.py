@@ -71,8 +71,9 @@ def factored_gaussian_expectation(
     r = torch.reciprocal(sigma2.unsqueeze(-1) + widths2).unsqueeze(-1)  # (..., W, 1)
     d = (mu.unsqueeze(-1) - centres).unsqueeze(-2)  # (..., 1, C)
     log_norm = 0.5 * torch.log(r * (0.5 / math.pi))  # log 𝒩 normaliser: (..., W, 1)
-    # log E = log_norm - ½ d² r: one fused multiply-add over (..., W, C), then exp in place.
-    arg = torch.addcmul(log_norm, d * d, -0.5 * r)
+    # log E = log_norm - ½ d² r over (..., W, C), then exp in place. A multiply and an add in place
+    # rather than one addcmul: broadcasting three inputs makes addcmul ~2x slower on the CPU.
+    arg = (d * d).mul(-0.5 * r).add_(log_norm)
     theta = negligible(arg.dtype, peak, arg.shape[-1] * arg.shape[-2])
     return flush_exp_(arg, theta).flatten(-2), d, r
 
@@ -203,7 +204,7 @@ def gaussian_cdf(t: Tensor, mu: Tensor, sigma2: Tensor) -> Tensor:
     use), without erfc's slow path for large |z|: ~2-6x faster on the CPU. Tails below ε/2 become 0.
     """
     scale = torch.rsqrt(sigma2) * _INV_SQRT2  # 1/√(2σ²)
-    z = torch.addcmul(mu * -scale, t, scale)  # (t - μ)/√(2σ²)
+    z = (t - mu).mul_(scale)  # (t - μ)/√(2σ²)
     return torch.erf(z).mul_(0.5).add_(0.5)
 
 

@@ -107,19 +107,17 @@ def main(argv=None) -> None:
     torch._dynamo.config.cache_size_limit = 256
     torch._dynamo.config.accumulated_cache_size_limit = 4096
     out = Path(args.out)
-    result: dict = json.loads(out.read_text()) if out.exists() else {}
-    result["machine"] = machine_info(precision="fp32 and bf16 (autocast)")
     command = "python benchmarks/compile_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for item in args.items:
         torch._dynamo.reset()
         if item == "explain":
-            result["explain"] = explain_counts()
+            res = explain_counts()
         elif item == "layer":
             eager, compiled = precision.layer_steps(), precision.layer_steps()
             pairs = {
                 n: (fn, torch.compile(compiled[n])) for n, fn in eager.items() if not n.startswith("plain")
             }
-            result["layer"] = compare(pairs, args.reps)
+            res = compare(pairs, args.reps)
         else:
             res = compare(training_pairs(item), args.reps)
             for p_ in precision.PRECISIONS:  # ∞-former over XL tokens/s (= XL ms / ∞-former ms)
@@ -131,7 +129,10 @@ def main(argv=None) -> None:
                     mode: round(xl[f"{mode}_cpu_ms"] / inf[f"{mode}_cpu_ms"], 3)
                     for mode in ("eager", "compiled")
                 }
-            result[item] = res
+        # re-read before writing: another process may have written its items meanwhile
+        result = json.loads(out.read_text()) if out.exists() else {}
+        result["machine"] = machine_info(precision="fp32 and bf16 (autocast)")
+        result[item] = res
         result.setdefault("commands", {})[item] = command
         write_json(out, result)
     print(f"wrote {out}")

@@ -343,6 +343,10 @@ def main(argv=None) -> dict:
         "wall_s": time.perf_counter() - started,
     }
     out = Path(args.out)
+    if out.exists():  # an earlier run's numbers may be cited: keep them, newest last
+        previous = json.loads(out.read_text())
+        kept = ("machine", "command", "baseline", "with_memory", "wall_s")
+        result["history"] = [*previous.get("history", []), {k: previous[k] for k in kept if k in previous}]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

@@ -23,15 +23,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from infinite_former.stats import bootstrap_mean_ci
 from infinite_former.utils import machine_info, seed_everything, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,11 +204,19 @@ def layer_steps(pkgs: dict) -> dict:
     return steps
 
 
+def per_round(num: list[float], den: list[float]) -> dict:
+    """Mean of num[r] / den[r] over the interleaved rounds r (both timed in the same round) and
+    its bootstrap 95% CI over rounds (infinite_former.stats)."""
+    mean, (lo, hi) = bootstrap_mean_ci([a / b for a, b in zip(num, den)])
+    return {"mean": round(mean, 3), "ci95": [round(lo, 3), round(hi, 3)]}
+
+
 def summarize_training(timing: dict, task: str, tokens: int, impls: list[str]) -> dict:
     names = sorted({k.split("/")[1] for k in timing})
     infinite = next(n for n in names if n.startswith("infinite"))
     xl = next(n for n in names if n.startswith("xl"))
     ms = {k: v["cpu_ms"] for k, v in timing.items()}
+    rounds = {k: v["cpu_ms_all"] for k, v in timing.items()}
     return {
         "tokens_per_step": tokens,
         "steps": timing,
@@ -215,6 +224,31 @@ def summarize_training(timing: dict, task: str, tokens: int, impls: list[str]) -
         "speedup_over_base": {n: round(ms[f"{task}/{n}/base"] / ms[f"{task}/{n}/new"], 3) for n in names},
         "infinite_over_xl_tokens_per_s": {
             impl: round(ms[f"{task}/{xl}/{impl}"] / ms[f"{task}/{infinite}/{impl}"], 3) for impl in impls
+        },
+        "per_round": {  # ratios of the steps timed in the same round: mean and 95% CI over rounds
+            "speedup_over_base": {
+                n: per_round(rounds[f"{task}/{n}/base"], rounds[f"{task}/{n}/new"]) for n in names
+            },
+            "infinite_over_xl_tokens_per_s": {
+                impl: per_round(rounds[f"{task}/{xl}/{impl}"], rounds[f"{task}/{infinite}/{impl}"])
+                for impl in impls
+            },
+        },
+    }
+
+
+def summarize_layer(timing: dict, impls) -> dict:
+    ms = {k: v["cpu_ms"] for k, v in timing.items()}
+    rounds = {k: v["cpu_ms_all"] for k, v in timing.items()}
+    return {
+        "what": "fwd + bwd of one segment: LTM (batch 8, e 512, 8 heads, N = M = L = 512, sticky, "
+        "gate, KL) and plain softmax attention over N keys",
+        "steps": timing,
+        "speedup_over_base": round(ms["ltm/base"] / ms["ltm/new"], 3),
+        "ltm_over_plain": {i: round(ms[f"ltm/{i}"] / ms["plain"], 3) for i in impls},
+        "per_round": {
+            "speedup_over_base": per_round(rounds["ltm/base"], rounds["ltm/new"]),
+            "ltm_over_plain": {i: per_round(rounds[f"ltm/{i}"], rounds["plain"]) for i in impls},
         },
     }
 
@@ -225,9 +259,9 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=7, help="timed steps per variant")
     p.add_argument("--parts", nargs="+", default=["sort", "lm", "layer"], choices=["sort", "lm", "layer"])
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--summarize-only", action="store_true", help="recompute the summaries of --out")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    started = time.perf_counter()
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -235,9 +269,24 @@ def main(argv=None) -> None:
         subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True).stdout
     )
     new = importlib.import_module("infinite_former")
+    if args.summarize_only:  # recompute the summaries from the saved per-round times
+        out = Path(args.out)
+        result = json.loads(out.read_text())
+        for part in ("sort", "lm", "layer"):
+            if part in result:
+                kept = {k: v for k, v in result[part].items() if k not in ("steps",)}
+                impls = ["new", "base"]
+                if part == "layer":
+                    fresh = summarize_layer(result[part]["steps"], impls)
+                else:
+                    fresh = summarize_training(result[part]["steps"], part, kept["tokens_per_step"], impls)
+                result[part] = {**kept, **fresh}
+        write_json(out, result)
+        print(f"wrote {out}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         pkgs = {"new": new, "base": import_base(args.base, Path(tmp))}
-        result: dict = {
+        meta: dict = {
             "machine": machine_info(precision="fp32"),
             "base": args.base,
             "new": head + ("+uncommitted" if dirty else ""),
@@ -246,24 +295,18 @@ def main(argv=None) -> None:
         }
         for part in args.parts:
             if part == "layer":
-                timing = interleaved(layer_steps(pkgs), args.reps)
-                ms = {k: v["cpu_ms"] for k, v in timing.items()}
-                result["layer"] = {
-                    "what": "fwd + bwd of one segment: LTM (batch 8, e 512, 8 heads, N = M = L = 512, sticky, "
-                    "gate, KL) and plain softmax attention over N keys",
-                    "steps": timing,
-                    "speedup_over_base": round(ms["ltm/base"] / ms["ltm/new"], 3),
-                    "ltm_over_plain": {i: round(ms[f"ltm/{i}"] / ms["plain"], 3) for i in pkgs},
-                }
+                res = summarize_layer(interleaved(layer_steps(pkgs), args.reps), list(pkgs))
             else:
                 steps, tokens, gaps = {"sort": sort_steps, "lm": lm_steps}[part](pkgs)
-                timing = interleaved(steps, args.reps)
-                result[part] = summarize_training(timing, part, tokens, list(pkgs))
-                result[part]["first_step_loss_gap_new_vs_base"] = gaps
-            shown = {k: v for k, v in result[part].items() if k != "steps"}
-            print(part, shown, flush=True)
-            result["wall_seconds"] = round(time.perf_counter() - started, 1)
-            write_json(Path(args.out), result)
+                res = summarize_training(interleaved(steps, args.reps), part, tokens, list(pkgs))
+                res["first_step_loss_gap_new_vs_base"] = gaps
+            print(part, {k: v for k, v in res.items() if k != "steps"}, flush=True)
+            # each part replaces its entry; parts run another time (--parts) are kept
+            out = Path(args.out)
+            result = json.loads(out.read_text()) if out.exists() else {}
+            result.update(meta)
+            result[part] = {**res, "command": meta["command"], "new": meta["new"]}
+            write_json(out, result)
     print(f"wrote {args.out}")
 
 

@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import statistics
 import sys
 import time
@@ -66,15 +67,17 @@ def cpu_and_wall(step) -> tuple[float, float]:
 
 
 def interleaved(steps: dict, reps: int, warmup: int = 1) -> dict[str, dict[str, float]]:
-    """Median CPU and wall seconds per call of each named step, run round-robin; every other round
-    in reverse order, so that no step always runs right after the same other one."""
+    """Median CPU and wall seconds per call of each named step, run in rounds (every step once per
+    round, cpu_ms_all[r] is round r) in a seeded random order per round, so that no step always
+    runs right after the same other one."""
     for _ in range(warmup):
         for fn in steps.values():
             fn()
     samples = {name: [] for name in steps}
-    for rep in range(reps):
-        for name, fn in list(steps.items())[:: 1 if rep % 2 == 0 else -1]:
-            samples[name].append(cpu_and_wall(fn))
+    order = random.Random(0)
+    for _ in range(reps):
+        for name in order.sample(list(steps), len(steps)):
+            samples[name].append(cpu_and_wall(steps[name]))
     return {
         name: {
             "cpu_ms": round(1e3 * statistics.median(c for c, _ in s), 2),

@@ -57,8 +57,9 @@ def explain_counts() -> dict:
     return out
 
 
-def compare(steps: dict, reps: int) -> dict:
-    """{name: eager vs compiled CPU ms} for steps {name: (eager_fn, compiled_fn)}."""
+def compare(steps: dict, reps: int, done=None) -> dict:
+    """{name: eager vs compiled CPU ms} for steps {name: (eager_fn, compiled_fn)}; done(res) is
+    called after each step's result (to save partial results)."""
     res = {}
     for name, (eager, compiled) in steps.items():
         c0, t0 = time.process_time(), time.perf_counter()
@@ -82,6 +83,8 @@ def compare(steps: dict, reps: int) -> dict:
             "compile_wall_s": round(compile_wall_s, 1),
         }
         print(name, res[name], flush=True)
+        if done is not None:
+            done(res)
     return res
 
 
@@ -92,7 +95,8 @@ def training_pairs(item: str) -> dict:
         "lm": lambda wrap: precision.lm_train_steps(models=("infinite_sticky", "xl_equal"), wrap=wrap)[0],
     }[item]
     eager, compiled = make(None), make(torch.compile)
-    return {name: (fn, compiled[name]) for name, fn in eager.items()}
+    names = sorted(eager, key=lambda n: (n.split("/")[2] != "fp32", n))  # fp32 first
+    return {name: (eager[name], compiled[name]) for name in names}
 
 
 def main(argv=None) -> None:
@@ -108,6 +112,15 @@ def main(argv=None) -> None:
     torch._dynamo.config.accumulated_cache_size_limit = 4096
     out = Path(args.out)
     command = "python benchmarks/compile_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def save(item: str, res: dict) -> None:
+        # re-read before writing: another process may have written its items meanwhile
+        result = json.loads(out.read_text()) if out.exists() else {}
+        result["machine"] = machine_info(precision="fp32 and bf16 (autocast)")
+        result[item] = res
+        result.setdefault("commands", {})[item] = command
+        write_json(out, result)
+
     for item in args.items:
         torch._dynamo.reset()
         if item == "explain":
@@ -117,9 +130,11 @@ def main(argv=None) -> None:
             pairs = {
                 n: (fn, torch.compile(compiled[n])) for n, fn in eager.items() if not n.startswith("plain")
             }
-            res = compare(pairs, args.reps)
+            res = compare(pairs, args.reps, lambda r, item=item: save(item, {**r, "partial": True}))
         else:
-            res = compare(training_pairs(item), args.reps)
+            res = compare(
+                training_pairs(item), args.reps, lambda r, item=item: save(item, {**r, "partial": True})
+            )
             for p_ in precision.PRECISIONS:  # ∞-former over XL tokens/s (= XL ms / ∞-former ms)
                 inf, xl = (
                     next(v for k, v in res.items() if k.split("/")[1].startswith(m) and k.endswith(p_))
@@ -129,12 +144,7 @@ def main(argv=None) -> None:
                     mode: round(xl[f"{mode}_cpu_ms"] / inf[f"{mode}_cpu_ms"], 3)
                     for mode in ("eager", "compiled")
                 }
-        # re-read before writing: another process may have written its items meanwhile
-        result = json.loads(out.read_text()) if out.exists() else {}
-        result["machine"] = machine_info(precision="fp32 and bf16 (autocast)")
-        result[item] = res
-        result.setdefault("commands", {})[item] = command
-        write_json(out, result)
+        save(item, res)
     print(f"wrote {out}")
 
 

@@ -159,7 +159,8 @@ def overhead() -> str:
         pr = r["per_round"]
         lines += [
             "",
-            f"LTM layer fwd+bwd (batch 8, e 512, N = M = L = 512): base {ms['ltm/base']:.0f} ms, new "
+            f"LTM layer fwd+bwd (batch 8, e 512, N = M = L = 512; {len(r['steps']['plain']['cpu_ms_all'])} rounds, "
+            f"base against {r.get('new', d['new'])}): base {ms['ltm/base']:.0f} ms, new "
             f"{ms['ltm/new']:.0f} ms, speedup {ci(pr['speedup_over_base'])}; LTM / plain attention over N keys "
             f"({ms['plain']:.0f} ms): base {ci(pr['ltm_over_plain']['base'])}, new {ci(pr['ltm_over_plain']['new'])}.",
         ]

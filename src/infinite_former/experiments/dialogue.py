@@ -23,6 +23,7 @@ Run folder: ``tokenizer/``, ``dialogue_config.json``, ``checkpoints/``, ``train_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
@@ -214,13 +215,29 @@ def _decode_reply(tokenizer: TextTokenizer, new_ids: Sequence[int], ids: Special
     return tokenizer.decode([t for t in out if t not in special]).strip()
 
 
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Torch's RNG seeded with ``seed`` inside, the caller's restored after (None: the caller's RNG).
+    Sticky memories draw their sample positions from it, sampling its tokens."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
-def reply_nll(model: nn.Module, example: DialogueExample, device: torch.device) -> tuple[float, int]:
-    """(summed NLL in nats, tokens) of the reply and its <eos>, teacher-forced, memory as in training."""
+def reply_nll(
+    model: nn.Module, example: DialogueExample, device: torch.device, seed: int | None = None
+) -> tuple[float, int]:
+    """(summed NLL in nats, tokens) of the reply and its <eos>, teacher-forced, memory as in training;
+    ``seed``: the RNG of the sticky memory's draws (the caller's RNG is untouched)."""
     blocks = example.blocks if uses_memory(model) else example.blocks[-1:]
-    memory = read_blocks(model, [b[0] for b in blocks[:-1]], device)
-    tok, tgt, mask = (torch.tensor([x], device=device) for x in blocks[-1])
-    logits = model(tok, memory=memory).logits
+    with _seeded(seed, device):
+        memory = read_blocks(model, [b[0] for b in blocks[:-1]], device)
+        tok, tgt, mask = (torch.tensor([x], device=device) for x in blocks[-1])
+        logits = model(tok, memory=memory).logits
     nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")
     return float((nll * mask).sum()), int(mask.sum())
 
@@ -237,15 +254,15 @@ def generate_reply(
     device: torch.device | str = "cpu",
     cache: dict | None = None,
 ) -> str:
-    """Sample reply ``turn`` of ``dialogue`` (nucleus sampling, seeded; the caller's RNG is untouched)."""
+    """Sample reply ``turn`` of ``dialogue`` (nucleus sampling and the sticky memory's draws seeded;
+    the caller's RNG is untouched)."""
     device = torch.device(device)
     ids = SpecialIds.of(tokenizer)
     block = model.memory_config.block_size
     blocks = prompt_blocks(dialogue, turn, tokenizer, block, max_new_tokens, cache)
-    memory = read_blocks(model, blocks[:-1], device) if uses_memory(model) else None
     prompt = torch.tensor([blocks[-1]], dtype=torch.long, device=device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with _seeded(seed, device):
+        memory = read_blocks(model, blocks[:-1], device) if uses_memory(model) else None
         out = model.generate(
             prompt,
             memory=memory,
@@ -274,7 +291,8 @@ def evaluate_dialogues(
 
     Returns {"overall": {f1, rouge1, rougeL, meteor, reply_ppl, replies}, "per_dialogue": [...],
     "replies": [{dialogue, turn, prediction, reference, nll, tokens}]}. Reply i of the split is
-    sampled with seed ``seed`` · 1,000,003 + i, the same for every model (paired comparisons).
+    sampled, and its memory read, with seed ``seed`` · 1,000,003 + i, the same for every model
+    (paired comparisons; a sticky memory's draws are then the same at every evaluation).
     """
     from ..metrics import per_example_scores
 
@@ -290,13 +308,14 @@ def evaluate_dialogues(
             turns = select_turns(len(dialogue.turns), max_replies)
             examples = build_examples([dialogue], tokenizer, block, max_replies)
             for turn, ex in zip(turns, examples):
-                nll, n = reply_nll(model, ex, device)
+                reply_seed = seed * 1_000_003 + len(rows)
+                nll, n = reply_nll(model, ex, device, reply_seed)
                 pred = generate_reply(
                     model,
                     dialogue,
                     turn,
                     tokenizer,
-                    seed * 1_000_003 + len(rows),
+                    reply_seed,
                     top_p,
                     max_new_tokens,
                     device,

@@ -543,7 +543,7 @@ def test_finetunes_a_gpt2_checkpoint(corpus: Path, tmp_path: Path) -> None:
 def test_training_free_memory_on_a_gpt2_checkpoint(corpus: Path, tmp_path: Path, capsys) -> None:
     """--training-free: no weight is added (GPT-2's own are fine-tuned), the document reaches the reply
     through the memory, the saved run evaluates to the same replies, and resume keeps its settings."""
-    from infinite_former.experiments.dialogue import load_dialogue_model, reply_nll
+    from infinite_former.experiments.dialogue import evaluate_dialogues, load_dialogue_model, reply_nll
 
     gpt2, vocab = _gpt2_folder(tmp_path)
     argv = ["dialogue", "train", "--data", str(corpus), "--model", str(gpt2), *GPT2_ARGS, "--steps", "2"]
@@ -563,9 +563,20 @@ def test_training_free_memory_on_a_gpt2_checkpoint(corpus: Path, tmp_path: Path,
     assert model.training_free is not None and not model.memory_parameters()
     ex = build_example(read_cmu_dog(corpus, "test")[0], 3, tok, 32)
     assert ex.doc_blocks >= 2  # the document is longer than one block
-    nll, n = reply_nll(model, ex, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    nll, n = reply_nll(model, ex, cpu, seed=1)
     alone = type(ex)(ex.blocks[-1:], 0, 0, ex.turn)
-    assert abs(reply_nll(model, alone, torch.device("cpu"))[0] - nll) > 1e-4  # (float noise: ~1e-6)
+    assert abs(reply_nll(model, alone, cpu)[0] - nll) > 1e-4  # (float noise: ~1e-6)
+    # the sticky draws matter, and the seed fixes them whatever the global RNG did before
+    assert reply_nll(model, ex, cpu, seed=2)[0] != nll
+    torch.manual_seed(123)
+    assert reply_nll(model, ex, cpu, seed=1)[0] == nll
+    runs = []
+    for global_seed in (5, 6):
+        torch.manual_seed(global_seed)
+        again = evaluate_dialogues(model, tok, read_cmu_dog(corpus, "test"), 2, seed=0, max_new_tokens=2)
+        runs.append([r["nll"] for r in again["replies"]])
+    assert runs[0] == runs[1]
 
     out = tmp_path / "eval.json"
     cmd = [
@@ -593,6 +604,10 @@ def test_training_free_memory_on_a_gpt2_checkpoint(corpus: Path, tmp_path: Path,
     assert json.loads((free / "results.json").read_text())["steps"] == 3
 
 
+def _one_step(corpus: Path, run: Path) -> list[str]:
+    return ["dialogue", "train", "--data", str(corpus), "--run-dir", str(run), *TINY, "--steps", "1"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -604,17 +619,7 @@ def test_training_free_memory_on_a_gpt2_checkpoint(corpus: Path, tmp_path: Path,
     ],
 )
 def test_training_free_bad_input(corpus: Path, tmp_path: Path, capsys, extra, message) -> None:
-    argv = [
-        "dialogue",
-        "train",
-        "--data",
-        str(corpus),
-        "--run-dir",
-        str(tmp_path / "r"),
-        *TINY,
-        "--steps",
-        "1",
-    ]
+    argv = _one_step(corpus, tmp_path / "r")
     assert cli_main([*argv, *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -627,16 +632,6 @@ def test_training_free_refuses_a_folder_with_memory(corpus: Path, tmp_path: Path
     cfg = InfiniteGPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, block_size=16)
     InfiniteGPT2LMHeadModel(cfg).save_pretrained(tmp_path / "mem")
     capsys.readouterr()
-    argv = [
-        "dialogue",
-        "train",
-        "--data",
-        str(corpus),
-        "--run-dir",
-        str(tmp_path / "r"),
-        *TINY,
-        "--steps",
-        "1",
-    ]
+    argv = _one_step(corpus, tmp_path / "r")
     assert cli_main([*argv, "--model", str(tmp_path / "mem"), "--training-free", "gibbs"]) == 2
     assert "has a memory already" in capsys.readouterr().err

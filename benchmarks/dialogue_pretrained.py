@@ -21,6 +21,8 @@ train --model BASE`` on the same examples in the same order for the same steps:
                    (``hf/training_free.py``, no weight added; sticky, the same N, M, τ). Its GPT-2
                    weights are fine-tuned like the others' (the dialogue tokens are new, so no
                    variant can be evaluated untrained); the memory itself has nothing to train.
+  free_at_eval     control, evaluation only: no_memory's fine-tuned weights (same seed) with the
+                   training-free memory added for the evaluation ("try it before training").
 
 Every reply of test scene k under seed s is sampled with the same seed in every variant, so the
 comparisons are paired by (seed, scene): mean per-scene difference a − b and its two-level
@@ -54,29 +56,32 @@ from infinite_former.data.tokenizer import gpt2_tokenizer
 from infinite_former.experiments.dialogue import DialogueTrainSettings, dialogue_train
 from infinite_former.stats import paired_comparison
 from infinite_former.training.records import RunRecords, finished_run, settings_hash
-from infinite_former.utils import write_json
+from infinite_former.utils import machine_info, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "results" / "dialogue_pretrained_cpu_runs"
 OUT = REPO / "results" / "dialogue_pretrained_cpu.json"
 DATA = os.environ.get("INFINITE_FORMER_SHAKESPEARE", str(REPO.parent / "shared" / "data" / "shakespeare"))
 BASE = REPO / "runs" / "gpt2-shakespeare"
-VARIANTS = ("no_memory", "infinite", "infinite_sticky", "training_free")
+VARIANTS = ("no_memory", "infinite", "infinite_sticky", "training_free", "free_at_eval")
+FREE = "gibbs:0.5"  # the training-free memory's density and α (add_memory's defaults)
 # each variant's settings over the recipe S (DialogueTrainSettings fields) and its `dialogue train` flags
 VARIANT: dict[str, dict[str, Any]] = {
     "no_memory": dict(no_memory=True),
     "infinite": dict(uniform=True),
     "infinite_sticky": {},
-    "training_free": dict(training_free="gibbs:0.5"),
+    "training_free": dict(training_free=FREE),
 }
 FLAGS = {
     "no_memory": ["--no-memory"],
     "infinite": ["--sampling", "uniform"],
     "infinite_sticky": ["--sampling", "sticky"],
-    "training_free": ["--training-free", "gibbs:0.5"],
+    "training_free": ["--training-free", FREE],
+    "free_at_eval": ["--no-memory", "then at evaluation: add_memory(training_free=...)"],
 }
 PAIRS = [("infinite", "no_memory"), ("infinite_sticky", "no_memory"), ("training_free", "no_memory"),
-         ("infinite_sticky", "infinite"), ("training_free", "infinite_sticky")]  # fmt: skip
+         ("infinite_sticky", "infinite"), ("training_free", "infinite_sticky"),
+         ("free_at_eval", "no_memory")]  # fmt: skip
 # metric -> higher is better; log_reply_ppl: mean NLL per reply token of a scene (log of its perplexity)
 METRICS = {"f1": True, "rouge1": True, "rougeL": True, "meteor": True, "log_reply_ppl": False}
 
@@ -120,17 +125,49 @@ def data_dir(runs_dir: Path) -> Path:
     return runs_dir / "data"
 
 
+def free_at_eval(s: dict[str, Any], seed: int, runs_dir: Path) -> dict[str, Any]:
+    """The no_memory model of ``seed`` with the training-free memory added, evaluated (no training)."""
+    from transformers import GPT2LMHeadModel
+
+    from infinite_former.data.tokenizer import TextTokenizer
+    from infinite_former.experiments.dialogue import evaluate_dialogues
+    from infinite_former.hf import add_memory
+
+    folder = runs_dir / f"no_memory-seed{seed}" / "model"
+    if not (folder / "config.json").is_file():
+        raise SystemExit(
+            f"{folder}: no fine-tuned no_memory model; run the no_memory variant of seed {seed} first"
+        )
+    density, alpha = FREE.split(":")
+    ltm = dict(num_basis=s["num_basis"], num_samples=s["num_samples"], tau=s["tau"])
+    plain = GPT2LMHeadModel.from_pretrained(folder)  # its weights, without the block machinery
+    model = add_memory(
+        plain, training_free={"density": density, "alpha": float(alpha)}, block_size=s["block_size"], **ltm
+    )
+    test = evaluate_dialogues(
+        model, TextTokenizer.load(folder), load_dialogues(data_dir(runs_dir) / "test.jsonl", "test"),
+        s["eval_replies"], seed, s["top_p"], s["max_new_tokens"], "cpu",
+    )  # fmt: skip
+    print(f"test: {test['overall']}", flush=True)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training_free": model.training_free.to_dict(),
+        "sticky": bool(model.memory_config.ltm.sticky),
+        "train_seconds": 0.0,
+        "final_train_loss": None,
+        "machine": machine_info(),
+    }, test
+
+
 def run_one(s: dict[str, Any], name: str, seed: int, runs_dir: Path, base: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if name == "free_at_eval":
+        info, test = free_at_eval(s, seed, runs_dir)
+        return {"flags": FLAGS[name], **info, **evaluation(test), "seconds": time.perf_counter() - t0}
     run_dir = runs_dir / f"{name}-seed{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    t0 = time.perf_counter()
     out = dialogue_train(train_settings(s, name, seed, data_dir(runs_dir), run_dir, base))
-    test = out["eval"]["test"]
-    per_dialogue = [
-        {k: r[k] for k in ("dialogue", "name", "f1", "rouge1", "rougeL", "meteor", "reply_ppl", "replies")}
-        for r in test["per_dialogue"]
-    ]
     return {
         "flags": FLAGS[name],
         "sticky": out["sticky"],
@@ -138,13 +175,21 @@ def run_one(s: dict[str, Any], name: str, seed: int, runs_dir: Path, base: Path)
         "parameters": out["parameters"],
         "steps": out["steps"],
         "epochs": out["epochs"],
+        **evaluation(out["eval"]["test"]),
+        **finished_run(out, run_dir, t0),
+    }
+
+
+def evaluation(test: dict[str, Any]) -> dict[str, Any]:
+    """What a record keeps of evaluate_dialogues' result: overall, per scene, a few replies."""
+    keys = ("dialogue", "name", "f1", "rouge1", "rougeL", "meteor", "reply_ppl", "replies")
+    return {
         "overall": test["overall"],
-        "per_dialogue": per_dialogue,
+        "per_dialogue": [{k: r[k] for k in keys} for r in test["per_dialogue"]],
         "eval_seconds": test["seconds"],
         "examples": [
             {k: r[k] for k in ("dialogue", "turn", "prediction", "reference")} for r in test["replies"][:4]
         ],
-        **finished_run(out, run_dir, t0),
     }
 
 

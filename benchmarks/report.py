@@ -431,6 +431,7 @@ PRETRAINED_DIALOGUE_LABELS = {  # every model: the same pretrained GPT-2, fine-t
     "infinite": "∞-former (uniform)",
     "infinite_sticky": "∞-former (sticky)",
     "training_free": "training-free memory",
+    "free_at_eval": "no memory + training-free memory at evaluation only",
 }
 METRIC_LABELS = {"f1": "F1", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR",
                  "log_reply_ppl": "log reply perplexity"}  # fmt: skip

@@ -62,9 +62,7 @@ def test_dialogue_pretrained_end_to_end_at_toy_size(tmp_path):
     d = json.loads(out.read_text())
     assert list(d["models"]) == list(bench.VARIANTS) and d["complete"] and d["paired_seeds"] == [0]
     memory = {name: m["memory_parameters"] for name, m in d["models"].items()}
-    assert (
-        memory["no_memory"] == 0 and memory["training_free"] == 0
-    )  # the training-free memory has no weights
+    assert memory["no_memory"] == memory["training_free"] == memory["free_at_eval"] == 0  # no memory weights
     assert memory["infinite"] == memory["infinite_sticky"] > 0
     assert d["settings"]["steps"] == 2 and d["settings"]["cut"] == "toy"
     assert d["documents"]["block_size"] == 16 and d["documents"]["longer_than_one_block"] == 1.0
@@ -73,6 +71,8 @@ def test_dialogue_pretrained_end_to_end_at_toy_size(tmp_path):
     for p in d["pairs"]:
         assert p["units"] == 2 and p["seeds"] == 1 and p["ci95"][0] <= p["mean_diff"] <= p["ci95"][1]
     assert d["machine"]["torch_threads"] == 1
+    free = d["models"]["free_at_eval"]  # evaluation only, on no_memory's weights
+    assert free["train_seconds"] == 0 and free["parameters"] == d["models"]["no_memory"]["parameters"]
 
     report = _load("report")
     table = report.dialogue_pretrained(out)

@@ -260,12 +260,14 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     done = [v for v in VARIANTS if recs[v]]
     if not done:
         raise SystemExit("no records yet: run `python benchmarks/dialogue_pretrained.py run` first")
+    paired = sorted(set.intersection(*(set(recs[v]) for v in done)))  # the seeds every model has
     models: dict[str, Any] = {}
     for v in done:
         rs = [recs[v][k] for k in sorted(recs[v])]
+        common = [recs[v][k] for k in paired]  # means over the paired seeds only (a partial run stays fair)
         models[v] = {
-            **{k: statistics.fmean(r["overall"][k] for r in rs) for k in ("f1", "rouge1", "rougeL", "meteor")},
-            "reply_ppl": statistics.fmean(r["overall"]["reply_ppl"] for r in rs),
+            **{k: statistics.fmean(r["overall"][k] for r in common) for k in ("f1", "rouge1", "rougeL", "meteor")},
+            "reply_ppl": statistics.fmean(r["overall"]["reply_ppl"] for r in common),
             "parameters": rs[0]["parameters"],
             "flags": rs[0]["flags"],
             "seeds": [{"seed": r["seed"], **{k: r["overall"][k] for k in (*METRICS, "reply_ppl") if k in r["overall"]}} for r in rs],
@@ -310,7 +312,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         },
         "documents": document_lengths(s, data, Path(args.base)),
         "base_model": base_model,
-        "paired_seeds": sorted(set.intersection(*(set(recs[v]) for v in done))),
+        "paired_seeds": paired,
         "complete": all(len(recs[v]) >= len(args.expected_seeds) for v in VARIANTS),
         "models": models,
         "pairs": pairs,

@@ -684,6 +684,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "ltm_scaling": ltm_scaling,
     "edge_padding": edge_padding,
     "dialogue": dialogue,
+    "dialogue_pretrained": dialogue_pretrained,
     "inspect_memory": inspect_memory,
     "gpt2_finetune": gpt2_finetune,
     "reach": reach,

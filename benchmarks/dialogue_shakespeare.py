@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from infinite_former.data.dialogue import read_shakespeare_dialogues, write_jsonl  # noqa: E402
+from infinite_former.data.dialogue import write_shakespeare_jsonl  # noqa: E402
 from infinite_former.experiments.dialogue import DialogueTrainSettings, dialogue_train  # noqa: E402
 from infinite_former.stats import paired_comparison  # noqa: E402
 from infinite_former.utils import machine_info  # noqa: E402
@@ -76,11 +76,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     data_dir = Path(a.run_root) / "data"
-    counts = {}
-    for split in ("train", "valid", "test"):
-        dialogues = read_shakespeare_dialogues(a.data, split, a.max_document_chars, max_turns=a.max_turns)
-        write_jsonl(dialogues, data_dir / f"{split}.jsonl")
-        counts[split] = {"dialogues": len(dialogues), "replies": sum(len(d.turns) - 1 for d in dialogues)}
+    counts = write_shakespeare_jsonl(a.data, data_dir, a.max_document_chars, a.max_turns)
     print(f"data: {counts}", flush=True)
 
     results, per_dialogue, runs = {}, {}, {}

@@ -497,6 +497,68 @@ def dialogue() -> str:
     return "\n".join(lines)
 
 
+PRETRAINED_DIALOGUE_LABELS = {  # every model: the same pretrained GPT-2, fine-tuned by the same recipe
+    "no_memory": "no memory",
+    "infinite": "∞-former (uniform)",
+    "infinite_sticky": "∞-former (sticky)",
+    "training_free": "training-free memory",
+    "free_at_eval": "no memory + training-free memory at evaluation only",
+}
+METRIC_LABELS = {"f1": "F1", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR",
+                 "log_reply_ppl": "log reply perplexity"}  # fmt: skip
+
+
+def dialogue_pretrained(path: Path | None = None) -> str:
+    """The paper's dialogue recipe on the GPT-2 pretrained here (benchmarks/dialogue_pretrained.py)."""
+    d = json.loads((path or RESULTS / "dialogue_pretrained_cpu.json").read_text(encoding="utf-8"))
+    s, docs, labels = d["settings"], d["documents"], PRETRAINED_DIALOGUE_LABELS
+    b = d["base_model"]
+    base = "–" if b is None else (
+        f"{b['config']['n_layer']} layers, d {b['config']['n_embd']}, context {b['config']['n_positions']}, "
+        f"{b['parameters']:,} parameters"
+    )  # fmt: skip
+    dt = docs["document_tokens"]
+    lines = [
+        f"Base model: the GPT-2 pretrained here on the training plays ({base}). Fine-tuning "
+        f"(`infinite-former dialogue train --model`): block L = {s['block_size']}, {s['steps']} steps of one "
+        f"reply each (of {s['counts']['train']['replies']:,} training replies), AdamW {s['lr']:g} (memory "
+        f"weights {s['ltm_lr']:g}), N = M = {s['num_basis']}, τ = {s['tau']}, KL weight {s['kl_weight']:g}. "
+        f"Documents: the last {s['max_document_chars']:,} characters of the play before the scene, "
+        f"{dt['mean']:.0f} tokens on average (min {dt['min']}, max {dt['max']}), "
+        f"{docs['document_blocks_mean']:.1f} blocks; longer than one block for "
+        f"{100 * docs['longer_than_one_block']:.0f}% of the test replies. Test: {docs['replies']} replies "
+        f"({s['eval_replies']} per scene) of {s['counts']['test']['dialogues']} scenes; nucleus sampling, "
+        f"top-p {s['top_p']}, ≤ {s['max_new_tokens']} tokens. Seeds {d['paired_seeds']}."
+        + ("" if d["complete"] else " PARTIAL: not every model has every seed.")
+        + (f" Cut to fit the CPU: {s['cut']}." if s.get("cut") else "")
+        + " Machine: "
+        + _machine(d["machine"])
+        + ".",
+        "",
+        "| model (all fine-tuned from the same GPT-2) | parameters (memory part) | F1 | ROUGE-1 | ROUGE-L "
+        "| METEOR | reply perplexity |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in d["models"].items():
+        cells = " | ".join(_fmt(m[k], 2) for k in ("f1", "rouge1", "rougeL", "meteor", "reply_ppl"))
+        params = f"{m['parameters']:,}" + (
+            f" ({m['memory_parameters']:,})" if "memory_parameters" in m else ""
+        )
+        lines.append(f"| {labels[name]} | {params} | {cells} |")
+    lines += [
+        "",
+        "| comparison (paired by seed and test scene) | metric | difference [95% CI] | verdict |",
+        "|---|---|---:|---|",
+    ]
+    for p in d["pairs"]:
+        digits = 3 if p["metric"] == "log_reply_ppl" else 2
+        lines.append(
+            f"| {labels[p['a']]} − {labels[p['b']]} | {METRIC_LABELS[p['metric']]} | {_ci(p, digits)} "
+            f"| {_verdict(p, labels)} |"
+        )
+    return "\n".join(lines)
+
+
 GPT2_LABELS = {
     "base": "pretrained, not fine-tuned",
     "no_memory": "fine-tuned, no memory",
@@ -693,6 +755,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "ltm_scaling": ltm_scaling,
     "edge_padding": edge_padding,
     "dialogue": dialogue,
+    "dialogue_pretrained": dialogue_pretrained,
     "inspect_memory": inspect_memory,
     "gpt2_finetune": gpt2_finetune,
     "reach": reach,

@@ -503,49 +503,135 @@ def test_train_refuses_a_model_that_is_not_gpt2(corpus: Path, tmp_path: Path, ca
     assert not (tmp_path / "r").exists()
 
 
-def test_finetunes_a_gpt2_checkpoint(corpus: Path, tmp_path: Path) -> None:
-    """--model: a GPT-2 folder (weights + tokenizer) gets the memory and the dialogue tokens."""
+def _gpt2_folder(root: Path) -> tuple[Path, int]:
+    """A tiny random GPT-2 folder with its own BPE tokenizer (as pretrain.py writes): (folder, vocab)."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
     texts = [m["1"] for m in MOVIES] + [t for c in CONVERSATIONS.values() for _, _, ms in c for _, t in ms]
     bpe = train_bpe_tokenizer(texts * 20, vocab_size=300)
-    (tmp_path / "vocab").mkdir()
-    bpe.backend.model.save(str(tmp_path / "vocab"))
+    (root / "vocab").mkdir()
+    bpe.backend.model.save(str(root / "vocab"))
     hf_tok = GPT2TokenizerFast(
-        vocab=str(tmp_path / "vocab" / "vocab.json"), merges=str(tmp_path / "vocab" / "merges.txt")
+        vocab=str(root / "vocab" / "vocab.json"), merges=str(root / "vocab" / "merges.txt")
     )
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=16, n_layer=2, n_head=2)
-    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
-    hf_tok.save_pretrained(tmp_path / "gpt2")
+    GPT2LMHeadModel(cfg).save_pretrained(root / "gpt2")
+    hf_tok.save_pretrained(root / "gpt2")
+    return root / "gpt2", len(hf_tok)
 
+
+GPT2_ARGS = ["--block-size", "32", "--num-basis", "8", "--num-samples", "8", "--max-new-tokens", "4"]
+GPT2_ARGS += ["--no-progress", "--no-tensorboard", "--threads", "1"]
+
+
+def test_finetunes_a_gpt2_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """--model: a GPT-2 folder (weights + tokenizer) gets the memory and the dialogue tokens."""
+    gpt2, vocab = _gpt2_folder(tmp_path)
     run = tmp_path / "run"
-    argv = [
-        "dialogue",
-        "train",
-        "--data",
-        str(corpus),
-        "--run-dir",
-        str(run),
-        "--model",
-        str(tmp_path / "gpt2"),
-    ]
-    argv += [
-        "--block-size",
-        "32",
-        "--num-basis",
-        "8",
-        "--num-samples",
-        "8",
-        "--steps",
-        "3",
-        "--max-new-tokens",
-        "4",
-    ]
-    assert cli_main([*argv, "--no-progress", "--no-tensorboard", "--eval-splits", "test"]) == 0
+    argv = ["dialogue", "train", "--data", str(corpus), "--run-dir", str(run), "--model", str(gpt2)]
+    assert cli_main([*argv, *GPT2_ARGS, "--steps", "3", "--eval-splits", "test"]) == 0
     res = json.loads((run / "results.json").read_text())
-    assert res["base_model"] == str(tmp_path / "gpt2") and res["memory"] and res["steps"] == 3
+    assert res["base_model"] == str(gpt2) and res["memory"] and res["steps"] == 3
+    assert res["training_free"] is None
     config = json.loads((run / "model" / "config.json").read_text())
-    assert config["vocab_size"] == len(hf_tok) + 6 and config["n_layer"] == 2 and config["block_size"] == 32
+    assert config["vocab_size"] == vocab + 6 and config["n_layer"] == 2 and config["block_size"] == 32
     saved = json.loads((run / "dialogue_config.json").read_text())
     assert saved["train"]["lr"] == 5e-5 and saved["ltm_lr"] == 2.5e-4  # the paper's two learning rates
+
+
+def test_training_free_memory_on_a_gpt2_checkpoint(corpus: Path, tmp_path: Path, capsys) -> None:
+    """--training-free: no weight is added (GPT-2's own are fine-tuned), the document reaches the reply
+    through the memory, the saved run evaluates to the same replies, and resume keeps its settings."""
+    from infinite_former.experiments.dialogue import evaluate_dialogues, load_dialogue_model, reply_nll
+
+    gpt2, vocab = _gpt2_folder(tmp_path)
+    argv = ["dialogue", "train", "--data", str(corpus), "--model", str(gpt2), *GPT2_ARGS, "--steps", "2"]
+    free, plain = tmp_path / "free", tmp_path / "plain"
+    args = [*argv, "--run-dir", str(free), "--ckpt-every", "1"]
+    assert cli_main([*args, "--training-free", "gaussian:0.3", "--eval-splits", "test"]) == 0
+    assert cli_main([*argv, "--run-dir", str(plain), "--no-memory", "--eval-splits"]) == 0
+    res = json.loads((free / "results.json").read_text())
+    assert res["training_free"] == {"density": "gaussian", "alpha": 0.3} and res["memory"] and res["sticky"]
+    assert res["parameters"] == json.loads((plain / "results.json").read_text())["parameters"]
+    assert json.loads((free / "model" / "config.json").read_text())["infinite_memory"]["training_free"] == {
+        "density": "gaussian",
+        "alpha": 0.3,
+    }
+
+    model, tok = load_dialogue_model(free, torch.device("cpu"))
+    assert model.training_free is not None and not model.memory_parameters()
+    ex = build_example(read_cmu_dog(corpus, "test")[0], 3, tok, 32)
+    assert ex.doc_blocks >= 2  # the document is longer than one block
+    cpu = torch.device("cpu")
+    nll, n = reply_nll(model, ex, cpu, seed=1)
+    alone = type(ex)(ex.blocks[-1:], 0, 0, ex.turn)
+    assert abs(reply_nll(model, alone, cpu)[0] - nll) > 1e-4  # (float noise: ~1e-6)
+    # the sticky draws matter, and the seed fixes them whatever the global RNG did before
+    assert reply_nll(model, ex, cpu, seed=2)[0] != nll
+    torch.manual_seed(123)
+    assert reply_nll(model, ex, cpu, seed=1)[0] == nll
+    runs = []
+    for global_seed in (5, 6):
+        torch.manual_seed(global_seed)
+        again = evaluate_dialogues(model, tok, read_cmu_dog(corpus, "test"), 2, seed=0, max_new_tokens=2)
+        runs.append([r["nll"] for r in again["replies"]])
+    assert runs[0] == runs[1]
+
+    out = tmp_path / "eval.json"
+    cmd = [
+        "dialogue",
+        "eval",
+        "--run",
+        str(free),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "4",
+        "--threads",
+        "1",
+    ]
+    assert cli_main(cmd) == 0
+    ev, test = json.loads(out.read_text()), res["eval"]["test"]
+    assert [r["prediction"] for r in ev["replies"]] == [r["prediction"] for r in test["replies"]]
+    assert ev["overall"]["reply_ppl"] == pytest.approx(test["overall"]["reply_ppl"], rel=1e-5)
+
+    capsys.readouterr()
+    resume = [*args, "--eval-splits", "--resume"]
+    assert cli_main([*resume, "--training-free", "gaussian:0.5", "--override", "steps=3"]) == 2
+    assert "training_free.alpha" in capsys.readouterr().err
+    assert cli_main([*resume, "--training-free", "gaussian:0.3", "--override", "steps=3"]) == 0
+    assert json.loads((free / "results.json").read_text())["steps"] == 3
+
+
+def _one_step(corpus: Path, run: Path) -> list[str]:
+    return ["dialogue", "train", "--data", str(corpus), "--run-dir", str(run), *TINY, "--steps", "1"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--training-free", "gibbs"], "give --model"),
+        (["--model", "M", "--training-free", "gibbs", "--no-memory"], "exclude each other"),
+        (["--model", "M", "--training-free", "softmax:0.5"], "--training-free: expected DENSITY:ALPHA"),
+        (["--model", "M", "--training-free", "gibbs:1.5"], "alpha must be in [0, 1]"),
+        (["--model", "M", "--training-free", "gibbs:x"], "--training-free: expected DENSITY:ALPHA"),
+    ],
+)
+def test_training_free_bad_input(corpus: Path, tmp_path: Path, capsys, extra, message) -> None:
+    argv = _one_step(corpus, tmp_path / "r")
+    assert cli_main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_training_free_refuses_a_folder_with_memory(corpus: Path, tmp_path: Path, capsys) -> None:
+    from infinite_former.hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel
+
+    cfg = InfiniteGPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, block_size=16)
+    InfiniteGPT2LMHeadModel(cfg).save_pretrained(tmp_path / "mem")
+    capsys.readouterr()
+    argv = _one_step(corpus, tmp_path / "r")
+    assert cli_main([*argv, "--model", str(tmp_path / "mem"), "--training-free", "gibbs"]) == 2
+    assert "has a memory already" in capsys.readouterr().err

@@ -257,6 +257,20 @@ def read_shakespeare_dialogues(
     return out
 
 
+def write_shakespeare_jsonl(
+    root: str | os.PathLike, out_dir: str | os.PathLike, max_document_chars: int = 0, max_turns: int = 0
+) -> dict[str, dict[str, int]]:
+    """The plays' scene dialogues (:func:`read_shakespeare_dialogues`) of train/ valid/ test/ as
+    ``out_dir/<split>.jsonl`` (what ``dialogue train --data out_dir`` reads); returns
+    {split: {"dialogues", "replies"}}."""
+    counts = {}
+    for split in SPLITS:
+        dialogues = read_shakespeare_dialogues(root, split, max_document_chars, max_turns=max_turns)
+        write_jsonl(dialogues, Path(out_dir) / f"{split}.jsonl")
+        counts[split] = {"dialogues": len(dialogues), "replies": sum(len(d.turns) - 1 for d in dialogues)}
+    return counts
+
+
 def load_dialogues(source: str | os.PathLike, split: str, max_document_chars: int = 0) -> list[Dialogue]:
     """Dispatch on the source: a CMU-DoG folder (WikiData/ + Conversations/), a folder holding
     ``<split>.jsonl``, a ``.jsonl`` file (any split), or ``shakespeare:FOLDER``.
@@ -486,4 +500,5 @@ __all__ = [
     "read_shakespeare_dialogues",
     "select_turns",
     "write_jsonl",
+    "write_shakespeare_jsonl",
 ]

@@ -7,7 +7,10 @@
   reply. One optimizer step per example (batch 1 per process: blocks are unpadded). AdamW,
   GPT-2's weights at ``--lr`` (5e-5), the memory weights at ``--ltm-lr`` (2.5e-4), 3 epochs, KL
   on; the project's Trainer (checkpoints, ``--resume``, logs). ``--no-memory`` trains the same
-  model without memory on the same examples: it sees only the reply's block.
+  model without memory on the same examples: it sees only the reply's block. ``--training-free
+  DENSITY:ALPHA`` (with ``--model``) gives the pretrained GPT-2 the memory of
+  ``hf/training_free.py``, read through each layer's own attention: no memory weight exists, so
+  fine-tuning trains GPT-2's weights only (at ``--lr``), on the same blocks as the memory models.
 - ``eval``: per reply, seeded nucleus sampling (top-p 0.9, at most 50 new tokens), F1, ROUGE-1,
   ROUGE-L, METEOR (``metrics.py``) and reply perplexity (teacher-forced), overall and per dialogue.
 - ``chat``: reads a document file into the memory, then answers each line of stdin, keeping the
@@ -20,6 +23,7 @@ Run folder: ``tokenizer/``, ``dialogue_config.json``, ``checkpoints/``, ``train_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
@@ -50,9 +54,11 @@ from ..data.dialogue import (
 from ..data.segments import Segment
 from ..data.text import read_text_file
 from ..data.tokenizer import TextTokenizer, build_tokenizer, gpt2_tokenizer
-from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, MemoryStream
+from ..hf import InfiniteGPT2Config, InfiniteGPT2LMHeadModel, MemoryStream, add_memory
+from ..hf.causal_lm import build_memory, install_memory, memory_settings_of
 from ..hf.memory import HFMemoryState
 from ..hf.training import HFMemoryLM, load_memory_model
+from ..hf.training_free import TrainingFreeConfig
 from ..training import Trainer
 from ..training.checkpoints import check_resume, exit_status
 from ..utils import check_output_path, machine_info, seed_everything, write_json
@@ -209,13 +215,29 @@ def _decode_reply(tokenizer: TextTokenizer, new_ids: Sequence[int], ids: Special
     return tokenizer.decode([t for t in out if t not in special]).strip()
 
 
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Torch's RNG seeded with ``seed`` inside, the caller's restored after (None: the caller's RNG).
+    Sticky memories draw their sample positions from it, sampling its tokens."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
-def reply_nll(model: nn.Module, example: DialogueExample, device: torch.device) -> tuple[float, int]:
-    """(summed NLL in nats, tokens) of the reply and its <eos>, teacher-forced, memory as in training."""
+def reply_nll(
+    model: nn.Module, example: DialogueExample, device: torch.device, seed: int | None = None
+) -> tuple[float, int]:
+    """(summed NLL in nats, tokens) of the reply and its <eos>, teacher-forced, memory as in training;
+    ``seed``: the RNG of the sticky memory's draws (the caller's RNG is untouched)."""
     blocks = example.blocks if uses_memory(model) else example.blocks[-1:]
-    memory = read_blocks(model, [b[0] for b in blocks[:-1]], device)
-    tok, tgt, mask = (torch.tensor([x], device=device) for x in blocks[-1])
-    logits = model(tok, memory=memory).logits
+    with _seeded(seed, device):
+        memory = read_blocks(model, [b[0] for b in blocks[:-1]], device)
+        tok, tgt, mask = (torch.tensor([x], device=device) for x in blocks[-1])
+        logits = model(tok, memory=memory).logits
     nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")
     return float((nll * mask).sum()), int(mask.sum())
 
@@ -232,15 +254,15 @@ def generate_reply(
     device: torch.device | str = "cpu",
     cache: dict | None = None,
 ) -> str:
-    """Sample reply ``turn`` of ``dialogue`` (nucleus sampling, seeded; the caller's RNG is untouched)."""
+    """Sample reply ``turn`` of ``dialogue`` (nucleus sampling and the sticky memory's draws seeded;
+    the caller's RNG is untouched)."""
     device = torch.device(device)
     ids = SpecialIds.of(tokenizer)
-    block = model.config.block_size
+    block = model.memory_config.block_size
     blocks = prompt_blocks(dialogue, turn, tokenizer, block, max_new_tokens, cache)
-    memory = read_blocks(model, blocks[:-1], device) if uses_memory(model) else None
     prompt = torch.tensor([blocks[-1]], dtype=torch.long, device=device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with _seeded(seed, device):
+        memory = read_blocks(model, blocks[:-1], device) if uses_memory(model) else None
         out = model.generate(
             prompt,
             memory=memory,
@@ -269,14 +291,15 @@ def evaluate_dialogues(
 
     Returns {"overall": {f1, rouge1, rougeL, meteor, reply_ppl, replies}, "per_dialogue": [...],
     "replies": [{dialogue, turn, prediction, reference, nll, tokens}]}. Reply i of the split is
-    sampled with seed ``seed`` · 1,000,003 + i, the same for every model (paired comparisons).
+    sampled, and its memory read, with seed ``seed`` · 1,000,003 + i, the same for every model
+    (paired comparisons; a sticky memory's draws are then the same at every evaluation).
     """
     from ..metrics import per_example_scores
 
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    block = model.config.block_size
+    block = model.memory_config.block_size
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     try:
@@ -285,13 +308,14 @@ def evaluate_dialogues(
             turns = select_turns(len(dialogue.turns), max_replies)
             examples = build_examples([dialogue], tokenizer, block, max_replies)
             for turn, ex in zip(turns, examples):
-                nll, n = reply_nll(model, ex, device)
+                reply_seed = seed * 1_000_003 + len(rows)
+                nll, n = reply_nll(model, ex, device, reply_seed)
                 pred = generate_reply(
                     model,
                     dialogue,
                     turn,
                     tokenizer,
-                    seed * 1_000_003 + len(rows),
+                    reply_seed,
                     top_p,
                     max_new_tokens,
                     device,
@@ -377,7 +401,8 @@ class DialogueTrainSettings(RunSettings):
     """``dialogue train``: GPT-2 (``model``: folder or hub name; None: from scratch, of size n_layer /
     n_embd / n_head) + memory on dialogue examples. ``ltm``: the memory's settings (default: the
     model's, or the Hugging Face preset); ``uniform``: sticky off; ``no_memory``: no memory layers;
-    ``steps`` 0: from ``epochs``; ``lr``: GPT-2's weights, ``ltm_lr``: the memory's; max_replies /
+    ``training_free``: "DENSITY:ALPHA" (gibbs | gaussian, α in [0, 1]; "gibbs" alone: α = 0.5), a
+    memory without weights read through the pretrained attention (``--model`` only); ``steps`` 0: from ``epochs``; ``lr``: GPT-2's weights, ``ltm_lr``: the memory's; max_replies /
     max_eval_replies / max_document_chars 0: all."""
 
     run_dir: str = "runs/dialogue"
@@ -399,6 +424,7 @@ class DialogueTrainSettings(RunSettings):
     n_head: int = 4
     uniform: bool = False
     no_memory: bool = False
+    training_free: str | None = None
     max_replies: int = 0
     max_eval_replies: int = 0
     max_document_chars: int = 0
@@ -410,6 +436,24 @@ class DialogueTrainSettings(RunSettings):
         super().__post_init__()
         check_sampling(self.top_p, self.max_new_tokens)
         check_steps_or_epochs(self.steps, self.epochs)
+        if self.training_free is not None:
+            if self.no_memory:
+                raise ValueError("--training-free and --no-memory exclude each other")
+            if not self.model:
+                raise ValueError(
+                    "--training-free reads the memory through pretrained attention weights: give --model"
+                )
+            self.free()  # a bad DENSITY:ALPHA fails here
+
+    def free(self) -> TrainingFreeConfig | None:
+        """``training_free`` ("DENSITY:ALPHA") as add_memory's TrainingFreeConfig (None: off)."""
+        if self.training_free is None:
+            return None
+        density, _, alpha = self.training_free.partition(":")
+        try:
+            return TrainingFreeConfig(density, float(alpha)) if alpha else TrainingFreeConfig(density)
+        except ValueError as e:
+            raise ValueError(f"--training-free: expected DENSITY:ALPHA (e.g. gibbs:0.5), {e}") from None
 
     def memory(self) -> dict[str, Any]:
         """add_memory's keywords: block size, memory settings, ``uniform`` and ``no_memory``."""
@@ -461,8 +505,9 @@ class DialogueChatSettings:
         check_sampling(self.top_p, self.max_new_tokens)
 
 
-def _check_gpt2_folder(path: str, local_files_only: bool) -> None:
-    """dialogue train fine-tunes GPT-2 (InfiniteGPT2): another model family is a clear error."""
+def _check_gpt2_folder(path: str, local_files_only: bool, training_free: bool = False) -> None:
+    """dialogue train fine-tunes GPT-2 (InfiniteGPT2): another model family is a clear error; a
+    training-free memory goes onto a plain GPT-2 (a folder with a memory already is refused)."""
     from transformers import AutoConfig
 
     try:
@@ -474,13 +519,23 @@ def _check_gpt2_folder(path: str, local_files_only: bool) -> None:
             f"--model: dialogue train fine-tunes GPT-2 models; {path!r} is a {model_type!r} model "
             "(use a GPT-2 folder, or omit --model to train from scratch)"
         )
+    if training_free and model_type != "gpt2":
+        raise ValueError(
+            f"--training-free: {path!r} is a {model_type!r} model that has a memory already; "
+            "give a plain GPT-2 folder"
+        )
 
 
 def build_model(args: DialogueTrainSettings, tok: TextTokenizer) -> nn.Module:
     """GPT-2 (``--model``: a folder or hub name) or a from-scratch GPT-2 of the given size, with memory."""
     memory = args.memory()
     ids = SpecialIds.of(tok)
-    if args.model:
+    if args.training_free is not None:
+        from transformers import GPT2LMHeadModel
+
+        plain = GPT2LMHeadModel.from_pretrained(args.model, local_files_only=not args.allow_download)
+        model = add_memory(plain, training_free=args.free(), **memory)
+    elif args.model:
         model = load_memory_model(args.model, memory, not args.allow_download)
     else:
         config = InfiniteGPT2Config(
@@ -492,9 +547,9 @@ def build_model(args: DialogueTrainSettings, tok: TextTokenizer) -> nn.Module:
             **memory,
         )
         model = InfiniteGPT2LMHeadModel(config)
-    if model.config.block_size > model.config.n_positions:
+    if model.memory_config.block_size > model.config.n_positions:
         raise ValueError(
-            f"--block-size {model.config.block_size} > the model's n_positions {model.config.n_positions}"
+            f"--block-size {model.memory_config.block_size} > the model's n_positions {model.config.n_positions}"
         )
     model.resize_token_embeddings(tok.vocab_size)
     model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = (
@@ -503,6 +558,34 @@ def build_model(args: DialogueTrainSettings, tok: TextTokenizer) -> nn.Module:
         ids.pad,
     )
     return model
+
+
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """The (untrained) model of a run's saved config, for ``--resume`` to load its checkpoint into:
+    an InfiniteGPT2, or a GPT-2 with the memory its ``infinite_memory`` names (training-free)."""
+    if config.get("model_type") == InfiniteGPT2Config.model_type:
+        return InfiniteGPT2LMHeadModel(InfiniteGPT2Config.from_dict(config))  # 0.2 runs converted
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    where = f"{CONFIG_FILE}: model.infinite_memory"
+    memory, free = memory_settings_of(config.get("infinite_memory"), where)
+    model = GPT2LMHeadModel(GPT2Config.from_dict({k: v for k, v in config.items() if k != "infinite_memory"}))
+    install_memory(model, *build_memory(model, memory, free), free)
+    return model
+
+
+def memory_settings(model: nn.Module) -> dict[str, Any]:
+    """A model's fields and its memory's settings, flat as ``DialogueTrainSettings.memory()`` names
+    them, plus ``training_free`` (None or {density, alpha})."""
+    free = model.training_free
+    mc = model.memory_config
+    return {
+        **model.config.to_dict(),
+        "block_size": mc.block_size,
+        "memory_layers": mc.memory_layers,
+        **mc.ltm.settings(),
+        "training_free": None if free is None else free.to_dict(),
+    }
 
 
 def _split(data: str, split: str, max_document_chars: int) -> list[Dialogue]:
@@ -520,27 +603,31 @@ def dialogue_train(args: DialogueTrainSettings) -> dict[str, Any]:
     # numeric settings before any data is read (steps from epochs is known only after reading it)
     args.train_config(TRAIN_FLAGS, steps=args.steps or max(args.warmup, 1))
     if args.model:
-        _check_gpt2_folder(args.model, not args.allow_download)
-    saved = None
+        _check_gpt2_folder(args.model, not args.allow_download, args.training_free is not None)
+    saved = model = None
     if args.resume:
         if not (run / CONFIG_FILE).is_file():
             raise ValueError(f"--resume: {str(run)!r} holds no {CONFIG_FILE} (no `dialogue train` run)")
         saved = json.loads((run / CONFIG_FILE).read_text())
-        fixed = {**args.memory(), **(overrides(args, SCRATCH_FLAGS) if not args.model else {})}
-        config = InfiniteGPT2Config.from_dict(saved["model"])  # 0.2 runs converted: settings in config.ltm
-        given = {**config.to_dict(), **config.ltm}  # the model's fields and the memory's settings, flat
+        free = args.free()
+        fixed = {
+            **args.memory(),
+            **(overrides(args, SCRATCH_FLAGS) if not args.model else {}),
+            "training_free": None if free is None else free.to_dict(),
+        }
+        model = model_from_config(saved["model"])  # its weights: from the checkpoint
+        given = memory_settings(model)
         check_resume(run, {k: given.get(k) for k in fixed}, fixed, changes)  # memory, model: fixed
     train = _split(args.data, args.train_split, args.max_document_chars)
     for split in args.splits_to_evaluate:
         _split(args.data, split, args.max_document_chars)  # every split is read (and checked) before training
     if saved is not None:
         tok = TextTokenizer.load(run / "tokenizer")
-        model = InfiniteGPT2LMHeadModel(InfiniteGPT2Config.from_dict(saved["model"]))
     else:
         tok = dialogue_tokenizer(args, train)
         seed_everything(args.seed)
         model = build_model(args, tok)
-    block = model.config.block_size
+    block = model.memory_config.block_size
     examples = DialogueExamples(train, tok, block, args.max_replies)
     steps = args.steps or max(1, math.ceil(args.epochs * len(examples)))
     # warmup longer than training is refused, as in lm train
@@ -568,7 +655,7 @@ def dialogue_train(args: DialogueTrainSettings) -> dict[str, Any]:
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:
         out = [{"params": m.hf.base_parameters(), "lr": args.lr}]
-        if memory:
+        if m.hf.memory_parameters():  # (a training-free memory has none)
             out.append({"params": m.hf.memory_parameters(), "lr": args.ltm_lr})
         return out
 
@@ -588,7 +675,8 @@ def dialogue_train(args: DialogueTrainSettings) -> dict[str, Any]:
         "machine": machine_info(),
         "base_model": args.model or "scratch",
         "memory": memory,
-        "sticky": bool(model.config.ltm["sticky"]) if memory else None,
+        "sticky": bool(model.memory_config.ltm.sticky) if memory else None,
+        "training_free": None if model.training_free is None else model.training_free.to_dict(),
         "block_size": block,
         "parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(examples),
@@ -759,6 +847,11 @@ def add_dialogue_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--uniform", action="store_true", help="the same as --sampling uniform")
     t.add_argument(
         "--no-memory", action="store_true", help="the same model without memory (reply's block only)"
+    )
+    t.add_argument(
+        "--training-free",
+        metavar="DENSITY:ALPHA",
+        help="with --model: a memory without weights, read through GPT-2's own attention (e.g. gibbs:0.5)",
     )
     t.add_argument("--max-replies", type=int, help="training replies per dialogue (0 = all)")
     t.add_argument("--max-eval-replies", type=int, help="evaluated replies per dialogue (0 = all)")

@@ -92,6 +92,25 @@ class TrainingFreeConfig:
             return cls(**value)
         raise ValueError(f"training_free must be a bool or a dict of density/alpha/combine, got {value!r}")
 
+    @classmethod
+    def parse(cls, text: str) -> TrainingFreeConfig:
+        """The command-line form DENSITY[:ALPHA | :softmax]: "gibbs", "gaussian:0.3", "gibbs:softmax"."""
+        density, _, how = text.partition(":")
+        if how == "softmax":
+            return cls(density=density, combine="softmax")
+        try:
+            return cls(density=density, **({"alpha": float(how)} if how else {}))
+        except ValueError as e:
+            if "training_free" in str(e):
+                raise
+            raise ValueError(f"training_free: expected DENSITY[:ALPHA | :softmax], got {text!r}") from e
+
+    @property
+    def label(self) -> str:
+        """A short name: free_gibbs_a0.5, free_gaussian_softmax."""
+        how = "softmax" if self.combine == "softmax" else f"a{self.alpha:g}"
+        return f"free_{self.density}_{how}"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

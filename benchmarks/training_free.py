@@ -99,7 +99,7 @@ def per_block(nll: Tensor, L: int, buckets: tuple | None = None) -> tuple[list[f
     return means, index
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(REPO / "runs" / "gpt2-shakespeare"))
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "shakespeare"))
@@ -114,7 +114,7 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="default: results/training_free_<model_type>_cpu.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -168,7 +168,9 @@ def main() -> None:
     buckets += [compare(f, "base", blocks=b) for f in frees for b in BLOCK_INDEX if units(f, blocks=b)]
     out = {
         "benchmark": "training_free",
-        "command": " ".join(["python", "benchmarks/training_free.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python", "benchmarks/training_free.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "model": args.model,
         "model_type": model_type,
         "evaluation": f"test split ({len(docs)} documents), blocks of {L} tokens, each document from its start",
@@ -189,6 +191,8 @@ def main() -> None:
         where = {k: pair[k] for k in ("offsets", "blocks") if k in pair}
         print(f"{pair['a']} - {pair['b']} {where}: {pair['mean_diff']:+.4f} {pair['ci95']} {pair['verdict']}")
 
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -106,3 +106,43 @@ def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert res["base_model"]["parameters"] > 0 and "base (whole context window)" in res["passkey_accuracy"]
     # a second run skips what is done
     assert bench.main(run) == 0
+
+
+def test_pretrain_llama_then_the_training_free_and_probe_benchmarks_at_toy_size(tmp_path):
+    """pretrain.py --arch llama -> a rotary-position folder; training_free.py and probes.py read it
+    (any causal LM folder), name their results after its model type, and the memories start as the
+    base model: on a document's first block every training-free variant's NLL is the base model's."""
+    data = tmp_path / "plays"
+    for split, n in (("train", 30), ("test", 6)):
+        (data / split).mkdir(parents=True)
+        for play in ("a", "b"):
+            text = "".join(
+                f"KING. Speech {i} of play {play}, {split}; the court replies.\n" for i in range(n)
+            )
+            (data / split / f"{play}.txt").write_text(text * 3)
+    llama = tmp_path / "llama"
+    args = ["--data", str(data), "--arch", "llama", "--out", str(llama), "--steps", "4", "--n-layer", "1",
+            "--n-embd", "16", "--n-head", "2", "--n-positions", "64", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
+    assert _load("pretrain").main(args) == 0
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(llama).model_type == "llama"
+    out = tmp_path / "tf.json"
+    argv = ["--model", str(llama), "--data", str(data), "--block-size", "16", "--max-tokens", "80",
+            "--variants", "gibbs:0.5,gaussian:softmax", "--out", str(out)]  # fmt: skip
+    assert _load("training_free").main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["model_type"] == "llama"
+    assert set(res["models"]) == {"base", "window", "free_gibbs_a0.5", "free_gaussian_softmax"}
+    first = [p for p in res["buckets"] if p.get("blocks") == [0, 1]]
+    assert len(first) == 2 and all(p["mean_diff"] == 0 for p in first)  # an empty memory: the base model
+    later = [p for p in res["buckets"] if p.get("blocks") == [1, 2]]
+    assert all(p["mean_diff"] != 0 for p in later)  # the memory is read from the second block on
+    out = tmp_path / "probes.json"
+    argv = ["--model", str(llama), "--block-size", "16", "--gaps", "0,40", "--span", "8", "--copy-trials", "3",
+            "--lengths", "300", "--depths", "0", "--trials", "1", "--free", "gibbs:softmax", "--out", str(out)]  # fmt: skip
+    assert _load("probes").main(argv) == 0
+    res = json.loads(out.read_text())["results"]
+    assert res["base"]["passkey"] == {"refused": "every prompt exceeds 64 positions"}
+    assert set(res["base"]["copy"]["per_gap"]) == {"0", "40"} and res["memory_zero"]["memory"] is True
+    assert 0.0 <= res["free_gibbs_softmax"]["passkey"]["score"] <= 1.0

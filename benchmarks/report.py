@@ -741,7 +741,7 @@ def probes(model_type: str = "gpt2") -> str:
     for name, r in res.items():
         by = r["passkey"].get("by_length", {})
         lines.append(
-            f"| {_free_label(name)} | "
+            f"| {label(name)} | "
             + " | ".join(f"{by[n]:.2f}" if n in by else "–" for n in lengths)
             + " |"
         )

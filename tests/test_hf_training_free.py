@@ -14,6 +14,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from infinite_former.hf import add_memory, from_pretrained, load_memory, save_memory
 from infinite_former.hf.lora import add_lora
+from infinite_former.hf.training_free import TrainingFreeConfig
 from test_hf_any import BLOCK, MEMORY, base_model, ids, run
 from test_transactional import assert_unchanged, snapshot
 
@@ -78,17 +79,22 @@ def test_a_memory_of_one_repeated_token_returns_that_tokens_value_through_the_la
     torch.testing.assert_close(run(gaussian, x).logits[:, 8:], want, atol=2e-2, rtol=1e-2)
 
 
+def in_chunks(model, x, size):
+    """The logits of x fed in chunks of ``size`` tokens, the memory carried (sticky sampling seeded)."""
+    memory, parts = None, []
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for s in range(0, x.shape[1], size):
+            out = model(x[:, s : s + size], memory=memory)
+            memory, parts = out.memory, parts + [out.logits]
+    return torch.cat(parts, 1)
+
+
 def test_chunks_generate_and_save_load_keep_the_training_free_memory(tmp_path):
     model = add_memory(base_model("llama"), training_free=True, **MEMORY).eval()
     x = ids(2, 3 * BLOCK + 5, seed=1)
     whole = run(model, x)
-    memory, parts = None, []
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for s in range(0, x.shape[1], 3):
-            out = model(x[:, s : s + 3], memory=memory)
-            memory, parts = out.memory, parts + [out.logits]
-    torch.testing.assert_close(torch.cat(parts, 1), whole.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(in_chunks(model, x, 3), whole.logits, atol=1e-4, rtol=1e-4)
     gen = model.generate(
         ids(2, 2, seed=2), memory=whole.memory, max_new_tokens=BLOCK, num_beams=2, pad_token_id=1
     )
@@ -111,6 +117,17 @@ def test_bad_training_free_settings_are_clear_errors(tmp_path):
         add_memory(base_model("llama"), training_free={"density": "laplace"})
     with pytest.raises(ValueError, match="alpha"):
         add_memory(base_model("llama"), training_free={"alpha": 2.0})
+    with pytest.raises(ValueError, match="combine must be one of"):
+        add_memory(base_model("llama"), training_free={"combine": "max"})
+    assert TrainingFreeConfig.parse("gaussian:softmax") == TrainingFreeConfig("gaussian", combine="softmax")
+    assert TrainingFreeConfig.parse("gibbs:0.3").label == "free_gibbs_a0.3"
+    for bad, match in (
+        ("gibbs:lots", "expected DENSITY"),
+        ("laplace:0.5", "density"),
+        ("gibbs:1.5", "alpha"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            TrainingFreeConfig.parse(bad)
     free = add_memory(base_model("llama"), training_free=True, **MEMORY)
     with pytest.raises(ValueError, match="LoRA cannot target the memory"):
         add_lora(free, r=2, target_modules=["q_proj", "query", "value"])
@@ -261,13 +278,7 @@ def test_the_softmax_combine_streams_in_chunks_as_in_one_call(family):
     model = add_memory(base_model(family), training_free={"combine": "softmax"}, **MEMORY).eval()
     x = ids(2, 2 * BLOCK + 5, seed=1)
     whole = run(model, x)
-    memory, parts = None, []
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for s in range(0, x.shape[1], 3):
-            out = model(x[:, s : s + 3], memory=memory)
-            memory, parts = out.memory, parts + [out.logits]
-    torch.testing.assert_close(torch.cat(parts, 1), whole.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(in_chunks(model, x, 3), whole.logits, atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         ref = base_model(family)(x[:, BLOCK : 2 * BLOCK]).logits
     torch.testing.assert_close(whole.logits[:, :BLOCK], run(base_model(family), x[:, :BLOCK]).logits)

@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from infinite_former.hf import add_memory, from_pretrained, load_memory, save_memory
 from infinite_former.hf.lora import add_lora
-from infinite_former.hf.training_free import TrainingFreeConfig
-from test_hf_any import BLOCK, MEMORY, base_model, ids, run
+from infinite_former.hf.training_free import BlockAttention, TrainingFreeConfig
+from test_hf_any import BLOCK, MEMORY, base_model, family_config, ids, run
 from test_transactional import assert_unchanged, snapshot
 
 FREE = ["llama", "qwen2", "mistral", "gpt2"]
@@ -283,3 +283,51 @@ def test_the_softmax_combine_streams_in_chunks_as_in_one_call(family):
         ref = base_model(family)(x[:, BLOCK : 2 * BLOCK]).logits
     torch.testing.assert_close(whole.logits[:, :BLOCK], run(base_model(family), x[:, :BLOCK]).logits)
     assert (whole.logits[:, BLOCK : 2 * BLOCK] - ref).abs().amax(-1).min() > 1e-4
+
+
+def block_attention_is_recomputed(family: str, base=None) -> None:
+    """combine="softmax" recomputes each memory layer's own attention over the block (its rotary, partial
+    rotary, grouped heads, q/k norms and scaling as the family has them): W_O a_h + b_O equals the
+    attention output the layer computed. base: the model (default: the family's tiny one)."""
+    base = base_model(family) if base is None else base
+    model = add_memory(base, training_free={"combine": "softmax"}, **MEMORY).eval()
+    layers = model.memory_config.layer_ids(len(model.decoder_layout.layers))
+    seen = []
+
+    def check(i, ltm):
+        def hook(module, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            cache = kwargs.get("cache") or kwargs.get("past_key_values")
+            n = x.shape[1]
+            mask = torch.ones(n, n, dtype=torch.bool).tril()[None].expand(x.shape[0], n, n)
+            block = BlockAttention(out[0], cache.layers[i].keys, cache.layers[i].values, mask,
+                                   kwargs.get("position_embeddings"))  # fmt: skip
+            a, _ = ltm.block_attention(x, block)
+            seen.append((ltm.projections_of_layer.output(a.to(x.dtype)), out[0]))
+
+        return hook
+
+    attentions = model.decoder_layout.attentions
+    handles = [
+        attentions[i].register_forward_hook(check(i, ltm), with_kwargs=True)
+        for i, ltm in zip(layers, model.ltm)
+    ]
+    run(model, ids(2, BLOCK))
+    for h in handles:
+        h.remove()
+    assert len(seen) == len(layers)
+    for got, want in seen:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FREE)
+def test_the_softmax_combine_recomputes_the_blocks_own_attention(family):
+    block_attention_is_recomputed(family)
+
+
+def test_the_softmax_combine_leaves_the_queries_of_a_layer_without_rotary_unrotated():
+    """SmolLM3's NoPE layers get rotary embeddings but do not use them: neither does the recomputation."""
+    config = family_config("smollm3")
+    config.no_rope_layers = [1, 0]  # the second layer without rotary
+    torch.manual_seed(0)
+    block_attention_is_recomputed("smollm3", AutoModelForCausalLM.from_config(config).eval())

@@ -175,6 +175,9 @@ class Projections:
         self.o = next((m for m in map(get, ("o_proj", "c_proj", "dense")) if m is not None), None)
         self.q_norm, self.k_norm = get("q_norm"), get("k_norm")
         self.scaling = float(getattr(attention, "scaling", None) or self.head_dim**-0.5)  # (Granite: its own)
+        self.uses_rope = bool(getattr(attention, "use_rope", True))  # SmolLM3: layers without rotary
+        self.rotary_dims = getattr(attention, "rotary_ndims", None)  # StableLM, Phi: the first dims rotated
+        self.softcap = getattr(config, "attn_logit_softcapping", None)  # Gemma 2: tanh-capped scores
         if (self.fused is None and None in (self.q, self.k, self.v)) or self.o is None:
             raise ValueError(
                 f"training_free is not supported for {name}: its attention {type(attention).__name__} has no "
@@ -199,15 +202,27 @@ class Projections:
     def queries(self, x: Tensor) -> Tensor:
         return self._heads(self._split(x)[0], self.heads, self.q_norm)  # (batch, H, q, d)
 
+    def check_softmax_combine(self) -> None:
+        """ValueError where the block's attention cannot be recomputed exactly for combine='softmax'."""
+        if self.softcap is not None:
+            raise ValueError(
+                f"training_free combine='softmax' is not supported for {self.name}: its attention caps its "
+                f"scores (attn_logit_softcapping={self.softcap}); use combine='mix'"
+            )
+
     def rotated(self, q: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Queries (batch, H, q, d) rotated as the layer rotates them (its family's apply_rotary_pos_emb)."""
-        if rotary is None:
+        """Queries (batch, H, q, d) rotated as the layer rotates them (its family's apply_rotary_pos_emb,
+        on the first rotary_ndims dimensions where the layer has them)."""
+        if rotary is None or not self.uses_rope:
             return q
         if self.rotate is None:
             raise ValueError(
                 f"training_free combine='softmax' is not supported for {self.name}: its attention is given "
                 "rotary embeddings but its module has no apply_rotary_pos_emb to rotate the queries with"
             )
+        if self.rotary_dims is not None:
+            part, rest = q[..., : self.rotary_dims], q[..., self.rotary_dims :]
+            return torch.cat([self.rotate(part, part, *rotary)[0], rest], dim=-1)
         return self.rotate(q, q, *rotary)[0]
 
     def block_keys_values(self, block: BlockAttention) -> tuple[Tensor, Tensor]:
@@ -255,6 +270,8 @@ class TrainingFreeMemory(nn.Module):
         self.basis = GaussianBasis(config.num_basis, config.basis_widths)
         self.normalizer = NORMALIZERS["softmax"](self.basis)
         projections = Projections(attention, model_config, name or type(attention).__name__)
+        if free.combine == "softmax":
+            projections.check_softmax_combine()
         self.__dict__["projections_of_layer"] = projections
 
     # absorbing is LongTermAttention's, without the gate (a weight): contraction, M samples, refit of B
@@ -325,7 +342,7 @@ class TrainingFreeMemory(nn.Module):
                 # n tokens on M grid points: log((n / M) Σ_g exp(s_g)), n >= 1 (an empty memory is masked below)
                 tokens = state.length.clamp_min(1).to(work).log()[:, None, None]
                 log_mass = torch.logsumexp(scores, dim=-1) + tokens - math.log(scores.shape[-1])
-                add = self._merge(queries, q, context, log_mass, block, work)
+                add = self._merge(queries, context, log_mass, block)
         has_memory = state.length > 0
         valid = has_memory[:, None] if query_mask is None else has_memory[:, None] & query_mask  # (batch, q)
         if self.free.combine == "mix":
@@ -341,30 +358,28 @@ class TrainingFreeMemory(nn.Module):
             return add, state, None, ReadRecord(mu.detach(), sigma2.detach(), valid.expand(-1, q.shape[2]))
         return add, state, None
 
-    def _merge(
-        self,
-        x: Tensor,
-        q: Tensor,
-        context: Tensor,
-        log_mass: Tensor,
-        block: BlockAttention,
-        work: torch.dtype,
-    ) -> Tensor:
-        """The change of the attention output a when the memory (context z_h (batch, H, q, d), log-mass
-        ℓ_m (batch, H, q)) joins the block's keys under one softmax: W_O[(1 - λ)(z_h - a_h)] per head,
-        1 - λ = sigmoid(ℓ_m - ℓ_a), with a_h and ℓ_a recomputed from the block's cached keys/values."""
+    def block_attention(self, x: Tensor, block: BlockAttention) -> tuple[Tensor, Tensor]:
+        """The block's own attention for queries x (batch, q, e), recomputed from the same projections
+        (queries rotated as the layer does, keys/values from its cache): (a_h (batch, H, q, d), the
+        log-normaliser ℓ_a = log Σ_j exp(s_j) (batch, H, q)), in float32 or wider."""
         layer = self.projections_of_layer
         if block.keys is None or block.values is None or block.key_mask is None:
             raise ValueError("training_free combine='softmax' needs the block's keys, values and key mask")
+        work = torch.promote_types(x.dtype, torch.float32)
         keys, values = layer.block_keys_values(block)  # (batch, H, S, d)
-        q_block = layer.rotated(q, block.rotary).to(work)  # (batch, H, q, d) as the layer's attention sees it
-        s = q_block @ keys.to(work).transpose(-1, -2) * layer.scaling  # (batch, H, q, S)
+        q = layer.rotated(layer.queries(x), block.rotary).to(work)  # (batch, H, q, d) as the layer sees them
+        s = q @ keys.to(work).transpose(-1, -2) * layer.scaling  # (batch, H, q, S)
         s = s.masked_fill(~block.key_mask[:, None], torch.finfo(work).min)
-        log_block = torch.logsumexp(s, dim=-1)  # ℓ_a: (batch, H, q)
-        a = torch.softmax(s, dim=-1) @ values.to(work)  # a_h: (batch, H, q, d)
-        memory_share = torch.sigmoid(log_mass - log_block)[..., None]  # 1 - λ: (batch, H, q, 1)
-        change = (memory_share * (context - a)).to(x.dtype)
-        return layer.output(change, bias=False).to(block.output.dtype)  # (batch, q, e)
+        return torch.softmax(s, dim=-1) @ values.to(work), torch.logsumexp(s, dim=-1)
+
+    def _merge(self, x: Tensor, context: Tensor, log_mass: Tensor, block: BlockAttention) -> Tensor:
+        """The change of the attention output a when the memory (context z_h (batch, H, q, d), log-mass
+        ℓ_m (batch, H, q)) joins the block's keys under one softmax: W_O[(1 - λ)(z_h - a_h)] per head,
+        1 - λ = sigmoid(ℓ_m - ℓ_a), with a_h and ℓ_a recomputed from the block's cached keys/values."""
+        a, log_block = self.block_attention(x, block)  # a_h, ℓ_a
+        memory_share = torch.sigmoid(log_mass.to(a.dtype) - log_block)[..., None]  # 1 - λ: (batch, H, q, 1)
+        change = (memory_share * (context.to(a.dtype) - a)).to(x.dtype)
+        return self.projections_of_layer.output(change, bias=False).to(block.output.dtype)  # (batch, q, e)
 
     def extra_repr(self) -> str:
         return (

@@ -51,6 +51,7 @@ UNSUPPORTED = {
     ("phi3", "training_free"): "no separate q_proj/k_proj/v_proj",
     ("gpt_neox", "training_free"): "no separate q_proj/k_proj/v_proj",
     ("phi3", "training_free_softmax"): "no separate q_proj/k_proj/v_proj",
+    ("gpt_neox", "training_free_softmax"): "no separate q_proj/k_proj/v_proj",
     ("gemma2", "training_free_softmax"): "caps its scores",
 }
 # every feature on the new families; on the first five, the cells their own test files leave out
@@ -59,6 +60,7 @@ CELLS = [(family, feature) for family in MORE_FAMILIES for feature in FEATURES] 
     *[(family, "padding") for family in ("qwen2", "mistral")],
     *[(family, "lora") for family in ("qwen2", "mistral", "gpt_neox", "gpt2")],
     ("gpt_neox", "training_free"),
+    ("gpt_neox", "training_free_softmax"),
 ]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -102,7 +103,12 @@ def per_block(nll: Tensor, L: int, buckets: tuple | None = None) -> tuple[list[f
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(REPO / "runs" / "gpt2-shakespeare"))
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "shakespeare"))
+    p.add_argument(
+        "--data",
+        default=os.environ.get(
+            "INFINITE_FORMER_SHAKESPEARE", str(REPO.parent / "shared" / "data" / "shakespeare")
+        ),
+    )
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument(
         "--variants",

@@ -17,7 +17,8 @@ N = M = 128, τ = 0.5, sticky, KL 1e-6; ``STEPS`` steps, validation every ``EVAL
 
 Each run records its validation loss (the first ``EVAL_SEGMENTS`` blocks of each of 4 lanes over
 the validation plays, blocks in order with the memory) at step 0 (the start, evaluated here on the
-same blocks) and every EVAL_EVERY steps, and its test NLL per document at the end. ``summarize``
+same blocks) and every EVAL_EVERY steps, and its test NLL per document at the end (the saved model,
+blocks in order; the base model is not evaluated again: benchmarks/training_free.py has it). ``summarize``
 pairs the starts by seed at every checkpoint (validation) and by seed × test document at the end
 (bootstrap 95% CIs, infinite_former.stats). The runs' models stay in --runs-dir (not committed):
 seed 0's ``no_memory`` and ``zero`` models are the fine-tuned models of benchmarks/probes.py.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import time
@@ -46,10 +48,10 @@ from infinite_former.training.records import (
 from infinite_former.utils import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "shakespeare"
+DATA = Path(os.environ.get("INFINITE_FORMER_SHAKESPEARE", REPO.parent / "shared" / "data" / "shakespeare"))
 VARIANTS = ("free", "zero", "no_memory")
 FREE = "gibbs:0.5"
-STEPS, EVAL_EVERY, EVAL_SEGMENTS = 400, 100, 25
+STEPS, EVAL_EVERY, EVAL_SEGMENTS = 300, 100, 25
 S = dict(block_size=128, batch_size=4, num_basis=128, num_samples=128, tau=0.5, lr=5e-5, ltm_lr=2.5e-4,
          kl_weight=1e-6, warmup=0)  # fmt: skip
 PAIRS = (("free", "zero"), ("free", "no_memory"), ("zero", "no_memory"))
@@ -66,7 +68,7 @@ def finetune_settings(
     return lm_cli.LMFinetuneSettings(
         model=str(args.model), data=str(args.data), run_dir=str(run_dir), cache_dir=str(run_dir.parent / "cache"),
         block_size=S["block_size"], batch_size=S["batch_size"], steps=args.steps, warmup=S["warmup"], lr=S["lr"],
-        ltm_lr=S["ltm_lr"], ltm=ltm, seed=seed, eval_splits=("test",), device="cpu", progress=False,
+        ltm_lr=S["ltm_lr"], ltm=ltm, seed=seed, eval_splits=(), device="cpu", progress=False,
         tensorboard=False, log_every=10, no_memory=variant == "no_memory",
         training_free=FREE if variant == "free" else None, eval_every=EVAL_EVERY, eval_segments=EVAL_SEGMENTS,
     )  # fmt: skip
@@ -89,6 +91,20 @@ def start_loss(s: lm_cli.LMFinetuneSettings) -> float:
         return float(evaluate(model, stream(shard), "cpu")["loss"])
 
 
+def test_result(s: lm_cli.LMFinetuneSettings, folder: Path) -> dict:
+    """The fine-tuned model's test perplexity per document (blocks in order, memory reset per document);
+    the base model's is the training-free benchmark's (not evaluated again here)."""
+    from infinite_former.data.tokenizer import hf_tokenizer
+    from infinite_former.hf.training import evaluate_hf_pair, load_memory_model
+
+    tok = hf_tokenizer(folder)
+    corpus = lm_cli._load_split(s.data, "test", tok, s.cache_dir)
+    model = load_memory_model(str(folder), {}, True)
+    with torch.no_grad():
+        res = evaluate_hf_pair(model, None, corpus, s.block_size, s.batch_size, tok.eos_id)
+    return next(iter(res.values()))
+
+
 def valid_curve(run_dir: Path) -> dict[int, float]:
     with open(run_dir / "eval_log.csv") as f:
         return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "valid/loss"}
@@ -100,9 +116,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     start = start_loss(s)
     res = lm_cli.lm_finetune(s)
-    from infinite_former.hf.training import pair_result
-
-    test = pair_result(res["eval"]["test"], "finetuned" if variant == "no_memory" else "memory")
+    test = test_result(s, run_dir / "model")
     return {
         "flags": {"free": ["--training-free", FREE], "zero": [], "no_memory": ["--no-memory"]}[variant],
         "valid_loss": {0: start, **valid_curve(run_dir)},

@@ -146,3 +146,39 @@ def test_pretrain_llama_then_the_training_free_and_probe_benchmarks_at_toy_size(
     assert res["base"]["passkey"] == {"refused": "every prompt exceeds 64 positions"}
     assert set(res["base"]["copy"]["per_gap"]) == {"0", "40"} and res["memory_zero"]["memory"] is True
     assert 0.0 <= res["free_gibbs_softmax"]["passkey"]["score"] <= 1.0
+
+
+def test_training_free_finetune_benchmark_at_toy_size(tmp_path, monkeypatch):
+    """free / zero / no_memory starts x 2 seeds -> summarize: validation at step 0 and every eval step,
+    the training-free start differs from the zero one at step 0 (which equals no memory), pairs."""
+    data = tmp_path / "plays"
+    for split, n in (("train", 30), ("valid", 6), ("test", 6)):
+        (data / split).mkdir(parents=True)
+        for play in ("a", "b"):
+            text = "".join(
+                f"KING. Speech {i} of play {play}, {split}; the court replies.\n" for i in range(n)
+            )
+            (data / split / f"{play}.txt").write_text(text * 3)
+    base = tmp_path / "gpt2"
+    args = ["--data", str(data), "--out", str(base), "--steps", "4", "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--n-positions", "32", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
+    assert _load("pretrain").main(args) == 0
+    bench = _load("training_free_finetune")
+    for key, value in dict(block_size=16, batch_size=2, num_basis=8, num_samples=8).items():
+        monkeypatch.setitem(bench.S, key, value)
+    monkeypatch.setattr(bench, "EVAL_EVERY", 1)
+    monkeypatch.setattr(bench, "EVAL_SEGMENTS", 3)
+    common = ["--model", str(base), "--data", str(data), "--steps", "2", "--records", str(tmp_path / "rec")]
+    assert bench.main(["run", *common, "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert bench.main(["summarize", *common, "--out", str(tmp_path / "out.json")]) == 0
+    res = json.loads((tmp_path / "out.json").read_text())
+    assert res["paired_seeds"] == [0, 1] and set(res["valid_loss"]) == {"free", "zero", "no_memory"}
+    curve = res["valid_loss"]
+    assert set(curve["free"]) == {"0", "1", "2"}
+    assert curve["zero"]["0"] == pytest.approx(curve["no_memory"]["0"], abs=1e-6)  # output projection 0
+    assert curve["free"]["0"] != pytest.approx(curve["zero"]["0"], abs=1e-6)  # the memory is read at once
+    assert {(p["a"], p["b"], p["step"]) for p in res["valid_pairs"]} >= {
+        ("free", "zero", 0),
+        ("free", "zero", 2),
+    }
+    assert [p["unit"] for p in res["test_pairs"]][0].startswith("test NLL")

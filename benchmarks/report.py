@@ -633,6 +633,27 @@ FREE_LABELS = {
 }
 
 
+def _bucket_table(buckets: list[dict], key: str, labels: dict[str, str]) -> list[str]:
+    """Rows: models; columns: the buckets of ``key`` (blocks: block index, offsets: offset in the block)."""
+    buckets = [p for p in buckets if key in p]
+    spans = list(dict.fromkeys(tuple(p[key]) for p in buckets))
+
+    def head(lo: int, hi: int) -> str:
+        if key == "offsets":
+            return f"offsets {lo}–{hi - 1}"
+        return (
+            f"block {lo}" if hi - lo == 1 else (f"blocks {lo}+" if hi >= 10**8 else f"blocks {lo}–{hi - 1}")
+        )
+
+    lines = ["| − pretrained, each block alone | " + " | ".join(head(*sp) for sp in spans) + " |",
+             "|---|" + "---:|" * len(spans)]  # fmt: skip
+    for name in dict.fromkeys(p["a"] for p in buckets):
+        cells = {tuple(p[key]): p for p in buckets if p["a"] == name}
+        row = [_ci(cells[sp], 4) + ("" if cells[sp]["verdict"] == "within noise" else " *") for sp in spans]
+        lines.append(f"| {labels[name]} | " + " | ".join(row) + " |")
+    return lines
+
+
 def training_free(model_type: str = "gpt2") -> str:
     """The training-free memory on a model pretrained here (benchmarks/training_free.py)."""
     d = _load(f"training_free_{model_type}_cpu.json")
@@ -654,19 +675,13 @@ def training_free(model_type: str = "gpt2") -> str:
         "|---|---:|---|",
         *_pair_rows(d["pairs"], labels),
         "",
-        "Per block index in its document (block 0: the memory is empty), against the model without memory:",
+        "Per block index in its document (block 0: the memory is empty) and per target offset inside its "
+        "block, against the model without memory:",
         "",
+        *_bucket_table(d["buckets"], "blocks", labels),
+        "",
+        *_bucket_table(d["buckets"], "offsets", labels),
     ]
-    buckets = [p for p in d["buckets"] if "blocks" in p]
-    spans = list(dict.fromkeys(tuple(p["blocks"]) for p in buckets))
-    names = list(dict.fromkeys(p["a"] for p in buckets))
-    head = [f"blocks {lo}–{hi - 1}" if hi - lo > 1 and hi < 10**8 else (f"block {lo}" if hi - lo == 1 else f"blocks {lo}+")
-            for lo, hi in spans]  # fmt: skip
-    lines += ["| − pretrained, each block alone | " + " | ".join(head) + " |", "|---|" + "---:|" * len(spans)]
-    for name in names:
-        cells = {tuple(p["blocks"]): p for p in buckets if p["a"] == name}
-        row = [_ci(cells[s], 4) + ("" if cells[s]["verdict"] == "within noise" else " *") for s in spans]
-        lines.append(f"| {labels[name]} | " + " | ".join(row) + " |")
     lines += ["", "(* : the 95% CI excludes 0.)"]
     return "\n".join(lines)
 
@@ -719,17 +734,25 @@ def probes(model_type: str = "gpt2") -> str:
         f"Model: `{Path(d['model']).name}` ({d['model_type']}); memory blocks of L = {d['memory']['block_size']}, "
         f"N = M = {d['memory']['num_basis']}. copy: {copy_cfg['trials']} random spans of {copy_cfg['span']} tokens, "
         "NLL (nats/token) on the second copy after a gap D (– : beyond the model's positions; the first copy's "
-        "NLL is the no-recall level). Machine: " + _machine(d["machine"]) + ".",
+        "NLL, averaged over the gaps every model takes, is the no-recall level). Machine: "
+        + _machine(d["machine"])
+        + ".",
         "",
         "| model | first copy | " + " | ".join(f"second copy, D = {g}" for g in gaps) + " |",
         "|---|---:|" + "---:|" * len(gaps),
     ]
+    common = set.intersection(*(set(r["copy"].get("per_gap", {})) for r in res.values()))
     for name, r in res.items():
         per = r["copy"].get("per_gap", {})
-        first = sum(v["nll_first_copy"] for v in per.values()) / max(len(per), 1)
+        first = sum(per[g]["nll_first_copy"] for g in common) / max(
+            len(common), 1
+        )  # the gaps all models take
         cells = [f"{per[str(g)]['nll_second_copy']:.3f}" if str(g) in per else "–" for g in gaps]
         lines.append(f"| {label(name)} | {first:.3f} | " + " | ".join(cells) + " |")
-    pk = next(r["passkey"]["config"] for r in res.values() if "config" in r.get("passkey", {}))
+    pk = max(
+        (r["passkey"]["config"] for r in res.values() if "config" in r["passkey"]),
+        key=lambda c: len(c["lengths"]),
+    )
     lengths = [str(n) for n in pk["lengths"]]
     lines += [
         "",
@@ -741,9 +764,7 @@ def probes(model_type: str = "gpt2") -> str:
     for name, r in res.items():
         by = r["passkey"].get("by_length", {})
         lines.append(
-            f"| {label(name)} | "
-            + " | ".join(f"{by[n]:.2f}" if n in by else "–" for n in lengths)
-            + " |"
+            f"| {label(name)} | " + " | ".join(f"{by[n]:.2f}" if n in by else "–" for n in lengths) + " |"
         )
     return "\n".join(lines)
 

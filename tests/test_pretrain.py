@@ -47,20 +47,32 @@ def _load(name: str):
     return module
 
 
-def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
-    """pretrain -> fine-tune (no memory / uniform / sticky) x 2 seeds -> summarize, at toy size."""
-    data = tmp_path / "plays"
-    for split, n in (("train", 30), ("test", 8)):
+def _plays(root: Path, splits: tuple[tuple[str, int], ...]) -> Path:
+    """Two toy plays per split (``n`` speeches each, repeated 3 times)."""
+    data = root / "plays"
+    for split, n in splits:
+        (data / split).mkdir(parents=True, exist_ok=True)
         for play in ("a", "b"):
-            (data / split).mkdir(parents=True, exist_ok=True)
             text = "".join(
                 f"KING. Speech {i} of play {play}, {split}; the court replies.\n" for i in range(n)
             )
             (data / split / f"{play}.txt").write_text(text * 3)
-    base = tmp_path / "gpt2"
+    return data
+
+
+def _tiny_gpt2(root: Path, data: Path) -> Path:
+    """pretrain.py's GPT-2 at toy size (1 layer, d 16, 32 positions, 4 steps)."""
+    base = root / "gpt2"
     args = ["--data", str(data), "--out", str(base), "--steps", "4", "--n-layer", "1", "--n-embd", "16",
             "--n-head", "2", "--n-positions", "32", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
     assert _load("pretrain").main(args) == 0
+    return base
+
+
+def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
+    """pretrain -> fine-tune (no memory / uniform / sticky) x 2 seeds -> summarize, at toy size."""
+    data = _plays(tmp_path, (("train", 30), ("test", 8)))
+    base = _tiny_gpt2(tmp_path, data)
 
     bench = _load("gpt2_finetune")
     monkeypatch.setattr(bench, "DATA", str(data))
@@ -112,14 +124,7 @@ def test_pretrain_llama_then_the_training_free_and_probe_benchmarks_at_toy_size(
     """pretrain.py --arch llama -> a rotary-position folder; training_free.py and probes.py read it
     (any causal LM folder), name their results after its model type, and the memories start as the
     base model: on a document's first block every training-free variant's NLL is the base model's."""
-    data = tmp_path / "plays"
-    for split, n in (("train", 30), ("test", 6)):
-        (data / split).mkdir(parents=True)
-        for play in ("a", "b"):
-            text = "".join(
-                f"KING. Speech {i} of play {play}, {split}; the court replies.\n" for i in range(n)
-            )
-            (data / split / f"{play}.txt").write_text(text * 3)
+    data = _plays(tmp_path, (("train", 30), ("test", 6)))
     llama = tmp_path / "llama"
     args = ["--data", str(data), "--arch", "llama", "--out", str(llama), "--steps", "4", "--n-layer", "1",
             "--n-embd", "16", "--n-head", "2", "--n-positions", "64", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
@@ -151,18 +156,8 @@ def test_pretrain_llama_then_the_training_free_and_probe_benchmarks_at_toy_size(
 def test_training_free_finetune_benchmark_at_toy_size(tmp_path, monkeypatch):
     """free / zero / no_memory starts x 2 seeds -> summarize: validation at step 0 and every eval step,
     the training-free start differs from the zero one at step 0 (which equals no memory), pairs."""
-    data = tmp_path / "plays"
-    for split, n in (("train", 30), ("valid", 6), ("test", 6)):
-        (data / split).mkdir(parents=True)
-        for play in ("a", "b"):
-            text = "".join(
-                f"KING. Speech {i} of play {play}, {split}; the court replies.\n" for i in range(n)
-            )
-            (data / split / f"{play}.txt").write_text(text * 3)
-    base = tmp_path / "gpt2"
-    args = ["--data", str(data), "--out", str(base), "--steps", "4", "--n-layer", "1", "--n-embd", "16",
-            "--n-head", "2", "--n-positions", "32", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
-    assert _load("pretrain").main(args) == 0
+    data = _plays(tmp_path, (("train", 30), ("valid", 6), ("test", 6)))
+    base = _tiny_gpt2(tmp_path, data)
     bench = _load("training_free_finetune")
     for key, value in dict(block_size=16, batch_size=2, num_basis=8, num_samples=8).items():
         monkeypatch.setitem(bench.S, key, value)

@@ -613,7 +613,7 @@ def sorting_reach() -> str:
 
 def _free_label(name: str) -> str:
     """free_gibbs_a0.5 -> "training-free, Gibbs, α = 0.5"; free_gaussian_softmax -> "..., one softmax"."""
-    if not name.startswith("free_"):
+    if name in FREE_LABELS or not name.startswith("free_"):
         return FREE_LABELS.get(name, name)
     density, how = name.removeprefix("free_").split("_", 1)
     combine = "one softmax" if how == "softmax" else f"α = {how.removeprefix('a')}"
@@ -627,7 +627,7 @@ FREE_LABELS = {
     "free": "from the training-free memory (Gibbs, α = 0.5)",
     "zero": "from the zero-initialised memory",
     "no_memory": "without memory",
-    "no_memory_ft": "fine-tuned without memory (seed 0)",
+    "no_memory_ft": "fine-tuned without memory (seed 0), whole prompt in its window",
     "memory_ft": "fine-tuned with memory from zero (seed 0)",
     "free_ft": "fine-tuned from the training-free memory (seed 0)",
 }

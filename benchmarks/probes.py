@@ -33,6 +33,7 @@ from infinite_former.experiments.probe import ProbeConfig, context_limit, run_pr
 from infinite_former.hf import add_memory, load_model
 from infinite_former.hf.training_free import TrainingFreeConfig
 from infinite_former.stats import paired_comparison
+from infinite_former.training.records import portable_path
 from infinite_former.utils import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "probes",
         "command": " ".join(["python", "benchmarks/probes.py", *(sys.argv[1:] if argv is None else argv)]),
-        "model": args.model,
+        "model": portable_path(args.model),
         "model_type": model_type,
         "memory": memory,
-        "finetuned": args.finetuned,
+        "finetuned": [f"{n}={portable_path(f)}" for n, _, f in (i.partition("=") for i in args.finetuned)],
         "results": results,
         "copy_pairs": copy_pairs(results),
         "machine": {**machine_info(), "torch_threads": args.threads},

@@ -41,6 +41,7 @@ from infinite_former.data.tokenizer import hf_tokenizer
 from infinite_former.hf import add_memory
 from infinite_former.hf.training_free import TrainingFreeConfig
 from infinite_former.stats import paired_comparison
+from infinite_former.training.records import parameter_counts, portable_path
 from infinite_former.utils import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 
     readers: dict[str, Reader] = {"base": base_reader(plain(), L), "window": window_reader(plain(), L)}
     settings = {}
+    params = {name: parameter_counts(plain(), plain()) for name in readers}  # no memory weights anywhere
     for item in args.variants.split(","):
         free = TrainingFreeConfig.parse(item)
         model = add_memory(plain(), training_free=free, block_size=L, **MEMORY).eval()
         readers[free.label] = memory_reader(model, L)
         settings[free.label] = free.to_dict()
+        params[free.label] = parameter_counts(model, plain())
         sticky = model.memory_config.ltm.sticky
 
     nll, seconds = {}, {}
@@ -177,13 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(
             ["python", "benchmarks/training_free.py", *(sys.argv[1:] if argv is None else argv)]
         ),
-        "model": args.model,
+        "model": portable_path(args.model),
         "model_type": model_type,
         "evaluation": f"test split ({len(docs)} documents), blocks of {L} tokens, each document from its start",
         "memory": {**MEMORY, "block_size": L, "sticky": sticky},
         "training_free": settings,
         "models": {
-            name: {"nll_per_token": float(torch.cat(v).mean()), "seconds": seconds[name]}
+            name: {
+                "nll_per_token": float(torch.cat(v).mean()),
+                "seconds": seconds[name],
+                "num_parameters": params[name],
+            }
             for name, v in nll.items()
         },
         "tokens": sum(len(d) - 1 for d in docs),

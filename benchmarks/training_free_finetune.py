@@ -43,6 +43,7 @@ from infinite_former.training.records import (
     finished_run,
     nll_per_token,
     per_document_nll,
+    portable_path,
     settings_hash,
 )
 from infinite_former.utils import write_json
@@ -122,7 +123,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
         "valid_loss": {0: start, **valid_curve(run_dir)},
         "test_ppl": test["ppl"],
         "per_document": per_document_nll(test),
-        "model": str(run_dir / "model"),
+        "model": portable_path(run_dir / "model"),
         **finished_run(res, run_dir, t0),
     }
 
@@ -163,7 +164,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     any_rec = next(iter(recs[done[0]].values()))
     out = {
         "benchmark": "training_free_finetune",
-        "model": str(args.model),
+        "model": portable_path(args.model),
         "settings": {**S, "steps": args.steps, "eval_every": EVAL_EVERY, "eval_segments_per_lane": EVAL_SEGMENTS,
                      "free": FREE, "data": "../shared/data/shakespeare"},  # fmt: skip
         "variants": {v: recs[v][seeds[0]]["flags"] for v in done},

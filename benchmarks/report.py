@@ -664,11 +664,12 @@ def training_free(model_type: str = "gpt2") -> str:
         f"Memory: N = M = {m['num_basis']}, τ = {m['tau']}, blocks of L = {m['block_size']}, "
         f"sticky = {m['sticky']}; no weight trained. Machine: " + _machine(d["machine"]) + ".",
         "",
-        "| model | test NLL (nats/token) | perplexity |",
-        "|---|---:|---:|",
+        "| model | parameters (memory part) | test NLL (nats/token) | perplexity |",
+        "|---|---:|---:|---:|",
     ]
     for name, r in d["models"].items():
-        lines.append(f"| {labels[name]} | {r['nll_per_token']:.4f} | {math.exp(r['nll_per_token']):.2f} |")
+        nll = r["nll_per_token"]
+        lines.append(f"| {labels[name]} | {_params(r['num_parameters'])} | {nll:.4f} | {math.exp(nll):.2f} |")
     lines += [
         "",
         "| comparison (mean NLL of a test block, paired by block) | difference [95% CI] | verdict |",

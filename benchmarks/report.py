@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -743,6 +744,165 @@ def sorting_reach() -> str:
     return "\n".join(lines)
 
 
+def _free_label(name: str) -> str:
+    """free_gibbs_a0.5 -> "training-free, Gibbs, α = 0.5"; free_gaussian_softmax -> "..., one softmax"."""
+    if name in FREE_LABELS or not name.startswith("free_"):
+        return FREE_LABELS.get(name, name)
+    density, how = name.removeprefix("free_").split("_", 1)
+    combine = "one softmax" if how == "softmax" else f"α = {how.removeprefix('a')}"
+    return f"training-free, {density.capitalize()}, {combine}"
+
+
+FREE_LABELS = {
+    "base": "pretrained, each block alone",
+    "window": "pretrained, previous block in the window",
+    "memory_zero": "+ memory, output projection 0 (untrained)",
+    "free": "from the training-free memory (Gibbs, α = 0.5)",
+    "zero": "from the zero-initialised memory",
+    "no_memory": "without memory",
+    "no_memory_ft": "fine-tuned without memory (seed 0), whole prompt in its window",
+    "memory_ft": "fine-tuned with memory from zero (seed 0)",
+    "free_ft": "fine-tuned from the training-free memory (seed 0)",
+}
+
+
+def _bucket_table(buckets: list[dict], key: str, labels: dict[str, str]) -> list[str]:
+    """Rows: models; columns: the buckets of ``key`` (blocks: block index, offsets: offset in the block)."""
+    buckets = [p for p in buckets if key in p]
+    spans = list(dict.fromkeys(tuple(p[key]) for p in buckets))
+
+    def head(lo: int, hi: int) -> str:
+        if key == "offsets":
+            return f"offsets {lo}–{hi - 1}"
+        return (
+            f"block {lo}" if hi - lo == 1 else (f"blocks {lo}+" if hi >= 10**8 else f"blocks {lo}–{hi - 1}")
+        )
+
+    lines = ["| − pretrained, each block alone | " + " | ".join(head(*sp) for sp in spans) + " |",
+             "|---|" + "---:|" * len(spans)]  # fmt: skip
+    for name in dict.fromkeys(p["a"] for p in buckets):
+        cells = {tuple(p[key]): p for p in buckets if p["a"] == name}
+        row = [_ci(cells[sp], 4) + ("" if cells[sp]["verdict"] == "within noise" else " *") for sp in spans]
+        lines.append(f"| {labels[name]} | " + " | ".join(row) + " |")
+    return lines
+
+
+def training_free(model_type: str = "gpt2") -> str:
+    """The training-free memory on a model pretrained here (benchmarks/training_free.py)."""
+    d = _load(f"training_free_{model_type}_cpu.json")
+    m = d["memory"]
+    labels = {name: _free_label(name) for name in d["models"]}
+    lines = [
+        f"Model: `{Path(d['model']).name}` ({d['model_type']}); {d['evaluation']}, {d['tokens']:,} scored tokens. "
+        f"Memory: N = M = {m['num_basis']}, τ = {m['tau']}, blocks of L = {m['block_size']}, "
+        f"sticky = {m['sticky']}; no weight trained. Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| model | parameters (memory part) | test NLL (nats/token) | perplexity |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in d["models"].items():
+        nll = r["nll_per_token"]
+        lines.append(f"| {labels[name]} | {_params(r['num_parameters'])} | {nll:.4f} | {math.exp(nll):.2f} |")
+    lines += [
+        "",
+        "| comparison (mean NLL of a test block, paired by block) | difference [95% CI] | verdict |",
+        "|---|---:|---|",
+        *_pair_rows(d["pairs"], labels),
+        "",
+        "Per block index in its document (block 0: the memory is empty) and per target offset inside its "
+        "block, against the model without memory:",
+        "",
+        *_bucket_table(d["buckets"], "blocks", labels),
+        "",
+        *_bucket_table(d["buckets"], "offsets", labels),
+    ]
+    lines += ["", "(* : the 95% CI excludes 0.)"]
+    return "\n".join(lines)
+
+
+def training_free_finetune(model_type: str = "gpt2") -> str:
+    """Fine-tuning from the training-free memory vs from the zero-initialised one (benchmarks/training_free_finetune.py)."""
+    d = _load(f"training_free_finetune_{model_type}_cpu.json")
+    s = d["settings"]
+    steps = list(next(iter(d["valid_loss"].values())))
+    lines = [
+        f"Model: `{Path(d['model']).name}`; `lm finetune`, blocks of L = {s['block_size']}, {s['batch_size']} lanes, "
+        f"{s['steps']} steps, AdamW {s['lr']:g} (new memory weights {s['ltm_lr']:g}), N = M = {s['num_basis']}, "
+        f"τ = {s['tau']}; validation: the first {s['eval_segments_per_lane']} blocks of each lane of the "
+        f"validation plays. Seeds {d['paired_seeds']}. Machine: " + _machine(d["machine"]) + ".",
+        "",
+        "| start | " + " | ".join(f"valid loss, step {t}" for t in steps) + " | test NLL at the end |",
+        "|---|" + "---:|" * (len(steps) + 1),
+    ]
+    for name, curve in d["valid_loss"].items():
+        row = " | ".join(f"{curve[t]:.4f}" for t in steps)
+        lines.append(f"| {FREE_LABELS[name]} | {row} | {d['test_nll_per_token'][name]:.4f} |")
+    labels = {k: FREE_LABELS[k] for k in d["valid_loss"]}
+    lines += [
+        "",
+        "| comparison (validation loss, paired by seed) | step | difference [95% CI] | verdict |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [f"| {labels[p['a']]} − {labels[p['b']]} | {p['step']} | {_ci(p, 4)} | {_verdict(p, labels)} |"
+              for p in d["valid_pairs"]]  # fmt: skip
+    lines += [
+        "",
+        "| comparison (test NLL at the end, paired by seed and test play) | difference [95% CI] | verdict |",
+        "|---|---:|---|",
+        *_pair_rows(d["test_pairs"], labels),
+    ]
+    return "\n".join(lines)
+
+
+def probes(model_type: str = "gpt2") -> str:
+    """copy and passkey on a model pretrained here (benchmarks/probes.py)."""
+    d = _load(f"probes_{model_type}_cpu.json")
+    res = d["results"]
+
+    def label(name: str) -> str:  # the plain models read the whole prompt in their window
+        return "pretrained, whole prompt in its window" if name == "base" else _free_label(name)
+
+    gaps = sorted({int(g) for r in res.values() for g in r["copy"].get("per_gap", {})})
+    copy_cfg = next(r["copy"]["config"] for r in res.values() if "config" in r["copy"])
+    lines = [
+        f"Model: `{Path(d['model']).name}` ({d['model_type']}); memory blocks of L = {d['memory']['block_size']}, "
+        f"N = M = {d['memory']['num_basis']}. copy: {copy_cfg['trials']} random spans of {copy_cfg['span']} tokens, "
+        "NLL (nats/token) on the second copy after a gap D (– : beyond the model's positions; the first copy's "
+        "NLL, averaged over the gaps every model takes, is the no-recall level). Machine: "
+        + _machine(d["machine"])
+        + ".",
+        "",
+        "| model | first copy | " + " | ".join(f"second copy, D = {g}" for g in gaps) + " |",
+        "|---|---:|" + "---:|" * len(gaps),
+    ]
+    common = set.intersection(*(set(r["copy"].get("per_gap", {})) for r in res.values()))
+    for name, r in res.items():
+        per = r["copy"].get("per_gap", {})
+        first = sum(per[g]["nll_first_copy"] for g in common) / max(
+            len(common), 1
+        )  # the gaps all models take
+        cells = [f"{per[str(g)]['nll_second_copy']:.3f}" if str(g) in per else "–" for g in gaps]
+        lines.append(f"| {label(name)} | {first:.3f} | " + " | ".join(cells) + " |")
+    pk = max(
+        (r["passkey"]["config"] for r in res.values() if "config" in r["passkey"]),
+        key=lambda c: len(c["lengths"]),
+    )
+    lengths = [str(n) for n in pk["lengths"]]
+    lines += [
+        "",
+        f"passkey (exact match, {pk['trials']} prompts per length and depth, depths {pk['depths']}):",
+        "",
+        "| model | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for name, r in res.items():
+        by = r["passkey"].get("by_length", {})
+        lines.append(
+            f"| {label(name)} | " + " | ".join(f"{by[n]:.2f}" if n in by else "–" for n in lengths) + " |"
+        )
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
@@ -763,6 +923,11 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "sorting_reach": sorting_reach,
     "overhead": overhead,
     "compile_training": compile_training,
+    "training_free_gpt2": training_free,
+    "training_free_llama": lambda: training_free("llama"),
+    "training_free_finetune_gpt2": training_free_finetune,
+    "probes_gpt2": probes,
+    "probes_llama": lambda: probes("llama"),
 }
 
 

@@ -1,28 +1,32 @@
-"""The training-free memory on the GPT-2 pretrained here: test NLL against the same model without memory
-and with the previous block in its window, paired by block, per distance bucket.
+"""The training-free memory on a causal LM pretrained here (GPT-2 or Llama): test NLL against the same
+model without memory and with the previous block in its window, paired by block, per distance bucket.
 
-    python benchmarks/pretrain.py --data /work/shared/data/shakespeare        # -> runs/gpt2-shakespeare
-    python benchmarks/training_free.py --out results/training_free_gpt2_cpu.json
+    python benchmarks/pretrain.py --arch gpt2 --out runs/gpt2-shakespeare      # (and --arch llama)
+    python benchmarks/training_free.py --model runs/gpt2-shakespeare   # -> results/training_free_gpt2_cpu.json
 
 Every model reads each test document (3 plays) from its start in blocks of L = 128 tokens (the GPT-2
 fine-tuning benchmark's blocks) and predicts every token after the first:
 
 * ``base``: the pretrained model on each block alone (what every memory model starts from);
 * ``window``: the pretrained model with the previous block of its document in its window (2L positions);
-* ``free_<density>_a<α>``: ``add_memory(model, training_free={density, alpha})`` with the fine-tuning
-  benchmark's memory (N = M = 128, τ = 0.5, sticky, seeded), blocks in order: no weight added or trained.
+* ``free_<density>_a<α>`` / ``free_<density>_softmax``: ``add_memory(model, training_free=...)`` with
+  the fine-tuning benchmark's memory (N = M = 128, τ = 0.5, sticky, seeded), blocks in order, combined
+  with the block's attention by a weight α or through one softmax normaliser (the memory counted as
+  the tokens it stands for): no weight added or trained.
 
 Units are blocks (the same blocks and targets for every model): mean NLL per token of each block,
 paired comparisons (bootstrap 95% CI, ``infinite_former.stats``) of each training-free variant
 against ``base`` and ``window`` over all blocks, and per bucket of the target's offset inside its
 block and of the block's index in its document. Blocks of one document are not independent, so the
-CIs are narrower than independent documents would give; there are only 3 test documents.
+CIs are narrower than independent documents would give; there are only 3 test documents. The model is
+any causal LM folder (AutoModelForCausalLM): GPT-2's absolute positions, Llama's rotary ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +39,9 @@ from torch import Tensor
 from infinite_former.data.text import load_corpus_split, tokenize_documents
 from infinite_former.data.tokenizer import hf_tokenizer
 from infinite_former.hf import add_memory
+from infinite_former.hf.training_free import TrainingFreeConfig
 from infinite_former.stats import paired_comparison
+from infinite_former.training.records import parameter_counts, portable_path
 from infinite_former.utils import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,38 +101,53 @@ def per_block(nll: Tensor, L: int, buckets: tuple | None = None) -> tuple[list[f
     return means, index
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(REPO / "runs" / "gpt2-shakespeare"))
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "shakespeare"))
+    p.add_argument(
+        "--data",
+        default=os.environ.get(
+            "INFINITE_FORMER_SHAKESPEARE", str(REPO.parent / "shared" / "data" / "shakespeare")
+        ),
+    )
     p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--variants", default="gibbs:0.5,gaussian:0.5,gibbs:0.25", help="density:alpha,...")
+    p.add_argument(
+        "--variants",
+        default="gibbs:0.5,gaussian:0.5,gibbs:0.1,gibbs:softmax,gaussian:softmax",
+        help="DENSITY:ALPHA or DENSITY:softmax, comma-separated",
+    )
     p.add_argument(
         "--max-tokens", type=int, default=0, help="read at most this many tokens per document (0: all)"
     )
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=REPO / "results" / "training_free_gpt2_cpu.json")
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, help="default: results/training_free_<model_type>_cpu.json")
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not (Path(args.model) / "config.json").is_file():
+    if not (Path(args.model) / "model.safetensors").is_file():
         sys.exit(f"{args.model}: no model; run benchmarks/pretrain.py first")
+    model_type = AutoConfig.from_pretrained(args.model).model_type
+    args.out = args.out or REPO / "results" / f"training_free_{model_type}_cpu.json"
     tok = hf_tokenizer(args.model)
     docs = tokenize_documents(load_corpus_split(args.data, "test"), tok).tokens
     if args.max_tokens:
         docs = [d[: args.max_tokens] for d in docs]
     L = args.block_size
 
-    def plain() -> GPT2LMHeadModel:
-        return GPT2LMHeadModel.from_pretrained(args.model).eval()
+    def plain():
+        return AutoModelForCausalLM.from_pretrained(args.model).eval()
 
     readers: dict[str, Reader] = {"base": base_reader(plain(), L), "window": window_reader(plain(), L)}
+    settings = {}
+    params = {name: parameter_counts(plain(), plain()) for name in readers}  # no memory weights anywhere
     for item in args.variants.split(","):
-        density, alpha = item.split(":")
-        free = {"density": density, "alpha": float(alpha)}
+        free = TrainingFreeConfig.parse(item)
         model = add_memory(plain(), training_free=free, block_size=L, **MEMORY).eval()
-        readers[f"free_{density}_a{alpha}"] = memory_reader(model, L)
+        readers[free.label] = memory_reader(model, L)
+        settings[free.label] = free.to_dict()
+        params[free.label] = parameter_counts(model, plain())
+        sticky = model.memory_config.ltm.sticky
 
     nll, seconds = {}, {}
     with torch.no_grad():
@@ -156,12 +177,20 @@ def main() -> None:
     buckets += [compare(f, "base", blocks=b) for f in frees for b in BLOCK_INDEX if units(f, blocks=b)]
     out = {
         "benchmark": "training_free",
-        "command": " ".join(["python", "benchmarks/training_free.py", *sys.argv[1:]]),
-        "model": args.model,
+        "command": " ".join(
+            ["python", "benchmarks/training_free.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "model": portable_path(args.model),
+        "model_type": model_type,
         "evaluation": f"test split ({len(docs)} documents), blocks of {L} tokens, each document from its start",
-        "memory": {**MEMORY, "block_size": L, "sticky": True},
+        "memory": {**MEMORY, "block_size": L, "sticky": sticky},
+        "training_free": settings,
         "models": {
-            name: {"nll_per_token": float(torch.cat(v).mean()), "seconds": seconds[name]}
+            name: {
+                "nll_per_token": float(torch.cat(v).mean()),
+                "seconds": seconds[name],
+                "num_parameters": params[name],
+            }
             for name, v in nll.items()
         },
         "tokens": sum(len(d) - 1 for d in docs),
@@ -175,6 +204,8 @@ def main() -> None:
         where = {k: pair[k] for k in ("offsets", "blocks") if k in pair}
         print(f"{pair['a']} - {pair['b']} {where}: {pair['mean_diff']:+.4f} {pair['ci95']} {pair['verdict']}")
 
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

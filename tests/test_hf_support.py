@@ -14,6 +14,7 @@ from test_hf_checkpointing import test_checkpointing_gives_the_same_loss_gradien
 from test_hf_inputs_embeds import (
     test_embeddings_give_the_logits_of_their_ids_in_one_call_and_in_chunks as embeds,
 )
+from test_hf_training_free import block_attention_is_recomputed
 from test_hf_training_free import (
     test_adds_no_weights_starts_as_the_base_model_and_then_reads_the_memory as free,
 )
@@ -43,11 +44,15 @@ FEATURES = {
     "lora": lora_step,
     "checkpointing": checkpointing,
     "training_free": lambda family: free(family, "gibbs"),
+    "training_free_softmax": block_attention_is_recomputed,
 }
 # cells that are refused, with the reason the error names
 UNSUPPORTED = {
     ("phi3", "training_free"): "no separate q_proj/k_proj/v_proj",
     ("gpt_neox", "training_free"): "no separate q_proj/k_proj/v_proj",
+    ("phi3", "training_free_softmax"): "no separate q_proj/k_proj/v_proj",
+    ("gpt_neox", "training_free_softmax"): "no separate q_proj/k_proj/v_proj",
+    ("gemma2", "training_free_softmax"): "caps its scores",
 }
 # every feature on the new families; on the first five, the cells their own test files leave out
 CELLS = [(family, feature) for family in MORE_FAMILIES for feature in FEATURES] + [
@@ -55,6 +60,7 @@ CELLS = [(family, feature) for family in MORE_FAMILIES for feature in FEATURES] 
     *[(family, "padding") for family in ("qwen2", "mistral")],
     *[(family, "lora") for family in ("qwen2", "mistral", "gpt_neox", "gpt2")],
     ("gpt_neox", "training_free"),
+    ("gpt_neox", "training_free_softmax"),
 ]
 
 

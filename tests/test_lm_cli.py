@@ -216,6 +216,52 @@ def test_lm_finetune_and_hf_eval_end_to_end(corpus):
     assert res["eval"]["test"]["base"]["ppl"] == pytest.approx(test["base"]["ppl"])  # the same base GPT-2
 
 
+def test_lm_finetune_from_the_training_free_memory_validates_periodically(corpus):
+    """--training-free: the fine-tune starts from the memory read through the model's own attention (no
+    new weights, one learning rate), saved and loaded back as such; --eval-every: the validation
+    split at those steps (eval_log.csv), the same as evaluating the saved model on those blocks."""
+    gpt2 = tiny_gpt2(corpus.parent / "hf-free", corpus)
+    out = corpus.parent / "ft-free"
+    argv = ["finetune", "--model", str(gpt2), "--data", str(corpus), "--run-dir", str(out), "--block-size", "8",
+            "--batch-size", "2", "--steps", "4", "--num-basis", "8", "--num-samples", "8", "--eval-splits", "",
+            "--device", "cpu", "--no-progress", "--no-tensorboard", "--training-free", "gibbs:softmax",
+            "--eval-every", "2", "--eval-segments", "3"]  # fmt: skip
+    assert run(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["training_free"] == {"density": "gibbs", "alpha": 0.5, "combine": "softmax"}
+    trainer_state = torch.load(out / "checkpoints" / "step-00000004" / "trainer.pt", weights_only=True)
+    assert [g["initial_lr"] for g in trainer_state["optimizer"]["param_groups"]] == [
+        5e-5
+    ]  # no memory weights
+    with open(out / "eval_log.csv") as f:
+        valid = {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "valid/loss"}
+    assert sorted(valid) == [2, 4]
+    from infinite_former.data.text import DocumentLanes, load_corpus_split, tokenize_documents
+    from infinite_former.data.tokenizer import hf_tokenizer
+    from infinite_former.hf import load_model
+    from infinite_former.training.evaluation import evaluate
+
+    ft = load_model(out / "model").eval()
+    assert ft.training_free.combine == "softmax" and ft.memory_parameters() == []
+    tok = hf_tokenizer(out / "model")
+    lanes = DocumentLanes(tokenize_documents(load_corpus_split(corpus, "valid"), tok), 2, 8, tok.eos_id,
+                          loop=False, train=False)  # fmt: skip
+    again = evaluate(HFMemoryLM(ft), list(LaneStream(lanes, 0, 2))[:3], "cpu")
+    assert again["loss"] == pytest.approx(valid[4], rel=1e-5)
+    with pytest.raises(ValueError, match="--training-free and --no-memory exclude each other"):
+        dataclasses.replace(settings_of(argv), no_memory=True)
+    with pytest.raises(ValueError, match="expected DENSITY"):
+        dataclasses.replace(settings_of(argv), training_free="gibbs:lots")
+
+
+def settings_of(argv: list[str]):
+    from infinite_former.cli import build_parser
+    from infinite_former.experiments.runs import settings_from_args
+
+    args = build_parser().parse_args(["lm", *argv])
+    return settings_from_args(args.lm_settings, args)
+
+
 def test_bad_inputs_fail_before_training(tmp_path, capsys):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     argv = ["train", "--run-dir", str(tmp_path / "r"), "--tokenizer", "bytes", *TINY]

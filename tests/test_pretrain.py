@@ -47,20 +47,32 @@ def _load(name: str):
     return module
 
 
-def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
-    """pretrain -> fine-tune (no memory / uniform / sticky) x 2 seeds -> summarize, at toy size."""
-    data = tmp_path / "plays"
-    for split, n in (("train", 30), ("test", 8)):
+def _plays(root: Path, splits: tuple[tuple[str, int], ...]) -> Path:
+    """Two toy plays per split (``n`` speeches each, repeated 3 times)."""
+    data = root / "plays"
+    for split, n in splits:
+        (data / split).mkdir(parents=True, exist_ok=True)
         for play in ("a", "b"):
-            (data / split).mkdir(parents=True, exist_ok=True)
             text = "".join(
                 f"KING. Speech {i} of play {play}, {split}; the court replies.\n" for i in range(n)
             )
             (data / split / f"{play}.txt").write_text(text * 3)
-    base = tmp_path / "gpt2"
+    return data
+
+
+def _tiny_gpt2(root: Path, data: Path) -> Path:
+    """pretrain.py's GPT-2 at toy size (1 layer, d 16, 32 positions, 4 steps)."""
+    base = root / "gpt2"
     args = ["--data", str(data), "--out", str(base), "--steps", "4", "--n-layer", "1", "--n-embd", "16",
             "--n-head", "2", "--n-positions", "32", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
     assert _load("pretrain").main(args) == 0
+    return base
+
+
+def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
+    """pretrain -> fine-tune (no memory / uniform / sticky) x 2 seeds -> summarize, at toy size."""
+    data = _plays(tmp_path, (("train", 30), ("test", 8)))
+    base = _tiny_gpt2(tmp_path, data)
 
     bench = _load("gpt2_finetune")
     monkeypatch.setattr(bench, "DATA", str(data))
@@ -106,3 +118,62 @@ def test_gpt2_finetune_benchmark_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert res["base_model"]["parameters"] > 0 and "base (whole context window)" in res["passkey_accuracy"]
     # a second run skips what is done
     assert bench.main(run) == 0
+
+
+def test_pretrain_llama_then_the_training_free_and_probe_benchmarks_at_toy_size(tmp_path):
+    """pretrain.py --arch llama -> a rotary-position folder; training_free.py and probes.py read it
+    (any causal LM folder), name their results after its model type, and the memories start as the
+    base model: on a document's first block every training-free variant's NLL is the base model's."""
+    data = _plays(tmp_path, (("train", 30), ("test", 6)))
+    llama = tmp_path / "llama"
+    args = ["--data", str(data), "--arch", "llama", "--out", str(llama), "--steps", "4", "--n-layer", "1",
+            "--n-embd", "16", "--n-head", "2", "--n-positions", "64", "--vocab-size", "300", "--eval-windows", "2"]  # fmt: skip
+    assert _load("pretrain").main(args) == 0
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(llama).model_type == "llama"
+    out = tmp_path / "tf.json"
+    argv = ["--model", str(llama), "--data", str(data), "--block-size", "16", "--max-tokens", "80",
+            "--variants", "gibbs:0.5,gaussian:softmax", "--out", str(out)]  # fmt: skip
+    assert _load("training_free").main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["model_type"] == "llama"
+    assert set(res["models"]) == {"base", "window", "free_gibbs_a0.5", "free_gaussian_softmax"}
+    first = [p for p in res["buckets"] if p.get("blocks") == [0, 1]]
+    assert len(first) == 2 and all(p["mean_diff"] == 0 for p in first)  # an empty memory: the base model
+    later = [p for p in res["buckets"] if p.get("blocks") == [1, 2]]
+    assert all(p["mean_diff"] != 0 for p in later)  # the memory is read from the second block on
+    out = tmp_path / "probes.json"
+    argv = ["--model", str(llama), "--block-size", "16", "--gaps", "0,40", "--span", "8", "--copy-trials", "3",
+            "--lengths", "300", "--depths", "0", "--trials", "1", "--free", "gibbs:softmax", "--out", str(out)]  # fmt: skip
+    assert _load("probes").main(argv) == 0
+    res = json.loads(out.read_text())["results"]
+    assert res["base"]["passkey"] == {"refused": "every prompt exceeds 64 positions"}
+    assert set(res["base"]["copy"]["per_gap"]) == {"0", "40"} and res["memory_zero"]["memory"] is True
+    assert 0.0 <= res["free_gibbs_softmax"]["passkey"]["score"] <= 1.0
+
+
+def test_training_free_finetune_benchmark_at_toy_size(tmp_path, monkeypatch):
+    """free / zero / no_memory starts x 2 seeds -> summarize: validation at step 0 and every eval step,
+    the training-free start differs from the zero one at step 0 (which equals no memory), pairs."""
+    data = _plays(tmp_path, (("train", 30), ("valid", 6), ("test", 6)))
+    base = _tiny_gpt2(tmp_path, data)
+    bench = _load("training_free_finetune")
+    for key, value in dict(block_size=16, batch_size=2, num_basis=8, num_samples=8).items():
+        monkeypatch.setitem(bench.S, key, value)
+    monkeypatch.setattr(bench, "EVAL_EVERY", 1)
+    monkeypatch.setattr(bench, "EVAL_SEGMENTS", 3)
+    common = ["--model", str(base), "--data", str(data), "--steps", "2", "--records", str(tmp_path / "rec")]
+    assert bench.main(["run", *common, "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert bench.main(["summarize", *common, "--out", str(tmp_path / "out.json")]) == 0
+    res = json.loads((tmp_path / "out.json").read_text())
+    assert res["paired_seeds"] == [0, 1] and set(res["valid_loss"]) == {"free", "zero", "no_memory"}
+    curve = res["valid_loss"]
+    assert set(curve["free"]) == {"0", "1", "2"}
+    assert curve["zero"]["0"] == pytest.approx(curve["no_memory"]["0"], abs=1e-6)  # output projection 0
+    assert curve["free"]["0"] != pytest.approx(curve["zero"]["0"], abs=1e-6)  # the memory is read at once
+    assert {(p["a"], p["b"], p["step"]) for p in res["valid_pairs"]} >= {
+        ("free", "zero", 0),
+        ("free", "zero", 2),
+    }
+    assert [p["unit"] for p in res["test_pairs"]][0].startswith("test NLL")

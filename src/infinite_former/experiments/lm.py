@@ -80,6 +80,8 @@ LM_TRAIN_FLAGS: list[Flag] = [
     Flag("--eval-batch-size", "eval_batch_size", int, "lanes of the periodic evaluation"),
     Flag("--eval-every", "eval_every", int, "evaluate every N steps (0: at the end only)"),
 ]
+# lm finetune only: the periodic validation (on --valid-split, at most --eval-segments blocks per lane)
+FINETUNE_FLAGS: list[Flag] = [LM_TRAIN_FLAGS[2]]
 # lm train: flag -> ModelConfig field (the memory's generated flags fill ``ltm``; --set any other field)
 MODEL_FLAGS: list[Flag] = [
     Flag("--memory-type", "memory_type", str, "memory type", choices=MEMORY_TYPES),
@@ -158,17 +160,34 @@ class LMFinetuneSettings(RunSettings):
     ltm_lr: float = 2.5e-4
     ltm: dict[str, Any] = field(default_factory=dict)
     no_memory: bool = False
+    training_free: str | None = None
+    eval_every: int = 0
+    valid_split: str = "valid"
+    eval_segments: int = 50
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("--block-size", self.block_size)
         check_steps_or_epochs(self.steps, self.epochs)
+        if self.training_free is not None:
+            from ..hf.training_free import TrainingFreeConfig  # deferred: transformers loads with hf
+
+            if self.no_memory:
+                raise ValueError("--training-free and --no-memory exclude each other")
+            TrainingFreeConfig.parse(self.training_free)  # ValueError before anything loads
+        if self.eval_every < 0 or self.eval_segments < 0:
+            raise ValueError("--eval-every and --eval-segments must be >= 0")
 
     def memory(self) -> dict[str, Any]:
-        """add_memory's keywords: block size, memory settings, no memory layers with ``no_memory``."""
+        """add_memory's keywords: block size, memory settings, no memory layers with ``no_memory``,
+        the training-free memory (read through the model's own attention) with ``training_free``."""
         out = flat_memory({"block_size": self.block_size, "ltm": dict(self.ltm)})
         if self.no_memory:
             out["memory_layers"] = []
+        if self.training_free is not None:
+            from ..hf.training_free import TrainingFreeConfig
+
+            out["training_free"] = TrainingFreeConfig.parse(self.training_free).to_dict()
         return out
 
 
@@ -222,6 +241,17 @@ def _load_hf(path: str, overrides: dict[str, Any], local_files_only: bool) -> nn
     from ..hf.training import load_memory_model  # deferred: transformers loads only for Hugging Face models
 
     return load_memory_model(path, overrides, local_files_only)
+
+
+def valid_evaluator(corpus: TokenizedCorpus, block: int, eos_id: int, segments: int) -> Any:
+    """The periodic validation's stream factory (Shard -> segments): every lane's documents from their
+    start in blocks of ``block`` tokens, at most ``segments`` blocks per lane (0: all)."""
+
+    def valid_stream(shard: Any) -> Iterator[Any]:
+        lanes = DocumentLanes(corpus, shard.global_batch_size, block, eos_id, loop=False, train=False)
+        return islice(LaneStream(lanes, shard.rank, shard.batch_size), segments or None)
+
+    return valid_stream
 
 
 # --------------------------------------------------------------------------------------- lm train
@@ -287,14 +317,7 @@ def lm_train(s: LMTrainSettings) -> dict[str, Any]:
 
     evaluators = {}
     if valid_corpus is not None:
-
-        def valid_stream(shard: Any) -> Iterator[Any]:
-            lanes = DocumentLanes(
-                valid_corpus, shard.global_batch_size, s.seg_len, tok.eos_id, loop=False, train=False
-            )
-            return islice(LaneStream(lanes, shard.rank, shard.batch_size), s.eval_segments or None)
-
-        evaluators["valid"] = valid_stream
+        evaluators["valid"] = valid_evaluator(valid_corpus, s.seg_len, tok.eos_id, s.eval_segments)
 
     seed_everything(s.seed)
     model = InfiniteFormerLM(mcfg)
@@ -435,7 +458,7 @@ def lm_finetune(s: LMFinetuneSettings) -> dict[str, Any]:
     run = Path(s.run_dir)
     local = not s.allow_download
     # numeric settings before any data is read (steps from epochs is known only after tokenizing)
-    s.train_config(TRAIN_FLAGS, steps=s.steps or max(s.warmup, 1))
+    s.train_config(TRAIN_FLAGS + FINETUNE_FLAGS, steps=s.steps or max(s.warmup, 1))
     memory = s.memory()
     settings: dict[str, Any] = {
         "task": "lm_finetune",
@@ -453,7 +476,8 @@ def lm_finetune(s: LMFinetuneSettings) -> dict[str, Any]:
         saved = json.loads((run / CONFIG_FILE).read_text())
         early = {k: v for k, v in saved.items() if k != "train"}
         check_resume(run, early, settings, changes)  # the memory settings, before the model loads
-    check_splits(s.data, [s.train_split, *s.splits_to_evaluate])
+    validate = s.eval_every > 0 and bool(s.valid_split)
+    check_splits(s.data, [s.train_split, *([s.valid_split] if validate else []), *s.splits_to_evaluate])
     tok = hf_tokenizer(s.model, local_files_only=local)
     seed_everything(s.seed)
     hf_model = _load_hf(s.model, memory, local)
@@ -464,7 +488,7 @@ def lm_finetune(s: LMFinetuneSettings) -> dict[str, Any]:
     steps = s.steps or max(1, math.ceil(s.epochs * blocks / s.batch_size))
 
     # warmup longer than training is refused, as in lm train
-    tcfg = s.train_config(TRAIN_FLAGS, steps=steps, warmup_steps=s.warmup)
+    tcfg = s.train_config(TRAIN_FLAGS + FINETUNE_FLAGS, steps=steps, warmup_steps=s.warmup)
     settings["train"] = tcfg.to_dict()
     if saved is not None:
         check_resume(run, saved, settings, changes)
@@ -490,8 +514,14 @@ def lm_finetune(s: LMFinetuneSettings) -> dict[str, Any]:
         )
         return LaneStream(lanes, shard.rank, shard.batch_size)
 
+    evaluators = {}
+    if validate:  # the periodic validation, blocks in order with the memory (lm train's)
+        valid_corpus = _load_split(s.data, s.valid_split, tok, cache)
+        evaluators["valid"] = valid_evaluator(valid_corpus, s.block_size, tok.eos_id, s.eval_segments)
     write_json(run / CONFIG_FILE, settings)
-    trainer = Trainer(model, tcfg, train_stream, param_groups=groups, model_config=hf_model.config.to_dict())
+    trainer = Trainer(
+        model, tcfg, train_stream, evaluators, param_groups=groups, model_config=hf_model.config.to_dict()
+    )
     result = trainer.fit(resume=bool(s.resume))
     save_dir = run / "model"
     hf_model.save_pretrained(save_dir)
@@ -510,6 +540,7 @@ def lm_finetune(s: LMFinetuneSettings) -> dict[str, Any]:
         "ltm_lr": s.ltm_lr,
         "kl_weight": hf_model.memory_config.ltm.kl_weight,
         "sticky": None if s.no_memory else bool(hf_model.memory_config.ltm.sticky),
+        "training_free": None if hf_model.training_free is None else hf_model.training_free.to_dict(),
         **result.summary(),
         "eval": {},
     }
@@ -592,6 +623,14 @@ def add_lm_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--ltm-lr", type=float, help="learning rate of the new LTM weights")
     add_flags(f, memory_flags())  # default: the model's memory settings, or the Hugging Face preset
     f.add_argument("--no-memory", action="store_true", help="fine-tune GPT-2 alone with the same recipe")
+    f.add_argument(
+        "--training-free",
+        metavar="DENSITY[:ALPHA|:softmax]",
+        help="start from the training-free memory (read through the model's own attention, no new weights)",
+    )
+    f.add_argument("--valid-split", help="split of the periodic validation (with --eval-every)")
+    f.add_argument("--eval-segments", type=int, help="periodic validation: at most this many blocks per lane")
+    add_flags(f, FINETUNE_FLAGS)
     f.set_defaults(**defaults_of(LMFinetuneSettings), lm_settings=LMFinetuneSettings, lm_func=lm_finetune)
     add_inspect_parser(sub, load_run=load_trained_lm, load_hf=_load_saved_hf)  # lm inspect
     lm.set_defaults(func=run_lm)

@@ -202,7 +202,8 @@ def run_text_probe(
 def run_copy_probe(
     model: nn.Module, config: ProbeConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Per gap D: mean NLL and top-1 accuracy on the second copy of the span vs the first copy."""
+    """Per gap D: mean NLL and top-1 accuracy on the second copy of the span vs the first copy (and the
+    second copy's NLL per trial: the same samples for every model with the same seed)."""
     low, high = config.token_range or (0, model.config.get_text_config(decoder=True).vocab_size)
     for gap in config.gaps:
         check_length(model, 2 * config.span + gap, f"copy with gap {gap}")
@@ -224,6 +225,7 @@ def run_copy_probe(
             "nll_second_copy": second_nll,
             "nll_first_copy": first_nll,
             "accuracy_second_copy": accuracy,
+            "nll_second_copy_trials": [float(r[0]) for r in rows],  # per sample (same seed: pairable)
         }
         if progress:
             progress(
@@ -332,8 +334,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--training-free",
         default=None,
-        metavar="DENSITY:ALPHA",
-        help="add a training-free memory (e.g. gibbs:0.5 or gaussian:0.5) to a plain folder",
+        metavar="DENSITY[:ALPHA|:softmax]",
+        help="add a training-free memory (e.g. gibbs:0.5, gaussian:0.5, gibbs:softmax) to a plain folder",
     )
     add_flags(p, PROBE_FLAGS)
     p.add_argument("--out", default=None, help="write the results JSON here")
@@ -347,6 +349,7 @@ def probe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from ..hf import add_memory, load_model
+    from ..hf.training_free import TrainingFreeConfig
     from .passkey import load_tokenizer
 
     config = ProbeConfig(task=args.task, **overrides(args, PROBE_FLAGS))  # ValueError before loading
@@ -360,8 +363,7 @@ def probe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_memory:
         model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
     elif args.training_free:
-        density, _, alpha = args.training_free.partition(":")
-        free = {"density": density, **({"alpha": float(alpha)} if alpha else {})}
+        free = TrainingFreeConfig.parse(args.training_free)
         plain = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
         model = add_memory(plain, training_free=free, **memory)
     else:

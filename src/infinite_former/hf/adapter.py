@@ -174,7 +174,8 @@ def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory_overrides: Any) -> nn.Module:
     """Any supported causal LM folder (or hub name) as a model with memory.
 
-    An ``infinite-gpt2`` folder or a plain GPT-2 one loads as InfiniteGPT2LMHeadModel; a folder
+    An ``infinite-gpt2`` folder or a plain GPT-2 one loads as InfiniteGPT2LMHeadModel (a plain GPT-2 with
+    ``training_free``: through ``add_memory``, as any other model); a folder
     saved from ``add_memory`` (GPT-2 included) loads with its memory (``from_pretrained``), where memory_overrides
     may change block_size and kl_weight only; any other causal LM gets a fresh memory
     (``add_memory``). memory_overrides: add_memory keywords (block_size, ..., training_free), checked before
@@ -183,11 +184,13 @@ def load_model(path: str | os.PathLike, local_files_only: bool = False, **memory
     local = {"local_files_only": local_files_only}
     config = AutoConfig.from_pretrained(path, **local)
     settings = getattr(config, "infinite_memory", None)
-    plain_gpt2 = config.model_type == "gpt2" and not isinstance(settings, dict)  # (not from add_memory)
-    if plain_gpt2 or config.model_type == InfiniteGPT2Config.model_type:
-        return InfiniteGPT2LMHeadModel.from_pretrained(path, **local, **memory_overrides)
     overrides = dict(memory_overrides)
     free = TrainingFreeConfig.of(overrides.pop("training_free", False))
+    plain_gpt2 = config.model_type == "gpt2" and not isinstance(settings, dict)  # (not from add_memory)
+    if config.model_type == InfiniteGPT2Config.model_type and free is not None:
+        raise ValueError(f"{path} holds an infinite-gpt2 model with trained memory weights: no training_free")
+    if (plain_gpt2 and free is None) or config.model_type == InfiniteGPT2Config.model_type:
+        return InfiniteGPT2LMHeadModel.from_pretrained(path, **local, **overrides)
     if isinstance(settings, dict):
         saved, saved_free = memory_settings_of(settings, f"{path}: config.json infinite_memory")
         wanted = MemoryConfig.from_keywords(**{**_keywords(saved), **overrides})

@@ -51,7 +51,7 @@ from ..provenance import check_fingerprint
 from .layout import DecoderLayout, base_fingerprint, find_layout
 from .memory import HFMemoryState
 from .memory_config import MemoryConfig
-from .training_free import TrainingFreeConfig, TrainingFreeMemory
+from .training_free import BlockAttention, TrainingFreeConfig, TrainingFreeMemory
 
 ADAPTER_WEIGHTS = "memory_adapter.safetensors"
 ADAPTER_CONFIG = "memory_config.json"
@@ -483,7 +483,7 @@ class MemoryCausalLM:
         mask = None if bool(slots.all()) else slots.long()
         cache = _block_cache(memory.kv, len(self.decoder_layout.layers))
 
-        read = _BlockRead(self, memory, valid, need_kl, record)
+        read = _BlockRead(self, memory, valid, need_kl, record, cache, slots)
         layout = self.decoder_layout
         handles = read.register(layout, self.memory_config.layer_ids(len(layout.layers)))
         if any(map(_checkpointing, layout.layers)):
@@ -615,9 +615,19 @@ class _BlockRead:
     """
 
     def __init__(
-        self, model: MemoryCausalLM, memory: HFMemoryState, valid: Tensor | None, need_kl: bool, record: bool
+        self,
+        model: MemoryCausalLM,
+        memory: HFMemoryState,
+        valid: Tensor | None,
+        need_kl: bool,
+        record: bool,
+        cache: DynamicCache | None = None,
+        slots: Tensor | None = None,
     ) -> None:
+        """cache, slots (batch, S + n): the block's KV cache and its used slots, which a training-free
+        memory with combine="softmax" attends to again (to get the block's softmax normaliser)."""
         self.model, self.memory, self.valid, self.need_kl, self.record = model, memory, valid, need_kl, record
+        self.cache, self.slots = cache, slots
         k = len(memory.ltm)
         self.records: list[ReadRecord | None] = [None] * k  # with record: what each layer's read did
         self.inputs: list[Tensor | None] = [None] * k
@@ -633,17 +643,19 @@ class _BlockRead:
             layer, attention = layout.layers[i], layout.attentions[i]
             handles.append(layer.register_forward_pre_hook(self._keep_input(k), with_kwargs=True))
             if _checkpointing(layer):  # the layer's forward runs inside its checkpoint function
-                checkpoint = partial(self._checkpoint, k, attention, layer._gradient_checkpointing_func)
+                checkpoint = partial(self._checkpoint, k, i, attention, layer._gradient_checkpointing_func)
                 handles.append(_SetAttributes(layer, _gradient_checkpointing_func=checkpoint))
             else:
-                handles.append(attention.register_forward_hook(self._add_read(k), with_kwargs=True))
+                handles.append(attention.register_forward_hook(self._add_read(k, i), with_kwargs=True))
         return handles
 
-    def _checkpoint(self, k: int, attention: nn.Module, checkpoint: Callable, function: Callable, *args):
+    def _checkpoint(
+        self, k: int, i: int, attention: nn.Module, checkpoint: Callable, function: Callable, *args
+    ):
         """The layer's checkpoint function, with the read hook inside what it recomputes."""
 
         def with_read(*inputs):
-            handle = attention.register_forward_hook(self._add_read(k), with_kwargs=True)
+            handle = attention.register_forward_hook(self._add_read(k, i), with_kwargs=True)
             try:
                 return function(*inputs)
             finally:
@@ -657,25 +669,41 @@ class _BlockRead:
 
         return hook
 
-    def _add_read(self, k: int):
-        ltm = self.model.ltm[k]
-        free = isinstance(ltm, TrainingFreeMemory)
+    def _add_read(self, k: int, i: int):
+        """The forward hook of memory layer k (decoder layer i)'s attention: adds the memory's read."""
+        free = isinstance(self.model.ltm[k], TrainingFreeMemory)
 
         def hook(module, args, kwargs, output):
             x = args[0] if args else kwargs["hidden_states"]  # normalised hidden states: the queries
-            if free and not self.closed:
-                self.inputs[k] = x  # a training-free memory holds what the attention's keys come from
-            z = self._read(k, x)
             first = output[0] if isinstance(output, tuple) else output
+            block = None
             if free:
-                z = ltm.mix(z, first, self.memory.ltm[k])
+                if not self.closed:
+                    self.inputs[k] = x  # a training-free memory holds what the attention's keys come from
+                block = self._block_attention(i, first, kwargs.get("position_embeddings"))
+            z = self._read(k, x, block)
             if isinstance(output, tuple):
                 return (first + z.to(first.dtype), *output[1:])
             return first + z.to(first.dtype)
 
         return hook
 
-    def _read(self, k: int, x: Tensor) -> Tensor:
+    def _block_attention(
+        self, i: int, output: Tensor, rotary: tuple[Tensor, Tensor] | None
+    ) -> BlockAttention:
+        """What decoder layer i's attention did in this segment, for a training-free memory: its output
+        and (combine="softmax") the keys/values in its cache, which each query saw, the queries' rotary."""
+        if self.model.training_free.combine != "softmax":
+            return BlockAttention(output)
+        layer = self.cache.layers[i]  # updated by the attention: the block's keys so far, then this segment's
+        n, total = output.shape[1], self.slots.shape[1]
+        key = torch.arange(total, device=output.device)
+        causal = key[None, :] <= (total - n) + torch.arange(n, device=output.device)[:, None]  # (n, S + n)
+        key_mask = causal[None] & self.slots[:, None, :]  # (batch, n, S + n)
+        return BlockAttention(output, layer.keys, layer.values, key_mask, rotary)
+
+    def _read(self, k: int, x: Tensor, block: BlockAttention | None = None) -> Tensor:
+        """Memory layer k's read for queries x; block: the attention's own (training-free memories)."""
         ltm, state, memory = self.model.ltm[k], self.memory.ltm[k], self.memory
         proj = None
         if memory.ltm_cache is not None and not torch.is_grad_enabled():
@@ -686,6 +714,7 @@ class _BlockRead:
             x,
             state,
             proj,
+            **({} if block is None else {"block": block}),
             query_mask=self.valid,
             return_kl=self.need_kl,
             accumulate_mass=True,

@@ -64,6 +64,13 @@ def finished_run(summary: dict[str, Any], run_dir: str | os.PathLike, started: f
     }
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """A path as a results file records it, without the machine's absolute prefix: from its ``runs``
+    folder on (``runs/gpt2-shakespeare/...``) where it has one, else its last part."""
+    parts = Path(path).parts
+    return str(Path(*parts[parts.index("runs") :])) if "runs" in parts else Path(path).name
+
+
 class RunRecords:
     """The folder of one benchmark's records, ``<variant>-seed<k>.json``, under one settings key."""
 
@@ -117,5 +124,6 @@ __all__ = [
     "nll_per_token",
     "parameter_counts",
     "per_document_nll",
+    "portable_path",
     "settings_hash",
 ]

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((out / "inspect.json").read_text())
         report["command"] = f"python benchmarks/inspect_memory.py {name}"
         report["model_source"] = str(model.relative_to(REPO))
+        if kind == "run":  # the LTM options beyond the paper that the report's "ltm" leaves out
+            ltm = json.loads((model / "lm_config.json").read_text())["model"]["ltm"]
+            report["ltm_options"] = {k: ltm[k] for k in ("schedule", "widths", "sticky")}
         write_json(out / "inspect.json", report)
     return 0
 

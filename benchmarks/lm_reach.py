@@ -8,9 +8,10 @@
 ``widths="auto"`` (lm_shakespeare.REACH), trained and tested exactly as the variants of
 benchmarks/lm_shakespeare.py (same settings S, seeds, tokenizer, data and test plays). The summary
 pairs it, by seed and test play, with that benchmark's committed records of the same seeds and
-settings key. Those records were made by an older version of the code: a reference variant re-run
-here (``--variants infinite``) says whether today's code reproduces them (``reproduction``), and
-infinite_reach is also paired with the re-runs, so that one comparison is made by one code version.
+settings key. Those records were made by an older version of the code, maybe on another CPU: a
+reference variant re-run here (``--variants infinite``) says how far today's code and machine land
+from them (``reproduction``), and infinite_reach is also paired with the re-runs (``pairs_rerun``:
+both sides made by one code version on one machine).
 """
 
 from __future__ import annotations
@@ -119,11 +120,11 @@ def summarize(ours: dict[str, dict[int, dict]], theirs: dict[str, dict[int, dict
     models |= {o: _model(theirs[o], seeds, "results/lm_shakespeare_cpu_runs") for o in OTHERS}
     pairs = [_pair(reach, theirs[o], seeds, docs, (NAME, o)) for o in OTHERS]
     reruns = {v: by for v, by in ours.items() if v != NAME and by}
-    same_code = []
+    rerun_pairs = []
     for v, by in reruns.items():
         common = sorted(set(by) & set(reach))
         if common:
-            same_code.append({**_pair(reach, by, common, docs, (NAME, v)), "b_source": "re-run"})
+            rerun_pairs.append(_pair(reach, by, common, docs, (NAME, v)))
     repro = reproduction(reruns, theirs)
     tokens_match = all(
         {d: reach[k]["per_document"][d]["tokens"] for d in docs}
@@ -134,6 +135,7 @@ def summarize(ours: dict[str, dict[int, dict]], theirs: dict[str, dict[int, dict
     return {
         "machine": reach[seeds[0]]["machine"],
         "reference_machine": theirs["infinite"][seeds[0]]["machine"],
+        "reference_parameters": {o: theirs[o][seeds[0]]["parameters"] for o in OTHERS},
         "config": {
             "variant": f"{NAME}: ∞-former (uniform samples) with LTM options {lm.REACH}",
             "flags": reach[seeds[0]]["flags"],
@@ -150,6 +152,8 @@ def summarize(ours: dict[str, dict[int, dict]], theirs: dict[str, dict[int, dict
         "fairness": {
             "same_settings_key": True,  # records of any other key are not loaded (RunRecords)
             "same_tokens_per_play": tokens_match,
+            "same_cpu_model": reach[seeds[0]]["machine"].get("cpu_model")
+            == theirs["infinite"][seeds[0]]["machine"].get("cpu_model"),
             "reference_records_written_by": _commit_of(lm.RECORDS / "infinite-seed0.json"),
             "reproduction": repro,
         },
@@ -157,7 +161,12 @@ def summarize(ours: dict[str, dict[int, dict]], theirs: dict[str, dict[int, dict
         "documents": docs,
         "models": models,
         "pairs": pairs,
-        "pairs_same_code": same_code,
+        "pairs_rerun": rerun_pairs,
+        "what": {
+            "pairs": "infinite_reach - each committed record of the LM benchmark, nats/token, paired by seed "
+            "and test play (bootstrap 95% CI over seeds x plays; negative: infinite_reach better)",
+            "pairs_rerun": "infinite_reach - the same variant re-run by this code on this machine (its seeds only)",
+        },
     }
 
 
@@ -166,10 +175,10 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     ours = RunRecords(RECORDS, key).load([NAME, *OTHERS])
     result = summarize(ours, RunRecords(lm.RECORDS, key).load(OTHERS))
     write_json(OUT, result)
-    for p in result["pairs"] + result["pairs_same_code"]:
-        lo, hi = p["ci95"]
-        b = p["b"] + (" (re-run)" if "b_source" in p else "")
-        print(f"{NAME} - {b}: {p['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] {p['verdict']}")
+    for what in ("pairs", "pairs_rerun"):
+        for p in result[what]:
+            lo, hi = p["ci95"]
+            print(f"{what}: {NAME} - {p['b']}: {p['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] {p['verdict']}")
     for r in result["fairness"]["reproduction"]:
         print(
             f"re-run {r['variant']} seed {r['seed']}: {r['test_ppl']}, max |Δ nll| {r['max_abs_nll_diff']:.2e}"

@@ -75,6 +75,7 @@ def test_summary_pairs_each_model_by_seed_and_play(bench):
         for o in bench.OTHERS
     }
     del theirs["compressive"][2]  # seed 2 lacks a model: it cannot be paired
+    theirs["infinite"][0]["machine"] = {"cpu_model": "another"}
     ours = {bench.NAME: {k: record(bench.NAME, k, base_nll(k)) for k in (0, 1, 2)}}
     ours["infinite"] = {0: theirs["infinite"][0]}  # a re-run that reproduces its committed record
     out = bench.summarize(ours, theirs)
@@ -82,7 +83,7 @@ def test_summary_pairs_each_model_by_seed_and_play(bench):
     for p in out["pairs"]:
         assert p["mean_diff"] == pytest.approx(-shift[p["b"]], abs=1e-12)
         assert p["ci95"][1] < 0 and p["verdict"] == f"{bench.NAME} better" and p["seeds_won"] == 2
-    (same,) = out["pairs_same_code"]
+    (same,) = out["pairs_rerun"]
     assert (same["b"], same["seeds"], same["mean_diff"]) == (
         "infinite",
         [0],

@@ -118,3 +118,25 @@ def test_summary_refuses_records_of_other_plays(bench):
     )
     with pytest.raises(SystemExit, match="xl_stm seed 0 was tested on other plays"):
         bench.summarize({bench.NAME: {0: record(bench.NAME, 0, base_nll(0))}}, theirs)
+
+
+def test_report_renders_every_model_pair_and_rerun(bench, tmp_path, monkeypatch):
+    from infinite_former.utils import write_json
+
+    report = load_benchmark("report")
+    theirs = {
+        o: {k: record(o, k, {d: v + 0.05 for d, v in base_nll(k).items()}) for k in (0, 1)}
+        for o in bench.OTHERS
+    }
+    ours = {
+        bench.NAME: {k: record(bench.NAME, k, base_nll(k)) for k in (0, 1)},
+        "infinite": {1: theirs["infinite"][1]},
+    }
+    write_json(tmp_path / "lm_reach_cpu.json", bench.summarize(ours, theirs))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = report.lm_reach()
+    better = "| **∞-former, uniform_time + auto widths better** |"
+    rows = [line for line in text.splitlines() if line.endswith(better)]
+    assert len(rows) == len(bench.OTHERS) + 1  # every committed model, and the re-run ∞-former
+    assert sum("| [1] | -0.0500 [-0.0500, -0.0500] | 1/1 |" in r for r in rows) == 1
+    assert "| ∞-former | 1 | " in text and "| 0.0000 |" in text  # the re-run reproduces its record

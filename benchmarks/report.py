@@ -655,7 +655,7 @@ def lm_reach() -> str:
         ]
         lines += [
             f"| {labels[r['variant']]} | {r['seed']} | {r['test_ppl']['committed']:.3f} "
-            f"| {r['test_ppl']['rerun']:.3f} | {r['max_abs_nll_diff']:.4f} |"
+            f"| {r['test_ppl']['rerun']:.3f} | {r['max_abs_nll_diff']:.1e} |"
             for r in f["reproduction"]
         ]
     return "\n".join(lines)

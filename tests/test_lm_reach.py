@@ -139,4 +139,4 @@ def test_report_renders_every_model_pair_and_rerun(bench, tmp_path, monkeypatch)
     rows = [line for line in text.splitlines() if line.endswith(better)]
     assert len(rows) == len(bench.OTHERS) + 1  # every committed model, and the re-run ∞-former
     assert sum("| [1] | -0.0500 [-0.0500, -0.0500] | 1/1 |" in r for r in rows) == 1
-    assert "| ∞-former | 1 | " in text and "| 0.0000 |" in text  # the re-run reproduces its record
+    assert "| ∞-former | 1 | " in text and "| 0.0e+00 |" in text  # the re-run reproduces its record

@@ -150,7 +150,7 @@ def summarize(ours: dict[str, dict[int, dict]], theirs: dict[str, dict[int, dict
             ],
         },  # fmt: skip
         "fairness": {
-            "same_settings_key": True,  # records of any other key are not loaded (RunRecords)
+            "settings": "both sides are records of config.settings_key (RunRecords loads no other)",
             "same_tokens_per_play": tokens_match,
             "same_cpu_model": reach[seeds[0]]["machine"].get("cpu_model")
             == theirs["infinite"][seeds[0]]["machine"].get("cpu_model"),

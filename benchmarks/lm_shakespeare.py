@@ -62,6 +62,10 @@ PAIRS = [("infinite", "xl"), ("infinite_sticky", "xl"), ("infinite", "xl_params"
          ("infinite", "compressive"), ("infinite_sticky", "compressive"), ("infinite_sticky", "infinite"),
          ("compressive", "xl")]  # fmt: skip
 
+# beyond the paper (issue 18's carry-back, benchmarks/lm_reach.py): the ∞-former (uniform samples) with the
+# recall benchmark's best LTM options (benchmarks/recall.py BEST, as benchmarks/sorting.py REACH)
+REACH = dict(schedule="uniform_time", widths="auto")
+
 # The model and budget: 2 layers, d 128, 3000 steps x 8 lanes x 128 tokens (5x the first benchmark).
 S = dict(
     steps=3000, batch_size=8, seg_len=128, d_model=128, n_layers=2, n_heads=4, d_inner=512, dropout=0.0,
@@ -74,7 +78,8 @@ def settings_key() -> str:
 
 
 def variant_settings(name: str) -> dict:
-    """Each variant's model settings over S (LMTrainSettings fields)."""
+    """Each variant's model settings over S (LMTrainSettings fields); infinite_reach (not in VARIANTS,
+    run by benchmarks/lm_reach.py) is the ∞-former with the LTM options REACH."""
     m, n = S["mem_len"], S["num_basis"]
     infinite = dict(mem_len=m, ltm={"num_basis": n}, ltm_zero_init_output=True)
     settings = {
@@ -84,6 +89,7 @@ def variant_settings(name: str) -> dict:
         "compressive": dict(memory_type="compressive", mem_len=m, cmem_len=n, compression_rate=2),
         "infinite": dict(memory_type="infinite", **infinite),
         "infinite_sticky": dict(memory_type="infinite_sticky", **infinite),
+        "infinite_reach": dict(memory_type="infinite", **{**infinite, "ltm": {"num_basis": n, **REACH}}),
     }
     return settings[name]
 

@@ -623,6 +623,8 @@ def gpt2_finetune() -> str:
 
 INSPECT_LABELS = {
     "lm": f"LM from scratch (3000-step benchmark), {MEMORY_LABELS['infinite_sticky']}, seed 0",
+    "lm_infinite": f"LM from scratch (3000-step benchmark), {MEMORY_LABELS['infinite']}, seed 0, re-run",
+    "lm_reach": "LM from scratch (3000-step benchmark), ∞-former, uniform_time + auto widths, seed 0",
     "gpt2": "GPT-2 pretrained here + memory (sticky), fine-tuned, seed 0",
 }
 
@@ -635,13 +637,13 @@ def inspect_memory() -> str:
         "| reconstruction error, 1k tokens ago | 10k tokens ago | mean vector (any age) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    machine = None
+    machines: dict[str, list[str]] = {}  # machine -> the models inspected on it
     for name, label in INSPECT_LABELS.items():
         path = RESULTS / "inspect" / name / "inspect.json"
         if not path.is_file():
             continue
         d = json.loads(path.read_text(encoding="utf-8"))
-        machine = d["machine"]
+        machines.setdefault(_machine(d["machine"]), []).append(label)
         for layer in d["layers"]:
             rec = layer["reconstruction"]
             at = {k: v["relative_error"] for k, v in rec["at_age"].items()}
@@ -650,7 +652,10 @@ def inspect_memory() -> str:
                 f"| {layer['attention_share_outside_0_1']:.0%} | {_fmt(at['1000'], 3)} | {_fmt(at['10000'], 3)} "
                 f"| {rec['baseline_mean_vector']:.3f} |"
             )
-    lines += ["", "Machine: " + _machine(machine) + "." if machine else "No inspection has run yet."]
+    if len(machines) > 1:
+        lines += ["", "Machines: " + "; ".join(f"{m} ({', '.join(ls)})" for m, ls in machines.items()) + "."]
+    else:
+        lines += ["", f"Machine: {next(iter(machines))}." if machines else "No inspection has run yet."]
     return "\n".join(lines)
 
 
@@ -903,6 +908,52 @@ def probes(model_type: str = "gpt2") -> str:
     return "\n".join(lines)
 
 
+def lm_reach() -> str:
+    """Issue 18's carry-back to the 3000-step LM (benchmarks/lm_reach.py): paired with the committed
+    records, with the references re-run on this machine, and how far the re-runs land from them."""
+    d = _load("lm_reach_cpu.json")
+    labels = {**LM_VARIANTS, "infinite_reach": "∞-former, uniform_time + auto widths"}
+    f = d["fairness"]
+    lines = [
+        f"{d['config']['variant']}; seeds {d['seeds']}, test plays {', '.join(d['documents'])}. "
+        f"Machine: {_machine(d['machine'])}; the committed records: {_machine(d['reference_machine'])}"
+        + ("" if f["same_cpu_model"] else " (another CPU)")
+        + f". Same tokens per play as those records: {'yes' if f['same_tokens_per_play'] else 'NO'}.",
+        "",
+        "| model | from | parameters | test perplexity (mean) | per seed | bits per byte |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    for name, m in d["models"].items():
+        per = ", ".join(f"{x['test_ppl']:.2f}" for x in m["seeds"])
+        lines.append(
+            f"| {labels[name]} | `{m['source']}` | {m['parameters']:,} | {m['test_ppl']:.2f} | {per} "
+            f"| {m['test_bpb']:.3f} |"
+        )
+    head = "| comparison (log perplexity, nats/token) | seeds | difference [95% CI] | seeds won | verdict |"
+    for what, title in (("pairs", "against the committed records"), ("pairs_rerun", "against the re-runs")):
+        if d[what]:
+            lines += ["", f"Paired by seed and play, {title}:", "", head, "|---|---|---:|---:|---|"]
+            lines += [
+                f"| {labels[p['a']]} − {labels[p['b']]} | {p['seeds']} | {_ci(p, 4)} "
+                f"| {p['seeds_won']}/{len(p['seeds'])} | {_verdict(p, labels)} |"
+                for p in d[what]
+            ]
+    if f["reproduction"]:
+        lines += [
+            "",
+            "Re-runs against the committed records (same settings, seed, data, tokenizer):",
+            "",
+            "| model | seed | committed perplexity | re-run perplexity | largest difference per play (nats/token) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {labels[r['variant']]} | {r['seed']} | {r['test_ppl']['committed']:.3f} "
+            f"| {r['test_ppl']['rerun']:.3f} | {r['max_abs_nll_diff']:.1e} |"
+            for r in f["reproduction"]
+        ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "sort_default": sort_default,
     "lm_shakespeare": lm_shakespeare,
@@ -928,6 +979,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "training_free_finetune_gpt2": training_free_finetune,
     "probes_gpt2": probes,
     "probes_llama": lambda: probes("llama"),
+    "lm_reach": lm_reach,
 }
 
 

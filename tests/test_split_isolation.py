@@ -170,7 +170,7 @@ def test_lm_train_evaluates_the_test_split(tmp_path):
     assert read >= test_bytes - 2, (read, test_bytes)
 
 
-@pytest.mark.parametrize("variant", ["xl_equal", "infinite_sticky"])
+@pytest.mark.parametrize("variant", ["xl_equal", "infinite_sticky", "infinite_reach"])
 def test_lm_benchmark_trains_on_train_and_tests_on_test(tmp_path, monkeypatch, variant):
     """benchmarks/lm_shakespeare.py's own run (train_settings, shared tokenizer, lm train) at toy size."""
     from infinite_former.data.tokenizer import TextTokenizer

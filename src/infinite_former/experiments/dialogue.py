@@ -401,7 +401,8 @@ class DialogueTrainSettings(RunSettings):
     """``dialogue train``: GPT-2 (``model``: folder or hub name; None: from scratch, of size n_layer /
     n_embd / n_head) + memory on dialogue examples. ``ltm``: the memory's settings (default: the
     model's, or the Hugging Face preset); ``uniform``: sticky off; ``no_memory``: no memory layers;
-    ``training_free``: "DENSITY:ALPHA" (gibbs | gaussian, α in [0, 1]; "gibbs" alone: α = 0.5), a
+    ``training_free``: "DENSITY[:ALPHA | :softmax]" (gibbs | gaussian, α in [0, 1]; "gibbs" alone:
+    α = 0.5; ":softmax": one softmax with the block's attention), a
     memory without weights read through the pretrained attention (``--model`` only); ``steps`` 0: from ``epochs``; ``lr``: GPT-2's weights, ``ltm_lr``: the memory's; max_replies /
     max_eval_replies / max_document_chars 0: all."""
 
@@ -446,14 +447,13 @@ class DialogueTrainSettings(RunSettings):
             self.free()  # a bad DENSITY:ALPHA fails here
 
     def free(self) -> TrainingFreeConfig | None:
-        """``training_free`` ("DENSITY:ALPHA") as add_memory's TrainingFreeConfig (None: off)."""
+        """``training_free`` ("DENSITY[:ALPHA | :softmax]") as add_memory's TrainingFreeConfig (None: off)."""
         if self.training_free is None:
             return None
-        density, _, alpha = self.training_free.partition(":")
         try:
-            return TrainingFreeConfig(density, float(alpha)) if alpha else TrainingFreeConfig(density)
+            return TrainingFreeConfig.parse(self.training_free)
         except ValueError as e:
-            raise ValueError(f"--training-free: expected DENSITY:ALPHA (e.g. gibbs:0.5), {e}") from None
+            raise ValueError(f"--training-free {self.training_free!r}: {e}") from None
 
     def memory(self) -> dict[str, Any]:
         """add_memory's keywords: block size, memory settings, ``uniform`` and ``no_memory``."""

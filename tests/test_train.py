@@ -173,6 +173,15 @@ def _tree_digest(path) -> dict[str, str]:
     return out
 
 
+def test_a_diverged_loss_stops_training_before_any_checkpoint(tmp_path):
+    model = tiny_model("xl")  # (the ∞-former's memory refuses NaN queries itself, with its own error)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # the forward computes a NaN loss at step 1
+    with pytest.raises(FloatingPointError, match=r"diverged at step 1: loss nan.*last checkpoint: none"):
+        Trainer(model, cfg(tmp_path, ckpt_every=1), sorting_stream).fit()
+    assert not list((tmp_path / "run").rglob("*.safetensors")) and not list((tmp_path / "run").rglob("*.pt"))
+
+
 def test_missing_checkpoint_is_a_clear_error_and_writes_nothing(tmp_path):
     c = cfg(tmp_path)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "run")):

@@ -424,6 +424,12 @@ class Trainer:
                 stats = acc.reduce(stats, "sum")
                 stats[:2] /= acc.num_processes
             loss, aux_v, stop = float(stats[0]), float(stats[1]), float(stats[2]) > 0
+            if not (math.isfinite(loss) and math.isfinite(aux_v)):  # every rank sees the reduced values
+                raise FloatingPointError(
+                    f"training diverged at step {step}: loss {loss}, aux loss {aux_v} (not finite); nothing "
+                    f"was saved for this step (last checkpoint: {last_saved or 'none'}). Lower the learning "
+                    "rate, lengthen the warmup or clip gradients, and resume from the last checkpoint."
+                )
             busy += time.perf_counter() - t_seg
             result.losses.append(loss)
             tok_s = tokens * acc.num_processes / max(busy, 1e-9)

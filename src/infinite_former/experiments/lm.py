@@ -75,13 +75,14 @@ CONFIG_FILE = "lm_config.json"
 # ---------------------------------------------------------------------------------------- settings
 
 # lm train only: flag -> TrainConfig field (the loop's other flags: runs.TRAIN_FLAGS)
+EVAL_EVERY = Flag("--eval-every", "eval_every", int, "evaluate every N steps (0: at the end only)")
 LM_TRAIN_FLAGS: list[Flag] = [
     Flag("--min-lr-ratio", "min_lr_ratio", float, "final lr / peak lr of the cosine"),
     Flag("--eval-batch-size", "eval_batch_size", int, "lanes of the periodic evaluation"),
-    Flag("--eval-every", "eval_every", int, "evaluate every N steps (0: at the end only)"),
+    EVAL_EVERY,
 ]
 # lm finetune only: the periodic validation (on --valid-split, at most --eval-segments blocks per lane)
-FINETUNE_FLAGS: list[Flag] = [LM_TRAIN_FLAGS[2]]
+FINETUNE_FLAGS: list[Flag] = [EVAL_EVERY]
 # lm train: flag -> ModelConfig field (the memory's generated flags fill ``ltm``; --set any other field)
 MODEL_FLAGS: list[Flag] = [
     Flag("--memory-type", "memory_type", str, "memory type", choices=MEMORY_TYPES),

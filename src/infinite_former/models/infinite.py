@@ -63,10 +63,12 @@ class InfiniteState:
 @dataclass(frozen=True)
 class AbsorbPlan:
     """pending_count (b,): vectors each row hands to the LTM, absorbed at the next call;
-    absorb_counts: the distinct non-zero counts the last call handed over, absorbed now."""
+    absorb_counts: the distinct non-zero counts the last call handed over, absorbed now;
+    every_row: every row hands over the same (non-zero) count."""
 
     pending_count: Tensor
     absorb_counts: list[int]
+    every_row: bool = False
 
 
 class InfiniteMemory(MemoryType):
@@ -124,9 +126,11 @@ class InfiniteMemory(MemoryType):
 
     def plan(self, memory: InfiniteState, mem_valid: Tensor, mem_width: int, T: int) -> SegmentPlan:
         plan = super().plan(memory, mem_valid, mem_width, T)
+        handed = set(memory.ltm_pending_count.tolist())  # the one host read of the counts
         absorb = AbsorbPlan(
             pending_count=mem_valid + T - plan.keep,  # leave the STM now, enter the LTM next call
-            absorb_counts=sorted({int(n) for n in memory.ltm_pending_count.tolist()} - {0}),
+            absorb_counts=sorted(handed - {0}),
+            every_row=len(handed) == 1 and 0 not in handed,
         )
         return replace(plan, extra=absorb)
 
@@ -145,11 +149,12 @@ class InfiniteMemory(MemoryType):
         record: LayerRead.record is the layer's LTMRecord (its absorptions and its read)."""
         ltm: LongTermAttention = blk.ltm
         queries = x[:, x.shape[1] - h.shape[1] :]  # (b, T, e)
-        counts = plan.extra.absorb_counts
+        counts, every_row = plan.extra.absorb_counts, plan.extra.every_row
         updates: list[UpdateRecord] | None = [] if record else None
         state = self._absorb(
-            blk, memory.ltm[layer], memory.ltm_pending[layer], memory.ltm_pending_count, counts, updates
-        )
+            blk, memory.ltm[layer], memory.ltm_pending[layer], memory.ltm_pending_count, counts, updates,
+            every_row,
+        )  # fmt: skip
         z, state, kl, *read = ltm(queries, None, state, return_kl=True, return_record=record)  # Z_LTM
         idle = list(ltm.gate.parameters()) if not counts and ltm.gate is not None else []
         pending = block[:, : plan.leaving].detach()  # absorbed next call
@@ -164,6 +169,7 @@ class InfiniteMemory(MemoryType):
         count: Tensor,
         counts: list[int],
         updates: list[UpdateRecord] | None = None,
+        every_row: bool = False,
     ) -> LTMState:
         """Absorb each row's pending vectors (its last count[i]) into the LTM; appends the
         UpdateRecord of each update to ``updates`` (if not None).
@@ -176,14 +182,9 @@ class InfiniteMemory(MemoryType):
         width = pending.shape[1]
         x = blk.ln1(pending)
         out = state
-        # eager on CPU, one host read: where every row hands over the same count (the usual case), the
-        # update's state is the result as it is (merging would copy it); compiled: always merge
-        uniform = (
-            len(counts) == 1
-            and count.device.type == "cpu"
-            and not torch.compiler.is_compiling()
-            and bool((count == counts[0]).all())
-        )
+        # eager on CPU, where every row hands over the same count (the plan's every_row, the usual
+        # case): the update's state is the result as it is (merging would copy it); compiled: always merge
+        uniform = every_row and count.device.type == "cpu" and not torch.compiler.is_compiling()
         for n in counts:
             rows = count == n
             if updates is None:

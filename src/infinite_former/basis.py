@@ -71,7 +71,8 @@ def flush_exp_(arg: Tensor, theta: float) -> Tensor:
 
 def gaussian_pdf(t: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     """𝒩(t; mean, var), elementwise with broadcasting."""
-    arg = (-0.5 * (t - mean) ** 2 / var).clamp_min(exp_floor(torch.result_type(t, var)))
+    arg = -0.5 * (t - mean) ** 2 / var
+    arg = arg.clamp_min(exp_floor(arg.dtype))  # (arg.dtype, not torch.result_type: no graph break)
     return torch.exp(arg) / torch.sqrt(2.0 * math.pi * var)
 
 

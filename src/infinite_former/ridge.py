@@ -107,8 +107,10 @@ def cached_operator(
         else:
             raise ValueError(f"unknown operator kind {kind!r}")
         terms = op.shape[1] if kind == "contract_uniform" else op.shape[0]
-        theta = negligible(dtype, op.abs().max().item(), terms)
-        op = torch.where(op.abs() < theta, 0.0, op) if theta > 0 else op
+        # θ = negligible(dtype, max|op|, terms), kept a tensor: no host read, so that torch.compile
+        # traces a cache miss without a graph break
+        theta = op.abs().max() * negligible(dtype, 1.0, terms)
+        op = torch.where(op.abs() < theta, 0.0, op)
         op = op.contiguous().to(device, dtype)
         if len(_OPERATOR_CACHE) >= _OPERATOR_CACHE_MAX:
             _OPERATOR_CACHE.pop(next(iter(_OPERATOR_CACHE)))

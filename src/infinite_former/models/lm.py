@@ -170,7 +170,9 @@ class InfiniteFormerLM(nn.Module):
             if read.z is not None:
                 z = z + read.z  # e.g. Z = Z_STM + Z_LTM, before the residual
             reads.append(read)
-            mems.append(block[:, block.shape[1] - plan.stm_width :].detach())
+            # contiguous: a view would keep the whole block alive, and its stride would change with
+            # the block's width (one more compiled graph per stride under --compile)
+            mems.append(block[:, block.shape[1] - plan.stm_width :].detach().contiguous())
             h = h + blk.drop(z)
             h = h + blk.ff(blk.ln2(h))
 
@@ -231,15 +233,24 @@ class InfiniteFormerLM(nn.Module):
             raise ValueError("tokens must have at least one position (T >= 1)")
         if c.max_segment_len is not None and T > c.max_segment_len:
             raise ValueError(f"segment length {T} exceeds max_segment_len={c.max_segment_len}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
+        # compiled: the value checks run inside the graph (no host read, no graph break) and raise
+        # a RuntimeError with the same message, without the range found
+        compiling = torch.compiler.is_compiling()
+        if compiling:
+            in_range = ((tokens >= 0) & (tokens < c.vocab_size)).all()
+            torch._assert_async(in_range, f"tokens must be in [0, {c.vocab_size})")
+        elif tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
             raise ValueError(
                 f"tokens must be in [0, {c.vocab_size}), got range [{int(tokens.min())}, {int(tokens.max())}]"
             )
         if targets is not None:
             if not isinstance(targets, Tensor) or targets.shape != (b, T) or targets.dtype != torch.long:
                 raise ValueError(f"targets must be a ({b}, {T}) LongTensor, got {describe(targets)}")
-            if int(targets.max()) >= c.vocab_size:
-                raise ValueError(f"targets must be < vocab_size={c.vocab_size} (negative = ignored)")
+            message = f"targets must be < vocab_size={c.vocab_size} (negative = ignored)"
+            if compiling:
+                torch._assert_async((targets < c.vocab_size).all(), message)
+            elif int(targets.max()) >= c.vocab_size:
+                raise ValueError(message)
         if loss_mask is not None and (
             not isinstance(loss_mask, Tensor) or loss_mask.shape != (b, T) or loss_mask.dtype != torch.bool
         ):

@@ -88,6 +88,8 @@ def settings_key() -> str:
     s.update({k: v for k, v in ltm.items() if v != before[k]})
     if s.get("precision") == "fp32":  # the same runs as before the precision setting existed
         s.pop("precision")
+    if s.get("compile") is False:  # likewise eager runs, from before the compile setting
+        s.pop("compile")
     return settings_hash(s)
 
 

@@ -215,6 +215,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_overwrites_nothing(tmp_path, vi
         (dict(betas=(0.9, 1.5)), "betas"),
         (dict(device="tpu"), "device"),
         (dict(precision="yes"), "precision"),
+        (dict(compile="yes"), "compile"),
         (dict(min_lr_ratio=2.0), "min_lr_ratio"),
     ],
 )

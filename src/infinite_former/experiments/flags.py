@@ -42,6 +42,7 @@ class Flag:
     dest: str | None = None
     choices: tuple[Any, ...] | None = None
     metavar: str | None = None
+    const: Any = None  # with nargs="?": the value of the bare flag
 
     @property
     def attr(self) -> str:
@@ -57,6 +58,18 @@ PRECISION_FLAG = Flag(
     choices=("fp32", "bf16", "auto"),
 )
 """--precision for every training and evaluation command (TrainConfig.precision)."""
+
+COMPILE_FLAG = Flag(
+    "--compile",
+    "compile",
+    lambda text: on_off(text),  # defined below
+    "torch.compile the forward of the training segments (static shapes; evaluation stays eager): "
+    "--compile or --compile on; off by default. Where it pays: docs/results.md, 'Speed'",
+    nargs="?",
+    const=True,
+    metavar="on|off",
+)
+"""--compile for the training commands where compiling wins (TrainConfig.compile)."""
 
 
 def check_precision(precision: str) -> None:
@@ -83,6 +96,8 @@ def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> None:
         kw: dict[str, Any] = {"dest": f.attr, "type": f.type, "default": f.default, "help": f.help}
         if f.nargs:
             kw["nargs"] = f.nargs
+        if f.const is not None:
+            kw["const"] = f.const
         if f.choices:
             kw["choices"] = f.choices
         if f.metavar:

@@ -42,7 +42,7 @@ from ..utils import (
     seed_everything,
     write_json,
 )
-from .flags import PRECISION_FLAG, Flag, add_flags, int_list, memory_flags, merge, overrides
+from .flags import COMPILE_FLAG, PRECISION_FLAG, Flag, add_flags, int_list, memory_flags, merge, overrides
 
 # The sort preset of the memory's settings (the CPU demo: N = 32, M = N, τ = 0.75); 0.2 held seven
 # of them flat under these names, the rest were LTMConfig's 0.2 defaults.
@@ -94,6 +94,7 @@ class SortSettings:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | auto (training/precision.py)
+    compile: bool = False  # torch.compile the training segments (TrainConfig.compile)
     threads: int = 0  # 0: torch default (1 per process when jobs > 1)
     jobs: int = 0  # models trained at once in separate processes (CPU); 0: one per core, up to #runs
     out: str = "runs"
@@ -190,6 +191,7 @@ class SortSettings:
             out_dir=os.path.join(self.out, self.name, run),
             device=self.device,
             precision=self.precision,
+            compile=self.compile,
             progress=self.progress,
         )
 
@@ -219,6 +221,7 @@ class SortSettings:
         becomes ``precision``); every field must be there."""
         if isinstance(d, dict):
             d = from_legacy_bf16(d)
+            d.setdefault("compile", False)  # saved before the setting existed: eager
         d = read_host_dict(d, [f.name for f in fields(cls)], LEGACY_02, DEFAULTS_02, "SortSettings")
         return config_from_dict(cls, d)
 
@@ -496,6 +499,7 @@ SORT_FLAGS: list[Flag] = [
     Flag("--seed", "seed", int, "seed of data, initialisation and training"),
     Flag("--device", "device", str, "auto | cpu | cuda"),
     PRECISION_FLAG,
+    COMPILE_FLAG,
     Flag("--threads", "threads", int, "torch CPU threads per process (0: torch default; 1 with --jobs > 1)"),
     Flag("--jobs", "jobs", int, "models trained at once in separate CPU processes (0: one per core)"),
     Flag("--out", "out", str, "output root folder"),

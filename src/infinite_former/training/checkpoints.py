@@ -147,6 +147,7 @@ RESUME_IGNORED = (
     "tensorboard",
     "log_every",
     "device",
+    "compile",  # how the forward runs, not what it computes (see TrainConfig.compile)
     "train_documents",
     "train_tokens",
     "examples",

@@ -20,7 +20,8 @@ after the last segment it yielded; the trainer saves it at step boundaries.
 
 Features: Hugging Face Accelerate (CPU, one GPU, or DDP through
 ``accelerate launch`` / ``torchrun``), AdamW with linear warmup + cosine
-decay, gradient clipping, precision fp32 | bf16 | auto (precision.py), tqdm progress bar, CSV and
+decay, gradient clipping, precision fp32 | bf16 | auto (precision.py), optional torch.compile of the
+training segments' forward (``compile``), tqdm progress bar, CSV and
 TensorBoard logs, periodic evaluation, atomic checkpoints every N steps and on
 SIGINT/SIGTERM (model weights in safetensors; optimizer, scheduler, RNG
 states, stream position, memory state and step with torch.save, read back
@@ -29,13 +30,14 @@ with weights_only=True) and exact resumption.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -96,6 +98,12 @@ class TrainConfig:
     ``steps``. clip: max gradient norm (0 = off). eval_every / ckpt_every /
     log_every: in optimizer steps (0 = only at the end). precision: "fp32" (default) | "bf16"
     (autocast) | "auto" (bf16 on CUDA and on CPUs with fast bf16 matmuls; see precision.py).
+    compile: run the model's forward on training-stream segments (no-grad passes and training
+    segments) through ``torch.compile(model, dynamic=False)``; evaluation stays eager. Static
+    shapes: a segment stream has few shapes, and automatic dynamic shapes made compiled steps
+    slower on the CPU (benchmarks/compile_cpu.py). The same computation up to float rounding;
+    random draws (sticky sampling) come from the compiled kernels' own generator, seeded from
+    torch's, so a compiled run is reproducible but does not repeat an eager run's draws.
     device: "auto" | "cpu" | "cuda".
     """
 
@@ -114,6 +122,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/train"
     precision: str = "fp32"  # "auto" is opt-in until paired accuracy runs back bf16 (issue 17)
+    compile: bool = False
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
@@ -137,6 +146,8 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         check_precision(self.precision)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -208,6 +219,20 @@ class TrainResult:
             "stop_signal": self.stop_signal,
             "precision": self.precision,
         }
+
+
+@contextlib.contextmanager
+def _compile_limits(on: bool) -> Iterator[None]:
+    """While a compiled run trains: room for a graph per memory width, grad mode and absorption
+    plan (a few dozen at most), and an error instead of a silent fall-back to eager beyond it."""
+    if not on:
+        yield
+        return
+    with torch._dynamo.config.patch(recompile_limit=COMPILE_GRAPH_LIMIT, fail_on_recompile_limit_hit=True):
+        yield
+
+
+COMPILE_GRAPH_LIMIT = 64  # compiled graphs per code object in a --compile run (torch's default: 8)
 
 
 class _SignalFlag:
@@ -346,6 +371,8 @@ class Trainer:
         )
         wrapped, optimizer = acc.prepare(model, optimizer)
         core = acc.unwrap_model(wrapped)
+        if cfg.compile:  # compiled lazily, at the first segment of each shape and grad mode
+            wrapped = torch.compile(wrapped, dynamic=False)
         stream = self.train_stream(self.shard)
         step = 0
         state: RecurrentState = core.init_state(self.shard.batch_size, acc.device)
@@ -363,10 +390,12 @@ class Trainer:
             else None
         )
         acc.print(f"precision: {self.precision} ({self.precision_reason})")
+        if cfg.compile:
+            acc.print("compile: torch.compile (inductor, static shapes) for training segments")
         result = TrainResult(step, [], False, 0.0, 0.0, {}, ckpt["dir"] if ckpt else None)
         result.precision = f"{self.precision} ({self.precision_reason})"
         try:
-            with _SignalFlag() as flag:
+            with _SignalFlag() as flag, _compile_limits(cfg.compile):
                 self._loop(wrapped, core, optimizer, scheduler, stream, state, step, logger, flag, result)
             if result.step >= cfg.steps and not result.eval_metrics and not result.stopped_by_signal:
                 # resumed from a finished run: nothing to train, but report its evaluation

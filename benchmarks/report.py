@@ -144,6 +144,7 @@ def overhead() -> str:
         "| what | model | base ms | new ms | speedup | ∞-former / XL tokens/s: base | new |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    compiled = []
     for task in ("sort", "lm"):
         r = d[task]
         pr = r["per_round"]
@@ -154,6 +155,26 @@ def overhead() -> str:
             lines.append(
                 f"| {what[task]} | {n} | {base:.0f} | {new:.0f} | {ci(pr['speedup_over_base'][n])} | {cells} |"
             )
+            if "compiled_over_eager" in pr:
+                ms = r["steps"][f"{task}/{n}/compiled"]["cpu_ms"]
+                compiled.append(
+                    f"| {what[task]} | {n} | {new:.0f} | {ms:.0f} | {ci(pr['compiled_over_eager'][n])} |"
+                )
+        if "compiled_over_eager" in pr:
+            compiled.append(
+                f"| {what[task]} | ∞-former / XL tokens/s | both eager {ci(pr['infinite_over_xl_tokens_per_s']['new'])} "
+                f"| both compiled {ci(pr['infinite_over_xl_tokens_per_s']['compiled'])} | ∞-former compiled / "
+                f"XL eager {ci(pr['infinite_compiled_over_xl_eager'])} |"
+            )
+    if compiled:
+        lines += [
+            "",
+            "The same rounds, this checkout compiled (`torch.compile(model, dynamic=False)`, as `--compile` runs it):",
+            "",
+            "| what | model | eager ms | compiled ms | compiled speedup |",
+            "|---|---|---:|---:|---:|",
+            *compiled,
+        ]
     if "layer" in d:
         r = d["layer"]
         ms = {k: v["cpu_ms"] for k, v in r["steps"].items()}
@@ -189,12 +210,16 @@ def compile_training() -> str:
                 f"{r['speedup']:.2f}× | {r['compile_wall_s']:.0f} |"
             )
     for task in ("sort", "lm"):
+        shapes = d.get(task, {}).get("shapes")
         for key, r in d.get(task, {}).items():
             if key.startswith("infinite_over_xl/"):
+                cross = r.get("infinite_compiled_over_xl_eager")
                 lines.append("")
                 lines.append(
                     f"{task}, {key.split('/')[1]}: ∞-former / XL tokens/s {r['eager']:.2f} eager, "
-                    f"{r['compiled']:.2f} compiled."
+                    f"{r['compiled']:.2f} both compiled"
+                    + (f", {cross:.2f} ∞-former compiled / XL eager" if cross is not None else "")
+                    + (f" (compiled with {shapes} shapes)." if shapes else ".")
                 )
     return "\n".join(lines)
 
@@ -231,7 +256,15 @@ def sorting() -> str:
         else "PARTIAL: seeds done per model: "
         + ", ".join(f"{LABELS[m]} {v['seeds']}" for m, v in models.items())
     )
-    tput = (d.get("throughput") or {}).get("tokens_per_s", {})
+    tput_record = d.get("throughput") or {}
+    tput = tput_record.get("tokens_per_s", {})
+    tput_note = (
+        f" Training tokens/s: {tput_record['setup']}, every segment back-propagated; machine: "
+        + _machine(tput_record["machine"])
+        + "."
+        if tput
+        else ""
+    )
     lines = [
         f"{c['num_symbols']} symbols, lengths {', '.join(lengths)}, segment {c['segment_len']}; "
         f"{c['n_layers']} layers, d {c['d_model']}; {c['steps']} steps of batch {c['batch_size']} per model, "
@@ -239,7 +272,7 @@ def sorting() -> str:
         f"{c['xl_window_tokens']} tokens); compressive {budget['compressive']['mem_len']} + "
         f"{budget['compressive']['cmem_len']} compressed; ∞-former {budget['infinite']['mem_len']} + N = "
         f"{budget['infinite']['num_basis']}. Answer accuracy on {c['eval_sequences']} held-out sequences "
-        f"per length, mean ± std over seeds ({status}). Machine: " + _machine(d["machine"]) + ".",
+        f"per length, mean ± std over seeds ({status}). Machine: " + _machine(d["machine"]) + "." + tput_note,
         "",
         "| model | parameters | "
         + " | ".join(f"length {n}" for n in lengths)

@@ -224,15 +224,23 @@ class TrainResult:
 @contextlib.contextmanager
 def _compile_limits(on: bool) -> Iterator[None]:
     """While a compiled run trains: room for a graph per memory width, grad mode and absorption
-    plan (a few dozen at most), and an error instead of a silent fall-back to eager beyond it."""
+    plan of every model trained in this process, and an error instead of a silent fall-back to
+    eager beyond it."""
     if not on:
         yield
         return
-    with torch._dynamo.config.patch(recompile_limit=COMPILE_GRAPH_LIMIT, fail_on_recompile_limit_hit=True):
+    with torch._dynamo.config.patch(
+        recompile_limit=COMPILE_GRAPH_LIMIT,
+        accumulated_recompile_limit=16 * COMPILE_GRAPH_LIMIT,
+        fail_on_recompile_limit_hit=True,
+    ):
         yield
 
 
-COMPILE_GRAPH_LIMIT = 64  # compiled graphs per code object in a --compile run (torch's default: 8)
+# compiled graphs per code object while a compiled run trains (torch's default: 8). Every model of
+# the package shares its forward's code objects, and one model needs a graph per memory width, grad
+# mode and absorption plan (about ten), so several models trained in one process need room.
+COMPILE_GRAPH_LIMIT = 256
 
 
 class _SignalFlag:

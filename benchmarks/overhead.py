@@ -11,11 +11,17 @@ step; the machine is shared, wall time is recorded too):
   63 of them no-grad passes; benchmarks/sorting.py settings), ∞-former (sticky) and Transformer-XL.
 * lm: one step of the Shakespeare LM's models (d 128, 2 layers, seg 128, batch 8;
   benchmarks/lm_shakespeare.py), ∞-former (sticky) and Transformer-XL with the equal budget.
+* breakdown: where one layer's memory spends its time at the sorting size (this checkout, no-grad).
 * layer: LongTermAttention fwd + bwd at issue 2's size (batch 8, e 512, 8 heads, N = M = L = 512,
   sticky, gate, KL) and plain softmax attention over N keys (the goal: LTM <= 1.2x plain).
 
 Base and new models start from the same weights and see the same batches; the first training
 step's loss of each pair is compared (same math: equal to float32 rounding).
+
+--compiled adds a third variant of sort and lm, ``compiled``: this checkout's model run the way
+``TrainConfig.compile`` runs it (torch.compile(model, dynamic=False), under the Trainer's recompile
+limits), timed in the same rounds, so that the ∞-former compiled is compared with Transformer-XL
+eager and compiled side by side.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from infinite_former import LongTermAttention
 from infinite_former.stats import bootstrap_mean_ci
 from infinite_former.utils import machine_info, seed_everything, write_json
 
@@ -44,6 +51,7 @@ from precision import interleaved  # noqa: E402
 
 OUT = ROOT / "results" / "overhead_cpu.json"
 BASE_NAME = "infinite_former_base"
+COMPILED = "compiled"  # this checkout's model under torch.compile, as TrainConfig.compile runs it
 
 
 def import_base(rev: str, into: Path):
@@ -96,7 +104,8 @@ def pair(pkgs: dict, config, make_step) -> dict:
             reference = model.state_dict()
         else:
             model.load_state_dict(reference)
-        steps[impl] = make_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+        runner = torch.compile(model, dynamic=False) if impl == COMPILED else model
+        steps[impl] = make_step(runner, torch.optim.AdamW(model.parameters(), lr=1e-3))
     return steps
 
 
@@ -204,6 +213,46 @@ def layer_steps(pkgs: dict) -> dict:
     return steps
 
 
+def breakdown_steps() -> dict:
+    """The pieces of one layer's memory at the sorting benchmark's size, no-grad (as in 63 of the 64
+    segments of a sorting step): update (gate included), gate alone, read, and the read's parts."""
+    from infinite_former.memory import bin_mass
+
+    s0 = sorting.base_settings()
+    cfg = s0.model_config("infinite_sticky")
+    ltm = LongTermAttention(cfg.ltm_config().bind(cfg.d_model, cfg.n_heads))
+    gen = torch.Generator().manual_seed(0)
+    b, seg, e = s0.batch_size, s0.segment_len, cfg.d_model
+    x, q = torch.randn(b, seg, e, generator=gen), torch.randn(b, seg, e, generator=gen)
+    with torch.no_grad():
+        state = ltm.update(ltm.init_state(b), x)
+        _, state, _ = ltm.read(q, state)
+        mu, sigma2, values = ltm.densities(q, state)
+    window = torch.randn(b * seg, 3 * e, generator=gen)
+    weight = torch.randn(e, 3 * e, generator=gen)
+
+    def nograd(fn):
+        def step() -> None:
+            with torch.no_grad():
+                fn()
+
+        return step
+
+    return {
+        name: nograd(fn)
+        for name, fn in {
+            "update (gate included)": lambda: ltm.update(state, x),
+            "gate": lambda: ltm.gate_logits(x),
+            "read (KL and bin masses included)": lambda: ltm.read(q, state),
+            "read: projections of B": lambda: ltm.projections(state),
+            "read: densities (projections included)": lambda: ltm.densities(q, state),
+            "read: context E_p[ψ]ᵀV": lambda: ltm.normalizer.context(mu, sigma2, values),
+            "read: sticky bin masses": lambda: bin_mass(ltm.normalizer.cdf, mu, sigma2, cfg.ltm.num_bins),
+            f"a GEMM ({b * seg}×{3 * e})·({3 * e}×{e}), the gate's size": lambda: window @ weight.T,
+        }.items()
+    }
+
+
 def per_round(num: list[float], den: list[float]) -> dict:
     """Mean of num[r] / den[r] over the interleaved rounds r (both timed in the same round) and
     its bootstrap 95% CI over rounds (infinite_former.stats)."""
@@ -222,6 +271,18 @@ def summarize_training(timing: dict, task: str, tokens: int, impls: list[str]) -
         "steps": timing,
         "tokens_per_cpu_s": {k: round(tokens / (v / 1e3), 1) for k, v in ms.items()},
         "speedup_over_base": {n: round(ms[f"{task}/{n}/base"] / ms[f"{task}/{n}/new"], 3) for n in names},
+        **(
+            {
+                "compiled_over_eager": {
+                    n: round(ms[f"{task}/{n}/new"] / ms[f"{task}/{n}/{COMPILED}"], 3) for n in names
+                },
+                "infinite_compiled_over_xl_eager": round(
+                    ms[f"{task}/{xl}/new"] / ms[f"{task}/{infinite}/{COMPILED}"], 3
+                ),
+            }
+            if COMPILED in impls
+            else {}
+        ),
         "infinite_over_xl_tokens_per_s": {
             impl: round(ms[f"{task}/{xl}/{impl}"] / ms[f"{task}/{infinite}/{impl}"], 3) for impl in impls
         },
@@ -233,6 +294,19 @@ def summarize_training(timing: dict, task: str, tokens: int, impls: list[str]) -
                 impl: per_round(rounds[f"{task}/{xl}/{impl}"], rounds[f"{task}/{infinite}/{impl}"])
                 for impl in impls
             },
+            **(
+                {
+                    "compiled_over_eager": {
+                        n: per_round(rounds[f"{task}/{n}/new"], rounds[f"{task}/{n}/{COMPILED}"])
+                        for n in names
+                    },
+                    "infinite_compiled_over_xl_eager": per_round(
+                        rounds[f"{task}/{xl}/new"], rounds[f"{task}/{infinite}/{COMPILED}"]
+                    ),
+                }
+                if COMPILED in impls
+                else {}
+            ),
         },
     }
 
@@ -257,11 +331,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default="2abbc04", help="the commit to compare against")
     p.add_argument("--reps", type=int, default=7, help="timed steps per variant")
-    p.add_argument("--parts", nargs="+", default=["sort", "lm", "layer"], choices=["sort", "lm", "layer"])
+    p.add_argument(
+        "--parts", nargs="+", default=["sort", "lm", "layer"], choices=["sort", "lm", "layer", "breakdown"]
+    )
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--summarize-only", action="store_true", help="recompute the summaries of --out")
+    p.add_argument("--compiled", action="store_true", help="add this checkout compiled to sort and lm")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    torch._dynamo.config.recompile_limit = 256  # one code object serves every model: room for all
+    torch._dynamo.config.fail_on_recompile_limit_hit = True  # never a silent fall-back to eager
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -275,7 +354,9 @@ def main(argv=None) -> None:
         for part in ("sort", "lm", "layer"):
             if part in result:
                 kept = {k: v for k, v in result[part].items() if k not in ("steps",)}
-                impls = ["new", "base"]
+                impls = ["new", "base"] + (
+                    [COMPILED] if any(k.endswith(f"/{COMPILED}") for k in result[part]["steps"]) else []
+                )
                 if part == "layer":
                     fresh = summarize_layer(result[part]["steps"], impls)
                 else:
@@ -294,11 +375,19 @@ def main(argv=None) -> None:
             + " ".join(argv if argv is not None else sys.argv[1:]),
         }
         for part in args.parts:
-            if part == "layer":
+            if part == "breakdown":  # this checkout only: microseconds per call
+                timing = interleaved(breakdown_steps(), args.reps * 20)
+                res = {
+                    "what": "one layer's memory at the sorting benchmark's size (batch 8, L 32, e 64, 4 heads, "
+                    "N = M = 32, D = 128 bins), no-grad, this checkout; median process CPU microseconds per call",
+                    "cpu_us": {k: round(v["cpu_ms"] * 1e3, 1) for k, v in timing.items()},
+                }
+            elif part == "layer":
                 res = summarize_layer(interleaved(layer_steps(pkgs), args.reps), list(pkgs))
             else:
-                steps, tokens, gaps = {"sort": sort_steps, "lm": lm_steps}[part](pkgs)
-                res = summarize_training(interleaved(steps, args.reps), part, tokens, list(pkgs))
+                impls = {**pkgs, COMPILED: new} if args.compiled else pkgs
+                steps, tokens, gaps = {"sort": sort_steps, "lm": lm_steps}[part](impls)
+                res = summarize_training(interleaved(steps, args.reps), part, tokens, list(impls))
                 res["first_step_loss_gap_new_vs_base"] = gaps
             print(part, {k: v for k, v in res.items() if k != "steps"}, flush=True)
             # each part replaces its entry; parts run another time (--parts) are kept

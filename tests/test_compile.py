@@ -59,3 +59,19 @@ def test_sort_compile_flag_rejects_other_values(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sort", "--compile", "maybe"])
     assert "--compile" in capsys.readouterr().err
+
+
+def test_compiled_model_rejects_out_of_range_tokens_and_targets():
+    model = tiny_model()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, dynamic=False)
+    v = model.config.vocab_size
+    tokens = torch.randint(0, v, (2, 8))
+    with torch.no_grad():
+        _, state = compiled(tokens, model.init_state(2))
+        bad = tokens.clone()
+        bad[1, 3] = v
+        with pytest.raises(RuntimeError, match=r"tokens must be in \[0, "):
+            compiled(bad, state)
+        with pytest.raises(RuntimeError, match="targets must be < vocab_size"):
+            compiled(tokens, state, targets=bad)

@@ -175,6 +175,16 @@ def overhead() -> str:
             "|---|---|---:|---:|---:|",
             *compiled,
         ]
+    if "breakdown" in d:
+        r = d["breakdown"]
+        lines += [
+            "",
+            f"Where the time goes: {r['what']} (`{r['command']}`).",
+            "",
+            "| piece | µs |",
+            "|---|---:|",
+        ]
+        lines += [f"| {k} | {v:,.0f} |" for k, v in r["cpu_us"].items()]
     if "layer" in d:
         r = d["layer"]
         ms = {k: v["cpu_ms"] for k, v in r["steps"].items()}
@@ -221,6 +231,29 @@ def compile_training() -> str:
                     + (f", {cross:.2f} ∞-former compiled / XL eager" if cross is not None else "")
                     + (f" (compiled with {shapes} shapes)." if shapes else ".")
                 )
+    return "\n".join(lines)
+
+
+def sort_compile() -> str:
+    """results/sort_compile_cpu.json: `infinite-former sort` with and without --compile, end to end."""
+    d = _load("sort_compile_cpu.json")
+    lines = [
+        f"Machine: {_machine(d['machine'])}; {d['note']}.",
+        "",
+        "| setting | model | eager: training s | compiled: training s (compilation included) | "
+        "eager: last half of the steps, s | compiled: last half, s | inductor cache |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for setting in ("default", "long"):
+        if setting not in d:
+            continue
+        r = d[setting]
+        for m, e in r["eager"]["models"].items():
+            c = r["compiled"]["models"][m]
+            lines.append(
+                f"| `{r['compiled']['command']}` | {LABELS[m]} | {e['train_seconds']:.0f} | {c['train_seconds']:.0f} | "
+                f"{e['last_half_wall_seconds']:.0f} | {c['last_half_wall_seconds']:.0f} | {r['inductor_cache']} |"
+            )
     return "\n".join(lines)
 
 
@@ -1007,6 +1040,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "sorting_reach": sorting_reach,
     "overhead": overhead,
     "compile_training": compile_training,
+    "sort_compile": sort_compile,
     "training_free_gpt2": training_free,
     "training_free_llama": lambda: training_free("llama"),
     "training_free_finetune_gpt2": training_free_finetune,

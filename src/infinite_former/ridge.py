@@ -85,8 +85,40 @@ def cached_operator(
     Built in float64; entries below θ = ε·max|op|/K (ε of dtype, K the length of the sums the
     operator enters: L or M for a fit, N for P B) become exact zeros, so a product moves by at
     most ε·max|op|·max|other factor| and holds no subnormal numbers (``negligible``); then cast once.
+
+    Under torch.compile the lookup is the opaque op ``infinite_former::ridge_operator``: the graph
+    neither guards on the cache (no recompilation as it fills) nor traces the construction.
     """
-    key = (kind, sizes, num_basis, tuple(widths), ridge_lambda, edge_padding, tau, str(device), dtype)
+    if torch.compiler.is_compiling():
+        return torch.ops.infinite_former.ridge_operator(
+            kind,
+            list(sizes),
+            num_basis,
+            [float(w) for w in widths],
+            ridge_lambda,
+            edge_padding,
+            tau,
+            device,
+            dtype,
+        )
+    return _cached_operator(
+        kind, tuple(sizes), num_basis, tuple(widths), ridge_lambda, edge_padding, tau, device, dtype
+    )
+
+
+def _cached_operator(
+    kind: str,
+    sizes: tuple[int, ...],
+    num_basis: int,
+    widths: tuple[float, ...],
+    ridge_lambda: float,
+    edge_padding: bool,
+    tau: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``cached_operator`` without the compiler's indirection: the cache itself."""
+    key = (kind, sizes, num_basis, widths, ridge_lambda, edge_padding, tau, str(device), dtype)
     op = _OPERATOR_CACHE.get(key)
     if op is None:
         if kind == "fresh":
@@ -109,13 +141,46 @@ def cached_operator(
         terms = op.shape[1] if kind == "contract_uniform" else op.shape[0]
         # θ = negligible(dtype, max|op|, terms), kept a tensor: no host read, so that torch.compile
         # traces a cache miss without a graph break
-        theta = op.abs().max() * negligible(dtype, 1.0, terms)
-        op = torch.where(op.abs() < theta, 0.0, op)
+        theta = negligible(dtype, op.abs().max().item(), terms)
+        op = torch.where(op.abs() < theta, 0.0, op) if theta > 0 else op
         op = op.contiguous().to(device, dtype)
         if len(_OPERATOR_CACHE) >= _OPERATOR_CACHE_MAX:
             _OPERATOR_CACHE.pop(next(iter(_OPERATOR_CACHE)))
         _OPERATOR_CACHE[key] = op
     return op
+
+
+@torch.library.custom_op("infinite_former::ridge_operator", mutates_args=())
+def _ridge_operator_op(
+    kind: str,
+    sizes: list[int],
+    num_basis: int,
+    widths: list[float],
+    ridge_lambda: float,
+    edge_padding: bool,
+    tau: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The cached operator, as an op that compiled graphs call at run time. A copy: a compiled graph
+    may reuse an op's output buffer for later results, which must not overwrite the cache."""
+    op = _cached_operator(
+        kind, tuple(sizes), num_basis, tuple(widths), ridge_lambda, edge_padding, tau, device, dtype
+    )
+    return op.clone()
+
+
+@_ridge_operator_op.register_fake
+def _(kind, sizes, num_basis, widths, ridge_lambda, edge_padding, tau, device, dtype):
+    rows = {
+        "fresh": sizes[0],
+        "contract_old": sizes[0],
+        "contract_new": sizes[-1],
+        "contract_uniform": num_basis,
+    }
+    if kind not in rows:
+        raise ValueError(f"unknown operator kind {kind!r}")
+    return torch.empty(rows[kind], num_basis, device=device, dtype=dtype)
 
 
 def fit(x: Tensor, operator: Tensor) -> Tensor:

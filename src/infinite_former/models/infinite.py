@@ -157,7 +157,7 @@ class InfiniteMemory(MemoryType):
         )  # fmt: skip
         z, state, kl, *read = ltm(queries, None, state, return_kl=True, return_record=record)  # Z_LTM
         idle = list(ltm.gate.parameters()) if not counts and ltm.gate is not None else []
-        pending = block[:, : plan.leaving].detach()  # absorbed next call
+        pending = block[:, : plan.leaving].detach().contiguous()  # absorbed next call (one stride: see mems)
         done = LTMRecord(updates, read[0].read) if record else None
         return LayerRead(z=z, state=(state, pending), aux=kl, idle=idle, record=done)
 
@@ -184,7 +184,7 @@ class InfiniteMemory(MemoryType):
         out = state
         # eager on CPU, where every row hands over the same count (the plan's every_row, the usual
         # case): the update's state is the result as it is (merging would copy it); compiled: always merge
-        uniform = every_row and count.device.type == "cpu" and not torch.compiler.is_compiling()
+        uniform = not torch.compiler.is_compiling() and every_row and count.device.type == "cpu"
         for n in counts:
             rows = count == n
             if updates is None:

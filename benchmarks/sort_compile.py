@@ -61,6 +61,7 @@ def run(flags: list[str], out: Path, name: str, env: dict[str, str] | None = Non
         "wall_seconds": round(wall, 1),
         "models": {
             m: {
+                "num_parameters": r["num_parameters"],
                 "train_seconds": round(r["train_seconds"], 1),
                 "last_half_wall_seconds": last_half_seconds(out / name / m / "train_log.csv", steps),
                 "accuracy": r["test"],

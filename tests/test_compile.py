@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -11,8 +13,13 @@ from infinite_former.training import Trainer, find_checkpoint
 from test_train import SigtermAfter, cfg, sorting_stream, tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo's notes on traced builtins
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+    reason="torch.compile on the CPU (inductor) needs a C++ compiler",
+)
 
 
+@needs_compiler
 def test_compiled_training_resumed_from_an_eager_checkpoint_matches_eager_training(tmp_path):
     """Uniform samples (no random draws in the model): the losses of a run that trains 3 steps
     eagerly, stops, and resumes compiled equal those of an eager run, to float rounding. The
@@ -31,6 +38,7 @@ def test_compiled_training_resumed_from_an_eager_checkpoint_matches_eager_traini
     assert not torch.equal(torch.tensor(rest.losses), torch.tensor(eager.losses[:3]))  # not the first steps
 
 
+@needs_compiler
 def test_compiled_sticky_training_learns(tmp_path):
     """Sticky samples draw from the compiled kernels' generator: other draws than eager, same task."""
     torch._dynamo.reset()
@@ -61,6 +69,7 @@ def test_sort_compile_flag_rejects_other_values(capsys):
     assert "--compile" in capsys.readouterr().err
 
 
+@needs_compiler
 def test_compiled_model_rejects_out_of_range_tokens_and_targets():
     model = tiny_model()
     torch._dynamo.reset()

@@ -139,8 +139,6 @@ def _cached_operator(
         else:
             raise ValueError(f"unknown operator kind {kind!r}")
         terms = op.shape[1] if kind == "contract_uniform" else op.shape[0]
-        # θ = negligible(dtype, max|op|, terms), kept a tensor: no host read, so that torch.compile
-        # traces a cache miss without a graph break
         theta = negligible(dtype, op.abs().max().item(), terms)
         op = torch.where(op.abs() < theta, 0.0, op) if theta > 0 else op
         op = op.contiguous().to(device, dtype)

@@ -49,6 +49,14 @@ class Flag:
         return self.dest or self.field
 
 
+def on_off(text: str) -> bool:
+    """on | off (also true | false, 1 | 0) -> bool: the spelling of every on/off flag."""
+    choices = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"expected on | off, got {text!r}")
+    return choices[text.lower()]
+
+
 PRECISION_FLAG = Flag(
     "--precision",
     "precision",
@@ -62,7 +70,7 @@ PRECISION_FLAG = Flag(
 COMPILE_FLAG = Flag(
     "--compile",
     "compile",
-    lambda text: on_off(text),  # defined below
+    on_off,
     "torch.compile the forward of the training segments (static shapes; evaluation stays eager): "
     "--compile or --compile on; off by default. Where it pays: docs/results.md, 'Speed'",
     nargs="?",
@@ -136,13 +144,6 @@ def flat_memory(given: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the memory's flags
-
-
-def on_off(text: str) -> bool:
-    choices = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
-    if text.lower() not in choices:
-        raise argparse.ArgumentTypeError(f"expected on | off, got {text!r}")
-    return choices[text.lower()]
 
 
 def sampling(text: str) -> bool:

@@ -101,23 +101,7 @@ def cached_operator(
             device,
             dtype,
         )
-    return _cached_operator(
-        kind, tuple(sizes), num_basis, tuple(widths), ridge_lambda, edge_padding, tau, device, dtype
-    )
-
-
-def _cached_operator(
-    kind: str,
-    sizes: tuple[int, ...],
-    num_basis: int,
-    widths: tuple[float, ...],
-    ridge_lambda: float,
-    edge_padding: bool,
-    tau: float,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Tensor:
-    """``cached_operator`` without the compiler's indirection: the cache itself."""
+    sizes, widths = tuple(sizes), tuple(widths)
     key = (kind, sizes, num_basis, widths, ridge_lambda, edge_padding, tau, str(device), dtype)
     op = _OPERATOR_CACHE.get(key)
     if op is None:
@@ -162,10 +146,8 @@ def _ridge_operator_op(
 ) -> Tensor:
     """The cached operator, as an op that compiled graphs call at run time. A copy: a compiled graph
     may reuse an op's output buffer for later results, which must not overwrite the cache."""
-    op = _cached_operator(
-        kind, tuple(sizes), num_basis, tuple(widths), ridge_lambda, edge_padding, tau, device, dtype
-    )
-    return op.clone()
+    op = cached_operator(kind, sizes, num_basis, widths, ridge_lambda, edge_padding, tau, device, dtype)
+    return op.clone()  # (run outside any trace: cached_operator's eager path)
 
 
 @_ridge_operator_op.register_fake

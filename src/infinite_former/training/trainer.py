@@ -221,6 +221,12 @@ class TrainResult:
         }
 
 
+# compiled graphs per code object while a compiled run trains (torch's default: 8). Every model of
+# the package shares its forward's code objects, and one model needs a graph per memory width, grad
+# mode and absorption plan (about ten), so several models trained in one process need room.
+COMPILE_GRAPH_LIMIT = 256
+
+
 @contextlib.contextmanager
 def _compile_limits(on: bool) -> Iterator[None]:
     """While a compiled run trains: room for a graph per memory width, grad mode and absorption
@@ -235,12 +241,6 @@ def _compile_limits(on: bool) -> Iterator[None]:
         fail_on_recompile_limit_hit=True,
     ):
         yield
-
-
-# compiled graphs per code object while a compiled run trains (torch's default: 8). Every model of
-# the package shares its forward's code objects, and one model needs a graph per memory width, grad
-# mode and absorption plan (about ten), so several models trained in one process need room.
-COMPILE_GRAPH_LIMIT = 256
 
 
 class _SignalFlag:

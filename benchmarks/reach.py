@@ -16,7 +16,8 @@ Signals (each centred, unit variance per channel):
 * AR(1), x_t = ρ x_{t-1} + √(1-ρ²) ε_t, 32 channels, ρ ∈ {0.9, 0.98, 0.995} (correlation lengths
   -1/ln ρ ≈ 9.5, 49.5, 200 tokens);
 * the final hidden states (input of ln_f, centred) of a Transformer-XL LM trained here for a short
-  time on /work/shared/data/shakespeare (bytes, see ``train_lm``), on the validation text.
+  time on ../shared/data/shakespeare (bytes, see ``train_lm``; the environment variable
+  INFINITE_FORMER_SHAKESPEARE names another folder), on the validation text.
 
 Settings: schedule (fixed τ = 0.5 (paper), fixed τ = 0.75, uniform_time, power p = 2) × RBF widths
 (the paper's sorting {0.01, 0.05}, GPT-2 {0.005, 0.01}, and c·{1, 2.5}/N for c = ½, 1, 2) ×
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -49,7 +51,7 @@ from infinite_former.introspection import AgeMap
 from infinite_former.utils import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/shakespeare")
+DATA = Path(os.environ.get("INFINITE_FORMER_SHAKESPEARE", ROOT.parent / "shared" / "data" / "shakespeare"))
 STICKY_PATTERN = ((0.3, 0.05), (0.8, 0.05), (0.95, 0.05))  # (μ, σ) of the synthetic query densities
 SCHEDULES = {
     "fixed τ=0.5 (paper)": dict(schedule="fixed", tau=0.5),
